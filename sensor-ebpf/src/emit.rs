@@ -1,0 +1,75 @@
+//! Counting and ring-buffer helpers shared by every hook.
+
+use aya_ebpf::{helpers::bpf_get_current_pid_tgid, helpers::generated::bpf_ktime_get_boot_ns, maps::ring_buf::RingBufEntry};
+use clinicwatch_common::{EventHeader, HookCounters};
+
+use crate::maps::{EVENTS, HOOK_COUNTERS};
+
+/// Which counter of [`HookCounters`] to bump.
+#[derive(Clone, Copy)]
+pub enum Counter {
+    Event,
+    RingbufDrop,
+    ReadError,
+    MapFull,
+}
+
+#[inline(always)]
+pub fn count(hook: u32, what: Counter) {
+    if let Some(c) = HOOK_COUNTERS.get_ptr_mut(hook) {
+        // SAFETY: per-CPU value, no concurrent writer on this CPU.
+        let c: &mut HookCounters = unsafe { &mut *c };
+        match what {
+            Counter::Event => c.events += 1,
+            Counter::RingbufDrop => c.ringbuf_drops += 1,
+            Counter::ReadError => c.read_errors += 1,
+            Counter::MapFull => c.map_full += 1,
+        }
+    }
+}
+
+/// The outcome of a hook body: `Err` carries the counter to bump.
+pub type HookResult = Result<(), Counter>;
+
+/// Counts the error of a hook body, if any.
+#[inline(always)]
+pub fn finish(hook: u32, r: HookResult) {
+    if let Err(what) = r {
+        count(hook, what);
+    }
+}
+
+/// Reserves a record of type `T` in the ring buffer and fills its header; a full ring buffer
+/// is counted as a drop for `hook`.
+#[inline(always)]
+pub fn reserve<T: 'static>(hook: u32, kind: u32, pid: u32, tgid: u32) -> Result<RingBufEntry<T>, Counter> {
+    let Some(mut entry) = EVENTS.reserve::<T>(0) else {
+        return Err(Counter::RingbufDrop);
+    };
+    let hdr = entry.as_mut_ptr() as *mut EventHeader;
+    // SAFETY: every event type starts with an `EventHeader` (`#[repr(C)]`).
+    unsafe {
+        (*hdr).kind = kind;
+        (*hdr).size = core::mem::size_of::<T>() as u32;
+        (*hdr).time_ns = bpf_ktime_get_boot_ns();
+        (*hdr).pid = pid;
+        (*hdr).tgid = tgid;
+    }
+    count(hook, Counter::Event);
+    Ok(entry)
+}
+
+/// (thread id, thread-group id) of the current task.
+#[inline(always)]
+pub fn current_ids() -> (u32, u32) {
+    let id = bpf_get_current_pid_tgid();
+    (id as u32, (id >> 32) as u32)
+}
+
+/// Atomically adds `v` to a shared counter (BPF `lock xadd`).
+#[inline(always)]
+pub fn add(counter: &mut u64, v: u64) {
+    use core::intrinsics::{atomic_xadd, AtomicOrdering};
+    // SAFETY: `counter` points into a map value; the add is a single atomic instruction.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, v) };
+}

@@ -1,0 +1,317 @@
+//! File activity: opens, reads and mmaps of watched processes, and opens of protected files
+//! by everyone else.
+//!
+//! - open, preferred: LSM `file_open(struct file *file)` (5.7+, `bpf` in the LSM list).
+//!   Fallback: `syscalls:sys_exit_{open,openat,openat2,creat}` (fires for every process' opens).
+//! - read, preferred: fexit `vfs_read(file, buf, count, pos)` and
+//!   `vfs_readv(file, vec, vlen, pos, flags)` (5.5+). Fallback: `syscalls:sys_{enter,exit}_`
+//!   `{read,pread64,readv,preadv,preadv2}` (fires for every process' reads).
+//! - mmap, preferred: LSM `mmap_file(file, reqprot, prot, flags)`.
+//!   Fallback: `syscalls:sys_enter_mmap`.
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_current_comm, bpf_get_current_uid_gid, generated::bpf_get_current_task},
+    macros::{fexit, lsm, tracepoint},
+    programs::{FExitContext, LsmContext, TracePointContext},
+};
+use clinicwatch_common::{
+    capacity, hook, kind, origin, Ancestor, FileEvent, FileKey, FileStats, InodeKey,
+    ProtectedOpenEvent, WatchedProc, ANCESTORS,
+};
+
+use crate::{
+    emit::{add, current_ids, finish, reserve, Counter, HookResult},
+    kernel::{self, agent_tgid, protect_enabled},
+    maps::{FILE_STATS, PENDING_READS, PROTECTED, WATCHED},
+};
+
+/// Offsets in the syscall tracepoint records (after the 8-byte common header and the
+/// 8-byte `__syscall_nr` slot).
+const SYSCALL_ARG0: usize = 16;
+const SYSCALL_RET: usize = 16;
+/// `fd` is the fifth argument of mmap.
+const MMAP_ARG_FD: usize = SYSCALL_ARG0 + 4 * 8;
+
+#[lsm(hook = "file_open")]
+pub fn lsm_file_open(ctx: LsmContext) -> i32 {
+    finish(hook::FILE_OPEN, on_open(ctx.arg::<u64>(0)));
+    0
+}
+
+/// Attached to `sys_exit_open`, `sys_exit_openat`, `sys_exit_openat2` and `sys_exit_creat`.
+#[tracepoint]
+pub fn tp_open_exit(ctx: TracePointContext) -> u32 {
+    // SAFETY: `ret` is a `long` at this offset in every sys_exit record.
+    let ret = unsafe { ctx.read_at::<i64>(SYSCALL_RET) }.unwrap_or(-1);
+    if ret >= 0 {
+        // SAFETY: helper without arguments.
+        let task = unsafe { bpf_get_current_task() };
+        finish(hook::FILE_OPEN, kernel::task_fd_file(task, ret as u64).and_then(on_open));
+    }
+    0
+}
+
+#[fexit(function = "vfs_read")]
+pub fn fexit_vfs_read(ctx: FExitContext) -> i32 {
+    finish(hook::FILE_READ, on_read_done(ctx.arg::<u64>(0), ctx.arg::<i64>(4)));
+    0
+}
+
+#[fexit(function = "vfs_readv")]
+pub fn fexit_vfs_readv(ctx: FExitContext) -> i32 {
+    finish(hook::FILE_READ, on_read_done(ctx.arg::<u64>(0), ctx.arg::<i64>(5)));
+    0
+}
+
+/// Attached to `sys_enter_{read,pread64,readv,preadv,preadv2}`: remembers the descriptor of a
+/// watched process' read until the matching exit.
+#[tracepoint]
+pub fn tp_read_enter(ctx: TracePointContext) -> u32 {
+    let (_, tgid) = current_ids();
+    if WATCHED.get_ptr(tgid).is_some() {
+        // SAFETY: the first argument (`fd`) is at this offset in these records.
+        if let Ok(fd) = unsafe { ctx.read_at::<u64>(SYSCALL_ARG0) } {
+            let id = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+            // Descriptors are C `int`s: keep the low 32 bits.
+            if PENDING_READS.insert(id, fd as u32 as u64, 0).is_err() {
+                crate::emit::count(hook::FILE_READ, Counter::MapFull);
+            }
+        }
+    }
+    0
+}
+
+/// Attached to `sys_exit_{read,pread64,readv,preadv,preadv2}`.
+#[tracepoint]
+pub fn tp_read_exit(ctx: TracePointContext) -> u32 {
+    let id = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+    let Some(fd) = PENDING_READS.get_ptr(id) else {
+        return 0;
+    };
+    // SAFETY: a map value pointer from a successful lookup.
+    let fd = unsafe { *fd };
+    let _ = PENDING_READS.remove(id);
+    // SAFETY: `ret` is a `long` at this offset in every sys_exit record.
+    let ret = unsafe { ctx.read_at::<i64>(SYSCALL_RET) }.unwrap_or(-1);
+    if ret > 0 {
+        // SAFETY: helper without arguments.
+        let task = unsafe { bpf_get_current_task() };
+        let r = kernel::task_fd_file(task, fd).and_then(|file| account_read(file, ret as u64));
+        finish(hook::FILE_READ, r);
+    }
+    0
+}
+
+#[lsm(hook = "mmap_file")]
+pub fn lsm_mmap_file(ctx: LsmContext) -> i32 {
+    let file = ctx.arg::<u64>(0);
+    if file != 0 {
+        finish(hook::FILE_MMAP, on_mmap(file));
+    }
+    0
+}
+
+/// Attached to `sys_enter_mmap`.
+#[tracepoint]
+pub fn tp_mmap_enter(ctx: TracePointContext) -> u32 {
+    let (_, tgid) = current_ids();
+    if WATCHED.get_ptr(tgid).is_none() {
+        return 0;
+    }
+    // SAFETY: `fd` is at this offset in sys_enter_mmap records.
+    // The register holds a C `int`: only its low 32 bits are the descriptor.
+    let fd = unsafe { ctx.read_at::<u64>(MMAP_ARG_FD) }.map(|v| v as i32).unwrap_or(-1);
+    if fd >= 0 {
+        // SAFETY: helper without arguments.
+        let task = unsafe { bpf_get_current_task() };
+        finish(hook::FILE_MMAP, kernel::task_fd_file(task, fd as u64).and_then(on_mmap));
+    }
+    0
+}
+
+#[inline(always)]
+fn watched(tgid: u32) -> Option<WatchedProc> {
+    // SAFETY: a map value pointer from a successful lookup.
+    WATCHED.get_ptr(tgid).map(|w| unsafe { *w })
+}
+
+#[inline(always)]
+fn on_open(file: u64) -> HookResult {
+    let (pid, tgid) = current_ids();
+    if tgid == agent_tgid() {
+        return Ok(());
+    }
+    match watched(tgid) {
+        Some(w) => {
+            let key = kernel::file_inode_key(file)?;
+            let fk = FileKey { tgid, dev: key.dev, ino: key.ino };
+            if let Some(s) = FILE_STATS.get_ptr_mut(fk) {
+                // SAFETY: a map value pointer; the add is atomic.
+                unsafe { add(&mut (*s).opens, 1) };
+                return Ok(());
+            }
+            let stats = FileStats { opens: 1, ..FileStats::default() };
+            first_seen(fk, &stats, w.app, file, origin::OPEN, kind::FILE_OPEN, hook::FILE_OPEN, pid)
+        }
+        None if protect_enabled() => on_protected_open(file, pid, tgid),
+        None => Ok(()),
+    }
+}
+
+/// Inserts the first counters of (process, file) and, if this call created them, reports the
+/// file. A racing insert loses quietly: the other one reported it.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn first_seen(
+    fk: FileKey,
+    stats: &FileStats,
+    app: u32,
+    file: u64,
+    how: u32,
+    event_kind: u32,
+    hook_id: u32,
+    pid: u32,
+) -> HookResult {
+    if FILE_STATS.insert(fk, stats, BPF_NOEXIST as u64).is_err() {
+        return Ok(());
+    }
+    let mut entry = reserve::<FileEvent>(hook_id, event_kind, pid, fk.tgid)?;
+    // SAFETY: the entry is reserved for a `FileEvent`; every field is written.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    ev.app = app;
+    ev.flags = kernel::file_flags(file).unwrap_or(0);
+    ev.dev = fk.dev;
+    ev.origin = how;
+    ev.ino = fk.ino;
+    if kernel::file_path(file, &mut ev.path).is_err() {
+        ev.path.depth = 0;
+        ev.path.flags = clinicwatch_common::path_flags::READ_ERROR;
+    }
+    entry.submit(0);
+    Ok(())
+}
+
+#[inline(always)]
+fn on_read_done(file: u64, ret: i64) -> HookResult {
+    if ret <= 0 {
+        return Ok(());
+    }
+    let (_, tgid) = current_ids();
+    if WATCHED.get_ptr(tgid).is_none() {
+        return Ok(());
+    }
+    account_read(file, ret as u64)
+}
+
+#[inline(always)]
+fn account_read(file: u64, bytes: u64) -> HookResult {
+    let (pid, tgid) = current_ids();
+    let Some(w) = watched(tgid) else {
+        return Ok(());
+    };
+    let key = kernel::file_inode_key(file)?;
+    let fk = FileKey { tgid, dev: key.dev, ino: key.ino };
+    if let Some(s) = FILE_STATS.get_ptr_mut(fk) {
+        // SAFETY: a map value pointer; the adds are atomic.
+        unsafe {
+            add(&mut (*s).bytes_read, bytes);
+            add(&mut (*s).reads, 1);
+        }
+        return Ok(());
+    }
+    let stats = FileStats { bytes_read: bytes, reads: 1, ..FileStats::default() };
+    first_seen(fk, &stats, w.app, file, origin::READ, kind::FILE_OPEN, hook::FILE_READ, pid)
+}
+
+#[inline(always)]
+fn on_mmap(file: u64) -> HookResult {
+    let (pid, tgid) = current_ids();
+    let Some(w) = watched(tgid) else {
+        return Ok(());
+    };
+    let key = kernel::file_inode_key(file)?;
+    let fk = FileKey { tgid, dev: key.dev, ino: key.ino };
+    if let Some(s) = FILE_STATS.get_ptr_mut(fk) {
+        // SAFETY: a map value pointer; the add is atomic.
+        let before = unsafe { (*s).mmaps };
+        unsafe { add(&mut (*s).mmaps, 1) };
+        if before != 0 {
+            return Ok(());
+        }
+        // First mapping of a file already known: report the mapping itself.
+        let mut entry = reserve::<FileEvent>(hook::FILE_MMAP, kind::FILE_MMAP, pid, tgid)?;
+        // SAFETY: the entry is reserved for a `FileEvent`; every field is written.
+        let ev = unsafe { &mut *entry.as_mut_ptr() };
+        ev.app = w.app;
+        ev.flags = kernel::file_flags(file).unwrap_or(0);
+        ev.dev = key.dev;
+        ev.origin = origin::MMAP;
+        ev.ino = key.ino;
+        if kernel::file_path(file, &mut ev.path).is_err() {
+            ev.path.depth = 0;
+            ev.path.flags = clinicwatch_common::path_flags::READ_ERROR;
+        }
+        entry.submit(0);
+        return Ok(());
+    }
+    let stats = FileStats { mmaps: 1, ..FileStats::default() };
+    first_seen(fk, &stats, w.app, file, origin::MMAP, kind::FILE_MMAP, hook::FILE_MMAP, pid)
+}
+
+#[inline(always)]
+fn on_protected_open(file: u64, pid: u32, tgid: u32) -> HookResult {
+    let key = kernel::file_inode_key(file)?;
+    let lookup = |k: &InodeKey| {
+        // SAFETY: a map value pointer from a successful lookup.
+        PROTECTED.get_ptr(k).map(|r| unsafe { *r })
+    };
+    let Some(rule) = kernel::find_protected(file, key, capacity::PROTECTED_DEPTH, lookup)? else {
+        return Ok(());
+    };
+    let mut entry = reserve::<ProtectedOpenEvent>(hook::FILE_OPEN, kind::PROTECTED_OPEN, pid, tgid)?;
+    // SAFETY: the entry is reserved for a `ProtectedOpenEvent`; every field is written.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    ev.uid = bpf_get_current_uid_gid() as u32;
+    ev.flags = kernel::file_flags(file).unwrap_or(0);
+    ev.dev = key.dev;
+    ev.rule = rule;
+    ev.ino = key.ino;
+    ev._pad = 0;
+    ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    // SAFETY: helper without arguments.
+    let mut task = unsafe { bpf_get_current_task() };
+    ev.ppid = 0;
+    for i in 0..ANCESTORS {
+        let parent = kernel::task_parent(task).unwrap_or(0);
+        let a: &mut Ancestor = &mut ev.ancestors[i];
+        a._pad = 0;
+        if parent == 0 || parent == task {
+            a.pid = 0;
+            a.comm = [0; 16];
+            task = 0;
+            continue;
+        }
+        a.pid = kernel::task_tgid(parent).unwrap_or(0);
+        a.comm = kernel::task_comm(parent).unwrap_or([0; 16]);
+        if i == 0 {
+            ev.ppid = a.pid;
+        }
+        task = parent;
+    }
+    if kernel::file_path(file, &mut ev.path).is_err() {
+        ev.path.depth = 0;
+        ev.path.flags = clinicwatch_common::path_flags::READ_ERROR;
+    }
+    // SAFETY: helper without arguments.
+    let me = unsafe { bpf_get_current_task() };
+    match kernel::task_exe_file(me) {
+        Ok(exe) if kernel::file_path(exe, &mut ev.exe).is_ok() => {}
+        _ => {
+            ev.exe.depth = 0;
+            ev.exe.flags = clinicwatch_common::path_flags::READ_ERROR;
+        }
+    }
+    entry.submit(0);
+    Ok(())
+}

@@ -1,0 +1,174 @@
+//! Network activity of watched processes, from cgroup hooks on the cgroup v2 root (these run
+//! only for sockets, not on every syscall):
+//! - `cgroup/connect4`, `cgroup/connect6` (4.17+): the connect, its destination, and the
+//!   socket cookie that names the flow from then on.
+//! - `cgroup_skb/egress`, `cgroup_skb/ingress` (4.10+): payload bytes per flow, counted only
+//!   for cookies registered at connect.
+//! - `cgroup/sock_release` (5.9+): the flow's close, with its final counters.
+
+use aya_ebpf::{
+    helpers::generated::bpf_get_socket_cookie,
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr},
+    programs::{SkBuffContext, SockAddrContext, SockContext},
+    EbpfContext,
+};
+use clinicwatch_common::{hook, kind, ConnectEvent, FlowAddr, FlowCloseEvent, FlowStats};
+
+use crate::{
+    emit::{add, current_ids, finish, reserve, Counter, HookResult},
+    maps::{FLOWS, WATCHED},
+};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+
+#[cgroup_sock_addr(connect4)]
+pub fn cg_connect4(ctx: SockAddrContext) -> i32 {
+    finish(hook::NET_CONNECT, on_connect(&ctx, AF_INET));
+    1
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn cg_connect6(ctx: SockAddrContext) -> i32 {
+    finish(hook::NET_CONNECT, on_connect(&ctx, AF_INET6));
+    1
+}
+
+#[cgroup_skb]
+pub fn cg_skb_egress(ctx: SkBuffContext) -> i32 {
+    finish(hook::NET_BYTES, on_packet(&ctx, true));
+    1
+}
+
+#[cgroup_skb]
+pub fn cg_skb_ingress(ctx: SkBuffContext) -> i32 {
+    finish(hook::NET_BYTES, on_packet(&ctx, false));
+    1
+}
+
+#[cgroup_sock(sock_release)]
+pub fn cg_sock_release(ctx: SockContext) -> i32 {
+    finish(hook::NET_CLOSE, on_release(&ctx));
+    1
+}
+
+#[inline(always)]
+fn on_connect(ctx: &SockAddrContext, family: u16) -> HookResult {
+    let (pid, tgid) = current_ids();
+    let Some(w) = WATCHED.get_ptr(tgid) else {
+        return Ok(());
+    };
+    // SAFETY: a map value pointer from a successful lookup.
+    let app = unsafe { (*w).app };
+    // SAFETY: the context pointer is valid for the program's lifetime.
+    let sa = unsafe { &*ctx.sock_addr };
+    let mut remote = FlowAddr {
+        family,
+        protocol: sa.protocol as u16,
+        port: u16::from_be(sa.user_port as u16),
+        _pad: 0,
+        addr: [0; 16],
+    };
+    if family == AF_INET {
+        let a = sa.user_ip4.to_ne_bytes();
+        remote.addr[..4].copy_from_slice(&a);
+    } else {
+        let words = sa.user_ip6;
+        for (i, w) in words.iter().enumerate() {
+            remote.addr[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+        }
+    }
+    // SAFETY: the helper accepts this program type's context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let stats = FlowStats { tgid, app, remote, ..FlowStats::default() };
+    if FLOWS.insert(cookie, stats, 0).is_err() {
+        return Err(Counter::MapFull);
+    }
+    let mut entry = reserve::<ConnectEvent>(hook::NET_CONNECT, kind::NET_CONNECT, pid, tgid)?;
+    // SAFETY: the entry is reserved for a `ConnectEvent`; every field is written.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    ev.app = app;
+    ev._pad = 0;
+    ev.cookie = cookie;
+    ev.remote = remote;
+    entry.submit(0);
+    Ok(())
+}
+
+/// IPv6 extension headers skipped before the transport header: hop-by-hop (used by BIG TCP's
+/// jumbo option), routing, fragment, destination options.
+const IPV6_EXT_HEADERS: [u8; 4] = [0, 43, 44, 60];
+const MAX_IPV6_EXT: usize = 4;
+
+/// Transport payload length of the packet (IP, IPv6 extension and TCP/UDP headers excluded).
+#[inline(always)]
+fn payload_len(ctx: &SkBuffContext) -> Result<u64, Counter> {
+    let len = ctx.len() as u64;
+    let load = |off: u64| ctx.load::<u8>(off as usize).map_err(|_| Counter::ReadError);
+    let b0 = load(0)?;
+    let (mut l3, mut proto) = match b0 >> 4 {
+        4 => ((b0 & 0x0f) as u64 * 4, load(9)?),
+        6 => (40u64, load(6)?),
+        _ => return Ok(0),
+    };
+    if b0 >> 4 == 6 {
+        for _ in 0..MAX_IPV6_EXT {
+            if !IPV6_EXT_HEADERS.contains(&proto) {
+                break;
+            }
+            let next = load(l3)?;
+            let ext_len = if proto == 44 { 8 } else { (load(l3 + 1)? as u64 + 1) * 8 };
+            proto = next;
+            l3 += ext_len;
+        }
+    }
+    let l4 = match proto {
+        IPPROTO_TCP => (load(l3 + 12)? >> 4) as u64 * 4,
+        IPPROTO_UDP => 8,
+        _ => 0,
+    };
+    Ok(len.saturating_sub(l3 + l4))
+}
+
+#[inline(always)]
+fn on_packet(ctx: &SkBuffContext, egress: bool) -> HookResult {
+    // SAFETY: the helper accepts this program type's context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let Some(s) = FLOWS.get_ptr_mut(cookie) else {
+        return Ok(());
+    };
+    let bytes = payload_len(ctx)?;
+    // SAFETY: a map value pointer; the adds are atomic.
+    unsafe {
+        if egress {
+            add(&mut (*s).bytes_sent, bytes);
+            add(&mut (*s).packets_sent, 1);
+        } else {
+            add(&mut (*s).bytes_recv, bytes);
+            add(&mut (*s).packets_recv, 1);
+        }
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn on_release(ctx: &SockContext) -> HookResult {
+    // SAFETY: the helper accepts this program type's context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let Some(s) = FLOWS.get_ptr(cookie) else {
+        return Ok(());
+    };
+    // SAFETY: a map value pointer from a successful lookup.
+    let stats = unsafe { *s };
+    let _ = FLOWS.remove(cookie);
+    let mut entry =
+        reserve::<FlowCloseEvent>(hook::NET_CLOSE, kind::NET_CLOSE, stats.tgid, stats.tgid)?;
+    // SAFETY: the entry is reserved for a `FlowCloseEvent`; every field is written.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    ev.cookie = cookie;
+    ev.stats = stats;
+    entry.submit(0);
+    Ok(())
+}

@@ -1,0 +1,45 @@
+//! Every map of the object, in one place. Names and sizes come from the shared contract.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use clinicwatch_common::{
+    capacity, hook, FileKey, FileStats, FlowStats, HookCounters, InodeKey, WatchedProc,
+};
+
+/// Rare events for the agent.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
+
+/// Watched processes by thread-group id. Not LRU: a watched process must never be forgotten
+/// silently; a full map is counted in `map_full`.
+#[map]
+pub static WATCHED: HashMap<u32, WatchedProc> = HashMap::with_max_entries(capacity::WATCHED, 0);
+
+/// Executables that start a watched tree, by (device, inode) → application index.
+#[map]
+pub static WATCHED_EXES: HashMap<InodeKey, u32> =
+    HashMap::with_max_entries(capacity::WATCHED_EXES, 0);
+
+/// Protected files and directories by (device, inode) → index of the config entry.
+#[map]
+pub static PROTECTED: HashMap<InodeKey, u32> = HashMap::with_max_entries(capacity::PROTECTED, 0);
+
+/// Read, open and mmap counters per (watched process, file).
+#[map]
+pub static FILE_STATS: LruHashMap<FileKey, FileStats> =
+    LruHashMap::with_max_entries(capacity::FILE_STATS, 0);
+
+/// Byte counters per flow of a watched process, by socket cookie.
+#[map]
+pub static FLOWS: LruHashMap<u64, FlowStats> = LruHashMap::with_max_entries(capacity::FLOWS, 0);
+
+/// The descriptor of a read in progress, by pid_tgid (syscall tracepoint fallback only).
+#[map]
+pub static PENDING_READS: LruHashMap<u64, u64> =
+    LruHashMap::with_max_entries(capacity::PENDING_READS, 0);
+
+#[map]
+pub static HOOK_COUNTERS: PerCpuArray<HookCounters> =
+    PerCpuArray::with_max_entries(hook::COUNT, 0);

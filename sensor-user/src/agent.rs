@@ -1,0 +1,260 @@
+//! The running agent: loads the sensor, seeds the processes already running, then a thread
+//! drains the ring buffer, interprets records and writes events and periodic snapshots.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc::Sender,
+        Arc, Mutex,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use clinicwatch_common::{InodeKey, WatchedProc};
+use tracing::{info, warn};
+
+use crate::{
+    capabilities::CapabilityReport,
+    config::Config,
+    decode,
+    event::Event,
+    handler::Handler,
+    output::Output,
+    procfs,
+    sensor::{Sensor, SensorOptions},
+};
+
+struct Core {
+    sensor: Sensor,
+    handler: Handler,
+    output: Output,
+}
+
+/// A running agent. Dropping it (or [`Agent::stop`]) detaches every probe.
+pub struct Agent {
+    core: Arc<Mutex<Core>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    pub capabilities: Vec<CapabilityReport>,
+}
+
+/// Resolves the configured executables to (device, inode); missing ones are skipped with a
+/// warning, but at least one must exist.
+fn resolve_apps(cfg: &Config) -> anyhow::Result<Vec<(InodeKey, u32)>> {
+    let mut out = Vec::new();
+    for (i, app) in cfg.apps.iter().enumerate() {
+        match procfs::inode_key(&app.exe) {
+            Ok(key) => out.push((key, i as u32)),
+            Err(e) => warn!(app = %app.name, exe = %app.exe.display(), error = %e, "watched executable not found; skipping"),
+        }
+    }
+    anyhow::ensure!(!out.is_empty(), "none of the configured `[[app]]` executables exist on this host");
+    Ok(out)
+}
+
+/// Expands the protected globs to (device, inode) entries.
+fn resolve_protected(cfg: &Config) -> Vec<(InodeKey, u32)> {
+    let mut out = Vec::new();
+    for (i, p) in cfg.protected.iter().enumerate() {
+        let paths: Vec<PathBuf> = glob::glob(&p.path).map(|g| g.flatten().collect()).unwrap_or_default();
+        if paths.is_empty() {
+            warn!(name = %p.name, path = %p.path, "protected path matches nothing yet");
+        }
+        for path in paths {
+            match procfs::inode_key(&path) {
+                Ok(key) => out.push((key, i as u32)),
+                Err(e) => warn!(path = %path.display(), error = %e, "cannot stat protected path"),
+            }
+        }
+    }
+    out
+}
+
+/// Watches the processes already running that belong to a watched tree: instances of a
+/// watched executable (whose command line matches), and all their descendants.
+fn seed(core: &mut Core, exes: &[(InodeKey, u32)]) -> Vec<Event> {
+    let procs = procfs::scan();
+    let me = std::process::id();
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    for p in procs.values() {
+        children.entry(p.ppid).or_default().push(p.pid);
+    }
+    let mut queue: VecDeque<(u32, WatchedProc)> = VecDeque::new();
+    for p in procs.values() {
+        let Some(key) = p.exe_key else { continue };
+        let Some(&(_, app)) = exes.iter().find(|(k, _)| *k == key) else { continue };
+        if p.pid == me || !core.handler.cmdline_matches(app, &p.cmdline) {
+            continue;
+        }
+        // A root is the highest instance: skip it if its parent is one too (found as a child).
+        let parent_is_instance = procs.get(&p.ppid).and_then(|pp| pp.exe_key).is_some_and(|k| k == key);
+        if !parent_is_instance {
+            queue.push_back((p.pid, WatchedProc { app, root_tgid: p.pid, depth: 0, _pad: 0 }));
+        }
+    }
+    let mut events = Vec::new();
+    while let Some((pid, w)) = queue.pop_front() {
+        if pid == me || core.handler.table.get(pid).is_some() {
+            continue;
+        }
+        if let Err(e) = core.sensor.watch(pid, w) {
+            warn!(pid, error = %e, "cannot seed watched process");
+            continue;
+        }
+        let p = &procs[&pid];
+        let exe = p.exe.as_deref().map(|e| e.display().to_string()).unwrap_or_default();
+        events.push(core.handler.seed(pid, p.ppid, w, exe));
+        for &child in children.get(&pid).into_iter().flatten() {
+            queue.push_back((child, WatchedProc { depth: w.depth + 1, ..w }));
+        }
+    }
+    events
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+impl Agent {
+    /// Loads the probes and starts the agent. `write_output` sends events to
+    /// `config.agent.output`; `subscriber` receives them in-process as well.
+    pub fn start(cfg: &Config, write_output: bool, subscriber: Option<Sender<Event>>) -> anyhow::Result<Agent> {
+        let exes = resolve_apps(cfg)?;
+        let protected = resolve_protected(cfg);
+        let opts = SensorOptions {
+            exes: exes.clone(),
+            protected,
+            cgroup_root: (cfg.agent.cgroup_root != "auto").then(|| PathBuf::from(&cfg.agent.cgroup_root)),
+            disabled_hooks: cfg.agent.disabled_hooks.clone(),
+        };
+        let (sensor, ring) = Sensor::load(&opts)?;
+        for c in &sensor.capabilities {
+            match (c.hook, c.scope) {
+                (Some(hook), Some(scope)) => {
+                    info!(capability = c.capability, hook, ?scope, "capability served");
+                    if scope == crate::capabilities::Scope::EverySyscall {
+                        warn!(capability = c.capability, hook, "fallback hook fires on these syscalls of every process on the host");
+                    }
+                }
+                _ => warn!(capability = c.capability, "capability unavailable on this kernel"),
+            }
+            for t in &c.passed_over {
+                info!(capability = c.capability, hook = %t.hook, reason = %t.error, "hook passed over");
+            }
+        }
+        let mut output = Output::open(write_output.then_some(cfg.agent.output.as_str()))
+            .with_context(|| format!("cannot open output `{}`", cfg.agent.output))?;
+        if let Some(tx) = subscriber {
+            output.subscribe(tx);
+        }
+        let capabilities = sensor.capabilities.clone();
+        let mut core = Core { sensor, handler: Handler::new(cfg), output };
+        let startup = Event::Startup {
+            time: core.handler.clock.now(),
+            agent_pid: std::process::id(),
+            kernel: kernel_release(),
+            capabilities: capabilities.clone(),
+        };
+        core.output.emit(startup);
+        for ev in seed(&mut core, &exes) {
+            core.output.emit(ev);
+        }
+        core.output.flush();
+
+        let core = Arc::new(Mutex::new(core));
+        let stop = Arc::new(AtomicBool::new(false));
+        let interval = Duration::from_secs(cfg.agent.snapshot_interval_secs);
+        let thread = {
+            let (core, stop) = (core.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("clinicwatch-events".into())
+                .spawn(move || event_loop(core, ring, stop, interval))
+                .context("cannot start the event thread")?
+        };
+        Ok(Agent { core, stop, thread: Some(thread), capabilities })
+    }
+
+    /// Current counters and health, as a `Snapshot` event (also written to the output).
+    pub fn snapshot(&self) -> Event {
+        let mut guard = self.core.lock().unwrap_or_else(|p| p.into_inner());
+        let core = &mut *guard;
+        let ev = core.handler.snapshot(&mut core.sensor);
+        core.output.emit(ev.clone());
+        core.output.flush();
+        ev
+    }
+
+    /// Whether a process is in the kernel's watched set.
+    pub fn is_watched(&self, pid: u32) -> bool {
+        self.core.lock().unwrap_or_else(|p| p.into_inner()).sensor.is_watched(pid)
+    }
+
+    /// Stops the event thread, writes a last snapshot and detaches every probe.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn wait_readable(fd: i32, timeout: Duration) {
+    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
+}
+
+fn event_loop(core: Arc<Mutex<Core>>, mut ring: RingBuf<MapData>, stop: Arc<AtomicBool>, interval: Duration) {
+    let mut last_snapshot = Instant::now();
+    let fd = ring.as_raw_fd();
+    loop {
+        let stopping = stop.load(Ordering::SeqCst);
+        if !stopping {
+            wait_readable(fd, Duration::from_millis(50));
+        }
+        let mut guard = core.lock().unwrap_or_else(|p| p.into_inner());
+        let c = &mut *guard;
+        while let Some(item) = ring.next() {
+            let r = decode::decode(&item);
+            c.handler.decode.record(&r);
+            match r {
+                Ok(ev) => {
+                    if let Some(out) = c.handler.handle(ev, &mut c.sensor) {
+                        c.output.emit(out);
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "dropped a ring buffer record"),
+            }
+        }
+        if stopping || (!interval.is_zero() && last_snapshot.elapsed() >= interval) {
+            let snap = c.handler.snapshot(&mut c.sensor);
+            c.output.emit(snap);
+            last_snapshot = Instant::now();
+        }
+        c.output.flush();
+        if stopping {
+            break;
+        }
+    }
+}
+
+/// The config file path given on the command line, or the default location.
+pub fn default_config_path() -> &'static Path {
+    Path::new("/etc/clinicwatch/agent.toml")
+}

@@ -1,0 +1,434 @@
+//! Which hook serves which capability, chosen at run time.
+//!
+//! Each capability lists hook options, best first. An option is a set of programs that must
+//! all load and attach; if any fails, the ones already attached are detached and the next
+//! option is tried. The report says which option serves each capability, what it costs the
+//! rest of the machine (`scope`), and why the better options were passed over.
+
+use std::{any::Any, collections::HashSet, fs::File, path::Path};
+
+use aya::{
+    programs::{
+        links::CgroupAttachMode, BtfTracePoint, CgroupSkb, CgroupSkbAttachType, CgroupSock,
+        CgroupSockAddr, FExit, Lsm, ProgramError, RawTracePoint, TracePoint,
+    },
+    Btf, Ebpf,
+};
+use clinicwatch_common::names::prog;
+use serde::Serialize;
+
+/// What an option's programs fire on, besides the watched application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Only the kernel paths the capability is about (process lifecycle, file opens, sockets).
+    Targeted,
+    /// Every call of these syscalls by every process on the host: the fallback's cost.
+    EverySyscall,
+    /// Every packet of every socket on the host (one map lookup each).
+    EveryPacket,
+}
+
+pub enum Attach {
+    TpBtf(&'static str),
+    RawTp(&'static str),
+    Lsm(&'static str),
+    FExit(&'static str),
+    /// Tracepoints of one category; names the running kernel lacks are skipped.
+    Tracepoints(&'static str, &'static [&'static str]),
+    CgroupSockAddr,
+    CgroupSkb(CgroupSkbAttachType),
+    CgroupSock,
+}
+
+pub struct ProgramSpec {
+    pub prog: &'static str,
+    pub attach: Attach,
+}
+
+pub struct HookOption {
+    pub name: &'static str,
+    pub scope: Scope,
+    pub programs: &'static [ProgramSpec],
+}
+
+pub struct Capability {
+    pub name: &'static str,
+    /// Without it the agent cannot work at all.
+    pub required: bool,
+    pub options: &'static [HookOption],
+}
+
+const fn spec(prog: &'static str, attach: Attach) -> ProgramSpec {
+    ProgramSpec { prog, attach }
+}
+
+const OPEN_EXITS: &[&str] = &["sys_exit_open", "sys_exit_openat", "sys_exit_openat2", "sys_exit_creat"];
+const READ_ENTERS: &[&str] =
+    &["sys_enter_read", "sys_enter_pread64", "sys_enter_readv", "sys_enter_preadv", "sys_enter_preadv2"];
+const READ_EXITS: &[&str] =
+    &["sys_exit_read", "sys_exit_pread64", "sys_exit_readv", "sys_exit_preadv", "sys_exit_preadv2"];
+
+/// The hook table.
+pub const CAPABILITIES: &[Capability] = &[
+    Capability {
+        name: "process",
+        required: true,
+        options: &[
+            HookOption {
+                name: "tp_btf:sched_process_{exec,fork,exit}",
+                scope: Scope::Targeted,
+                programs: &[
+                    spec(prog::TP_BTF_EXEC, Attach::TpBtf("sched_process_exec")),
+                    spec(prog::TP_BTF_FORK, Attach::TpBtf("sched_process_fork")),
+                    spec(prog::TP_BTF_EXIT, Attach::TpBtf("sched_process_exit")),
+                ],
+            },
+            HookOption {
+                name: "raw_tp:sched_process_{exec,fork,exit}",
+                scope: Scope::Targeted,
+                programs: &[
+                    spec(prog::RAW_TP_EXEC, Attach::RawTp("sched_process_exec")),
+                    spec(prog::RAW_TP_FORK, Attach::RawTp("sched_process_fork")),
+                    spec(prog::RAW_TP_EXIT, Attach::RawTp("sched_process_exit")),
+                ],
+            },
+        ],
+    },
+    Capability {
+        name: "file_open",
+        required: false,
+        options: &[
+            HookOption {
+                name: "lsm:file_open",
+                scope: Scope::Targeted,
+                programs: &[spec(prog::LSM_FILE_OPEN, Attach::Lsm("file_open"))],
+            },
+            HookOption {
+                name: "tracepoint:syscalls:sys_exit_open*",
+                scope: Scope::EverySyscall,
+                programs: &[spec(prog::TP_OPEN_EXIT, Attach::Tracepoints("syscalls", OPEN_EXITS))],
+            },
+        ],
+    },
+    Capability {
+        name: "file_read",
+        required: false,
+        options: &[
+            HookOption {
+                name: "fexit:vfs_read,vfs_readv",
+                scope: Scope::Targeted,
+                programs: &[
+                    spec(prog::FEXIT_VFS_READ, Attach::FExit("vfs_read")),
+                    spec(prog::FEXIT_VFS_READV, Attach::FExit("vfs_readv")),
+                ],
+            },
+            HookOption {
+                name: "tracepoint:syscalls:sys_{enter,exit}_*read*",
+                scope: Scope::EverySyscall,
+                programs: &[
+                    spec(prog::TP_READ_ENTER, Attach::Tracepoints("syscalls", READ_ENTERS)),
+                    spec(prog::TP_READ_EXIT, Attach::Tracepoints("syscalls", READ_EXITS)),
+                ],
+            },
+        ],
+    },
+    Capability {
+        name: "file_mmap",
+        required: false,
+        options: &[
+            HookOption {
+                name: "lsm:mmap_file",
+                scope: Scope::Targeted,
+                programs: &[spec(prog::LSM_MMAP_FILE, Attach::Lsm("mmap_file"))],
+            },
+            HookOption {
+                name: "tracepoint:syscalls:sys_enter_mmap",
+                scope: Scope::EverySyscall,
+                programs: &[spec(prog::TP_MMAP_ENTER, Attach::Tracepoints("syscalls", &["sys_enter_mmap"]))],
+            },
+        ],
+    },
+    Capability {
+        name: "net_connect",
+        required: false,
+        options: &[HookOption {
+            name: "cgroup:connect4,connect6",
+            scope: Scope::Targeted,
+            programs: &[
+                spec(prog::CG_CONNECT4, Attach::CgroupSockAddr),
+                spec(prog::CG_CONNECT6, Attach::CgroupSockAddr),
+            ],
+        }],
+    },
+    Capability {
+        name: "net_bytes",
+        required: false,
+        options: &[HookOption {
+            name: "cgroup_skb:egress,ingress",
+            scope: Scope::EveryPacket,
+            programs: &[
+                spec(prog::CG_SKB_EGRESS, Attach::CgroupSkb(CgroupSkbAttachType::Egress)),
+                spec(prog::CG_SKB_INGRESS, Attach::CgroupSkb(CgroupSkbAttachType::Ingress)),
+            ],
+        }],
+    },
+    Capability {
+        name: "net_close",
+        required: false,
+        options: &[HookOption {
+            name: "cgroup:sock_release",
+            scope: Scope::Targeted,
+            programs: &[spec(prog::CG_SOCK_RELEASE, Attach::CgroupSock)],
+        }],
+    },
+];
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TriedHook {
+    pub hook: String,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CapabilityReport {
+    pub capability: &'static str,
+    /// The option that serves it, or `None` when none could.
+    pub hook: Option<&'static str>,
+    pub scope: Option<Scope>,
+    /// Better options that were passed over, and why.
+    pub passed_over: Vec<TriedHook>,
+    /// Tracepoints of the chosen option that this kernel lacks.
+    pub missing_tracepoints: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("no hook for required capability `{capability}`: {reasons}")]
+    Required { capability: &'static str, reasons: String },
+    #[error("cannot open cgroup v2 root `{path}`")]
+    Cgroup {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Links of attached programs; dropping one detaches it.
+pub type Links = Vec<Box<dyn Any + Send>>;
+
+/// Describes a program error, with the tail of the verifier's log where there is one (the
+/// verifier's real complaint is at the end).
+pub fn describe(err: &ProgramError) -> String {
+    match err {
+        ProgramError::LoadError { io_error, verifier_log } => {
+            let log = verifier_log.to_string();
+            let tail: Vec<&str> = log.lines().rev().take(12).collect::<Vec<_>>().into_iter().rev().collect();
+            if tail.is_empty() {
+                format!("load failed: {io_error} (empty verifier log)")
+            } else {
+                format!("load failed: {io_error}; verifier log tail:\n{}", tail.join("\n"))
+            }
+        }
+        other => {
+            let mut s = other.to_string();
+            let mut src = std::error::Error::source(other);
+            while let Some(e) = src {
+                s.push_str(&format!(": {e}"));
+                src = e.source();
+            }
+            s
+        }
+    }
+}
+
+/// Attaches the best option of every capability.
+pub struct Attacher<'a> {
+    pub ebpf: &'a mut Ebpf,
+    pub btf: &'a Btf,
+    pub cgroup_root: &'a Path,
+    pub tracefs: &'a Path,
+    pub disabled: &'a [String],
+    loaded: HashSet<&'static str>,
+}
+
+impl<'a> Attacher<'a> {
+    pub fn new(ebpf: &'a mut Ebpf, btf: &'a Btf, cgroup_root: &'a Path, tracefs: &'a Path, disabled: &'a [String]) -> Self {
+        Self { ebpf, btf, cgroup_root, tracefs, disabled, loaded: HashSet::new() }
+    }
+
+    pub fn attach_all(&mut self, links: &mut Links) -> Result<Vec<CapabilityReport>, AttachError> {
+        let mut reports = Vec::new();
+        for cap in CAPABILITIES {
+            let mut report = CapabilityReport {
+                capability: cap.name,
+                hook: None,
+                scope: None,
+                passed_over: Vec::new(),
+                missing_tracepoints: Vec::new(),
+            };
+            for option in cap.options {
+                if self.disabled.iter().any(|d| d == option.name) {
+                    report.passed_over.push(TriedHook { hook: option.name.into(), error: "disabled by config".into() });
+                    continue;
+                }
+                let mut attached: Links = Vec::new();
+                let mut missing = Vec::new();
+                match self.attach_option(option, &mut attached, &mut missing) {
+                    Ok(()) => {
+                        links.append(&mut attached);
+                        report.hook = Some(option.name);
+                        report.scope = Some(option.scope);
+                        report.missing_tracepoints = missing;
+                        break;
+                    }
+                    Err(error) => {
+                        drop(attached); // detaches what this option had attached
+                        report.passed_over.push(TriedHook { hook: option.name.into(), error });
+                    }
+                }
+            }
+            if report.hook.is_none() && cap.required {
+                let reasons = report
+                    .passed_over
+                    .iter()
+                    .map(|t| format!("`{}`: {}", t.hook, t.error))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                return Err(AttachError::Required { capability: cap.name, reasons });
+            }
+            reports.push(report);
+        }
+        Ok(reports)
+    }
+
+    fn attach_option(&mut self, option: &HookOption, links: &mut Links, missing: &mut Vec<String>) -> Result<(), String> {
+        for p in option.programs {
+            self.attach_program(p, links, missing).map_err(|e| format!("`{}`: {e}", p.prog))?;
+        }
+        Ok(())
+    }
+
+    /// With bpf_link (5.7+) the kernel runs every attached program whatever the mode; the
+    /// mode only matters for the legacy attach, where `Single` would refuse a second program.
+    fn cgroup(&self) -> Result<File, String> {
+        File::open(self.cgroup_root).map_err(|e| format!("cannot open cgroup v2 root `{}`: {e}", self.cgroup_root.display()))
+    }
+
+    fn attach_program(&mut self, p: &ProgramSpec, links: &mut Links, missing: &mut Vec<String>) -> Result<(), String> {
+        let first_load = self.loaded.insert(p.prog);
+        let cgroup = match p.attach {
+            Attach::CgroupSockAddr | Attach::CgroupSkb(_) | Attach::CgroupSock => Some(self.cgroup()?),
+            _ => None,
+        };
+        let cg = || cgroup.as_ref().ok_or_else(|| "no cgroup".to_string());
+        let program = self
+            .ebpf
+            .program_mut(p.prog)
+            .ok_or_else(|| "program missing from the eBPF object".to_string())?;
+        let d = |e: ProgramError| describe(&e);
+        match &p.attach {
+            Attach::TpBtf(name) => {
+                let prog: &mut BtfTracePoint = program.try_into().map_err(d)?;
+                if first_load {
+                    prog.load(name, self.btf).map_err(d)?;
+                }
+                let id = prog.attach().map_err(d)?;
+                links.push(Box::new(prog.take_link(id).map_err(d)?));
+            }
+            Attach::RawTp(name) => {
+                let prog: &mut RawTracePoint = program.try_into().map_err(d)?;
+                if first_load {
+                    prog.load().map_err(d)?;
+                }
+                let id = prog.attach(name).map_err(d)?;
+                links.push(Box::new(prog.take_link(id).map_err(d)?));
+            }
+            Attach::Lsm(name) => {
+                let prog: &mut Lsm = program.try_into().map_err(d)?;
+                if first_load {
+                    prog.load(name, self.btf).map_err(d)?;
+                }
+                let id = prog.attach().map_err(d)?;
+                links.push(Box::new(prog.take_link(id).map_err(d)?));
+            }
+            Attach::FExit(name) => {
+                let prog: &mut FExit = program.try_into().map_err(d)?;
+                if first_load {
+                    prog.load(name, self.btf).map_err(d)?;
+                }
+                let id = prog.attach().map_err(d)?;
+                links.push(Box::new(prog.take_link(id).map_err(d)?));
+            }
+            Attach::Tracepoints(category, names) => {
+                let present: Vec<&str> = names
+                    .iter()
+                    .copied()
+                    .filter(|n| {
+                        let ok = self.tracefs.join("events").join(category).join(n).exists();
+                        if !ok {
+                            missing.push(format!("{category}:{n}"));
+                        }
+                        ok
+                    })
+                    .collect();
+                if present.is_empty() {
+                    return Err(format!("none of the tracepoints exist under `{}`", self.tracefs.display()));
+                }
+                let prog: &mut TracePoint = program.try_into().map_err(d)?;
+                if first_load {
+                    prog.load().map_err(d)?;
+                }
+                for n in present {
+                    let id = prog.attach(category, n).map_err(|e| format!("{category}:{n}: {}", describe(&e)))?;
+                    links.push(Box::new(prog.take_link(id).map_err(d)?));
+                }
+            }
+            Attach::CgroupSockAddr => {
+                let cg = cg()?;
+                let prog: &mut CgroupSockAddr = program.try_into().map_err(d)?;
+                if first_load {
+                    prog.load().map_err(d)?;
+                }
+                let id = prog.attach(cg, CgroupAttachMode::Single).map_err(d)?;
+                links.push(Box::new(prog.take_link(id).map_err(d)?));
+            }
+            Attach::CgroupSkb(kind) => {
+                let cg = cg()?;
+                let prog: &mut CgroupSkb = program.try_into().map_err(d)?;
+                if first_load {
+                    prog.load().map_err(d)?;
+                }
+                let id = prog.attach(cg, *kind, CgroupAttachMode::Single).map_err(d)?;
+                links.push(Box::new(prog.take_link(id).map_err(d)?));
+            }
+            Attach::CgroupSock => {
+                let cg = cg()?;
+                let prog: &mut CgroupSock = program.try_into().map_err(d)?;
+                if first_load {
+                    prog.load().map_err(d)?;
+                }
+                let id = prog.attach(cg, CgroupAttachMode::Single).map_err(d)?;
+                links.push(Box::new(prog.take_link(id).map_err(d)?));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_program_in_the_table_is_in_the_contract() {
+        for cap in CAPABILITIES {
+            assert!(!cap.options.is_empty(), "{} has no hook", cap.name);
+            for o in cap.options {
+                for p in o.programs {
+                    assert!(prog::ALL.contains(&p.prog), "{} is not in names::prog::ALL", p.prog);
+                }
+            }
+        }
+    }
+}

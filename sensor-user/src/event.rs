@@ -1,0 +1,142 @@
+//! What the agent reports: one JSON object per line, tagged by `type`.
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::{capabilities::CapabilityReport, decode::DecodeStats};
+
+/// A process of a watched tree, as seen in an ancestry chain.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Ancestor {
+    pub pid: u32,
+    /// Executable path (or the command name where only that is known).
+    pub exe: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FileCounters {
+    pub path: String,
+    pub dev: String,
+    pub ino: u64,
+    pub bytes_read: u64,
+    pub reads: u64,
+    pub opens: u64,
+    pub mmaps: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FlowCounters {
+    /// The kernel's socket cookie: names the flow across events.
+    pub flow: u64,
+    pub protocol: String,
+    pub dst: IpAddr,
+    pub port: u16,
+    pub bytes_sent: u64,
+    pub bytes_recv: u64,
+    pub packets_sent: u64,
+    pub packets_recv: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ProcessCounters {
+    pub pid: u32,
+    pub app: String,
+    pub exe: String,
+    pub files: Vec<FileCounters>,
+    pub flows: Vec<FlowCounters>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct HookHealth {
+    pub hook: &'static str,
+    pub events: u64,
+    pub ringbuf_drops: u64,
+    pub read_errors: u64,
+    pub map_full: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Health {
+    pub hooks: Vec<HookHealth>,
+    pub ringbuf_drops: u64,
+    pub decode: DecodeStats,
+    /// Records that named a process the agent did not know (raced with its exit).
+    pub unknown_process: u64,
+    pub watched_processes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// Once at start: which hook serves each capability.
+    Startup { time: f64, agent_pid: u32, kernel: String, capabilities: Vec<CapabilityReport> },
+    /// A process found running at start-up that belongs to a watched tree.
+    Seed { time: f64, pid: u32, ppid: u32, app: String, exe: String, root_pid: u32 },
+    Exec {
+        time: f64,
+        pid: u32,
+        ppid: u32,
+        uid: u32,
+        gid: u32,
+        app: String,
+        exe: String,
+        argv: Vec<String>,
+        argv_truncated: bool,
+        cgroup_id: u64,
+        cgroup: String,
+        /// From the parent up to the first watched process of the tree.
+        ancestry: Vec<Ancestor>,
+    },
+    Fork { time: f64, pid: u32, ppid: u32, app: String },
+    Exit {
+        time: f64,
+        pid: u32,
+        app: String,
+        exe: String,
+        exit_code: i32,
+        signal: i32,
+        /// Final counters of the process' files and open flows.
+        files: Vec<FileCounters>,
+        flows: Vec<FlowCounters>,
+    },
+    /// First open of a file by a watched process (or first read, when the open was not seen).
+    FileOpen { time: f64, pid: u32, app: String, path: String, flags: String, dev: String, ino: u64, origin: String },
+    /// First memory mapping of a file by a watched process.
+    FileMmap { time: f64, pid: u32, app: String, path: String, flags: String, dev: String, ino: u64 },
+    /// A process outside every watched application opened a protected file.
+    ProtectedOpen {
+        time: f64,
+        pid: u32,
+        ppid: u32,
+        uid: u32,
+        comm: String,
+        exe: String,
+        path: String,
+        rule: String,
+        flags: String,
+        /// Parent first; command names from the kernel, executables where still readable.
+        ancestry: Vec<Ancestor>,
+    },
+    NetConnect { time: f64, pid: u32, app: String, flow: u64, protocol: String, dst: IpAddr, port: u16 },
+    NetClose { time: f64, pid: u32, app: String, counters: FlowCounters },
+    /// Periodic counters of every watched process, and the sensor's health.
+    Snapshot { time: f64, processes: Vec<ProcessCounters>, health: Health },
+}
+
+impl Event {
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Event::Seed { pid, .. }
+            | Event::Exec { pid, .. }
+            | Event::Fork { pid, .. }
+            | Event::Exit { pid, .. }
+            | Event::FileOpen { pid, .. }
+            | Event::FileMmap { pid, .. }
+            | Event::ProtectedOpen { pid, .. }
+            | Event::NetConnect { pid, .. }
+            | Event::NetClose { pid, .. } => Some(*pid),
+            Event::Startup { .. } | Event::Snapshot { .. } => None,
+        }
+    }
+}

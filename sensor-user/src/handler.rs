@@ -1,0 +1,422 @@
+//! Turns kernel records into reported events: resolves application names, ancestry, paths
+//! and flags, applies the command-line filter, and reads final counters at exit. Also builds
+//! the periodic snapshot of counters and health.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use clinicwatch_common::{
+    hook, origin, path_flags, FileKey, FileStats, FlowAddr, FlowStats, PathBuf as KPath,
+    WatchedProc, ARGV_LEN,
+};
+use regex::Regex;
+
+use crate::{
+    config::Config,
+    decode::{DecodeStats, KernelEvent},
+    event::{Ancestor, Event, FileCounters, FlowCounters, Health, HookHealth, ProcessCounters},
+    proctable::{ProcInfo, ProcTable},
+    procfs,
+    sensor::Sensor,
+};
+
+/// Converts the kernel's boot-time clock to Unix time.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    offset_ns: i128,
+}
+
+fn clock_ns(id: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(id, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+impl Clock {
+    pub fn new() -> Self {
+        Self { offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME) }
+    }
+
+    /// Unix time in seconds of a `bpf_ktime_get_boot_ns` value.
+    pub fn unix(&self, boot_ns: u64) -> f64 {
+        (boot_ns as i128 + self.offset_ns) as f64 / 1e9
+    }
+
+    pub fn now(&self) -> f64 {
+        clock_ns(libc::CLOCK_REALTIME) as f64 / 1e9
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A kernel path buffer (leaf first) as an absolute path.
+pub fn path_string(p: &KPath) -> String {
+    let depth = (p.depth as usize).min(p.comps.len());
+    let mut s = String::new();
+    if p.flags & path_flags::TRUNCATED != 0 {
+        s.push_str("/...");
+    }
+    for comp in p.comps[..depth].iter().rev() {
+        let end = comp.iter().position(|&b| b == 0).unwrap_or(comp.len());
+        s.push('/');
+        s.push_str(&String::from_utf8_lossy(&comp[..end]));
+    }
+    if s.is_empty() {
+        s.push('/');
+    }
+    s
+}
+
+fn comm_string(c: &[u8]) -> String {
+    let end = c.iter().position(|&b| b == 0).unwrap_or(c.len());
+    String::from_utf8_lossy(&c[..end]).into_owned()
+}
+
+fn protocol_name(p: u16) -> String {
+    match p {
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        other => format!("ip:{other}"),
+    }
+}
+
+fn remote_ip(r: &FlowAddr) -> IpAddr {
+    if r.family == libc::AF_INET6 as u16 {
+        IpAddr::from(r.addr)
+    } else {
+        IpAddr::from([r.addr[0], r.addr[1], r.addr[2], r.addr[3]])
+    }
+}
+
+pub fn flow_counters(cookie: u64, s: &FlowStats) -> FlowCounters {
+    FlowCounters {
+        flow: cookie,
+        protocol: protocol_name(s.remote.protocol),
+        dst: remote_ip(&s.remote),
+        port: s.remote.port,
+        bytes_sent: s.bytes_sent,
+        bytes_recv: s.bytes_recv,
+        packets_sent: s.packets_sent,
+        packets_recv: s.packets_recv,
+    }
+}
+
+fn file_counters(key: &FileKey, path: &str, s: &FileStats) -> FileCounters {
+    FileCounters {
+        path: path.to_string(),
+        dev: procfs::dev_string(key.dev),
+        ino: key.ino,
+        bytes_read: s.bytes_read,
+        reads: s.reads,
+        opens: s.opens,
+        mmaps: s.mmaps,
+    }
+}
+
+/// The state the kernel records are interpreted against.
+pub struct Handler {
+    pub table: ProcTable,
+    pub clock: Clock,
+    pub decode: DecodeStats,
+    pub unknown_process: u64,
+    apps: Vec<String>,
+    cmdline: Vec<Option<Regex>>,
+    protected: Vec<String>,
+    /// Flows still open: cookie → pid, for exit summaries.
+    open_flows: BTreeMap<u64, u32>,
+    /// Instances of a watched executable whose command line did not match (and their
+    /// children): unwatched in the kernel, and records already in flight are dropped.
+    rejected: std::collections::HashSet<u32>,
+}
+
+impl Handler {
+    pub fn new(cfg: &Config) -> Self {
+        Self {
+            table: ProcTable::default(),
+            clock: Clock::new(),
+            decode: DecodeStats::default(),
+            unknown_process: 0,
+            apps: cfg.apps.iter().map(|a| a.name.clone()).collect(),
+            // Validated in `Config::validate`.
+            cmdline: cfg.apps.iter().map(|a| a.cmdline.as_deref().and_then(|r| Regex::new(r).ok())).collect(),
+            protected: cfg.protected.iter().map(|p| p.name.clone()).collect(),
+            open_flows: BTreeMap::new(),
+            rejected: Default::default(),
+        }
+    }
+
+    pub fn app_name(&self, app: u32) -> String {
+        self.apps.get(app as usize).cloned().unwrap_or_else(|| format!("app#{app}"))
+    }
+
+    /// Whether a command line passes the application's optional filter.
+    pub fn cmdline_matches(&self, app: u32, argv: &[String]) -> bool {
+        match self.cmdline.get(app as usize) {
+            Some(Some(re)) => re.is_match(&argv.join(" ")),
+            _ => true,
+        }
+    }
+
+    fn exe_of(&mut self, pid: u32) -> String {
+        match self.table.get(pid) {
+            Some(p) => p.exe.clone(),
+            None => {
+                self.unknown_process += 1;
+                std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.display().to_string()).unwrap_or_default()
+            }
+        }
+    }
+
+    /// Interprets one kernel record; returns the event to report, if any.
+    pub fn handle(&mut self, ev: KernelEvent, sensor: &mut Sensor) -> Option<Event> {
+        if !self.rejected.is_empty() && self.drop_rejected(&ev, sensor) {
+            return None;
+        }
+        match ev {
+            KernelEvent::Exec(e) => {
+                let pid = e.hdr.tgid;
+                let time = self.clock.unix(e.hdr.time_ns);
+                let len = (e.argv_len as usize).min(ARGV_LEN);
+                let argv = procfs::split_args(&e.argv[..len]);
+                let is_root = e.root_tgid == pid;
+                if is_root && !self.cmdline_matches(e.app, &argv) {
+                    // Right executable, wrong command line: not this application.
+                    let _ = sensor.unwatch(pid);
+                    self.table.remove(pid);
+                    self.rejected.insert(pid);
+                    return None;
+                }
+                let exe = path_string(&e.exe);
+                let files = self.table.remove(pid).map(|p| p.files).unwrap_or_default();
+                self.table.insert(pid, ProcInfo { ppid: e.ppid, app: e.app, root: e.root_tgid, exe: exe.clone(), files });
+                let ancestry = if is_root { Vec::new() } else { self.table.ancestry(e.ppid) };
+                Some(Event::Exec {
+                    time,
+                    pid,
+                    ppid: e.ppid,
+                    uid: e.uid,
+                    gid: e.gid,
+                    app: self.app_name(e.app),
+                    exe,
+                    argv,
+                    argv_truncated: len == ARGV_LEN,
+                    cgroup_id: e.cgroup_id,
+                    cgroup: procfs::cgroup_path(pid),
+                    ancestry,
+                })
+            }
+            KernelEvent::Fork(e) => {
+                let pid = e.hdr.tgid;
+                let exe = self.exe_of(e.ppid);
+                self.table.insert(pid, ProcInfo { ppid: e.ppid, app: e.app, root: e.root_tgid, exe, files: Default::default() });
+                Some(Event::Fork { time: self.clock.unix(e.hdr.time_ns), pid, ppid: e.ppid, app: self.app_name(e.app) })
+            }
+            KernelEvent::Exit(e) => {
+                let pid = e.hdr.tgid;
+                let info = self.table.remove(pid).unwrap_or_default();
+                let mut files: Vec<FileCounters> = info
+                    .files
+                    .iter()
+                    .filter_map(|(key, path)| {
+                        let s = sensor.file_stats(key)?;
+                        sensor.remove_file_stats(key);
+                        Some(file_counters(key, path, &s))
+                    })
+                    .collect();
+                files.sort_by(|a, b| a.path.cmp(&b.path));
+                let cookies: Vec<u64> = self.open_flows.iter().filter(|(_, p)| **p == pid).map(|(c, _)| *c).collect();
+                let flows = cookies.iter().filter_map(|c| sensor.flow_stats(*c).map(|s| flow_counters(*c, &s))).collect();
+                let status = e.exit_code as i32;
+                Some(Event::Exit {
+                    time: self.clock.unix(e.hdr.time_ns),
+                    pid,
+                    app: self.app_name(e.app),
+                    exe: info.exe,
+                    exit_code: (status >> 8) & 0xff,
+                    signal: status & 0x7f,
+                    files,
+                    flows,
+                })
+            }
+            KernelEvent::FileOpen(e) | KernelEvent::FileMmap(e) => {
+                let pid = e.hdr.tgid;
+                let path = path_string(&e.path);
+                let key = FileKey { tgid: pid, dev: e.dev, ino: e.ino };
+                match self.table.get_mut(pid) {
+                    Some(p) => {
+                        p.files.insert(key, path.clone());
+                    }
+                    None => self.unknown_process += 1,
+                }
+                let (time, app, flags, dev) =
+                    (self.clock.unix(e.hdr.time_ns), self.app_name(e.app), procfs::open_flags(e.flags), procfs::dev_string(e.dev));
+                Some(if matches!(ev, KernelEvent::FileMmap(_)) {
+                    Event::FileMmap { time, pid, app, path, flags, dev, ino: e.ino }
+                } else {
+                    let origin = if e.origin == origin::READ { "read" } else { "open" }.to_string();
+                    Event::FileOpen { time, pid, app, path, flags, dev, ino: e.ino, origin }
+                })
+            }
+            KernelEvent::ProtectedOpen(e) => {
+                let ancestry = e
+                    .ancestors
+                    .iter()
+                    .take_while(|a| a.pid != 0)
+                    .map(|a| {
+                        let exe = std::fs::read_link(format!("/proc/{}/exe", a.pid))
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_else(|_| comm_string(&a.comm));
+                        Ancestor { pid: a.pid, exe }
+                    })
+                    .collect();
+                Some(Event::ProtectedOpen {
+                    time: self.clock.unix(e.hdr.time_ns),
+                    pid: e.hdr.tgid,
+                    ppid: e.ppid,
+                    uid: e.uid,
+                    comm: comm_string(&e.comm),
+                    exe: path_string(&e.exe),
+                    path: path_string(&e.path),
+                    rule: self.protected.get(e.rule as usize).cloned().unwrap_or_else(|| format!("protected#{}", e.rule)),
+                    flags: procfs::open_flags(e.flags),
+                    ancestry,
+                })
+            }
+            KernelEvent::Connect(e) => {
+                self.open_flows.insert(e.cookie, e.hdr.tgid);
+                Some(Event::NetConnect {
+                    time: self.clock.unix(e.hdr.time_ns),
+                    pid: e.hdr.tgid,
+                    app: self.app_name(e.app),
+                    flow: e.cookie,
+                    protocol: protocol_name(e.remote.protocol),
+                    dst: remote_ip(&e.remote),
+                    port: e.remote.port,
+                })
+            }
+            KernelEvent::FlowClose(e) => {
+                self.open_flows.remove(&e.cookie);
+                Some(Event::NetClose {
+                    time: self.clock.unix(e.hdr.time_ns),
+                    pid: e.stats.tgid,
+                    app: self.app_name(e.stats.app),
+                    counters: flow_counters(e.cookie, &e.stats),
+                })
+            }
+        }
+    }
+
+    /// Whether a record belongs to a rejected process (see `rejected`); keeps that set and
+    /// the kernel's watched set in step.
+    fn drop_rejected(&mut self, ev: &KernelEvent, sensor: &mut Sensor) -> bool {
+        match ev {
+            KernelEvent::Exec(e) if e.root_tgid == e.hdr.tgid => {
+                // A fresh start of a watched executable is judged again.
+                self.rejected.remove(&e.hdr.tgid);
+                false
+            }
+            KernelEvent::Fork(e) if self.rejected.contains(&e.ppid) => {
+                let _ = sensor.unwatch(e.hdr.tgid);
+                self.rejected.insert(e.hdr.tgid);
+                true
+            }
+            KernelEvent::Exit(e) => self.rejected.remove(&e.hdr.tgid),
+            KernelEvent::FlowClose(e) => self.rejected.contains(&e.stats.tgid),
+            KernelEvent::Exec(e) => self.rejected.contains(&e.hdr.tgid),
+            KernelEvent::Fork(_) => false,
+            KernelEvent::FileOpen(e) | KernelEvent::FileMmap(e) => self.rejected.contains(&e.hdr.tgid),
+            KernelEvent::Connect(e) => self.rejected.contains(&e.hdr.tgid),
+            KernelEvent::ProtectedOpen(_) => false,
+        }
+    }
+
+    /// Adds a process found running at start-up.
+    pub fn seed(&mut self, pid: u32, ppid: u32, w: WatchedProc, exe: String) -> Event {
+        self.table.insert(pid, ProcInfo { ppid, app: w.app, root: w.root_tgid, exe: exe.clone(), files: Default::default() });
+        Event::Seed { time: self.clock.now(), pid, ppid, app: self.app_name(w.app), exe, root_pid: w.root_tgid }
+    }
+
+    /// Counters of every watched process and the sensor's health.
+    pub fn snapshot(&mut self, sensor: &mut Sensor) -> Event {
+        let mut procs: BTreeMap<u32, ProcessCounters> = BTreeMap::new();
+        for pid in self.table.pids() {
+            let p = self.table.get(pid).cloned().unwrap_or_default();
+            procs.insert(pid, ProcessCounters { pid, app: self.app_name(p.app), exe: p.exe, files: Vec::new(), flows: Vec::new() });
+        }
+        for (key, path) in self.table.pids().flat_map(|pid| self.table.get(pid).map(|p| p.files.clone()).unwrap_or_default()) {
+            if let (Some(s), Some(pc)) = (sensor.file_stats(&key), procs.get_mut(&key.tgid)) {
+                pc.files.push(file_counters(&key, &path, &s));
+            }
+        }
+        for (&cookie, &pid) in &self.open_flows {
+            if let (Some(s), Some(pc)) = (sensor.flow_stats(cookie), procs.get_mut(&pid)) {
+                pc.flows.push(flow_counters(cookie, &s));
+            }
+        }
+        for pc in procs.values_mut() {
+            pc.files.sort_by(|a, b| a.path.cmp(&b.path));
+        }
+        let counters = sensor.hook_counters();
+        let hooks: Vec<HookHealth> = counters
+            .iter()
+            .zip(hook::NAMES)
+            .map(|(c, name)| HookHealth {
+                hook: name,
+                events: c.events,
+                ringbuf_drops: c.ringbuf_drops,
+                read_errors: c.read_errors,
+                map_full: c.map_full,
+            })
+            .collect();
+        Event::Snapshot {
+            time: self.clock.now(),
+            processes: procs.into_values().collect(),
+            health: Health {
+                ringbuf_drops: hooks.iter().map(|h| h.ringbuf_drops).sum(),
+                hooks,
+                decode: self.decode,
+                unknown_process: self.unknown_process,
+                watched_processes: sensor.watched_count(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clinicwatch_common::{COMPONENT_LEN, PATH_COMPONENTS};
+
+    fn kpath(comps: &[&str], flags: u32) -> KPath {
+        let mut p = KPath { depth: comps.len() as u32, flags, comps: [[0; COMPONENT_LEN]; PATH_COMPONENTS] };
+        for (i, c) in comps.iter().enumerate() {
+            p.comps[i][..c.len()].copy_from_slice(c.as_bytes());
+        }
+        p
+    }
+
+    #[test]
+    fn kernel_paths_read_leaf_first() {
+        assert_eq!(path_string(&kpath(&["passwd", "etc"], 0)), "/etc/passwd");
+        assert_eq!(path_string(&kpath(&[], 0)), "/");
+        assert_eq!(path_string(&kpath(&["b", "a"], path_flags::TRUNCATED)), "/.../a/b");
+        // A depth larger than the buffer is clamped, not a panic.
+        let mut p = kpath(&["x"], 0);
+        p.depth = 1000;
+        assert!(path_string(&p).ends_with("/x"));
+    }
+
+    #[test]
+    fn addresses_by_family() {
+        let mut r = FlowAddr { family: libc::AF_INET as u16, protocol: 6, port: 80, _pad: 0, addr: [0; 16] };
+        r.addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        assert_eq!(remote_ip(&r).to_string(), "127.0.0.1");
+        r.family = libc::AF_INET6 as u16;
+        r.addr = std::net::Ipv6Addr::LOCALHOST.octets();
+        assert_eq!(remote_ip(&r).to_string(), "::1");
+    }
+}

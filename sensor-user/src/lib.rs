@@ -1,0 +1,21 @@
+//! clinicwatch agent: loads the kernel probes, follows the watched applications' process
+//! trees, and reports their file and network activity.
+//!
+//! Data path: [`sensor`] (load, offsets from [`btf`], hooks chosen by [`capabilities`]) →
+//! ring buffer → [`decode`] → [`handler`] (process table in [`proctable`]) → [`output`].
+
+pub mod agent;
+pub mod btf;
+pub mod capabilities;
+pub mod config;
+pub mod decode;
+pub mod event;
+pub mod handler;
+pub mod output;
+pub mod proctable;
+pub mod procfs;
+pub mod sensor;
+
+pub use agent::Agent;
+pub use config::Config;
+pub use event::Event;

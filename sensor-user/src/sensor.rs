@@ -1,0 +1,210 @@
+//! Loading the kernel programs: checks, struct offsets, globals, map contents, hook choice.
+
+use std::path::PathBuf;
+
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf},
+    Btf as AyaBtf, Ebpf, EbpfError, EbpfLoader,
+};
+use clinicwatch_common::{
+    hook,
+    names::{global, map},
+    FileKey, FileStats, FlowStats, HookCounters, InodeKey, KernelOffsets, WatchedProc,
+};
+use tracing::warn;
+
+use crate::{
+    btf::{Btf, BtfError, VMLINUX_BTF},
+    capabilities::{AttachError, Attacher, CapabilityReport, Links},
+};
+
+/// The eBPF object, built by this crate's build script (empty when bpf-linker was missing).
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor-ebpf"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum SensorError {
+    #[error("clinicwatch-agent must run as root: loading eBPF programs needs CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN (effective uid is {0})")]
+    NotRoot(u32),
+    #[error("this agent was built without its eBPF object (bpf-linker was missing at build time): run `cargo xtask setup`, then rebuild")]
+    NoObject,
+    #[error("this kernel has no BTF at `{VMLINUX_BTF}` (CONFIG_DEBUG_INFO_BTF): the agent needs it to find kernel struct offsets")]
+    NoBtf,
+    #[error("cannot read kernel struct offsets from BTF")]
+    Offsets(#[from] BtfError),
+    #[error("the kernel refused the eBPF object (is BPF enabled, CONFIG_BPF_SYSCALL, and not blocked by lockdown or seccomp?)")]
+    Load(#[source] EbpfError),
+    #[error("eBPF map `{name}`")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("no cgroup v2 mount found (needed by the socket hooks); set `agent.cgroup_root`")]
+    NoCgroup2,
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+}
+
+pub struct SensorOptions {
+    /// Executables that start a watched tree → application index.
+    pub exes: Vec<(InodeKey, u32)>,
+    /// Protected inodes → protected-entry index.
+    pub protected: Vec<(InodeKey, u32)>,
+    /// `None` finds the cgroup v2 mount.
+    pub cgroup_root: Option<PathBuf>,
+    pub disabled_hooks: Vec<String>,
+}
+
+/// The programs, loaded and attached. Dropping it detaches everything.
+pub struct Sensor {
+    // Links before the object: they detach first.
+    _links: Links,
+    ebpf: Ebpf,
+    pub capabilities: Vec<CapabilityReport>,
+    pub offsets: KernelOffsets,
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> SensorError {
+    move |source| SensorError::Map { name, source }
+}
+
+impl Sensor {
+    /// Loads the programs and attaches the best hook for each capability. Also returns the
+    /// ring buffer of events.
+    pub fn load(opts: &SensorOptions) -> Result<(Self, RingBuf<MapData>), SensorError> {
+        // SAFETY: plain syscall.
+        let euid = unsafe { libc::geteuid() };
+        if euid != 0 {
+            return Err(SensorError::NotRoot(euid));
+        }
+        if EBPF_OBJECT.is_empty() {
+            return Err(SensorError::NoObject);
+        }
+        if !std::path::Path::new(VMLINUX_BTF).exists() {
+            return Err(SensorError::NoBtf);
+        }
+        raise_memlock();
+        let offsets = Btf::from_sys_fs()?.kernel_offsets()?;
+        let agent_tgid = std::process::id();
+        let protect_enabled: u32 = u32::from(!opts.protected.is_empty());
+        let mut ebpf = EbpfLoader::new()
+            .override_global(global::OFFSETS, &offsets, true)
+            .override_global(global::AGENT_TGID, &agent_tgid, true)
+            .override_global(global::PROTECT_ENABLED, &protect_enabled, true)
+            .load(EBPF_OBJECT)
+            .map_err(SensorError::Load)?;
+
+        {
+            let mut exes: BpfHashMap<_, InodeKey, u32> =
+                BpfHashMap::try_from(ebpf.map_mut(map::WATCHED_EXES).ok_or(SensorError::Map { name: map::WATCHED_EXES, source: MapError::InvalidName { name: map::WATCHED_EXES.into() } })?)
+                    .map_err(map_err(map::WATCHED_EXES))?;
+            for (key, app) in &opts.exes {
+                exes.insert(key, app, 0).map_err(map_err(map::WATCHED_EXES))?;
+            }
+        }
+        {
+            let mut prot: BpfHashMap<_, InodeKey, u32> =
+                BpfHashMap::try_from(ebpf.map_mut(map::PROTECTED).ok_or(SensorError::Map { name: map::PROTECTED, source: MapError::InvalidName { name: map::PROTECTED.into() } })?)
+                    .map_err(map_err(map::PROTECTED))?;
+            for (key, rule) in &opts.protected {
+                prot.insert(key, rule, 0).map_err(map_err(map::PROTECTED))?;
+            }
+        }
+        let events = RingBuf::try_from(
+            ebpf.take_map(map::EVENTS)
+                .ok_or(SensorError::Map { name: map::EVENTS, source: MapError::InvalidName { name: map::EVENTS.into() } })?,
+        )
+        .map_err(map_err(map::EVENTS))?;
+
+        let cgroup_root = match &opts.cgroup_root {
+            Some(p) => p.clone(),
+            None => crate::procfs::find_cgroup2_root().ok_or(SensorError::NoCgroup2)?,
+        };
+        let tracefs = match crate::procfs::ensure_tracefs() {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(error = %e, "no tracefs and cannot mount it: tracepoint hooks will fail");
+                PathBuf::from("/sys/kernel/tracing")
+            }
+        };
+        let btf = AyaBtf::from_sys_fs().map_err(|_| SensorError::NoBtf)?;
+        let mut links = Links::new();
+        let capabilities =
+            Attacher::new(&mut ebpf, &btf, &cgroup_root, &tracefs, &opts.disabled_hooks).attach_all(&mut links)?;
+        Ok((Sensor { _links: links, ebpf, capabilities, offsets }, events))
+    }
+
+    fn hash<K: aya::Pod, V: aya::Pod>(&mut self, name: &'static str) -> Result<BpfHashMap<&mut MapData, K, V>, SensorError> {
+        let m = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(SensorError::Map { name, source: MapError::InvalidName { name: name.into() } })?;
+        BpfHashMap::try_from(m).map_err(map_err(name))
+    }
+
+    /// Marks a process watched (used to seed processes that were running before the agent).
+    pub fn watch(&mut self, tgid: u32, w: WatchedProc) -> Result<(), SensorError> {
+        self.hash::<u32, WatchedProc>(map::WATCHED)?.insert(tgid, w, 0).map_err(map_err(map::WATCHED))
+    }
+
+    pub fn unwatch(&mut self, tgid: u32) -> Result<(), SensorError> {
+        match self.hash::<u32, WatchedProc>(map::WATCHED)?.remove(&tgid) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(SensorError::Map { name: map::WATCHED, source: e }),
+        }
+    }
+
+    pub fn is_watched(&mut self, tgid: u32) -> bool {
+        self.hash::<u32, WatchedProc>(map::WATCHED).is_ok_and(|m| m.get(&tgid, 0).is_ok())
+    }
+
+    pub fn watched_count(&mut self) -> usize {
+        self.hash::<u32, WatchedProc>(map::WATCHED).map(|m| m.keys().count()).unwrap_or(0)
+    }
+
+    pub fn file_stats(&mut self, key: &FileKey) -> Option<FileStats> {
+        self.hash::<FileKey, FileStats>(map::FILE_STATS).ok()?.get(key, 0).ok()
+    }
+
+    pub fn remove_file_stats(&mut self, key: &FileKey) {
+        if let Ok(mut m) = self.hash::<FileKey, FileStats>(map::FILE_STATS) {
+            let _ = m.remove(key);
+        }
+    }
+
+    pub fn flow_stats(&mut self, cookie: u64) -> Option<FlowStats> {
+        self.hash::<u64, FlowStats>(map::FLOWS).ok()?.get(&cookie, 0).ok()
+    }
+
+    /// Per-hook counters summed over CPUs, in `hook::NAMES` order.
+    pub fn hook_counters(&mut self) -> Vec<HookCounters> {
+        let Some(m) = self.ebpf.map_mut(map::HOOK_COUNTERS) else {
+            return Vec::new();
+        };
+        let Ok(arr) = PerCpuArray::<_, HookCounters>::try_from(m) else {
+            return Vec::new();
+        };
+        (0..hook::COUNT)
+            .map(|i| {
+                let mut sum = HookCounters::default();
+                if let Ok(per_cpu) = arr.get(&i, 0) {
+                    for c in per_cpu.iter() {
+                        sum.events += c.events;
+                        sum.ringbuf_drops += c.ringbuf_drops;
+                        sum.read_errors += c.read_errors;
+                        sum.map_full += c.map_full;
+                    }
+                }
+                sum
+            })
+            .collect()
+    }
+}
+
+fn raise_memlock() {
+    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: plain syscall with a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        warn!(error = %std::io::Error::last_os_error(), "cannot raise RLIMIT_MEMLOCK; relying on memcg accounting");
+    }
+}

@@ -1,0 +1,150 @@
+//! A stand-in practice-management client for the end-to-end tests and the demo: each
+//! subcommand does one kind of thing the sensor must see, with exact, known sizes.
+
+use std::{
+    fs::File,
+    io::{IoSliceMut, Read, Write},
+    net::TcpStream,
+    os::{fd::AsRawFd, unix::fs::FileExt},
+    process::{Command, ExitCode},
+    time::Duration,
+};
+
+fn usage() -> ExitCode {
+    eprintln!(
+        "usage: cw-workload <command> ...\n\
+         read|pread|readv|preadv FILE CHUNK   read FILE to the end in CHUNK-byte calls\n\
+         fork-read FILE CHUNK                 a forked child reads FILE; prints the child's pid\n\
+         connect ADDR SEND RECV               send SEND bytes to ADDR, read RECV bytes back\n\
+         shell                                run `/bin/sh -c 'exit 3'`\n\
+         mmap FILE                            map FILE and touch every page\n\
+         open FILE                            open FILE and read it once\n\
+         sleep-then-read MS FILE CHUNK        sleep, then read FILE\n\
+         demo DIR ADDR                        the README demo: reads, a connect, a shell"
+    );
+    ExitCode::from(2)
+}
+
+fn read_all(mode: &str, path: &str, chunk: usize) -> std::io::Result<u64> {
+    let mut f = File::open(path)?;
+    let mut buf = vec![0u8; chunk];
+    let mut total = 0u64;
+    loop {
+        let n = match mode {
+            "read" => f.read(&mut buf)?,
+            "pread" => f.read_at(&mut buf, total)?,
+            "readv" => {
+                let (a, b) = buf.split_at_mut(chunk / 2);
+                f.read_vectored(&mut [IoSliceMut::new(a), IoSliceMut::new(b)])?
+            }
+            "preadv" => {
+                let (a, b) = buf.split_at_mut(chunk / 2);
+                let iov = [
+                    libc::iovec { iov_base: a.as_mut_ptr().cast(), iov_len: a.len() },
+                    libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() },
+                ];
+                // SAFETY: two valid iovecs over `buf`.
+                let n = unsafe { libc::preadv(f.as_raw_fd(), iov.as_ptr(), 2, total as libc::off_t) };
+                if n < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                n as usize
+            }
+            other => return Err(std::io::Error::other(format!("unknown read mode `{other}`"))),
+        };
+        if n == 0 {
+            return Ok(total);
+        }
+        total += n as u64;
+    }
+}
+
+fn connect(addr: &str, send: usize, recv: usize) -> std::io::Result<()> {
+    let mut s = TcpStream::connect(addr)?;
+    s.write_all(&vec![b'x'; send])?;
+    let mut back = vec![0u8; recv];
+    s.read_exact(&mut back)?;
+    Ok(())
+}
+
+fn mmap_touch(path: &str) -> std::io::Result<u64> {
+    let f = File::open(path)?;
+    let len = f.metadata()?.len() as usize;
+    // SAFETY: a private read-only mapping of an open file, unmapped below.
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_PRIVATE, f.as_raw_fd(), 0) };
+    if p == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut sum = 0u64;
+    for off in (0..len).step_by(4096) {
+        // SAFETY: inside the mapping.
+        sum += unsafe { *(p as *const u8).add(off) } as u64;
+    }
+    // SAFETY: the mapping made above.
+    unsafe { libc::munmap(p, len) };
+    Ok(sum)
+}
+
+fn run(args: &[String]) -> std::io::Result<ExitCode> {
+    let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
+    let num = |i: usize| arg(i).parse::<usize>().map_err(|_| std::io::Error::other(format!("argument {i} must be a number")));
+    match arg(0) {
+        m @ ("read" | "pread" | "readv" | "preadv") => {
+            println!("{}", read_all(m, arg(1), num(2)?)?);
+        }
+        "fork-read" => {
+            let chunk = num(2)?;
+            // SAFETY: the child only reads a file and exits.
+            match unsafe { libc::fork() } {
+                -1 => return Err(std::io::Error::last_os_error()),
+                0 => {
+                    let code = if read_all("read", arg(1), chunk).is_ok() { 0 } else { 1 };
+                    // SAFETY: leave the child without running the parent's destructors.
+                    unsafe { libc::_exit(code) };
+                }
+                child => {
+                    println!("{child}");
+                    let mut status = 0;
+                    // SAFETY: waiting for our own child.
+                    unsafe { libc::waitpid(child, &mut status, 0) };
+                }
+            }
+        }
+        "connect" => connect(arg(1), num(2)?, num(3)?)?,
+        "shell" => {
+            let status = Command::new("/bin/sh").args(["-c", "exit 3"]).status()?;
+            println!("{}", status.code().unwrap_or(-1));
+        }
+        "mmap" => println!("{}", mmap_touch(arg(1))?),
+        "open" => {
+            let mut s = Vec::new();
+            File::open(arg(1))?.read_to_end(&mut s)?;
+        }
+        "sleep-then-read" => {
+            std::thread::sleep(Duration::from_millis(num(1)? as u64));
+            println!("{}", read_all("read", arg(2), num(3)?)?);
+        }
+        "demo" => {
+            let dir = arg(1);
+            println!("read {} bytes of patients.db", read_all("read", &format!("{dir}/patients.db"), 4096)?);
+            println!("pread {} bytes of notes.db", read_all("pread", &format!("{dir}/notes.db"), 4096)?);
+            connect(arg(2), 64 * 1024, 4096)?;
+            println!("sent 65536 bytes to {}, got 4096 back", arg(2));
+            let status = Command::new("/bin/sh").args(["-c", "id -u > /dev/null"]).status()?;
+            println!("shell exited with {status}");
+        }
+        _ => return Ok(usage()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("cw-workload: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! End-to-end: the real agent loads the real probes; real processes do real I/O; the events
+//! and counters must be exact. Needs root (skips with a message otherwise).
+
+use std::{
+    io::{Read, Write},
+    net::TcpListener,
+    path::Path,
+    time::Duration,
+};
+
+use clinicwatch_agent::Event;
+use clinicwatch_tests::*;
+
+const WORKLOAD: &str = env!("CARGO_BIN_EXE_cw-workload");
+
+fn exit_of(rx: &std::sync::mpsc::Receiver<Event>, pid: u32) -> Event {
+    expect_event(rx, WAIT, &format!("exit of {pid}"), |e| matches!(e, Event::Exit { pid: p, .. } if *p == pid))
+}
+
+fn file_bytes(exit: &Event, path: &Path) -> (u64, u64) {
+    let Event::Exit { files, .. } = exit else { panic!("not an exit: {exit:?}") };
+    let f = files
+        .iter()
+        .find(|f| Path::new(&f.path) == path)
+        .unwrap_or_else(|| panic!("{} not among the exit's files: {files:?}", path.display()));
+    (f.bytes_read, f.reads)
+}
+
+#[test]
+fn watched_program_reading_1mib_in_4k_reads_counts_exact_bytes() {
+    if !require_root("watched_program_reading_1mib_in_4k_reads_counts_exact_bytes") {
+        return;
+    }
+    let fx = Fixture::new(WORKLOAD, "read");
+    let data = fx.data_file("patients.db", MIB);
+    let (agent, rx) = start_agent(&fx.config(""));
+    for mode in ["read", "pread", "readv", "preadv"] {
+        let (pid, out) = run(&fx.app, &[mode, data.to_str().unwrap(), "4096"]);
+        assert_eq!(out.trim(), MIB.to_string(), "{mode}: the workload itself read the whole file");
+        let open = expect_event(&rx, WAIT, "open of the data file", |e| {
+            matches!(e, Event::FileOpen { pid: p, path, .. } if *p == pid && Path::new(path) == data)
+        });
+        let Event::FileOpen { origin, flags, .. } = &open else { unreachable!() };
+        assert_eq!(origin, "open");
+        assert!(flags.starts_with("O_RDONLY"), "{flags}");
+        let exit = exit_of(&rx, pid);
+        let (bytes, reads) = file_bytes(&exit, &data);
+        assert_eq!(bytes, MIB as u64, "{mode}: bytes counted for {}", data.display());
+        assert_eq!(reads, (MIB / 4096) as u64, "{mode}: read calls that returned data");
+    }
+    agent.stop();
+}
+
+#[test]
+fn child_forked_by_the_watched_program_is_watched() {
+    if !require_root("child_forked_by_the_watched_program_is_watched") {
+        return;
+    }
+    let fx = Fixture::new(WORKLOAD, "fork");
+    let data = fx.data_file("notes.db", MIB);
+    let (agent, rx) = start_agent(&fx.config(""));
+    let (parent, out) = run(&fx.app, &["fork-read", data.to_str().unwrap(), "4096"]);
+    let child: u32 = out.trim().parse().expect("child pid printed");
+    let fork = expect_event(&rx, WAIT, "fork", |e| matches!(e, Event::Fork { pid, .. } if *pid == child));
+    let Event::Fork { ppid, app, .. } = fork else { unreachable!() };
+    assert_eq!(ppid, parent);
+    assert_eq!(app, "pm-client");
+    let exit = exit_of(&rx, child);
+    assert_eq!(file_bytes(&exit, &data).0, MIB as u64, "the child's reads are counted");
+    agent.stop();
+}
+
+#[test]
+fn unwatched_process_doing_the_same_produces_nothing() {
+    if !require_root("unwatched_process_doing_the_same_produces_nothing") {
+        return;
+    }
+    let fx = Fixture::new(WORKLOAD, "unwatched");
+    let data = fx.data_file("patients.db", MIB);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; 1000];
+        s.read_exact(&mut buf).unwrap();
+        s.write_all(&[1u8; 10]).unwrap();
+    });
+    let (agent, rx) = start_agent(&fx.config(""));
+    let mut pids = Vec::new();
+    pids.push(run(&fx.other, &["read", data.to_str().unwrap(), "4096"]).0);
+    let (p, out) = run(&fx.other, &["fork-read", data.to_str().unwrap(), "4096"]);
+    pids.push(p);
+    pids.push(out.trim().parse().unwrap());
+    pids.push(run(&fx.other, &["connect", &addr, "1000", "10"]).0);
+    pids.push(run(&fx.other, &["shell"]).0);
+    server.join().unwrap();
+    // Then a watched run, so we know the agent was seeing events all along.
+    let (watched, _) = run(&fx.app, &["read", data.to_str().unwrap(), "4096"]);
+    exit_of(&rx, watched);
+    let events = collect(&rx, Duration::from_millis(500));
+    for ev in &events {
+        if let Some(pid) = ev.pid() {
+            assert!(!pids.contains(&pid), "event for an unwatched process: {ev:?}");
+        }
+    }
+    let Event::Snapshot { processes, .. } = agent.snapshot() else { panic!("not a snapshot") };
+    assert!(processes.iter().all(|p| !pids.contains(&p.pid)), "unwatched process in the snapshot: {processes:?}");
+    agent.stop();
+}
+
+/// One accepted connection: reads exactly `expect` bytes, answers `reply` bytes.
+fn echo_server(listener: TcpListener, expect: usize, reply: usize) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; expect];
+        s.read_exact(&mut buf).unwrap();
+        s.write_all(&vec![7u8; reply]).unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest); // until the client closes
+    })
+}
+
+#[test]
+fn loopback_connect_yields_destination_and_exact_bytes() {
+    if !require_root("loopback_connect_yields_destination_and_exact_bytes") {
+        return;
+    }
+    let fx = Fixture::new(WORKLOAD, "connect");
+    let (agent, rx) = start_agent(&fx.config(""));
+    for (bind, ip) in [("127.0.0.1:0", "127.0.0.1"), ("[::1]:0", "::1")] {
+        let Ok(listener) = TcpListener::bind(bind) else {
+            eprintln!("no {ip} on this host; skipping that family");
+            continue;
+        };
+        let addr = listener.local_addr().unwrap();
+        let (send, recv) = (300_000usize, 123_457usize);
+        let server = echo_server(listener, send, recv);
+        let (pid, _) = run(&fx.app, &["connect", &addr.to_string(), &send.to_string(), &recv.to_string()]);
+        server.join().unwrap();
+        let connect = expect_event(&rx, WAIT, "connect", |e| matches!(e, Event::NetConnect { pid: p, .. } if *p == pid));
+        let Event::NetConnect { dst, port, protocol, flow, .. } = connect else { unreachable!() };
+        assert_eq!(dst.to_string(), ip);
+        assert_eq!(port, addr.port());
+        assert_eq!(protocol, "tcp");
+        let close = expect_event(&rx, WAIT, "flow close", |e| matches!(e, Event::NetClose { counters, .. } if counters.flow == flow));
+        let Event::NetClose { counters, pid: p, .. } = close else { unreachable!() };
+        assert_eq!(p, pid);
+        assert_eq!(counters.bytes_sent, send as u64, "payload bytes sent to {addr}: {counters:?}");
+        assert_eq!(counters.bytes_recv, recv as u64, "payload bytes received from {addr}");
+    }
+    agent.stop();
+}
+
+#[test]
+fn unwatched_process_opening_a_protected_file_is_reported_with_its_executable() {
+    if !require_root("unwatched_process_opening_a_protected_file_is_reported_with_its_executable") {
+        return;
+    }
+    let fx = Fixture::new(WORKLOAD, "protected");
+    let cookies = fx.data_file("profile/Cookies", 4096);
+    let patients = fx.data_file("pmdata/db/patients.db", 4096);
+    let extra = format!(
+        "[[protected]]\nname = \"browser-cookies\"\npath = \"{}\"\n[[protected]]\nname = \"pm-data\"\npath = \"{}\"\n",
+        cookies.display(),
+        fx.dir.join("pmdata").display()
+    );
+    let (agent, rx) = start_agent(&fx.config(&extra));
+    for (file, rule) in [(&cookies, "browser-cookies"), (&patients, "pm-data")] {
+        let (pid, _) = run(&fx.other, &["open", file.to_str().unwrap()]);
+        let ev = expect_event(&rx, WAIT, "protected open", |e| matches!(e, Event::ProtectedOpen { pid: p, .. } if *p == pid));
+        let Event::ProtectedOpen { exe, path, rule: r, ppid, ancestry, .. } = ev else { unreachable!() };
+        assert_eq!(Path::new(&exe), fx.other, "the opener's executable");
+        assert_eq!(Path::new(&path), file.as_path());
+        assert_eq!(r, rule);
+        assert_eq!(ppid, std::process::id(), "the test runner started it");
+        assert_eq!(ancestry.first().map(|a| a.pid), Some(std::process::id()));
+    }
+    // The watched application reading its own data is not an outsider.
+    let (pid, _) = run(&fx.app, &["open", patients.to_str().unwrap()]);
+    exit_of(&rx, pid);
+    let late = collect(&rx, Duration::from_millis(300));
+    assert!(!late.iter().any(|e| matches!(e, Event::ProtectedOpen { pid: p, .. } if *p == pid)));
+    agent.stop();
+}
+
+#[test]
+fn shell_spawned_by_the_watched_program_is_reported_with_ancestry() {
+    if !require_root("shell_spawned_by_the_watched_program_is_reported_with_ancestry") {
+        return;
+    }
+    let fx = Fixture::new(WORKLOAD, "shell");
+    let (agent, rx) = start_agent(&fx.config(""));
+    let (root, out) = run(&fx.app, &["shell"]);
+    assert_eq!(out.trim(), "3");
+    let root_exec = expect_event(&rx, WAIT, "exec of the app", |e| matches!(e, Event::Exec { pid, .. } if *pid == root));
+    let Event::Exec { exe, ancestry, .. } = root_exec else { unreachable!() };
+    assert_eq!(Path::new(&exe), fx.app);
+    assert!(ancestry.is_empty(), "the app is the root of its tree");
+    let shell = expect_event(&rx, WAIT, "exec of the shell", |e| {
+        matches!(e, Event::Exec { ppid, pid, .. } if *ppid == root && *pid != root)
+    });
+    let Event::Exec { pid, exe, argv, ancestry, app, .. } = shell else { unreachable!() };
+    let sh = std::fs::canonicalize("/bin/sh").unwrap();
+    assert_eq!(Path::new(&exe), sh, "the shell's executable");
+    assert_eq!(argv, vec!["/bin/sh", "-c", "exit 3"]);
+    assert_eq!(app, "pm-client");
+    assert_eq!(ancestry.len(), 1, "{ancestry:?}");
+    assert_eq!(ancestry[0].pid, root);
+    assert_eq!(Path::new(&ancestry[0].exe), fx.app);
+    let exit = exit_of(&rx, pid);
+    let Event::Exit { exit_code, .. } = exit else { unreachable!() };
+    assert_eq!(exit_code, 3);
+    agent.stop();
+}
+
+#[test]
+fn process_running_before_the_agent_is_seeded() {
+    if !require_root("process_running_before_the_agent_is_seeded") {
+        return;
+    }
+    let fx = Fixture::new(WORKLOAD, "seed");
+    let data = fx.data_file("patients.db", MIB);
+    let child = std::process::Command::new(&fx.app)
+        .args(["sleep-then-read", "1500", data.to_str().unwrap(), "4096"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    std::thread::sleep(Duration::from_millis(100));
+    let (agent, rx) = start_agent(&fx.config(""));
+    expect_event(&rx, WAIT, "seed", |e| matches!(e, Event::Seed { pid: p, .. } if *p == pid));
+    assert!(agent.is_watched(pid));
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let exit = exit_of(&rx, pid);
+    assert_eq!(file_bytes(&exit, &data).0, MIB as u64);
+    agent.stop();
+}
+
+#[test]
+fn mmap_of_a_file_is_its_own_signal() {
+    if !require_root("mmap_of_a_file_is_its_own_signal") {
+        return;
+    }
+    let fx = Fixture::new(WORKLOAD, "mmap");
+    let data = fx.data_file("cache.db", 64 * 1024);
+    let (agent, rx) = start_agent(&fx.config(""));
+    let (pid, _) = run(&fx.app, &["mmap", data.to_str().unwrap()]);
+    expect_event(&rx, WAIT, "mmap", |e| {
+        matches!(e, Event::FileMmap { pid: p, path, .. } if *p == pid && Path::new(path) == data)
+    });
+    let exit = exit_of(&rx, pid);
+    let Event::Exit { files, .. } = exit else { unreachable!() };
+    let f = files.iter().find(|f| Path::new(&f.path) == data).unwrap();
+    assert_eq!((f.mmaps, f.bytes_read), (1, 0));
+    agent.stop();
+}
+
+#[test]
+fn command_line_filter_excludes_other_instances() {
+    if !require_root("command_line_filter_excludes_other_instances") {
+        return;
+    }
+    let fx = Fixture::new(WORKLOAD, "cmdline");
+    let data = fx.data_file("patients.db", 4096);
+    let mut cfg = fx.config("");
+    cfg.apps[0].cmdline = Some("^\\S+ pread ".into());
+    let (agent, rx) = start_agent(&cfg);
+    let (skipped, _) = run(&fx.app, &["read", data.to_str().unwrap(), "4096"]);
+    let (watched, _) = run(&fx.app, &["pread", data.to_str().unwrap(), "4096"]);
+    exit_of(&rx, watched);
+    let events = collect(&rx, Duration::from_millis(300));
+    assert!(events.iter().all(|e| e.pid() != Some(skipped)), "{events:?}");
+    agent.stop();
+}
