@@ -1,6 +1,9 @@
 //! Counting and ring-buffer helpers shared by every hook.
 
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, helpers::generated::bpf_ktime_get_boot_ns, maps::ring_buf::RingBufEntry};
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, helpers::generated::bpf_ktime_get_boot_ns,
+    maps::ring_buf::RingBufEntry,
+};
 use clinicwatch_common::{EventHeader, HookCounters};
 
 use crate::maps::{EVENTS, HOOK_COUNTERS};
@@ -42,7 +45,12 @@ pub fn finish(hook: u32, r: HookResult) {
 /// Reserves a record of type `T` in the ring buffer and fills its header; a full ring buffer
 /// is counted as a drop for `hook`.
 #[inline(always)]
-pub fn reserve<T: 'static>(hook: u32, kind: u32, pid: u32, tgid: u32) -> Result<RingBufEntry<T>, Counter> {
+pub fn reserve<T: 'static>(
+    hook: u32,
+    kind: u32,
+    pid: u32,
+    tgid: u32,
+) -> Result<RingBufEntry<T>, Counter> {
     let Some(mut entry) = EVENTS.reserve::<T>(0) else {
         return Err(Counter::RingbufDrop);
     };

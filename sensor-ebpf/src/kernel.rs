@@ -5,7 +5,9 @@
 //! `bpf_probe_read_kernel`, so a wrong offset yields a counted read error, never a crash.
 
 use aya_ebpf::helpers::{bpf_probe_read_kernel, generated::bpf_probe_read_kernel_str};
-use clinicwatch_common::{path_flags, InodeKey, KernelOffsets, PathBuf, COMPONENT_LEN, PATH_COMPONENTS};
+use clinicwatch_common::{
+    path_flags, InodeKey, KernelOffsets, PathBuf, COMPONENT_LEN, PATH_COMPONENTS,
+};
 
 use crate::emit::Counter;
 
@@ -165,7 +167,11 @@ pub fn find_protected(
         dentry = parent;
         let inode: u64 = read(dentry, off!(dentry_d_inode))?;
         let ino: u64 = read(inode, off!(inode_i_ino))?;
-        let k = InodeKey { dev: key.dev, _pad: 0, ino };
+        let k = InodeKey {
+            dev: key.dev,
+            _pad: 0,
+            ino,
+        };
         if let Some(rule) = matches(&k) {
             return Ok(Some(rule));
         }
@@ -212,7 +218,11 @@ pub fn file_path(file: u64, out: &mut PathBuf) -> Result<(), Counter> {
     let mut at_root = false;
     let path = file + off!(file_f_path);
     let vfsmnt: u64 = read(path, off!(path_mnt))?;
-    let mut cur = Cursor { dentry: read(path, off!(path_dentry))?, mnt: vfsmnt.wrapping_sub(off!(mount_mnt)), vfsmnt };
+    let mut cur = Cursor {
+        dentry: read(path, off!(path_dentry))?,
+        mnt: vfsmnt.wrapping_sub(off!(mount_mnt)),
+        vfsmnt,
+    };
     for i in 0..PATH_COMPONENTS {
         if cur.climb_mount()? || cur.climb_mount()? {
             at_root = true;
@@ -222,7 +232,11 @@ pub fn file_path(file: u64, out: &mut PathBuf) -> Result<(), Counter> {
         let slot = &mut out.comps[i];
         // SAFETY: a probe read into a fixed-size buffer; on failure the kernel zeroes it.
         let rc = unsafe {
-            bpf_probe_read_kernel_str(slot.as_mut_ptr() as *mut _, COMPONENT_LEN as u32, name as *const _)
+            bpf_probe_read_kernel_str(
+                slot.as_mut_ptr() as *mut _,
+                COMPONENT_LEN as u32,
+                name as *const _,
+            )
         };
         if rc < 0 {
             out.flags |= path_flags::READ_ERROR;

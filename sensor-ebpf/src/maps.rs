@@ -41,5 +41,4 @@ pub static PENDING_READS: LruHashMap<u64, u64> =
     LruHashMap::with_max_entries(capacity::PENDING_READS, 0);
 
 #[map]
-pub static HOOK_COUNTERS: PerCpuArray<HookCounters> =
-    PerCpuArray::with_max_entries(hook::COUNT, 0);
+pub static HOOK_COUNTERS: PerCpuArray<HookCounters> = PerCpuArray::with_max_entries(hook::COUNT, 0);

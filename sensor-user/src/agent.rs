@@ -51,10 +51,15 @@ fn resolve_apps(cfg: &Config) -> anyhow::Result<Vec<(InodeKey, u32)>> {
     for (i, app) in cfg.apps.iter().enumerate() {
         match procfs::inode_key(&app.exe) {
             Ok(key) => out.push((key, i as u32)),
-            Err(e) => warn!(app = %app.name, exe = %app.exe.display(), error = %e, "watched executable not found; skipping"),
+            Err(e) => {
+                warn!(app = %app.name, exe = %app.exe.display(), error = %e, "watched executable not found; skipping")
+            }
         }
     }
-    anyhow::ensure!(!out.is_empty(), "none of the configured `[[app]]` executables exist on this host");
+    anyhow::ensure!(
+        !out.is_empty(),
+        "none of the configured `[[app]]` executables exist on this host"
+    );
     Ok(out)
 }
 
@@ -62,7 +67,9 @@ fn resolve_apps(cfg: &Config) -> anyhow::Result<Vec<(InodeKey, u32)>> {
 fn resolve_protected(cfg: &Config) -> Vec<(InodeKey, u32)> {
     let mut out = Vec::new();
     for (i, p) in cfg.protected.iter().enumerate() {
-        let paths: Vec<PathBuf> = glob::glob(&p.path).map(|g| g.flatten().collect()).unwrap_or_default();
+        let paths: Vec<PathBuf> = glob::glob(&p.path)
+            .map(|g| g.flatten().collect())
+            .unwrap_or_default();
         if paths.is_empty() {
             warn!(name = %p.name, path = %p.path, "protected path matches nothing yet");
         }
@@ -88,14 +95,27 @@ fn seed(core: &mut Core, exes: &[(InodeKey, u32)]) -> Vec<Event> {
     let mut queue: VecDeque<(u32, WatchedProc)> = VecDeque::new();
     for p in procs.values() {
         let Some(key) = p.exe_key else { continue };
-        let Some(&(_, app)) = exes.iter().find(|(k, _)| *k == key) else { continue };
+        let Some(&(_, app)) = exes.iter().find(|(k, _)| *k == key) else {
+            continue;
+        };
         if p.pid == me || !core.handler.cmdline_matches(app, &p.cmdline) {
             continue;
         }
         // A root is the highest instance: skip it if its parent is one too (found as a child).
-        let parent_is_instance = procs.get(&p.ppid).and_then(|pp| pp.exe_key).is_some_and(|k| k == key);
+        let parent_is_instance = procs
+            .get(&p.ppid)
+            .and_then(|pp| pp.exe_key)
+            .is_some_and(|k| k == key);
         if !parent_is_instance {
-            queue.push_back((p.pid, WatchedProc { app, root_tgid: p.pid, depth: 0, _pad: 0 }));
+            queue.push_back((
+                p.pid,
+                WatchedProc {
+                    app,
+                    root_tgid: p.pid,
+                    depth: 0,
+                    _pad: 0,
+                },
+            ));
         }
     }
     let mut events = Vec::new();
@@ -108,29 +128,46 @@ fn seed(core: &mut Core, exes: &[(InodeKey, u32)]) -> Vec<Event> {
             continue;
         }
         let p = &procs[&pid];
-        let exe = p.exe.as_deref().map(|e| e.display().to_string()).unwrap_or_default();
+        let exe = p
+            .exe
+            .as_deref()
+            .map(|e| e.display().to_string())
+            .unwrap_or_default();
         events.push(core.handler.seed(pid, p.ppid, w, exe));
         for &child in children.get(&pid).into_iter().flatten() {
-            queue.push_back((child, WatchedProc { depth: w.depth + 1, ..w }));
+            queue.push_back((
+                child,
+                WatchedProc {
+                    depth: w.depth + 1,
+                    ..w
+                },
+            ));
         }
     }
     events
 }
 
 fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 impl Agent {
     /// Loads the probes and starts the agent. `write_output` sends events to
     /// `config.agent.output`; `subscriber` receives them in-process as well.
-    pub fn start(cfg: &Config, write_output: bool, subscriber: Option<Sender<Event>>) -> anyhow::Result<Agent> {
+    pub fn start(
+        cfg: &Config,
+        write_output: bool,
+        subscriber: Option<Sender<Event>>,
+    ) -> anyhow::Result<Agent> {
         let exes = resolve_apps(cfg)?;
         let protected = resolve_protected(cfg);
         let opts = SensorOptions {
             exes: exes.clone(),
             protected,
-            cgroup_root: (cfg.agent.cgroup_root != "auto").then(|| PathBuf::from(&cfg.agent.cgroup_root)),
+            cgroup_root: (cfg.agent.cgroup_root != "auto")
+                .then(|| PathBuf::from(&cfg.agent.cgroup_root)),
             disabled_hooks: cfg.agent.disabled_hooks.clone(),
         };
         let (sensor, ring) = Sensor::load(&opts)?;
@@ -139,10 +176,17 @@ impl Agent {
                 (Some(hook), Some(scope)) => {
                     info!(capability = c.capability, hook, ?scope, "capability served");
                     if scope == crate::capabilities::Scope::EverySyscall {
-                        warn!(capability = c.capability, hook, "fallback hook fires on these syscalls of every process on the host");
+                        warn!(
+                            capability = c.capability,
+                            hook,
+                            "fallback hook fires on these syscalls of every process on the host"
+                        );
                     }
                 }
-                _ => warn!(capability = c.capability, "capability unavailable on this kernel"),
+                _ => warn!(
+                    capability = c.capability,
+                    "capability unavailable on this kernel"
+                ),
             }
             for t in &c.passed_over {
                 info!(capability = c.capability, hook = %t.hook, reason = %t.error, "hook passed over");
@@ -154,7 +198,11 @@ impl Agent {
             output.subscribe(tx);
         }
         let capabilities = sensor.capabilities.clone();
-        let mut core = Core { sensor, handler: Handler::new(cfg), output };
+        let mut core = Core {
+            sensor,
+            handler: Handler::new(cfg),
+            output,
+        };
         let startup = Event::Startup {
             time: core.handler.clock.now(),
             agent_pid: std::process::id(),
@@ -177,7 +225,12 @@ impl Agent {
                 .spawn(move || event_loop(core, ring, stop, interval))
                 .context("cannot start the event thread")?
         };
-        Ok(Agent { core, stop, thread: Some(thread), capabilities })
+        Ok(Agent {
+            core,
+            stop,
+            thread: Some(thread),
+            capabilities,
+        })
     }
 
     /// Current counters and health, as a `Snapshot` event (also written to the output).
@@ -192,7 +245,11 @@ impl Agent {
 
     /// Whether a process is in the kernel's watched set.
     pub fn is_watched(&self, pid: u32) -> bool {
-        self.core.lock().unwrap_or_else(|p| p.into_inner()).sensor.is_watched(pid)
+        self.core
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sensor
+            .is_watched(pid)
     }
 
     /// Stops the event thread, writes a last snapshot and detaches every probe.
@@ -215,12 +272,21 @@ impl Drop for Agent {
 }
 
 fn wait_readable(fd: i32, timeout: Duration) {
-    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
     // SAFETY: one valid pollfd.
     unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
 }
 
-fn event_loop(core: Arc<Mutex<Core>>, mut ring: RingBuf<MapData>, stop: Arc<AtomicBool>, interval: Duration) {
+fn event_loop(
+    core: Arc<Mutex<Core>>,
+    mut ring: RingBuf<MapData>,
+    stop: Arc<AtomicBool>,
+    interval: Duration,
+) {
     let mut last_snapshot = Instant::now();
     let fd = ring.as_raw_fd();
     loop {

@@ -67,8 +67,10 @@ impl Btf {
     }
 
     pub fn from_file(path: &Path) -> Result<Self, BtfError> {
-        let data = std::fs::read(path)
-            .map_err(|source| BtfError::Read { path: path.display().to_string(), source })?;
+        let data = std::fs::read(path).map_err(|source| BtfError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
         Self::parse(&data)
     }
 
@@ -89,7 +91,12 @@ impl Btf {
             .get(hdr_len + str_off..hdr_len + str_off + str_len)
             .ok_or(BtfError::Malformed("string section out of bounds"))?
             .to_vec();
-        let mut btf = Btf { strings, composites: HashMap::new(), by_name: HashMap::new(), refs: HashMap::new() };
+        let mut btf = Btf {
+            strings,
+            composites: HashMap::new(),
+            by_name: HashMap::new(),
+            refs: HashMap::new(),
+        };
         let mut pos = 0usize;
         let mut id = 1u32;
         while pos < types.len() {
@@ -101,19 +108,21 @@ impl Btf {
             let kind = (info >> 24) & 0x1f;
             let kind_flag = info >> 31 == 1;
             let extra = match kind {
-                1 => 4,                  // int
-                3 => 12,                 // array
+                1 => 4,  // int
+                3 => 12, // array
                 KIND_STRUCT | KIND_UNION => 12 * vlen,
-                6 => 8 * vlen,           // enum
-                13 => 8 * vlen,          // func_proto
-                14 => 4,                 // var
-                15 => 12 * vlen,         // datasec
-                17 => 4,                 // decl_tag
-                19 => 12 * vlen,         // enum64
+                6 => 8 * vlen,   // enum
+                13 => 8 * vlen,  // func_proto
+                14 => 4,         // var
+                15 => 12 * vlen, // datasec
+                17 => 4,         // decl_tag
+                19 => 12 * vlen, // enum64
                 2 | 7 | 8 | 9 | 10 | 11 | 12 | 16 | 18 => 0,
                 _ => return Err(BtfError::Malformed("unknown type kind")),
             };
-            let body = types.get(pos..pos + extra).ok_or(BtfError::Malformed("truncated type"))?;
+            let body = types
+                .get(pos..pos + extra)
+                .ok_or(BtfError::Malformed("truncated type"))?;
             match kind {
                 KIND_STRUCT | KIND_UNION => {
                     let mut members = Vec::with_capacity(vlen);
@@ -180,9 +189,15 @@ impl Btf {
 
     /// Byte offset of `strukt.field`.
     pub fn offset_of(&self, strukt: &str, field: &str) -> Result<u32, BtfError> {
-        let id = *self.by_name.get(strukt).ok_or_else(|| BtfError::MissingStruct(strukt.into()))?;
+        let id = *self
+            .by_name
+            .get(strukt)
+            .ok_or_else(|| BtfError::MissingStruct(strukt.into()))?;
         self.find(id, field, 0)
-            .ok_or_else(|| BtfError::MissingField { strukt: strukt.into(), field: field.into() })
+            .ok_or_else(|| BtfError::MissingField {
+                strukt: strukt.into(),
+                field: field.into(),
+            })
     }
 
     /// Every offset the kernel programs need.
@@ -228,7 +243,10 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        assert!(matches!(Btf::parse(b"not btf at all, not btf at all"), Err(BtfError::Malformed(_))));
+        assert!(matches!(
+            Btf::parse(b"not btf at all, not btf at all"),
+            Err(BtfError::Malformed(_))
+        ));
         assert!(matches!(Btf::parse(&[]), Err(BtfError::Malformed(_))));
     }
 
@@ -238,7 +256,9 @@ mod tests {
             eprintln!("skipped: no readable {VMLINUX_BTF}");
             return;
         };
-        let off = btf.kernel_offsets().expect("every offset the programs need");
+        let off = btf
+            .kernel_offsets()
+            .expect("every offset the programs need");
         // `pid` and `tgid` are adjacent `pid_t`s in every kernel.
         assert_eq!(off.task_tgid, off.task_pid + 4);
         assert!(off.task_pid > 0 && off.file_f_inode > 0);

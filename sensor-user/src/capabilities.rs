@@ -63,11 +63,26 @@ const fn spec(prog: &'static str, attach: Attach) -> ProgramSpec {
     ProgramSpec { prog, attach }
 }
 
-const OPEN_EXITS: &[&str] = &["sys_exit_open", "sys_exit_openat", "sys_exit_openat2", "sys_exit_creat"];
-const READ_ENTERS: &[&str] =
-    &["sys_enter_read", "sys_enter_pread64", "sys_enter_readv", "sys_enter_preadv", "sys_enter_preadv2"];
-const READ_EXITS: &[&str] =
-    &["sys_exit_read", "sys_exit_pread64", "sys_exit_readv", "sys_exit_preadv", "sys_exit_preadv2"];
+const OPEN_EXITS: &[&str] = &[
+    "sys_exit_open",
+    "sys_exit_openat",
+    "sys_exit_openat2",
+    "sys_exit_creat",
+];
+const READ_ENTERS: &[&str] = &[
+    "sys_enter_read",
+    "sys_enter_pread64",
+    "sys_enter_readv",
+    "sys_enter_preadv",
+    "sys_enter_preadv2",
+];
+const READ_EXITS: &[&str] = &[
+    "sys_exit_read",
+    "sys_exit_pread64",
+    "sys_exit_readv",
+    "sys_exit_preadv",
+    "sys_exit_preadv2",
+];
 
 /// The hook table.
 pub const CAPABILITIES: &[Capability] = &[
@@ -107,7 +122,10 @@ pub const CAPABILITIES: &[Capability] = &[
             HookOption {
                 name: "tracepoint:syscalls:sys_exit_open*",
                 scope: Scope::EverySyscall,
-                programs: &[spec(prog::TP_OPEN_EXIT, Attach::Tracepoints("syscalls", OPEN_EXITS))],
+                programs: &[spec(
+                    prog::TP_OPEN_EXIT,
+                    Attach::Tracepoints("syscalls", OPEN_EXITS),
+                )],
             },
         ],
     },
@@ -127,8 +145,14 @@ pub const CAPABILITIES: &[Capability] = &[
                 name: "tracepoint:syscalls:sys_{enter,exit}_*read*",
                 scope: Scope::EverySyscall,
                 programs: &[
-                    spec(prog::TP_READ_ENTER, Attach::Tracepoints("syscalls", READ_ENTERS)),
-                    spec(prog::TP_READ_EXIT, Attach::Tracepoints("syscalls", READ_EXITS)),
+                    spec(
+                        prog::TP_READ_ENTER,
+                        Attach::Tracepoints("syscalls", READ_ENTERS),
+                    ),
+                    spec(
+                        prog::TP_READ_EXIT,
+                        Attach::Tracepoints("syscalls", READ_EXITS),
+                    ),
                 ],
             },
         ],
@@ -145,7 +169,10 @@ pub const CAPABILITIES: &[Capability] = &[
             HookOption {
                 name: "tracepoint:syscalls:sys_enter_mmap",
                 scope: Scope::EverySyscall,
-                programs: &[spec(prog::TP_MMAP_ENTER, Attach::Tracepoints("syscalls", &["sys_enter_mmap"]))],
+                programs: &[spec(
+                    prog::TP_MMAP_ENTER,
+                    Attach::Tracepoints("syscalls", &["sys_enter_mmap"]),
+                )],
             },
         ],
     },
@@ -168,8 +195,14 @@ pub const CAPABILITIES: &[Capability] = &[
             name: "cgroup_skb:egress,ingress",
             scope: Scope::EveryPacket,
             programs: &[
-                spec(prog::CG_SKB_EGRESS, Attach::CgroupSkb(CgroupSkbAttachType::Egress)),
-                spec(prog::CG_SKB_INGRESS, Attach::CgroupSkb(CgroupSkbAttachType::Ingress)),
+                spec(
+                    prog::CG_SKB_EGRESS,
+                    Attach::CgroupSkb(CgroupSkbAttachType::Egress),
+                ),
+                spec(
+                    prog::CG_SKB_INGRESS,
+                    Attach::CgroupSkb(CgroupSkbAttachType::Ingress),
+                ),
             ],
         }],
     },
@@ -205,7 +238,10 @@ pub struct CapabilityReport {
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
     #[error("no hook for required capability `{capability}`: {reasons}")]
-    Required { capability: &'static str, reasons: String },
+    Required {
+        capability: &'static str,
+        reasons: String,
+    },
     #[error("cannot open cgroup v2 root `{path}`")]
     Cgroup {
         path: String,
@@ -221,13 +257,26 @@ pub type Links = Vec<Box<dyn Any + Send>>;
 /// verifier's real complaint is at the end).
 pub fn describe(err: &ProgramError) -> String {
     match err {
-        ProgramError::LoadError { io_error, verifier_log } => {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
             let log = verifier_log.to_string();
-            let tail: Vec<&str> = log.lines().rev().take(12).collect::<Vec<_>>().into_iter().rev().collect();
+            let tail: Vec<&str> = log
+                .lines()
+                .rev()
+                .take(12)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
             if tail.is_empty() {
                 format!("load failed: {io_error} (empty verifier log)")
             } else {
-                format!("load failed: {io_error}; verifier log tail:\n{}", tail.join("\n"))
+                format!(
+                    "load failed: {io_error}; verifier log tail:\n{}",
+                    tail.join("\n")
+                )
             }
         }
         other => {
@@ -253,8 +302,21 @@ pub struct Attacher<'a> {
 }
 
 impl<'a> Attacher<'a> {
-    pub fn new(ebpf: &'a mut Ebpf, btf: &'a Btf, cgroup_root: &'a Path, tracefs: &'a Path, disabled: &'a [String]) -> Self {
-        Self { ebpf, btf, cgroup_root, tracefs, disabled, loaded: HashSet::new() }
+    pub fn new(
+        ebpf: &'a mut Ebpf,
+        btf: &'a Btf,
+        cgroup_root: &'a Path,
+        tracefs: &'a Path,
+        disabled: &'a [String],
+    ) -> Self {
+        Self {
+            ebpf,
+            btf,
+            cgroup_root,
+            tracefs,
+            disabled,
+            loaded: HashSet::new(),
+        }
     }
 
     pub fn attach_all(&mut self, links: &mut Links) -> Result<Vec<CapabilityReport>, AttachError> {
@@ -269,7 +331,10 @@ impl<'a> Attacher<'a> {
             };
             for option in cap.options {
                 if self.disabled.iter().any(|d| d == option.name) {
-                    report.passed_over.push(TriedHook { hook: option.name.into(), error: "disabled by config".into() });
+                    report.passed_over.push(TriedHook {
+                        hook: option.name.into(),
+                        error: "disabled by config".into(),
+                    });
                     continue;
                 }
                 let mut attached: Links = Vec::new();
@@ -284,7 +349,10 @@ impl<'a> Attacher<'a> {
                     }
                     Err(error) => {
                         drop(attached); // detaches what this option had attached
-                        report.passed_over.push(TriedHook { hook: option.name.into(), error });
+                        report.passed_over.push(TriedHook {
+                            hook: option.name.into(),
+                            error,
+                        });
                     }
                 }
             }
@@ -295,16 +363,25 @@ impl<'a> Attacher<'a> {
                     .map(|t| format!("`{}`: {}", t.hook, t.error))
                     .collect::<Vec<_>>()
                     .join("; ");
-                return Err(AttachError::Required { capability: cap.name, reasons });
+                return Err(AttachError::Required {
+                    capability: cap.name,
+                    reasons,
+                });
             }
             reports.push(report);
         }
         Ok(reports)
     }
 
-    fn attach_option(&mut self, option: &HookOption, links: &mut Links, missing: &mut Vec<String>) -> Result<(), String> {
+    fn attach_option(
+        &mut self,
+        option: &HookOption,
+        links: &mut Links,
+        missing: &mut Vec<String>,
+    ) -> Result<(), String> {
         for p in option.programs {
-            self.attach_program(p, links, missing).map_err(|e| format!("`{}`: {e}", p.prog))?;
+            self.attach_program(p, links, missing)
+                .map_err(|e| format!("`{}`: {e}", p.prog))?;
         }
         Ok(())
     }
@@ -312,13 +389,25 @@ impl<'a> Attacher<'a> {
     /// With bpf_link (5.7+) the kernel runs every attached program whatever the mode; the
     /// mode only matters for the legacy attach, where `Single` would refuse a second program.
     fn cgroup(&self) -> Result<File, String> {
-        File::open(self.cgroup_root).map_err(|e| format!("cannot open cgroup v2 root `{}`: {e}", self.cgroup_root.display()))
+        File::open(self.cgroup_root).map_err(|e| {
+            format!(
+                "cannot open cgroup v2 root `{}`: {e}",
+                self.cgroup_root.display()
+            )
+        })
     }
 
-    fn attach_program(&mut self, p: &ProgramSpec, links: &mut Links, missing: &mut Vec<String>) -> Result<(), String> {
+    fn attach_program(
+        &mut self,
+        p: &ProgramSpec,
+        links: &mut Links,
+        missing: &mut Vec<String>,
+    ) -> Result<(), String> {
         let first_load = self.loaded.insert(p.prog);
         let cgroup = match p.attach {
-            Attach::CgroupSockAddr | Attach::CgroupSkb(_) | Attach::CgroupSock => Some(self.cgroup()?),
+            Attach::CgroupSockAddr | Attach::CgroupSkb(_) | Attach::CgroupSock => {
+                Some(self.cgroup()?)
+            }
             _ => None,
         };
         let cg = || cgroup.as_ref().ok_or_else(|| "no cgroup".to_string());
@@ -373,14 +462,19 @@ impl<'a> Attacher<'a> {
                     })
                     .collect();
                 if present.is_empty() {
-                    return Err(format!("none of the tracepoints exist under `{}`", self.tracefs.display()));
+                    return Err(format!(
+                        "none of the tracepoints exist under `{}`",
+                        self.tracefs.display()
+                    ));
                 }
                 let prog: &mut TracePoint = program.try_into().map_err(d)?;
                 if first_load {
                     prog.load().map_err(d)?;
                 }
                 for n in present {
-                    let id = prog.attach(category, n).map_err(|e| format!("{category}:{n}: {}", describe(&e)))?;
+                    let id = prog
+                        .attach(category, n)
+                        .map_err(|e| format!("{category}:{n}: {}", describe(&e)))?;
                     links.push(Box::new(prog.take_link(id).map_err(d)?));
                 }
             }
@@ -399,7 +493,9 @@ impl<'a> Attacher<'a> {
                 if first_load {
                     prog.load().map_err(d)?;
                 }
-                let id = prog.attach(cg, *kind, CgroupAttachMode::Single).map_err(d)?;
+                let id = prog
+                    .attach(cg, *kind, CgroupAttachMode::Single)
+                    .map_err(d)?;
                 links.push(Box::new(prog.take_link(id).map_err(d)?));
             }
             Attach::CgroupSock => {
@@ -426,7 +522,11 @@ mod tests {
             assert!(!cap.options.is_empty(), "{} has no hook", cap.name);
             for o in cap.options {
                 for p in o.programs {
-                    assert!(prog::ALL.contains(&p.prog), "{} is not in names::prog::ALL", p.prog);
+                    assert!(
+                        prog::ALL.contains(&p.prog),
+                        "{} is not in names::prog::ALL",
+                        p.prog
+                    );
                 }
             }
         }

@@ -91,26 +91,36 @@ pub struct ProtectedConfig {
 
 impl Config {
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
         let cfg = Self::from_toml(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => {
-                ConfigError::Parse { path: path.display().to_string(), message }
-            }
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.display().to_string(),
+                message,
+            },
             other => other,
         })?;
         Ok(cfg)
     }
 
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let cfg: Config = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: "<string>".into(), message: e.to_string() })?;
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: "<string>".into(),
+            message: e.to_string(),
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key: String, why: &str| Err(ConfigError::Invalid { key, why: why.into() });
+        let bad = |key: String, why: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                why: why.into(),
+            })
+        };
         if self.apps.is_empty() {
             return bad("app".into(), "at least one `[[app]]` to watch is required");
         }
@@ -144,7 +154,10 @@ impl Config {
                 return bad(format!("protected[{i}].name"), "must not be empty");
             }
             if !p.path.starts_with('/') {
-                return bad(format!("protected[{i}].path"), "must be an absolute path or glob");
+                return bad(
+                    format!("protected[{i}].path"),
+                    "must be an absolute path or glob",
+                );
             }
             if let Err(e) = glob::Pattern::new(&p.path) {
                 return Err(ConfigError::Invalid {
@@ -173,10 +186,15 @@ mod tests {
         let err = |t: &str| Config::from_toml(t).unwrap_err().to_string();
         assert!(err("").contains("`app`"));
         assert!(err("[[app]]\nname = \"pm\"\nexe = \"rel/path\"\n").contains("app[0].exe"));
-        assert!(err("[[app]]\nname = \"pm\"\nexe = \"/x\"\ncmdline = \"(\"\n").contains("app[0].cmdline"));
+        assert!(
+            err("[[app]]\nname = \"pm\"\nexe = \"/x\"\ncmdline = \"(\"\n")
+                .contains("app[0].cmdline")
+        );
         let e = err("[agent]\nbogus = 1\n[[app]]\nname = \"pm\"\nexe = \"/x\"\n");
         assert!(e.contains("bogus"), "{e}");
-        let e = err("[[app]]\nname = \"pm\"\nexe = \"/x\"\n[[protected]]\nname = \"c\"\npath = \"x\"\n");
+        let e = err(
+            "[[app]]\nname = \"pm\"\nexe = \"/x\"\n[[protected]]\nname = \"c\"\npath = \"x\"\n",
+        );
         assert!(e.contains("protected[0].path"), "{e}");
     }
 }

@@ -8,7 +8,9 @@ use clinicwatch_common::{
     ProtectedOpenEvent,
 };
 
-/// A record as the kernel wrote it.
+/// A record as the kernel wrote it. Records are handled one at a time and never stored,
+/// so the size difference between variants costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Copy)]
 pub enum KernelEvent {
     Exec(ExecEvent),
@@ -27,7 +29,11 @@ pub enum DecodeError {
     #[error("record of {len} bytes is shorter than an event header")]
     Truncated { len: usize },
     #[error("record of kind {kind} is {len} bytes, expected {expected}")]
-    BadSize { kind: u32, len: usize, expected: usize },
+    BadSize {
+        kind: u32,
+        len: usize,
+        expected: usize,
+    },
     #[error("record header says {declared} bytes but {len} arrived")]
     SizeMismatch { declared: u32, len: usize },
     #[error("unknown record kind {0}")]
@@ -48,7 +54,9 @@ impl DecodeStats {
         match r {
             Ok(_) => self.decoded += 1,
             Err(DecodeError::Truncated { .. }) => self.truncated += 1,
-            Err(DecodeError::BadSize { .. } | DecodeError::SizeMismatch { .. }) => self.bad_size += 1,
+            Err(DecodeError::BadSize { .. } | DecodeError::SizeMismatch { .. }) => {
+                self.bad_size += 1
+            }
             Err(DecodeError::UnknownKind(_)) => self.unknown_kind += 1,
         }
     }
@@ -61,7 +69,11 @@ impl DecodeStats {
 /// Reads a `T` from the start of `buf`, which must be exactly `size_of::<T>()` bytes.
 fn read_exact<T: Copy>(kind: u32, buf: &[u8]) -> Result<T, DecodeError> {
     if buf.len() != size_of::<T>() {
-        return Err(DecodeError::BadSize { kind, len: buf.len(), expected: size_of::<T>() });
+        return Err(DecodeError::BadSize {
+            kind,
+            len: buf.len(),
+            expected: size_of::<T>(),
+        });
     }
     // SAFETY: the length matches and every `T` here is plain integers and arrays, valid for any
     // bit pattern; `read_unaligned` copes with the ring buffer's 8-byte alignment.
@@ -74,7 +86,10 @@ pub fn decode(buf: &[u8]) -> Result<KernelEvent, DecodeError> {
     }
     let hdr: EventHeader = read_exact(0, &buf[..size_of::<EventHeader>()])?;
     if hdr.size as usize != buf.len() {
-        return Err(DecodeError::SizeMismatch { declared: hdr.size, len: buf.len() });
+        return Err(DecodeError::SizeMismatch {
+            declared: hdr.size,
+            len: buf.len(),
+        });
     }
     let k = hdr.kind;
     Ok(match k {

@@ -70,9 +70,21 @@ pub struct Health {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     /// Once at start: which hook serves each capability.
-    Startup { time: f64, agent_pid: u32, kernel: String, capabilities: Vec<CapabilityReport> },
+    Startup {
+        time: f64,
+        agent_pid: u32,
+        kernel: String,
+        capabilities: Vec<CapabilityReport>,
+    },
     /// A process found running at start-up that belongs to a watched tree.
-    Seed { time: f64, pid: u32, ppid: u32, app: String, exe: String, root_pid: u32 },
+    Seed {
+        time: f64,
+        pid: u32,
+        ppid: u32,
+        app: String,
+        exe: String,
+        root_pid: u32,
+    },
     Exec {
         time: f64,
         pid: u32,
@@ -88,7 +100,12 @@ pub enum Event {
         /// From the parent up to the first watched process of the tree.
         ancestry: Vec<Ancestor>,
     },
-    Fork { time: f64, pid: u32, ppid: u32, app: String },
+    Fork {
+        time: f64,
+        pid: u32,
+        ppid: u32,
+        app: String,
+    },
     Exit {
         time: f64,
         pid: u32,
@@ -101,9 +118,26 @@ pub enum Event {
         flows: Vec<FlowCounters>,
     },
     /// First open of a file by a watched process (or first read, when the open was not seen).
-    FileOpen { time: f64, pid: u32, app: String, path: String, flags: String, dev: String, ino: u64, origin: String },
+    FileOpen {
+        time: f64,
+        pid: u32,
+        app: String,
+        path: String,
+        flags: String,
+        dev: String,
+        ino: u64,
+        origin: String,
+    },
     /// First memory mapping of a file by a watched process.
-    FileMmap { time: f64, pid: u32, app: String, path: String, flags: String, dev: String, ino: u64 },
+    FileMmap {
+        time: f64,
+        pid: u32,
+        app: String,
+        path: String,
+        flags: String,
+        dev: String,
+        ino: u64,
+    },
     /// A process outside every watched application opened a protected file.
     ProtectedOpen {
         time: f64,
@@ -118,10 +152,27 @@ pub enum Event {
         /// Parent first; command names from the kernel, executables where still readable.
         ancestry: Vec<Ancestor>,
     },
-    NetConnect { time: f64, pid: u32, app: String, flow: u64, protocol: String, dst: IpAddr, port: u16 },
-    NetClose { time: f64, pid: u32, app: String, counters: FlowCounters },
+    NetConnect {
+        time: f64,
+        pid: u32,
+        app: String,
+        flow: u64,
+        protocol: String,
+        dst: IpAddr,
+        port: u16,
+    },
+    NetClose {
+        time: f64,
+        pid: u32,
+        app: String,
+        counters: FlowCounters,
+    },
     /// Periodic counters of every watched process, and the sensor's health.
-    Snapshot { time: f64, processes: Vec<ProcessCounters>, health: Health },
+    Snapshot {
+        time: f64,
+        processes: Vec<ProcessCounters>,
+        health: Health,
+    },
 }
 
 impl Event {

@@ -14,8 +14,8 @@ use crate::{
     config::Config,
     decode::{DecodeStats, KernelEvent},
     event::{Ancestor, Event, FileCounters, FlowCounters, Health, HookHealth, ProcessCounters},
-    proctable::{ProcInfo, ProcTable},
     procfs,
+    proctable::{ProcInfo, ProcTable},
     sensor::Sensor,
 };
 
@@ -26,7 +26,10 @@ pub struct Clock {
 }
 
 fn clock_ns(id: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(id, &mut ts) };
     ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
@@ -34,7 +37,9 @@ fn clock_ns(id: libc::clockid_t) -> i128 {
 
 impl Clock {
     pub fn new() -> Self {
-        Self { offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME) }
+        Self {
+            offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME),
+        }
     }
 
     /// Unix time in seconds of a `bpf_ktime_get_boot_ns` value.
@@ -142,7 +147,11 @@ impl Handler {
             unknown_process: 0,
             apps: cfg.apps.iter().map(|a| a.name.clone()).collect(),
             // Validated in `Config::validate`.
-            cmdline: cfg.apps.iter().map(|a| a.cmdline.as_deref().and_then(|r| Regex::new(r).ok())).collect(),
+            cmdline: cfg
+                .apps
+                .iter()
+                .map(|a| a.cmdline.as_deref().and_then(|r| Regex::new(r).ok()))
+                .collect(),
             protected: cfg.protected.iter().map(|p| p.name.clone()).collect(),
             open_flows: BTreeMap::new(),
             rejected: Default::default(),
@@ -150,7 +159,10 @@ impl Handler {
     }
 
     pub fn app_name(&self, app: u32) -> String {
-        self.apps.get(app as usize).cloned().unwrap_or_else(|| format!("app#{app}"))
+        self.apps
+            .get(app as usize)
+            .cloned()
+            .unwrap_or_else(|| format!("app#{app}"))
     }
 
     /// Whether a command line passes the application's optional filter.
@@ -166,7 +178,9 @@ impl Handler {
             Some(p) => p.exe.clone(),
             None => {
                 self.unknown_process += 1;
-                std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.display().to_string()).unwrap_or_default()
+                std::fs::read_link(format!("/proc/{pid}/exe"))
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
             }
         }
     }
@@ -192,8 +206,21 @@ impl Handler {
                 }
                 let exe = path_string(&e.exe);
                 let files = self.table.remove(pid).map(|p| p.files).unwrap_or_default();
-                self.table.insert(pid, ProcInfo { ppid: e.ppid, app: e.app, root: e.root_tgid, exe: exe.clone(), files });
-                let ancestry = if is_root { Vec::new() } else { self.table.ancestry(e.ppid) };
+                self.table.insert(
+                    pid,
+                    ProcInfo {
+                        ppid: e.ppid,
+                        app: e.app,
+                        root: e.root_tgid,
+                        exe: exe.clone(),
+                        files,
+                    },
+                );
+                let ancestry = if is_root {
+                    Vec::new()
+                } else {
+                    self.table.ancestry(e.ppid)
+                };
                 Some(Event::Exec {
                     time,
                     pid,
@@ -212,8 +239,22 @@ impl Handler {
             KernelEvent::Fork(e) => {
                 let pid = e.hdr.tgid;
                 let exe = self.exe_of(e.ppid);
-                self.table.insert(pid, ProcInfo { ppid: e.ppid, app: e.app, root: e.root_tgid, exe, files: Default::default() });
-                Some(Event::Fork { time: self.clock.unix(e.hdr.time_ns), pid, ppid: e.ppid, app: self.app_name(e.app) })
+                self.table.insert(
+                    pid,
+                    ProcInfo {
+                        ppid: e.ppid,
+                        app: e.app,
+                        root: e.root_tgid,
+                        exe,
+                        files: Default::default(),
+                    },
+                );
+                Some(Event::Fork {
+                    time: self.clock.unix(e.hdr.time_ns),
+                    pid,
+                    ppid: e.ppid,
+                    app: self.app_name(e.app),
+                })
             }
             KernelEvent::Exit(e) => {
                 let pid = e.hdr.tgid;
@@ -228,8 +269,16 @@ impl Handler {
                     })
                     .collect();
                 files.sort_by(|a, b| a.path.cmp(&b.path));
-                let cookies: Vec<u64> = self.open_flows.iter().filter(|(_, p)| **p == pid).map(|(c, _)| *c).collect();
-                let flows = cookies.iter().filter_map(|c| sensor.flow_stats(*c).map(|s| flow_counters(*c, &s))).collect();
+                let cookies: Vec<u64> = self
+                    .open_flows
+                    .iter()
+                    .filter(|(_, p)| **p == pid)
+                    .map(|(c, _)| *c)
+                    .collect();
+                let flows = cookies
+                    .iter()
+                    .filter_map(|c| sensor.flow_stats(*c).map(|s| flow_counters(*c, &s)))
+                    .collect();
                 let status = e.exit_code as i32;
                 Some(Event::Exit {
                     time: self.clock.unix(e.hdr.time_ns),
@@ -245,20 +294,50 @@ impl Handler {
             KernelEvent::FileOpen(e) | KernelEvent::FileMmap(e) => {
                 let pid = e.hdr.tgid;
                 let path = path_string(&e.path);
-                let key = FileKey { tgid: pid, dev: e.dev, ino: e.ino };
+                let key = FileKey {
+                    tgid: pid,
+                    dev: e.dev,
+                    ino: e.ino,
+                };
                 match self.table.get_mut(pid) {
                     Some(p) => {
                         p.files.insert(key, path.clone());
                     }
                     None => self.unknown_process += 1,
                 }
-                let (time, app, flags, dev) =
-                    (self.clock.unix(e.hdr.time_ns), self.app_name(e.app), procfs::open_flags(e.flags), procfs::dev_string(e.dev));
+                let (time, app, flags, dev) = (
+                    self.clock.unix(e.hdr.time_ns),
+                    self.app_name(e.app),
+                    procfs::open_flags(e.flags),
+                    procfs::dev_string(e.dev),
+                );
                 Some(if matches!(ev, KernelEvent::FileMmap(_)) {
-                    Event::FileMmap { time, pid, app, path, flags, dev, ino: e.ino }
+                    Event::FileMmap {
+                        time,
+                        pid,
+                        app,
+                        path,
+                        flags,
+                        dev,
+                        ino: e.ino,
+                    }
                 } else {
-                    let origin = if e.origin == origin::READ { "read" } else { "open" }.to_string();
-                    Event::FileOpen { time, pid, app, path, flags, dev, ino: e.ino, origin }
+                    let origin = if e.origin == origin::READ {
+                        "read"
+                    } else {
+                        "open"
+                    }
+                    .to_string();
+                    Event::FileOpen {
+                        time,
+                        pid,
+                        app,
+                        path,
+                        flags,
+                        dev,
+                        ino: e.ino,
+                        origin,
+                    }
                 })
             }
             KernelEvent::ProtectedOpen(e) => {
@@ -281,7 +360,11 @@ impl Handler {
                     comm: comm_string(&e.comm),
                     exe: path_string(&e.exe),
                     path: path_string(&e.path),
-                    rule: self.protected.get(e.rule as usize).cloned().unwrap_or_else(|| format!("protected#{}", e.rule)),
+                    rule: self
+                        .protected
+                        .get(e.rule as usize)
+                        .cloned()
+                        .unwrap_or_else(|| format!("protected#{}", e.rule)),
                     flags: procfs::open_flags(e.flags),
                     ancestry,
                 })
@@ -328,7 +411,9 @@ impl Handler {
             KernelEvent::FlowClose(e) => self.rejected.contains(&e.stats.tgid),
             KernelEvent::Exec(e) => self.rejected.contains(&e.hdr.tgid),
             KernelEvent::Fork(_) => false,
-            KernelEvent::FileOpen(e) | KernelEvent::FileMmap(e) => self.rejected.contains(&e.hdr.tgid),
+            KernelEvent::FileOpen(e) | KernelEvent::FileMmap(e) => {
+                self.rejected.contains(&e.hdr.tgid)
+            }
             KernelEvent::Connect(e) => self.rejected.contains(&e.hdr.tgid),
             KernelEvent::ProtectedOpen(_) => false,
         }
@@ -336,8 +421,24 @@ impl Handler {
 
     /// Adds a process found running at start-up.
     pub fn seed(&mut self, pid: u32, ppid: u32, w: WatchedProc, exe: String) -> Event {
-        self.table.insert(pid, ProcInfo { ppid, app: w.app, root: w.root_tgid, exe: exe.clone(), files: Default::default() });
-        Event::Seed { time: self.clock.now(), pid, ppid, app: self.app_name(w.app), exe, root_pid: w.root_tgid }
+        self.table.insert(
+            pid,
+            ProcInfo {
+                ppid,
+                app: w.app,
+                root: w.root_tgid,
+                exe: exe.clone(),
+                files: Default::default(),
+            },
+        );
+        Event::Seed {
+            time: self.clock.now(),
+            pid,
+            ppid,
+            app: self.app_name(w.app),
+            exe,
+            root_pid: w.root_tgid,
+        }
     }
 
     /// Counters of every watched process and the sensor's health.
@@ -345,9 +446,23 @@ impl Handler {
         let mut procs: BTreeMap<u32, ProcessCounters> = BTreeMap::new();
         for pid in self.table.pids() {
             let p = self.table.get(pid).cloned().unwrap_or_default();
-            procs.insert(pid, ProcessCounters { pid, app: self.app_name(p.app), exe: p.exe, files: Vec::new(), flows: Vec::new() });
+            procs.insert(
+                pid,
+                ProcessCounters {
+                    pid,
+                    app: self.app_name(p.app),
+                    exe: p.exe,
+                    files: Vec::new(),
+                    flows: Vec::new(),
+                },
+            );
         }
-        for (key, path) in self.table.pids().flat_map(|pid| self.table.get(pid).map(|p| p.files.clone()).unwrap_or_default()) {
+        for (key, path) in self.table.pids().flat_map(|pid| {
+            self.table
+                .get(pid)
+                .map(|p| p.files.clone())
+                .unwrap_or_default()
+        }) {
             if let (Some(s), Some(pc)) = (sensor.file_stats(&key), procs.get_mut(&key.tgid)) {
                 pc.files.push(file_counters(&key, &path, &s));
             }
@@ -392,7 +507,11 @@ mod tests {
     use clinicwatch_common::{COMPONENT_LEN, PATH_COMPONENTS};
 
     fn kpath(comps: &[&str], flags: u32) -> KPath {
-        let mut p = KPath { depth: comps.len() as u32, flags, comps: [[0; COMPONENT_LEN]; PATH_COMPONENTS] };
+        let mut p = KPath {
+            depth: comps.len() as u32,
+            flags,
+            comps: [[0; COMPONENT_LEN]; PATH_COMPONENTS],
+        };
         for (i, c) in comps.iter().enumerate() {
             p.comps[i][..c.len()].copy_from_slice(c.as_bytes());
         }
@@ -403,7 +522,10 @@ mod tests {
     fn kernel_paths_read_leaf_first() {
         assert_eq!(path_string(&kpath(&["passwd", "etc"], 0)), "/etc/passwd");
         assert_eq!(path_string(&kpath(&[], 0)), "/");
-        assert_eq!(path_string(&kpath(&["b", "a"], path_flags::TRUNCATED)), "/.../a/b");
+        assert_eq!(
+            path_string(&kpath(&["b", "a"], path_flags::TRUNCATED)),
+            "/.../a/b"
+        );
         // A depth larger than the buffer is clamped, not a panic.
         let mut p = kpath(&["x"], 0);
         p.depth = 1000;
@@ -412,7 +534,13 @@ mod tests {
 
     #[test]
     fn addresses_by_family() {
-        let mut r = FlowAddr { family: libc::AF_INET as u16, protocol: 6, port: 80, _pad: 0, addr: [0; 16] };
+        let mut r = FlowAddr {
+            family: libc::AF_INET as u16,
+            protocol: 6,
+            port: 80,
+            _pad: 0,
+            addr: [0; 16],
+        };
         r.addr[..4].copy_from_slice(&[127, 0, 0, 1]);
         assert_eq!(remote_ip(&r).to_string(), "127.0.0.1");
         r.family = libc::AF_INET6 as u16;

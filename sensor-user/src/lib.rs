@@ -12,8 +12,8 @@ pub mod decode;
 pub mod event;
 pub mod handler;
 pub mod output;
-pub mod proctable;
 pub mod procfs;
+pub mod proctable;
 pub mod sensor;
 
 pub use agent::Agent;

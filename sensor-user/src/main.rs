@@ -34,11 +34,15 @@ extern "C" fn on_signal(_: libc::c_int) {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let path = cli.config.unwrap_or_else(|| default_config_path().to_path_buf());
+    let path = cli
+        .config
+        .unwrap_or_else(|| default_config_path().to_path_buf());
     let mut cfg = Config::from_file(&path)?;
     if let Some(o) = cli.output {
         cfg.agent.output = o;

@@ -20,9 +20,15 @@ impl Output {
         let writer: Option<Box<dyn Write + Send>> = match target {
             None => None,
             Some("-") => Some(Box::new(BufWriter::new(io::stdout()))),
-            Some(path) => Some(Box::new(BufWriter::new(OpenOptions::new().create(true).append(true).open(path)?))),
+            Some(path) => Some(Box::new(BufWriter::new(
+                OpenOptions::new().create(true).append(true).open(path)?,
+            ))),
         };
-        Ok(Self { writer, subscribers: Vec::new(), write_errors: 0 })
+        Ok(Self {
+            writer,
+            subscribers: Vec::new(),
+            write_errors: 0,
+        })
     }
 
     pub fn subscribe(&mut self, tx: Sender<Event>) {

@@ -24,7 +24,11 @@ pub fn dev_string(kdev: u32) -> String {
 /// (device, inode) of a path as the kernel sees it, following symlinks.
 pub fn inode_key(path: &Path) -> std::io::Result<InodeKey> {
     let md = std::fs::metadata(path)?;
-    Ok(InodeKey { dev: kernel_dev(md.dev()), _pad: 0, ino: md.ino() })
+    Ok(InodeKey {
+        dev: kernel_dev(md.dev()),
+        _pad: 0,
+        ino: md.ino(),
+    })
 }
 
 /// A process found in `/proc`.
@@ -69,7 +73,11 @@ pub fn scan() -> HashMap<u32, ProcEntry> {
         return out;
     };
     for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let Some(ppid) = read_ppid(pid) else {
@@ -77,7 +85,16 @@ pub fn scan() -> HashMap<u32, ProcEntry> {
         };
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
         let exe_key = inode_key(Path::new(&format!("/proc/{pid}/exe"))).ok();
-        out.insert(pid, ProcEntry { pid, ppid, exe, exe_key, cmdline: read_cmdline(pid) });
+        out.insert(
+            pid,
+            ProcEntry {
+                pid,
+                ppid,
+                exe,
+                exe_key,
+                cmdline: read_cmdline(pid),
+            },
+        );
     }
     out
 }
@@ -86,7 +103,10 @@ pub fn scan() -> HashMap<u32, ProcEntry> {
 pub fn cgroup_path(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("0::").map(str::to_string)))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+        })
         .unwrap_or_default()
 }
 
@@ -116,7 +136,15 @@ pub fn ensure_tracefs() -> Result<PathBuf, std::io::Error> {
     }
     let target = c"/sys/kernel/tracing";
     // SAFETY: valid NUL-terminated strings; a plain mount(2).
-    let rc = unsafe { libc::mount(c"nodev".as_ptr(), target.as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null()) };
+    let rc = unsafe {
+        libc::mount(
+            c"nodev".as_ptr(),
+            target.as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -170,7 +198,10 @@ mod tests {
     #[test]
     fn flags_read_as_text() {
         assert_eq!(open_flags(libc::O_RDONLY as u32), "O_RDONLY");
-        assert_eq!(open_flags((libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC) as u32), "O_WRONLY|O_CREAT|O_CLOEXEC");
+        assert_eq!(
+            open_flags((libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC) as u32),
+            "O_WRONLY|O_CREAT|O_CLOEXEC"
+        );
     }
 
     #[test]
@@ -178,6 +209,9 @@ mod tests {
         let me = std::process::id();
         let all = scan();
         let entry = all.get(&me).expect("this process in /proc");
-        assert_eq!(entry.exe.as_deref(), std::env::current_exe().ok().as_deref());
+        assert_eq!(
+            entry.exe.as_deref(),
+            std::env::current_exe().ok().as_deref()
+        );
     }
 }

@@ -60,7 +60,10 @@ impl ProcTable {
         let mut out = Vec::new();
         let mut pid = ppid;
         while let Some(p) = self.procs.get(&pid) {
-            out.push(Ancestor { pid, exe: p.exe.clone() });
+            out.push(Ancestor {
+                pid,
+                exe: p.exe.clone(),
+            });
             if pid == p.root || out.len() >= MAX_ANCESTRY {
                 break;
             }
@@ -71,7 +74,11 @@ impl ProcTable {
 
     /// Path of a file a process has seen, if known.
     pub fn file_path(&self, key: &FileKey) -> Option<&str> {
-        self.procs.get(&key.tgid)?.files.get(key).map(String::as_str)
+        self.procs
+            .get(&key.tgid)?
+            .files
+            .get(key)
+            .map(String::as_str)
     }
 }
 
@@ -80,7 +87,13 @@ mod tests {
     use super::*;
 
     fn info(ppid: u32, root: u32, exe: &str) -> ProcInfo {
-        ProcInfo { ppid, app: 0, root, exe: exe.into(), ..ProcInfo::default() }
+        ProcInfo {
+            ppid,
+            app: 0,
+            root,
+            exe: exe.into(),
+            ..ProcInfo::default()
+        }
     }
 
     #[test]

@@ -19,7 +19,8 @@ use crate::{
 };
 
 /// The eBPF object, built by this crate's build script (empty when bpf-linker was missing).
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor-ebpf"));
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor-ebpf"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum SensorError {
@@ -68,6 +69,28 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> SensorError {
     move |source| SensorError::Map { name, source }
 }
 
+fn missing(name: &'static str) -> SensorError {
+    SensorError::Map {
+        name,
+        source: MapError::InvalidName { name: name.into() },
+    }
+}
+
+/// Fills a `u32`-valued hash map of the object.
+fn fill(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    entries: &[(InodeKey, u32)],
+) -> Result<(), SensorError> {
+    let mut m: BpfHashMap<_, InodeKey, u32> =
+        BpfHashMap::try_from(ebpf.map_mut(name).ok_or_else(|| missing(name))?)
+            .map_err(map_err(name))?;
+    for (key, value) in entries {
+        m.insert(key, value, 0).map_err(map_err(name))?;
+    }
+    Ok(())
+}
+
 impl Sensor {
     /// Loads the programs and attaches the best hook for each capability. Also returns the
     /// ring buffer of events.
@@ -94,25 +117,11 @@ impl Sensor {
             .load(EBPF_OBJECT)
             .map_err(SensorError::Load)?;
 
-        {
-            let mut exes: BpfHashMap<_, InodeKey, u32> =
-                BpfHashMap::try_from(ebpf.map_mut(map::WATCHED_EXES).ok_or(SensorError::Map { name: map::WATCHED_EXES, source: MapError::InvalidName { name: map::WATCHED_EXES.into() } })?)
-                    .map_err(map_err(map::WATCHED_EXES))?;
-            for (key, app) in &opts.exes {
-                exes.insert(key, app, 0).map_err(map_err(map::WATCHED_EXES))?;
-            }
-        }
-        {
-            let mut prot: BpfHashMap<_, InodeKey, u32> =
-                BpfHashMap::try_from(ebpf.map_mut(map::PROTECTED).ok_or(SensorError::Map { name: map::PROTECTED, source: MapError::InvalidName { name: map::PROTECTED.into() } })?)
-                    .map_err(map_err(map::PROTECTED))?;
-            for (key, rule) in &opts.protected {
-                prot.insert(key, rule, 0).map_err(map_err(map::PROTECTED))?;
-            }
-        }
+        fill(&mut ebpf, map::WATCHED_EXES, &opts.exes)?;
+        fill(&mut ebpf, map::PROTECTED, &opts.protected)?;
         let events = RingBuf::try_from(
             ebpf.take_map(map::EVENTS)
-                .ok_or(SensorError::Map { name: map::EVENTS, source: MapError::InvalidName { name: map::EVENTS.into() } })?,
+                .ok_or_else(|| missing(map::EVENTS))?,
         )
         .map_err(map_err(map::EVENTS))?;
 
@@ -129,41 +138,66 @@ impl Sensor {
         };
         let btf = AyaBtf::from_sys_fs().map_err(|_| SensorError::NoBtf)?;
         let mut links = Links::new();
-        let capabilities =
-            Attacher::new(&mut ebpf, &btf, &cgroup_root, &tracefs, &opts.disabled_hooks).attach_all(&mut links)?;
-        Ok((Sensor { _links: links, ebpf, capabilities, offsets }, events))
+        let capabilities = Attacher::new(
+            &mut ebpf,
+            &btf,
+            &cgroup_root,
+            &tracefs,
+            &opts.disabled_hooks,
+        )
+        .attach_all(&mut links)?;
+        Ok((
+            Sensor {
+                _links: links,
+                ebpf,
+                capabilities,
+                offsets,
+            },
+            events,
+        ))
     }
 
-    fn hash<K: aya::Pod, V: aya::Pod>(&mut self, name: &'static str) -> Result<BpfHashMap<&mut MapData, K, V>, SensorError> {
-        let m = self
-            .ebpf
-            .map_mut(name)
-            .ok_or(SensorError::Map { name, source: MapError::InvalidName { name: name.into() } })?;
+    fn hash<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<BpfHashMap<&mut MapData, K, V>, SensorError> {
+        let m = self.ebpf.map_mut(name).ok_or_else(|| missing(name))?;
         BpfHashMap::try_from(m).map_err(map_err(name))
     }
 
     /// Marks a process watched (used to seed processes that were running before the agent).
     pub fn watch(&mut self, tgid: u32, w: WatchedProc) -> Result<(), SensorError> {
-        self.hash::<u32, WatchedProc>(map::WATCHED)?.insert(tgid, w, 0).map_err(map_err(map::WATCHED))
+        self.hash::<u32, WatchedProc>(map::WATCHED)?
+            .insert(tgid, w, 0)
+            .map_err(map_err(map::WATCHED))
     }
 
     pub fn unwatch(&mut self, tgid: u32) -> Result<(), SensorError> {
         match self.hash::<u32, WatchedProc>(map::WATCHED)?.remove(&tgid) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(SensorError::Map { name: map::WATCHED, source: e }),
+            Err(e) => Err(SensorError::Map {
+                name: map::WATCHED,
+                source: e,
+            }),
         }
     }
 
     pub fn is_watched(&mut self, tgid: u32) -> bool {
-        self.hash::<u32, WatchedProc>(map::WATCHED).is_ok_and(|m| m.get(&tgid, 0).is_ok())
+        self.hash::<u32, WatchedProc>(map::WATCHED)
+            .is_ok_and(|m| m.get(&tgid, 0).is_ok())
     }
 
     pub fn watched_count(&mut self) -> usize {
-        self.hash::<u32, WatchedProc>(map::WATCHED).map(|m| m.keys().count()).unwrap_or(0)
+        self.hash::<u32, WatchedProc>(map::WATCHED)
+            .map(|m| m.keys().count())
+            .unwrap_or(0)
     }
 
     pub fn file_stats(&mut self, key: &FileKey) -> Option<FileStats> {
-        self.hash::<FileKey, FileStats>(map::FILE_STATS).ok()?.get(key, 0).ok()
+        self.hash::<FileKey, FileStats>(map::FILE_STATS)
+            .ok()?
+            .get(key, 0)
+            .ok()
     }
 
     pub fn remove_file_stats(&mut self, key: &FileKey) {
@@ -173,7 +207,10 @@ impl Sensor {
     }
 
     pub fn flow_stats(&mut self, cookie: u64) -> Option<FlowStats> {
-        self.hash::<u64, FlowStats>(map::FLOWS).ok()?.get(&cookie, 0).ok()
+        self.hash::<u64, FlowStats>(map::FLOWS)
+            .ok()?
+            .get(&cookie, 0)
+            .ok()
     }
 
     /// Per-hook counters summed over CPUs, in `hook::NAMES` order.
@@ -202,9 +239,62 @@ impl Sensor {
 }
 
 fn raise_memlock() {
-    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: plain syscall with a valid struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
         warn!(error = %std::io::Error::last_os_error(), "cannot raise RLIMIT_MEMLOCK; relying on memcg accounting");
+    }
+}
+
+#[cfg(test)]
+mod object_tests {
+    //! Unprivileged: parses the embedded object and checks every name the agent uses.
+    use clinicwatch_common::names::{global, map, prog};
+    use object::{Object as _, ObjectSymbol as _};
+
+    use super::EBPF_OBJECT;
+
+    fn object_or_skip() -> Option<aya_obj::Object> {
+        if EBPF_OBJECT.is_empty() {
+            eprintln!("skipped: built without bpf-linker, so there is no eBPF object to check (run `cargo xtask setup`)");
+            return None;
+        }
+        Some(aya_obj::Object::parse(EBPF_OBJECT).expect("the embedded eBPF object parses"))
+    }
+
+    #[test]
+    fn every_program_and_map_the_agent_expects_is_in_the_object() {
+        let Some(obj) = object_or_skip() else { return };
+        for name in prog::ALL {
+            assert!(
+                obj.programs.contains_key(name),
+                "program `{name}` missing; object has {:?}",
+                obj.programs.keys()
+            );
+        }
+        for name in map::ALL {
+            assert!(
+                obj.maps.contains_key(name),
+                "map `{name}` missing; object has {:?}",
+                obj.maps.keys()
+            );
+        }
+        assert_eq!(obj.license.to_str().unwrap(), "GPL");
+    }
+
+    #[test]
+    fn load_time_globals_are_in_the_object() {
+        if EBPF_OBJECT.is_empty() {
+            eprintln!("skipped: no eBPF object");
+            return;
+        }
+        let file = object::File::parse(EBPF_OBJECT).expect("an ELF object");
+        let symbols: Vec<&str> = file.symbols().filter_map(|s| s.name().ok()).collect();
+        for name in [global::OFFSETS, global::AGENT_TGID, global::PROTECT_ENABLED] {
+            assert!(symbols.contains(&name), "global `{name}` missing");
+        }
     }
 }

@@ -35,7 +35,8 @@ pub struct Fixture {
 impl Fixture {
     /// A fresh folder under the system temp dir, named for the test.
     pub fn new(workload: &str, name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("clinicwatch-e2e-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("clinicwatch-e2e-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create test dir");
         let app = dir.join("pm-client");
@@ -75,7 +76,8 @@ impl Drop for Fixture {
 /// Starts the agent in-process; events arrive on the receiver.
 pub fn start_agent(cfg: &Config) -> (Agent, Receiver<Event>) {
     let (tx, rx) = channel();
-    let agent = Agent::start(cfg, false, Some(tx)).unwrap_or_else(|e| panic!("agent failed to start: {e:#}"));
+    let agent = Agent::start(cfg, false, Some(tx))
+        .unwrap_or_else(|e| panic!("agent failed to start: {e:#}"));
     (agent, rx)
 }
 
@@ -89,12 +91,22 @@ pub fn run(program: &Path, args: &[&str]) -> (u32, String) {
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
     let pid = child.id();
     let out = child.wait_with_output().expect("wait for workload");
-    assert!(out.status.success(), "{} {args:?} failed: {}", program.display(), out.status);
+    assert!(
+        out.status.success(),
+        "{} {args:?} failed: {}",
+        program.display(),
+        out.status
+    );
     (pid, String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Waits up to `timeout` for an event that `matches`; panics with what was seen otherwise.
-pub fn expect_event(rx: &Receiver<Event>, timeout: Duration, what: &str, matches: impl Fn(&Event) -> bool) -> Event {
+pub fn expect_event(
+    rx: &Receiver<Event>,
+    timeout: Duration,
+    what: &str,
+    matches: impl Fn(&Event) -> bool,
+) -> Event {
     let deadline = Instant::now() + timeout;
     let mut seen = Vec::new();
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
@@ -104,8 +116,16 @@ pub fn expect_event(rx: &Receiver<Event>, timeout: Duration, what: &str, matches
             Err(_) => break,
         }
     }
-    let tail: Vec<String> = seen.iter().rev().take(15).map(|e| format!("{e:?}")).collect();
-    panic!("no {what} within {timeout:?}; last events seen (newest first):\n{}", tail.join("\n"));
+    let tail: Vec<String> = seen
+        .iter()
+        .rev()
+        .take(15)
+        .map(|e| format!("{e:?}"))
+        .collect();
+    panic!(
+        "no {what} within {timeout:?}; last events seen (newest first):\n{}",
+        tail.join("\n")
+    );
 }
 
 /// Collects every event for `wait`, for asserting that something did not happen.

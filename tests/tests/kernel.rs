@@ -14,11 +14,18 @@ use clinicwatch_tests::*;
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_cw-workload");
 
 fn exit_of(rx: &std::sync::mpsc::Receiver<Event>, pid: u32) -> Event {
-    expect_event(rx, WAIT, &format!("exit of {pid}"), |e| matches!(e, Event::Exit { pid: p, .. } if *p == pid))
+    expect_event(
+        rx,
+        WAIT,
+        &format!("exit of {pid}"),
+        |e| matches!(e, Event::Exit { pid: p, .. } if *p == pid),
+    )
 }
 
 fn file_bytes(exit: &Event, path: &Path) -> (u64, u64) {
-    let Event::Exit { files, .. } = exit else { panic!("not an exit: {exit:?}") };
+    let Event::Exit { files, .. } = exit else {
+        panic!("not an exit: {exit:?}")
+    };
     let f = files
         .iter()
         .find(|f| Path::new(&f.path) == path)
@@ -36,17 +43,35 @@ fn watched_program_reading_1mib_in_4k_reads_counts_exact_bytes() {
     let (agent, rx) = start_agent(&fx.config(""));
     for mode in ["read", "pread", "readv", "preadv"] {
         let (pid, out) = run(&fx.app, &[mode, data.to_str().unwrap(), "4096"]);
-        assert_eq!(out.trim(), MIB.to_string(), "{mode}: the workload itself read the whole file");
-        let open = expect_event(&rx, WAIT, "open of the data file", |e| {
-            matches!(e, Event::FileOpen { pid: p, path, .. } if *p == pid && Path::new(path) == data)
-        });
-        let Event::FileOpen { origin, flags, .. } = &open else { unreachable!() };
+        assert_eq!(
+            out.trim(),
+            MIB.to_string(),
+            "{mode}: the workload itself read the whole file"
+        );
+        let open = expect_event(
+            &rx,
+            WAIT,
+            "open of the data file",
+            |e| matches!(e, Event::FileOpen { pid: p, path, .. } if *p == pid && Path::new(path) == data),
+        );
+        let Event::FileOpen { origin, flags, .. } = &open else {
+            unreachable!()
+        };
         assert_eq!(origin, "open");
         assert!(flags.starts_with("O_RDONLY"), "{flags}");
         let exit = exit_of(&rx, pid);
         let (bytes, reads) = file_bytes(&exit, &data);
-        assert_eq!(bytes, MIB as u64, "{mode}: bytes counted for {}", data.display());
-        assert_eq!(reads, (MIB / 4096) as u64, "{mode}: read calls that returned data");
+        assert_eq!(
+            bytes,
+            MIB as u64,
+            "{mode}: bytes counted for {}",
+            data.display()
+        );
+        assert_eq!(
+            reads,
+            (MIB / 4096) as u64,
+            "{mode}: read calls that returned data"
+        );
     }
     agent.stop();
 }
@@ -61,12 +86,23 @@ fn child_forked_by_the_watched_program_is_watched() {
     let (agent, rx) = start_agent(&fx.config(""));
     let (parent, out) = run(&fx.app, &["fork-read", data.to_str().unwrap(), "4096"]);
     let child: u32 = out.trim().parse().expect("child pid printed");
-    let fork = expect_event(&rx, WAIT, "fork", |e| matches!(e, Event::Fork { pid, .. } if *pid == child));
-    let Event::Fork { ppid, app, .. } = fork else { unreachable!() };
+    let fork = expect_event(
+        &rx,
+        WAIT,
+        "fork",
+        |e| matches!(e, Event::Fork { pid, .. } if *pid == child),
+    );
+    let Event::Fork { ppid, app, .. } = fork else {
+        unreachable!()
+    };
     assert_eq!(ppid, parent);
     assert_eq!(app, "pm-client");
     let exit = exit_of(&rx, child);
-    assert_eq!(file_bytes(&exit, &data).0, MIB as u64, "the child's reads are counted");
+    assert_eq!(
+        file_bytes(&exit, &data).0,
+        MIB as u64,
+        "the child's reads are counted"
+    );
     agent.stop();
 }
 
@@ -100,11 +136,19 @@ fn unwatched_process_doing_the_same_produces_nothing() {
     let events = collect(&rx, Duration::from_millis(500));
     for ev in &events {
         if let Some(pid) = ev.pid() {
-            assert!(!pids.contains(&pid), "event for an unwatched process: {ev:?}");
+            assert!(
+                !pids.contains(&pid),
+                "event for an unwatched process: {ev:?}"
+            );
         }
     }
-    let Event::Snapshot { processes, .. } = agent.snapshot() else { panic!("not a snapshot") };
-    assert!(processes.iter().all(|p| !pids.contains(&p.pid)), "unwatched process in the snapshot: {processes:?}");
+    let Event::Snapshot { processes, .. } = agent.snapshot() else {
+        panic!("not a snapshot")
+    };
+    assert!(
+        processes.iter().all(|p| !pids.contains(&p.pid)),
+        "unwatched process in the snapshot: {processes:?}"
+    );
     agent.stop();
 }
 
@@ -135,18 +179,56 @@ fn loopback_connect_yields_destination_and_exact_bytes() {
         let addr = listener.local_addr().unwrap();
         let (send, recv) = (300_000usize, 123_457usize);
         let server = echo_server(listener, send, recv);
-        let (pid, _) = run(&fx.app, &["connect", &addr.to_string(), &send.to_string(), &recv.to_string()]);
+        let (pid, _) = run(
+            &fx.app,
+            &[
+                "connect",
+                &addr.to_string(),
+                &send.to_string(),
+                &recv.to_string(),
+            ],
+        );
         server.join().unwrap();
-        let connect = expect_event(&rx, WAIT, "connect", |e| matches!(e, Event::NetConnect { pid: p, .. } if *p == pid));
-        let Event::NetConnect { dst, port, protocol, flow, .. } = connect else { unreachable!() };
+        let connect = expect_event(
+            &rx,
+            WAIT,
+            "connect",
+            |e| matches!(e, Event::NetConnect { pid: p, .. } if *p == pid),
+        );
+        let Event::NetConnect {
+            dst,
+            port,
+            protocol,
+            flow,
+            ..
+        } = connect
+        else {
+            unreachable!()
+        };
         assert_eq!(dst.to_string(), ip);
         assert_eq!(port, addr.port());
         assert_eq!(protocol, "tcp");
-        let close = expect_event(&rx, WAIT, "flow close", |e| matches!(e, Event::NetClose { counters, .. } if counters.flow == flow));
-        let Event::NetClose { counters, pid: p, .. } = close else { unreachable!() };
+        let close = expect_event(
+            &rx,
+            WAIT,
+            "flow close",
+            |e| matches!(e, Event::NetClose { counters, .. } if counters.flow == flow),
+        );
+        let Event::NetClose {
+            counters, pid: p, ..
+        } = close
+        else {
+            unreachable!()
+        };
         assert_eq!(p, pid);
-        assert_eq!(counters.bytes_sent, send as u64, "payload bytes sent to {addr}: {counters:?}");
-        assert_eq!(counters.bytes_recv, recv as u64, "payload bytes received from {addr}");
+        assert_eq!(
+            counters.bytes_sent, send as u64,
+            "payload bytes sent to {addr}: {counters:?}"
+        );
+        assert_eq!(
+            counters.bytes_recv, recv as u64,
+            "payload bytes received from {addr}"
+        );
     }
     agent.stop();
 }
@@ -167,8 +249,23 @@ fn unwatched_process_opening_a_protected_file_is_reported_with_its_executable() 
     let (agent, rx) = start_agent(&fx.config(&extra));
     for (file, rule) in [(&cookies, "browser-cookies"), (&patients, "pm-data")] {
         let (pid, _) = run(&fx.other, &["open", file.to_str().unwrap()]);
-        let ev = expect_event(&rx, WAIT, "protected open", |e| matches!(e, Event::ProtectedOpen { pid: p, .. } if *p == pid));
-        let Event::ProtectedOpen { exe, path, rule: r, ppid, ancestry, .. } = ev else { unreachable!() };
+        let ev = expect_event(
+            &rx,
+            WAIT,
+            "protected open",
+            |e| matches!(e, Event::ProtectedOpen { pid: p, .. } if *p == pid),
+        );
+        let Event::ProtectedOpen {
+            exe,
+            path,
+            rule: r,
+            ppid,
+            ancestry,
+            ..
+        } = ev
+        else {
+            unreachable!()
+        };
         assert_eq!(Path::new(&exe), fx.other, "the opener's executable");
         assert_eq!(Path::new(&path), file.as_path());
         assert_eq!(r, rule);
@@ -179,7 +276,9 @@ fn unwatched_process_opening_a_protected_file_is_reported_with_its_executable() 
     let (pid, _) = run(&fx.app, &["open", patients.to_str().unwrap()]);
     exit_of(&rx, pid);
     let late = collect(&rx, Duration::from_millis(300));
-    assert!(!late.iter().any(|e| matches!(e, Event::ProtectedOpen { pid: p, .. } if *p == pid)));
+    assert!(!late
+        .iter()
+        .any(|e| matches!(e, Event::ProtectedOpen { pid: p, .. } if *p == pid)));
     agent.stop();
 }
 
@@ -192,14 +291,34 @@ fn shell_spawned_by_the_watched_program_is_reported_with_ancestry() {
     let (agent, rx) = start_agent(&fx.config(""));
     let (root, out) = run(&fx.app, &["shell"]);
     assert_eq!(out.trim(), "3");
-    let root_exec = expect_event(&rx, WAIT, "exec of the app", |e| matches!(e, Event::Exec { pid, .. } if *pid == root));
-    let Event::Exec { exe, ancestry, .. } = root_exec else { unreachable!() };
+    let root_exec = expect_event(
+        &rx,
+        WAIT,
+        "exec of the app",
+        |e| matches!(e, Event::Exec { pid, .. } if *pid == root),
+    );
+    let Event::Exec { exe, ancestry, .. } = root_exec else {
+        unreachable!()
+    };
     assert_eq!(Path::new(&exe), fx.app);
     assert!(ancestry.is_empty(), "the app is the root of its tree");
-    let shell = expect_event(&rx, WAIT, "exec of the shell", |e| {
-        matches!(e, Event::Exec { ppid, pid, .. } if *ppid == root && *pid != root)
-    });
-    let Event::Exec { pid, exe, argv, ancestry, app, .. } = shell else { unreachable!() };
+    let shell = expect_event(
+        &rx,
+        WAIT,
+        "exec of the shell",
+        |e| matches!(e, Event::Exec { ppid, pid, .. } if *ppid == root && *pid != root),
+    );
+    let Event::Exec {
+        pid,
+        exe,
+        argv,
+        ancestry,
+        app,
+        ..
+    } = shell
+    else {
+        unreachable!()
+    };
     let sh = std::fs::canonicalize("/bin/sh").unwrap();
     assert_eq!(Path::new(&exe), sh, "the shell's executable");
     assert_eq!(argv, vec!["/bin/sh", "-c", "exit 3"]);
@@ -208,7 +327,9 @@ fn shell_spawned_by_the_watched_program_is_reported_with_ancestry() {
     assert_eq!(ancestry[0].pid, root);
     assert_eq!(Path::new(&ancestry[0].exe), fx.app);
     let exit = exit_of(&rx, pid);
-    let Event::Exit { exit_code, .. } = exit else { unreachable!() };
+    let Event::Exit { exit_code, .. } = exit else {
+        unreachable!()
+    };
     assert_eq!(exit_code, 3);
     agent.stop();
 }
@@ -228,7 +349,12 @@ fn process_running_before_the_agent_is_seeded() {
     let pid = child.id();
     std::thread::sleep(Duration::from_millis(100));
     let (agent, rx) = start_agent(&fx.config(""));
-    expect_event(&rx, WAIT, "seed", |e| matches!(e, Event::Seed { pid: p, .. } if *p == pid));
+    expect_event(
+        &rx,
+        WAIT,
+        "seed",
+        |e| matches!(e, Event::Seed { pid: p, .. } if *p == pid),
+    );
     assert!(agent.is_watched(pid));
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
@@ -246,11 +372,16 @@ fn mmap_of_a_file_is_its_own_signal() {
     let data = fx.data_file("cache.db", 64 * 1024);
     let (agent, rx) = start_agent(&fx.config(""));
     let (pid, _) = run(&fx.app, &["mmap", data.to_str().unwrap()]);
-    expect_event(&rx, WAIT, "mmap", |e| {
-        matches!(e, Event::FileMmap { pid: p, path, .. } if *p == pid && Path::new(path) == data)
-    });
+    expect_event(
+        &rx,
+        WAIT,
+        "mmap",
+        |e| matches!(e, Event::FileMmap { pid: p, path, .. } if *p == pid && Path::new(path) == data),
+    );
     let exit = exit_of(&rx, pid);
-    let Event::Exit { files, .. } = exit else { unreachable!() };
+    let Event::Exit { files, .. } = exit else {
+        unreachable!()
+    };
     let f = files.iter().find(|f| Path::new(&f.path) == data).unwrap();
     assert_eq!((f.mmaps, f.bytes_read), (1, 0));
     agent.stop();
@@ -270,6 +401,50 @@ fn command_line_filter_excludes_other_instances() {
     let (watched, _) = run(&fx.app, &["pread", data.to_str().unwrap(), "4096"]);
     exit_of(&rx, watched);
     let events = collect(&rx, Duration::from_millis(300));
-    assert!(events.iter().all(|e| e.pid() != Some(skipped)), "{events:?}");
+    assert!(
+        events.iter().all(|e| e.pid() != Some(skipped)),
+        "{events:?}"
+    );
     agent.stop();
+}
+
+#[test]
+fn agent_run_unprivileged_says_what_is_missing() {
+    if !require_root("agent_run_unprivileged_says_what_is_missing") {
+        return;
+    }
+    // The agent binary sits beside the `deps` folder of this test binary.
+    let me = std::env::current_exe().unwrap();
+    let agent = me
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("clinicwatch-agent");
+    if !agent.is_file() {
+        eprintln!(
+            "SKIPPED: {} not built (cargo xtask test builds it)",
+            agent.display()
+        );
+        return;
+    }
+    let fx = Fixture::new(WORKLOAD, "unprivileged");
+    let config = fx.dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!("[[app]]\nname = \"pm\"\nexe = \"{}\"\n", fx.app.display()),
+    )
+    .unwrap();
+    use std::os::unix::{fs::PermissionsExt, process::CommandExt};
+    std::fs::set_permissions(&fx.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = std::process::Command::new(&agent)
+        .arg("--config")
+        .arg(&config)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("must run as root"), "{stderr}");
+    assert!(stderr.contains("CAP_BPF"), "{stderr}");
 }

@@ -47,20 +47,29 @@ pub fn tp_open_exit(ctx: TracePointContext) -> u32 {
     if ret >= 0 {
         // SAFETY: helper without arguments.
         let task = unsafe { bpf_get_current_task() };
-        finish(hook::FILE_OPEN, kernel::task_fd_file(task, ret as u64).and_then(on_open));
+        finish(
+            hook::FILE_OPEN,
+            kernel::task_fd_file(task, ret as u64).and_then(on_open),
+        );
     }
     0
 }
 
 #[fexit(function = "vfs_read")]
 pub fn fexit_vfs_read(ctx: FExitContext) -> i32 {
-    finish(hook::FILE_READ, on_read_done(ctx.arg::<u64>(0), ctx.arg::<i64>(4)));
+    finish(
+        hook::FILE_READ,
+        on_read_done(ctx.arg::<u64>(0), ctx.arg::<i64>(4)),
+    );
     0
 }
 
 #[fexit(function = "vfs_readv")]
 pub fn fexit_vfs_readv(ctx: FExitContext) -> i32 {
-    finish(hook::FILE_READ, on_read_done(ctx.arg::<u64>(0), ctx.arg::<i64>(5)));
+    finish(
+        hook::FILE_READ,
+        on_read_done(ctx.arg::<u64>(0), ctx.arg::<i64>(5)),
+    );
     0
 }
 
@@ -121,11 +130,16 @@ pub fn tp_mmap_enter(ctx: TracePointContext) -> u32 {
     }
     // SAFETY: `fd` is at this offset in sys_enter_mmap records.
     // The register holds a C `int`: only its low 32 bits are the descriptor.
-    let fd = unsafe { ctx.read_at::<u64>(MMAP_ARG_FD) }.map(|v| v as i32).unwrap_or(-1);
+    let fd = unsafe { ctx.read_at::<u64>(MMAP_ARG_FD) }
+        .map(|v| v as i32)
+        .unwrap_or(-1);
     if fd >= 0 {
         // SAFETY: helper without arguments.
         let task = unsafe { bpf_get_current_task() };
-        finish(hook::FILE_MMAP, kernel::task_fd_file(task, fd as u64).and_then(on_mmap));
+        finish(
+            hook::FILE_MMAP,
+            kernel::task_fd_file(task, fd as u64).and_then(on_mmap),
+        );
     }
     0
 }
@@ -145,14 +159,30 @@ fn on_open(file: u64) -> HookResult {
     match watched(tgid) {
         Some(w) => {
             let key = kernel::file_inode_key(file)?;
-            let fk = FileKey { tgid, dev: key.dev, ino: key.ino };
+            let fk = FileKey {
+                tgid,
+                dev: key.dev,
+                ino: key.ino,
+            };
             if let Some(s) = FILE_STATS.get_ptr_mut(fk) {
                 // SAFETY: a map value pointer; the add is atomic.
                 unsafe { add(&mut (*s).opens, 1) };
                 return Ok(());
             }
-            let stats = FileStats { opens: 1, ..FileStats::default() };
-            first_seen(fk, &stats, w.app, file, origin::OPEN, kind::FILE_OPEN, hook::FILE_OPEN, pid)
+            let stats = FileStats {
+                opens: 1,
+                ..FileStats::default()
+            };
+            first_seen(
+                fk,
+                &stats,
+                w.app,
+                file,
+                origin::OPEN,
+                kind::FILE_OPEN,
+                hook::FILE_OPEN,
+                pid,
+            )
         }
         None if protect_enabled() => on_protected_open(file, pid, tgid),
         None => Ok(()),
@@ -211,7 +241,11 @@ fn account_read(file: u64, bytes: u64) -> HookResult {
         return Ok(());
     };
     let key = kernel::file_inode_key(file)?;
-    let fk = FileKey { tgid, dev: key.dev, ino: key.ino };
+    let fk = FileKey {
+        tgid,
+        dev: key.dev,
+        ino: key.ino,
+    };
     if let Some(s) = FILE_STATS.get_ptr_mut(fk) {
         // SAFETY: a map value pointer; the adds are atomic.
         unsafe {
@@ -220,8 +254,21 @@ fn account_read(file: u64, bytes: u64) -> HookResult {
         }
         return Ok(());
     }
-    let stats = FileStats { bytes_read: bytes, reads: 1, ..FileStats::default() };
-    first_seen(fk, &stats, w.app, file, origin::READ, kind::FILE_OPEN, hook::FILE_READ, pid)
+    let stats = FileStats {
+        bytes_read: bytes,
+        reads: 1,
+        ..FileStats::default()
+    };
+    first_seen(
+        fk,
+        &stats,
+        w.app,
+        file,
+        origin::READ,
+        kind::FILE_OPEN,
+        hook::FILE_READ,
+        pid,
+    )
 }
 
 #[inline(always)]
@@ -231,7 +278,11 @@ fn on_mmap(file: u64) -> HookResult {
         return Ok(());
     };
     let key = kernel::file_inode_key(file)?;
-    let fk = FileKey { tgid, dev: key.dev, ino: key.ino };
+    let fk = FileKey {
+        tgid,
+        dev: key.dev,
+        ino: key.ino,
+    };
     if let Some(s) = FILE_STATS.get_ptr_mut(fk) {
         // SAFETY: a map value pointer; the add is atomic.
         let before = unsafe { (*s).mmaps };
@@ -255,8 +306,20 @@ fn on_mmap(file: u64) -> HookResult {
         entry.submit(0);
         return Ok(());
     }
-    let stats = FileStats { mmaps: 1, ..FileStats::default() };
-    first_seen(fk, &stats, w.app, file, origin::MMAP, kind::FILE_MMAP, hook::FILE_MMAP, pid)
+    let stats = FileStats {
+        mmaps: 1,
+        ..FileStats::default()
+    };
+    first_seen(
+        fk,
+        &stats,
+        w.app,
+        file,
+        origin::MMAP,
+        kind::FILE_MMAP,
+        hook::FILE_MMAP,
+        pid,
+    )
 }
 
 #[inline(always)]
@@ -269,7 +332,8 @@ fn on_protected_open(file: u64, pid: u32, tgid: u32) -> HookResult {
     let Some(rule) = kernel::find_protected(file, key, capacity::PROTECTED_DEPTH, lookup)? else {
         return Ok(());
     };
-    let mut entry = reserve::<ProtectedOpenEvent>(hook::FILE_OPEN, kind::PROTECTED_OPEN, pid, tgid)?;
+    let mut entry =
+        reserve::<ProtectedOpenEvent>(hook::FILE_OPEN, kind::PROTECTED_OPEN, pid, tgid)?;
     // SAFETY: the entry is reserved for a `ProtectedOpenEvent`; every field is written.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
     ev.uid = bpf_get_current_uid_gid() as u32;

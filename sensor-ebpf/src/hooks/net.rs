@@ -82,7 +82,12 @@ fn on_connect(ctx: &SockAddrContext, family: u16) -> HookResult {
     }
     // SAFETY: the helper accepts this program type's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let stats = FlowStats { tgid, app, remote, ..FlowStats::default() };
+    let stats = FlowStats {
+        tgid,
+        app,
+        remote,
+        ..FlowStats::default()
+    };
     if FLOWS.insert(cookie, stats, 0).is_err() {
         return Err(Counter::MapFull);
     }
@@ -119,7 +124,11 @@ fn payload_len(ctx: &SkBuffContext) -> Result<u64, Counter> {
                 break;
             }
             let next = load(l3)?;
-            let ext_len = if proto == 44 { 8 } else { (load(l3 + 1)? as u64 + 1) * 8 };
+            let ext_len = if proto == 44 {
+                8
+            } else {
+                (load(l3 + 1)? as u64 + 1) * 8
+            };
             proto = next;
             l3 += ext_len;
         }

@@ -36,13 +36,19 @@ pub fn raw_tp_exec(_ctx: RawTracePointContext) -> i32 {
 
 #[btf_tracepoint(function = "sched_process_fork")]
 pub fn tp_btf_fork(ctx: BtfTracePointContext) -> i32 {
-    finish(hook::PROC_FORK, on_fork(ctx.arg::<u64>(0), ctx.arg::<u64>(1)));
+    finish(
+        hook::PROC_FORK,
+        on_fork(ctx.arg::<u64>(0), ctx.arg::<u64>(1)),
+    );
     0
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
 pub fn raw_tp_fork(ctx: RawTracePointContext) -> i32 {
-    finish(hook::PROC_FORK, on_fork(ctx.arg::<u64>(0), ctx.arg::<u64>(1)));
+    finish(
+        hook::PROC_FORK,
+        on_fork(ctx.arg::<u64>(0), ctx.arg::<u64>(1)),
+    );
     0
 }
 
@@ -77,7 +83,12 @@ fn on_exec() -> HookResult {
             let Some(app) = WATCHED_EXES.get_ptr(exe_key).map(|a| unsafe { *a }) else {
                 return Ok(());
             };
-            let w = WatchedProc { app, root_tgid: tgid, depth: 0, _pad: 0 };
+            let w = WatchedProc {
+                app,
+                root_tgid: tgid,
+                depth: 0,
+                _pad: 0,
+            };
             if WATCHED.insert(tgid, w, 0).is_err() {
                 return Err(Counter::MapFull);
             }
@@ -123,8 +134,13 @@ fn read_args(task: u64, out: &mut [u8; ARGV_LEN]) -> u32 {
         len = ARGV_LEN as u64;
     }
     // SAFETY: `len` is at most the buffer size; the helper checks the user address.
-    let rc = unsafe { bpf_probe_read_user(out.as_mut_ptr() as *mut _, len as u32, start as *const _) };
-    if rc == 0 { len as u32 } else { 0 }
+    let rc =
+        unsafe { bpf_probe_read_user(out.as_mut_ptr() as *mut _, len as u32, start as *const _) };
+    if rc == 0 {
+        len as u32
+    } else {
+        0
+    }
 }
 
 #[inline(always)]
@@ -139,7 +155,12 @@ fn on_fork(parent: u64, child: u64) -> HookResult {
     if ctgid == ptgid {
         return Ok(()); // a new thread, not a new process
     }
-    let cw = WatchedProc { app: w.app, root_tgid: w.root_tgid, depth: w.depth + 1, _pad: 0 };
+    let cw = WatchedProc {
+        app: w.app,
+        root_tgid: w.root_tgid,
+        depth: w.depth + 1,
+        _pad: 0,
+    };
     if WATCHED.insert(ctgid, cw, 0).is_err() {
         return Err(Counter::MapFull);
     }

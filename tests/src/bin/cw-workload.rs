@@ -40,17 +40,28 @@ fn read_all(mode: &str, path: &str, chunk: usize) -> std::io::Result<u64> {
             "preadv" => {
                 let (a, b) = buf.split_at_mut(chunk / 2);
                 let iov = [
-                    libc::iovec { iov_base: a.as_mut_ptr().cast(), iov_len: a.len() },
-                    libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() },
+                    libc::iovec {
+                        iov_base: a.as_mut_ptr().cast(),
+                        iov_len: a.len(),
+                    },
+                    libc::iovec {
+                        iov_base: b.as_mut_ptr().cast(),
+                        iov_len: b.len(),
+                    },
                 ];
                 // SAFETY: two valid iovecs over `buf`.
-                let n = unsafe { libc::preadv(f.as_raw_fd(), iov.as_ptr(), 2, total as libc::off_t) };
+                let n =
+                    unsafe { libc::preadv(f.as_raw_fd(), iov.as_ptr(), 2, total as libc::off_t) };
                 if n < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 n as usize
             }
-            other => return Err(std::io::Error::other(format!("unknown read mode `{other}`"))),
+            other => {
+                return Err(std::io::Error::other(format!(
+                    "unknown read mode `{other}`"
+                )))
+            }
         };
         if n == 0 {
             return Ok(total);
@@ -71,7 +82,16 @@ fn mmap_touch(path: &str) -> std::io::Result<u64> {
     let f = File::open(path)?;
     let len = f.metadata()?.len() as usize;
     // SAFETY: a private read-only mapping of an open file, unmapped below.
-    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_PRIVATE, f.as_raw_fd(), 0) };
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE,
+            f.as_raw_fd(),
+            0,
+        )
+    };
     if p == libc::MAP_FAILED {
         return Err(std::io::Error::last_os_error());
     }
@@ -87,7 +107,11 @@ fn mmap_touch(path: &str) -> std::io::Result<u64> {
 
 fn run(args: &[String]) -> std::io::Result<ExitCode> {
     let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
-    let num = |i: usize| arg(i).parse::<usize>().map_err(|_| std::io::Error::other(format!("argument {i} must be a number")));
+    let num = |i: usize| {
+        arg(i)
+            .parse::<usize>()
+            .map_err(|_| std::io::Error::other(format!("argument {i} must be a number")))
+    };
     match arg(0) {
         m @ ("read" | "pread" | "readv" | "preadv") => {
             println!("{}", read_all(m, arg(1), num(2)?)?);
@@ -98,7 +122,11 @@ fn run(args: &[String]) -> std::io::Result<ExitCode> {
             match unsafe { libc::fork() } {
                 -1 => return Err(std::io::Error::last_os_error()),
                 0 => {
-                    let code = if read_all("read", arg(1), chunk).is_ok() { 0 } else { 1 };
+                    let code = if read_all("read", arg(1), chunk).is_ok() {
+                        0
+                    } else {
+                        1
+                    };
                     // SAFETY: leave the child without running the parent's destructors.
                     unsafe { libc::_exit(code) };
                 }
@@ -126,11 +154,19 @@ fn run(args: &[String]) -> std::io::Result<ExitCode> {
         }
         "demo" => {
             let dir = arg(1);
-            println!("read {} bytes of patients.db", read_all("read", &format!("{dir}/patients.db"), 4096)?);
-            println!("pread {} bytes of notes.db", read_all("pread", &format!("{dir}/notes.db"), 4096)?);
+            println!(
+                "read {} bytes of patients.db",
+                read_all("read", &format!("{dir}/patients.db"), 4096)?
+            );
+            println!(
+                "pread {} bytes of notes.db",
+                read_all("pread", &format!("{dir}/notes.db"), 4096)?
+            );
             connect(arg(2), 64 * 1024, 4096)?;
             println!("sent 65536 bytes to {}, got 4096 back", arg(2));
-            let status = Command::new("/bin/sh").args(["-c", "id -u > /dev/null"]).status()?;
+            let status = Command::new("/bin/sh")
+                .args(["-c", "id -u > /dev/null"])
+                .status()?;
             println!("shell exited with {status}");
         }
         _ => return Ok(usage()),
