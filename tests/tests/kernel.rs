@@ -448,3 +448,26 @@ fn agent_run_unprivileged_says_what_is_missing() {
     assert!(stderr.contains("must run as root"), "{stderr}");
     assert!(stderr.contains("CAP_BPF"), "{stderr}");
 }
+
+/// eBPF programs and links this process holds open (their fds are `anon_inode:bpf-*`).
+fn bpf_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter(|t| t.to_string_lossy().starts_with("anon_inode:bpf"))
+        .count()
+}
+
+#[test]
+fn stopping_the_agent_detaches_every_probe() {
+    if !require_root("stopping_the_agent_detaches_every_probe") {
+        return;
+    }
+    let fx = Fixture::new(WORKLOAD, "detach");
+    let before = bpf_fds();
+    let (agent, _rx) = start_agent(&fx.config(""));
+    assert!(bpf_fds() > before + 10, "programs, links and maps are open while running");
+    agent.stop();
+    assert_eq!(bpf_fds(), before, "every program, link and map fd is closed after stop");
+}
