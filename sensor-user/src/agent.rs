@@ -237,7 +237,9 @@ impl Agent {
     pub fn snapshot(&self) -> Event {
         let mut guard = self.core.lock().unwrap_or_else(|p| p.into_inner());
         let core = &mut *guard;
-        let ev = core.handler.snapshot(&mut core.sensor);
+        let ev = core
+            .handler
+            .snapshot(&mut core.sensor, core.output.write_errors);
         core.output.emit(ev.clone());
         core.output.flush();
         ev
@@ -309,7 +311,7 @@ fn event_loop(
             }
         }
         if stopping || (!interval.is_zero() && last_snapshot.elapsed() >= interval) {
-            let snap = c.handler.snapshot(&mut c.sensor);
+            let snap = c.handler.snapshot(&mut c.sensor, c.output.write_errors);
             c.output.emit(snap);
             last_snapshot = Instant::now();
         }

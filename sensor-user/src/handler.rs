@@ -442,38 +442,35 @@ impl Handler {
     }
 
     /// Counters of every watched process and the sensor's health.
-    pub fn snapshot(&mut self, sensor: &mut Sensor) -> Event {
+    pub fn snapshot(&mut self, sensor: &mut Sensor, output_write_errors: u64) -> Event {
         let mut procs: BTreeMap<u32, ProcessCounters> = BTreeMap::new();
         for pid in self.table.pids() {
-            let p = self.table.get(pid).cloned().unwrap_or_default();
+            let Some(p) = self.table.get(pid) else {
+                continue;
+            };
+            let mut files: Vec<FileCounters> = p
+                .files
+                .iter()
+                .filter_map(|(key, path)| {
+                    sensor.file_stats(key).map(|s| file_counters(key, path, &s))
+                })
+                .collect();
+            files.sort_by(|a, b| a.path.cmp(&b.path));
             procs.insert(
                 pid,
                 ProcessCounters {
                     pid,
                     app: self.app_name(p.app),
-                    exe: p.exe,
-                    files: Vec::new(),
+                    exe: p.exe.clone(),
+                    files,
                     flows: Vec::new(),
                 },
             );
-        }
-        for (key, path) in self.table.pids().flat_map(|pid| {
-            self.table
-                .get(pid)
-                .map(|p| p.files.clone())
-                .unwrap_or_default()
-        }) {
-            if let (Some(s), Some(pc)) = (sensor.file_stats(&key), procs.get_mut(&key.tgid)) {
-                pc.files.push(file_counters(&key, &path, &s));
-            }
         }
         for (&cookie, &pid) in &self.open_flows {
             if let (Some(s), Some(pc)) = (sensor.flow_stats(cookie), procs.get_mut(&pid)) {
                 pc.flows.push(flow_counters(cookie, &s));
             }
-        }
-        for pc in procs.values_mut() {
-            pc.files.sort_by(|a, b| a.path.cmp(&b.path));
         }
         let counters = sensor.hook_counters();
         let hooks: Vec<HookHealth> = counters
@@ -495,6 +492,7 @@ impl Handler {
                 hooks,
                 decode: self.decode,
                 unknown_process: self.unknown_process,
+                output_write_errors,
                 watched_processes: sensor.watched_count(),
             },
         }

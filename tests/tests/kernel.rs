@@ -341,13 +341,13 @@ fn process_running_before_the_agent_is_seeded() {
     }
     let fx = Fixture::new(WORKLOAD, "seed");
     let data = fx.data_file("patients.db", MIB);
-    let child = std::process::Command::new(&fx.app)
-        .args(["sleep-then-read", "1500", data.to_str().unwrap(), "4096"])
+    let mut child = std::process::Command::new(&fx.app)
+        .args(["wait-then-read", data.to_str().unwrap(), "4096"])
+        .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let pid = child.id();
-    std::thread::sleep(Duration::from_millis(100));
     let (agent, rx) = start_agent(&fx.config(""));
     expect_event(
         &rx,
@@ -356,6 +356,8 @@ fn process_running_before_the_agent_is_seeded() {
         |e| matches!(e, Event::Seed { pid: p, .. } if *p == pid),
     );
     assert!(agent.is_watched(pid));
+    // Only now does it read.
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     let exit = exit_of(&rx, pid);
@@ -467,7 +469,14 @@ fn stopping_the_agent_detaches_every_probe() {
     let fx = Fixture::new(WORKLOAD, "detach");
     let before = bpf_fds();
     let (agent, _rx) = start_agent(&fx.config(""));
-    assert!(bpf_fds() > before + 10, "programs, links and maps are open while running");
+    assert!(
+        bpf_fds() > before + 10,
+        "programs, links and maps are open while running"
+    );
     agent.stop();
-    assert_eq!(bpf_fds(), before, "every program, link and map fd is closed after stop");
+    assert_eq!(
+        bpf_fds(),
+        before,
+        "every program, link and map fd is closed after stop"
+    );
 }

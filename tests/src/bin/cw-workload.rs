@@ -7,7 +7,6 @@ use std::{
     net::TcpStream,
     os::{fd::AsRawFd, unix::fs::FileExt},
     process::{Command, ExitCode},
-    time::Duration,
 };
 
 fn usage() -> ExitCode {
@@ -19,7 +18,7 @@ fn usage() -> ExitCode {
          shell                                run `/bin/sh -c 'exit 3'`\n\
          mmap FILE                            map FILE and touch every page\n\
          open FILE                            open FILE and read it once\n\
-         sleep-then-read MS FILE CHUNK        sleep, then read FILE\n\
+         wait-then-read FILE CHUNK            wait for a line on stdin, then read FILE\n\
          demo DIR ADDR                        the README demo: reads, a connect, a shell"
     );
     ExitCode::from(2)
@@ -148,9 +147,10 @@ fn run(args: &[String]) -> std::io::Result<ExitCode> {
             let mut s = Vec::new();
             File::open(arg(1))?.read_to_end(&mut s)?;
         }
-        "sleep-then-read" => {
-            std::thread::sleep(Duration::from_millis(num(1)? as u64));
-            println!("{}", read_all("read", arg(2), num(3)?)?);
+        "wait-then-read" => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            println!("{}", read_all("read", arg(1), num(2)?)?);
         }
         "demo" => {
             let dir = arg(1);
