@@ -33,7 +33,7 @@ fn main() -> anyhow::Result<()> {
     }
     let has_bpf_linker = dirs.iter().any(|d| d.join("bpf-linker").is_file());
     if env::var_os("CLINICWATCH_SKIP_EBPF").is_some() || !has_bpf_linker {
-        println!("cargo:warning=bpf-linker not found: building the agent without its eBPF object (run `cargo xtask setup`)");
+        println!("cargo:warning=no eBPF object: bpf-linker not found or CLINICWATCH_SKIP_EBPF set; the agent will say so if started (run `cargo xtask setup`)");
         std::fs::write(out_dir.join("sensor-ebpf"), [])?;
         return Ok(());
     }

@@ -207,6 +207,16 @@ impl Cursor {
     }
 }
 
+/// Fills `out` with the path of `file`; a failed walk leaves an empty path flagged
+/// `READ_ERROR` (the event is still worth sending).
+#[inline(always)]
+pub fn fill_path(file: u64, out: &mut PathBuf) {
+    if file_path(file, out).is_err() {
+        out.depth = 0;
+        out.flags = path_flags::READ_ERROR;
+    }
+}
+
 /// Walks the path of an open file up to the root, crossing mounts, into `out` (leaf first).
 ///
 /// Kept simple for the verifier: one component per iteration, the loop index is the only

@@ -14,6 +14,17 @@ pub struct Ancestor {
     pub exe: String,
 }
 
+/// A file as first seen by a watched process.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FileRef {
+    pub path: String,
+    /// Open flags (`O_*`).
+    pub flags: String,
+    /// `major:minor` of the file's device.
+    pub dev: String,
+    pub ino: u64,
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct FileCounters {
     pub path: String,
@@ -124,10 +135,9 @@ pub enum Event {
         time: f64,
         pid: u32,
         app: String,
-        path: String,
-        flags: String,
-        dev: String,
-        ino: u64,
+        #[serde(flatten)]
+        file: FileRef,
+        /// `open`, or `read` when the open was not seen.
         origin: String,
     },
     /// First memory mapping of a file by a watched process.
@@ -135,10 +145,8 @@ pub enum Event {
         time: f64,
         pid: u32,
         app: String,
-        path: String,
-        flags: String,
-        dev: String,
-        ino: u64,
+        #[serde(flatten)]
+        file: FileRef,
     },
     /// A process outside every watched application opened a protected file.
     ProtectedOpen {

@@ -13,7 +13,9 @@ use regex::Regex;
 use crate::{
     config::Config,
     decode::{DecodeStats, KernelEvent},
-    event::{Ancestor, Event, FileCounters, FlowCounters, Health, HookHealth, ProcessCounters},
+    event::{
+        Ancestor, Event, FileCounters, FileRef, FlowCounters, Health, HookHealth, ProcessCounters,
+    },
     procfs,
     proctable::{ProcInfo, ProcTable},
     sensor::Sensor,
@@ -305,38 +307,34 @@ impl Handler {
                     }
                     None => self.unknown_process += 1,
                 }
-                let (time, app, flags, dev) = (
-                    self.clock.unix(e.hdr.time_ns),
-                    self.app_name(e.app),
-                    procfs::open_flags(e.flags),
-                    procfs::dev_string(e.dev),
-                );
-                Some(if matches!(ev, KernelEvent::FileMmap(_)) {
-                    Event::FileMmap {
+                let time = self.clock.unix(e.hdr.time_ns);
+                let app = self.app_name(e.app);
+                let file = FileRef {
+                    path,
+                    flags: procfs::open_flags(e.flags),
+                    dev: procfs::dev_string(e.dev),
+                    ino: e.ino,
+                };
+                Some(match ev {
+                    KernelEvent::FileMmap(_) => Event::FileMmap {
                         time,
                         pid,
                         app,
-                        path,
-                        flags,
-                        dev,
-                        ino: e.ino,
-                    }
-                } else {
-                    let origin = if e.origin == origin::READ {
-                        "read"
-                    } else {
-                        "open"
-                    }
-                    .to_string();
-                    Event::FileOpen {
-                        time,
-                        pid,
-                        app,
-                        path,
-                        flags,
-                        dev,
-                        ino: e.ino,
-                        origin,
+                        file,
+                    },
+                    _ => {
+                        let origin = if e.origin == origin::READ {
+                            "read"
+                        } else {
+                            "open"
+                        };
+                        Event::FileOpen {
+                            time,
+                            pid,
+                            app,
+                            file,
+                            origin: origin.into(),
+                        }
                     }
                 })
             }

@@ -52,13 +52,13 @@ fn watched_program_reading_1mib_in_4k_reads_counts_exact_bytes() {
             &rx,
             WAIT,
             "open of the data file",
-            |e| matches!(e, Event::FileOpen { pid: p, path, .. } if *p == pid && Path::new(path) == data),
+            |e| matches!(e, Event::FileOpen { pid: p, file, .. } if *p == pid && Path::new(&file.path) == data),
         );
-        let Event::FileOpen { origin, flags, .. } = &open else {
+        let Event::FileOpen { origin, file, .. } = &open else {
             unreachable!()
         };
         assert_eq!(origin, "open");
-        assert!(flags.starts_with("O_RDONLY"), "{flags}");
+        assert!(file.flags.starts_with("O_RDONLY"), "{}", file.flags);
         let exit = exit_of(&rx, pid);
         let (bytes, reads) = file_bytes(&exit, &data);
         assert_eq!(
@@ -378,7 +378,7 @@ fn mmap_of_a_file_is_its_own_signal() {
         &rx,
         WAIT,
         "mmap",
-        |e| matches!(e, Event::FileMmap { pid: p, path, .. } if *p == pid && Path::new(path) == data),
+        |e| matches!(e, Event::FileMmap { pid: p, file, .. } if *p == pid && Path::new(&file.path) == data),
     );
     let exit = exit_of(&rx, pid);
     let Event::Exit { files, .. } = exit else {

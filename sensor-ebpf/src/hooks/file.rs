@@ -158,12 +158,7 @@ fn on_open(file: u64) -> HookResult {
     }
     match watched(tgid) {
         Some(w) => {
-            let key = kernel::file_inode_key(file)?;
-            let fk = FileKey {
-                tgid,
-                dev: key.dev,
-                ino: key.ino,
-            };
+            let fk = file_key(tgid, file)?;
             if let Some(s) = FILE_STATS.get_ptr_mut(fk) {
                 // SAFETY: a map value pointer; the add is atomic.
                 unsafe { add(&mut (*s).opens, 1) };
@@ -173,53 +168,77 @@ fn on_open(file: u64) -> HookResult {
                 opens: 1,
                 ..FileStats::default()
             };
-            first_seen(
-                fk,
-                &stats,
-                w.app,
-                file,
-                origin::OPEN,
-                kind::FILE_OPEN,
-                hook::FILE_OPEN,
-                pid,
-            )
+            first_seen(fk, &stats, w.app, file, pid, &SEEN_OPEN)
         }
         None if protect_enabled() => on_protected_open(file, pid, tgid),
         None => Ok(()),
     }
 }
 
+/// How a file was first seen: which hook counts it, which event reports it.
+struct Seen {
+    hook: u32,
+    kind: u32,
+    origin: u32,
+}
+
+const SEEN_OPEN: Seen = Seen {
+    hook: hook::FILE_OPEN,
+    kind: kind::FILE_OPEN,
+    origin: origin::OPEN,
+};
+const SEEN_READ: Seen = Seen {
+    hook: hook::FILE_READ,
+    kind: kind::FILE_OPEN,
+    origin: origin::READ,
+};
+const SEEN_MMAP: Seen = Seen {
+    hook: hook::FILE_MMAP,
+    kind: kind::FILE_MMAP,
+    origin: origin::MMAP,
+};
+
 /// Inserts the first counters of (process, file) and, if this call created them, reports the
 /// file. A racing insert loses quietly: the other one reported it.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn first_seen(
     fk: FileKey,
     stats: &FileStats,
     app: u32,
     file: u64,
-    how: u32,
-    event_kind: u32,
-    hook_id: u32,
     pid: u32,
+    seen: &Seen,
 ) -> HookResult {
     if FILE_STATS.insert(fk, stats, BPF_NOEXIST as u64).is_err() {
         return Ok(());
     }
-    let mut entry = reserve::<FileEvent>(hook_id, event_kind, pid, fk.tgid)?;
+    report_file(fk, app, file, pid, seen)
+}
+
+#[inline(always)]
+fn report_file(fk: FileKey, app: u32, file: u64, pid: u32, seen: &Seen) -> HookResult {
+    let mut entry = reserve::<FileEvent>(seen.hook, seen.kind, pid, fk.tgid)?;
     // SAFETY: the entry is reserved for a `FileEvent`; every field is written.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
     ev.app = app;
     ev.flags = kernel::file_flags(file).unwrap_or(0);
     ev.dev = fk.dev;
-    ev.origin = how;
+    ev.origin = seen.origin;
     ev.ino = fk.ino;
-    if kernel::file_path(file, &mut ev.path).is_err() {
-        ev.path.depth = 0;
-        ev.path.flags = clinicwatch_common::path_flags::READ_ERROR;
-    }
+    kernel::fill_path(file, &mut ev.path);
     entry.submit(0);
     Ok(())
+}
+
+/// The counters key of `file` for process `tgid`.
+#[inline(always)]
+fn file_key(tgid: u32, file: u64) -> Result<FileKey, Counter> {
+    let key = kernel::file_inode_key(file)?;
+    Ok(FileKey {
+        tgid,
+        dev: key.dev,
+        ino: key.ino,
+    })
 }
 
 #[inline(always)]
@@ -240,12 +259,7 @@ fn account_read(file: u64, bytes: u64) -> HookResult {
     let Some(w) = watched(tgid) else {
         return Ok(());
     };
-    let key = kernel::file_inode_key(file)?;
-    let fk = FileKey {
-        tgid,
-        dev: key.dev,
-        ino: key.ino,
-    };
+    let fk = file_key(tgid, file)?;
     if let Some(s) = FILE_STATS.get_ptr_mut(fk) {
         // SAFETY: a map value pointer; the adds are atomic.
         unsafe {
@@ -259,16 +273,7 @@ fn account_read(file: u64, bytes: u64) -> HookResult {
         reads: 1,
         ..FileStats::default()
     };
-    first_seen(
-        fk,
-        &stats,
-        w.app,
-        file,
-        origin::READ,
-        kind::FILE_OPEN,
-        hook::FILE_READ,
-        pid,
-    )
+    first_seen(fk, &stats, w.app, file, pid, &SEEN_READ)
 }
 
 #[inline(always)]
@@ -277,49 +282,23 @@ fn on_mmap(file: u64) -> HookResult {
     let Some(w) = watched(tgid) else {
         return Ok(());
     };
-    let key = kernel::file_inode_key(file)?;
-    let fk = FileKey {
-        tgid,
-        dev: key.dev,
-        ino: key.ino,
-    };
+    let fk = file_key(tgid, file)?;
     if let Some(s) = FILE_STATS.get_ptr_mut(fk) {
         // SAFETY: a map value pointer; the add is atomic.
-        let before = unsafe { (*s).mmaps };
+        let first = unsafe { (*s).mmaps } == 0;
         unsafe { add(&mut (*s).mmaps, 1) };
-        if before != 0 {
-            return Ok(());
-        }
-        // First mapping of a file already known: report the mapping itself.
-        let mut entry = reserve::<FileEvent>(hook::FILE_MMAP, kind::FILE_MMAP, pid, tgid)?;
-        // SAFETY: the entry is reserved for a `FileEvent`; every field is written.
-        let ev = unsafe { &mut *entry.as_mut_ptr() };
-        ev.app = w.app;
-        ev.flags = kernel::file_flags(file).unwrap_or(0);
-        ev.dev = key.dev;
-        ev.origin = origin::MMAP;
-        ev.ino = key.ino;
-        if kernel::file_path(file, &mut ev.path).is_err() {
-            ev.path.depth = 0;
-            ev.path.flags = clinicwatch_common::path_flags::READ_ERROR;
-        }
-        entry.submit(0);
-        return Ok(());
+        // The first mapping of a file already opened is reported as a mapping.
+        return if first {
+            report_file(fk, w.app, file, pid, &SEEN_MMAP)
+        } else {
+            Ok(())
+        };
     }
     let stats = FileStats {
         mmaps: 1,
         ..FileStats::default()
     };
-    first_seen(
-        fk,
-        &stats,
-        w.app,
-        file,
-        origin::MMAP,
-        kind::FILE_MMAP,
-        hook::FILE_MMAP,
-        pid,
-    )
+    first_seen(fk, &stats, w.app, file, pid, &SEEN_MMAP)
 }
 
 #[inline(always)]
@@ -363,19 +342,10 @@ fn on_protected_open(file: u64, pid: u32, tgid: u32) -> HookResult {
         }
         task = parent;
     }
-    if kernel::file_path(file, &mut ev.path).is_err() {
-        ev.path.depth = 0;
-        ev.path.flags = clinicwatch_common::path_flags::READ_ERROR;
-    }
+    kernel::fill_path(file, &mut ev.path);
     // SAFETY: helper without arguments.
     let me = unsafe { bpf_get_current_task() };
-    match kernel::task_exe_file(me) {
-        Ok(exe) if kernel::file_path(exe, &mut ev.exe).is_ok() => {}
-        _ => {
-            ev.exe.depth = 0;
-            ev.exe.flags = clinicwatch_common::path_flags::READ_ERROR;
-        }
-    }
+    kernel::fill_path(kernel::task_exe_file(me).unwrap_or(0), &mut ev.exe);
     entry.submit(0);
     Ok(())
 }

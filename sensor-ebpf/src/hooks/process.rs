@@ -112,10 +112,7 @@ fn on_exec() -> HookResult {
     ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     ev.argv_len = read_args(task, &mut ev.argv);
-    if kernel::file_path(exe, &mut ev.exe).is_err() {
-        ev.exe.depth = 0;
-        ev.exe.flags = clinicwatch_common::path_flags::READ_ERROR;
-    }
+    kernel::fill_path(exe, &mut ev.exe);
     entry.submit(0);
     Ok(())
 }
