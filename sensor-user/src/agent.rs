@@ -283,6 +283,9 @@ fn wait_readable(fd: i32, timeout: Duration) {
     unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
 }
 
+/// How often the process table is checked for processes whose exit record was lost.
+const REAP_EVERY: Duration = Duration::from_secs(5);
+
 fn event_loop(
     core: Arc<Mutex<Core>>,
     mut ring: RingBuf<MapData>,
@@ -290,6 +293,7 @@ fn event_loop(
     interval: Duration,
 ) {
     let mut last_snapshot = Instant::now();
+    let mut last_reap = Instant::now();
     let fd = ring.as_raw_fd();
     loop {
         let stopping = stop.load(Ordering::SeqCst);
@@ -309,6 +313,10 @@ fn event_loop(
                 }
                 Err(e) => tracing::debug!(error = %e, "dropped a ring buffer record"),
             }
+        }
+        if last_reap.elapsed() >= REAP_EVERY {
+            c.handler.reap_dead(&mut c.sensor);
+            last_reap = Instant::now();
         }
         if stopping || (!interval.is_zero() && last_snapshot.elapsed() >= interval) {
             let snap = c.handler.snapshot(&mut c.sensor, c.output.write_errors);

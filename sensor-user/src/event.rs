@@ -74,6 +74,8 @@ pub struct Health {
     pub decode: DecodeStats,
     /// Records that named a process the agent did not know (raced with its exit).
     pub unknown_process: u64,
+    /// Watched processes found gone without an exit record (counters dropped with them).
+    pub exits_missed: u64,
     /// Events that could not be written to the output (disk full, closed pipe).
     pub output_write_errors: u64,
     pub watched_processes: usize,

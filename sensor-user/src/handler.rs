@@ -130,6 +130,10 @@ pub struct Handler {
     pub clock: Clock,
     pub decode: DecodeStats,
     pub unknown_process: u64,
+    /// Processes forgotten because they vanished without an exit record.
+    pub reaped: u64,
+    /// Processes found gone at the last `reap_dead`.
+    suspects: Vec<u32>,
     apps: Vec<String>,
     cmdline: Vec<Option<Regex>>,
     protected: Vec<String>,
@@ -147,6 +151,8 @@ impl Handler {
             clock: Clock::new(),
             decode: DecodeStats::default(),
             unknown_process: 0,
+            reaped: 0,
+            suspects: Vec::new(),
             apps: cfg.apps.iter().map(|a| a.name.clone()).collect(),
             // Validated in `Config::validate`.
             cmdline: cfg
@@ -417,6 +423,25 @@ impl Handler {
         }
     }
 
+    /// Forgets processes that are gone without an exit record (lost to a full ring buffer):
+    /// removes their counters from the kernel maps and counts them in `health`. A process is
+    /// only forgotten when it was already gone at the previous call, so an exit record still
+    /// in the ring buffer is always handled first.
+    pub fn reap_dead(&mut self, sensor: &mut Sensor) {
+        let gone = |pid: &u32| !std::path::Path::new(&format!("/proc/{pid}")).exists();
+        let suspects = std::mem::take(&mut self.suspects);
+        for pid in suspects.into_iter().filter(gone) {
+            if let Some(info) = self.table.remove(pid) {
+                for key in info.files.keys() {
+                    sensor.remove_file_stats(key);
+                }
+                let _ = sensor.unwatch(pid);
+                self.reaped += 1;
+            }
+        }
+        self.suspects = self.table.pids().filter(gone).collect();
+    }
+
     /// Adds a process found running at start-up.
     pub fn seed(&mut self, pid: u32, ppid: u32, w: WatchedProc, exe: String) -> Event {
         self.table.insert(
@@ -490,6 +515,7 @@ impl Handler {
                 hooks,
                 decode: self.decode,
                 unknown_process: self.unknown_process,
+                exits_missed: self.reaped,
                 output_write_errors,
                 watched_processes: sensor.watched_count(),
             },

@@ -44,14 +44,20 @@ pub fn lsm_file_open(ctx: LsmContext) -> i32 {
 pub fn tp_open_exit(ctx: TracePointContext) -> u32 {
     // SAFETY: `ret` is a `long` at this offset in every sys_exit record.
     let ret = unsafe { ctx.read_at::<i64>(SYSCALL_RET) }.unwrap_or(-1);
-    if ret >= 0 {
-        // SAFETY: helper without arguments.
-        let task = unsafe { bpf_get_current_task() };
-        finish(
-            hook::FILE_OPEN,
-            kernel::task_fd_file(task, ret as u64).and_then(on_open),
-        );
+    if ret < 0 {
+        return 0;
     }
+    // The cheap checks first: most opens on the host are neither watched nor checked.
+    let (_, tgid) = current_ids();
+    if !protect_enabled() && WATCHED.get_ptr(tgid).is_none() {
+        return 0;
+    }
+    // SAFETY: helper without arguments.
+    let task = unsafe { bpf_get_current_task() };
+    finish(
+        hook::FILE_OPEN,
+        kernel::task_fd_file(task, ret as u64).and_then(on_open),
+    );
     0
 }
 
