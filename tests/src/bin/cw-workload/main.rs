@@ -1,11 +1,14 @@
 //! A stand-in practice-management client for the end-to-end tests and the demo: each
 //! subcommand does one kind of thing the sensor must see, with exact, known sizes.
 
+mod loops;
+
 use std::{
     fs::File,
     io::{IoSliceMut, Read, Write},
     net::TcpStream,
     os::{fd::AsRawFd, unix::fs::FileExt},
+    path::Path,
     process::{Command, ExitCode},
 };
 
@@ -19,7 +22,10 @@ fn usage() -> ExitCode {
          mmap FILE                            map FILE and touch every page\n\
          open FILE                            open FILE and read it once\n\
          wait-then-read FILE CHUNK            wait for a line on stdin, then read FILE\n\
-         demo DIR ADDR                        the README demo: reads, a connect, a shell"
+         demo DIR ADDR                        the README demo: reads, a connect, a shell\n\
+         loop-pread16 DIR SECS | loop-getpid SECS | loop-open FILE SECS | loop-pread FILE SECS\n\
+         loop-connect ADDR SECS | loop-connect-accept SECS | loop-echo ADDR SECS\n\
+                                              timed loops for cw-bench: print `OPS SECONDS`"
     );
     ExitCode::from(2)
 }
@@ -106,6 +112,7 @@ fn mmap_touch(path: &str) -> std::io::Result<u64> {
 
 fn run(args: &[String]) -> std::io::Result<ExitCode> {
     let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
+    let secs = |i: usize| arg(i).parse::<f64>().map_err(|_| std::io::Error::other(format!("argument {i} must be seconds")));
     let num = |i: usize| {
         arg(i)
             .parse::<usize>()
@@ -169,6 +176,13 @@ fn run(args: &[String]) -> std::io::Result<ExitCode> {
                 .status()?;
             println!("shell exited with {status}");
         }
+        "loop-pread16" => loops::pread16(Path::new(arg(1)), secs(2)?)?,
+        "loop-getpid" => loops::getpid(secs(1)?)?,
+        "loop-open" => loops::open_close(Path::new(arg(1)), secs(2)?)?,
+        "loop-pread" => loops::pread1(Path::new(arg(1)), secs(2)?)?,
+        "loop-connect" => loops::connect(arg(1), secs(2)?)?,
+        "loop-connect-accept" => loops::connect_accept(secs(1)?)?,
+        "loop-echo" => loops::echo(arg(1), secs(2)?)?,
         _ => return Ok(usage()),
     }
     Ok(ExitCode::SUCCESS)

@@ -1,0 +1,53 @@
+//! `cw-bench` (run by `cargo xtask bench`): sensor overhead as ratios, attached over detached,
+//! measured side by side in one run, in alternating windows.
+//!
+//! Each scenario runs a timed loop of `cw-workload` (a watched copy or an unwatched copy) in
+//! windows of `--window` seconds, with the agent attached in one window and detached in the
+//! next (the order alternates), for `--pairs` pairs. The ratio of each pair is
+//! attached ops/s over detached ops/s; the table gives the median, min and max.
+
+mod scenarios;
+mod servers;
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{bail, Context as _};
+use clap::Parser;
+
+#[derive(Parser, Clone)]
+#[command(name = "cw-bench")]
+pub struct Args {
+    /// Attached/detached pairs per scenario (at least 4).
+    #[arg(long, default_value_t = 5)]
+    pub pairs: usize,
+    /// Seconds per window.
+    #[arg(long, default_value_t = 1.5)]
+    pub window: f64,
+    /// Only scenarios whose name contains this.
+    #[arg(long)]
+    pub only: Option<String>,
+    /// The workload binary (default: beside this one).
+    #[arg(long)]
+    pub workload: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.pairs < 4 {
+        bail!("--pairs must be at least 4");
+    }
+    // SAFETY: plain syscall.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("cw-bench loads eBPF programs: run it as root");
+    }
+    let workload = match &args.workload {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("cw-workload"),
+    };
+    let bench = scenarios::Bench::new(&workload, args.clone()).context("cannot prepare the benchmark folder")?;
+    let rows = bench.run_all()?;
+    println!();
+    println!("{}", scenarios::table(&rows));
+    let _ = Duration::ZERO;
+    Ok(())
+}

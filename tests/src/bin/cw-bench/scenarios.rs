@@ -1,0 +1,201 @@
+//! The scenarios, the alternating-window measurement, and the table.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::mpsc::Receiver,
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _};
+use clinicwatch_agent::{Agent, Config, Event};
+
+use crate::{servers::Server, Args};
+
+/// Hook modes the agent can run in on this kernel, as `disabled_hooks` lists.
+const MODES: &[(&str, &[&str])] = &[
+    ("default", &[]),
+    ("raw_tp process hooks", &["tp_btf:sched_process_{exec,fork,exit}"]),
+];
+
+#[derive(Clone, Copy, PartialEq)]
+enum Who {
+    /// The watched copy of the workload.
+    Watched,
+    /// An identical, unwatched copy.
+    Other,
+}
+
+struct Scenario {
+    name: &'static str,
+    who: Who,
+    args: Vec<String>,
+    target: f64,
+    /// Check the agent's per-file byte counts against the workload's ground truth.
+    check_bytes: bool,
+    modes: &'static [(&'static str, &'static [&'static str])],
+}
+
+pub struct Row {
+    pub name: String,
+    pub mode: String,
+    pub ratios: Vec<f64>,
+    pub target: f64,
+    pub note: String,
+}
+
+pub struct Bench {
+    dir: PathBuf,
+    app: PathBuf,
+    other: PathBuf,
+    args: Args,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 }
+}
+
+impl Bench {
+    pub fn new(workload: &Path, args: Args) -> anyhow::Result<Bench> {
+        let dir = std::env::temp_dir().join("clinicwatch-bench");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("data"))?;
+        let app = dir.join("pm-client");
+        let other = dir.join("other-client");
+        std::fs::copy(workload, &app).with_context(|| format!("copy {}", workload.display()))?;
+        std::fs::copy(workload, &other)?;
+        for i in 0..16 {
+            std::fs::write(dir.join("data").join(format!("f{i:02}")), vec![i as u8; 1 << 20])?;
+        }
+        std::fs::write(dir.join("one.db"), vec![1u8; 1 << 20])?;
+        Ok(Bench { dir, app, other, args })
+    }
+
+    fn config(&self, disabled: &[&str]) -> anyhow::Result<Config> {
+        let disabled: Vec<String> = disabled.iter().map(|d| format!("\"{d}\"")).collect();
+        let text = format!(
+            "[agent]\nsnapshot_interval_secs = 0\ndisabled_hooks = [{}]\n[[app]]\nname = \"pm-client\"\nexe = \"{}\"\n",
+            disabled.join(", "),
+            self.app.display()
+        );
+        Ok(Config::from_toml(&text)?)
+    }
+
+    /// Runs one window of a loop; returns (ops/s, pid, stdout).
+    fn window(&self, sc: &Scenario) -> anyhow::Result<(f64, u32, String)> {
+        let program = if sc.who == Who::Watched { &self.app } else { &self.other };
+        let child = Command::new(program).args(&sc.args).stdout(Stdio::piped()).spawn()?;
+        let pid = child.id();
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!("{} {:?} failed: {}", program.display(), sc.args, out.status);
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut first = stdout.lines().next().unwrap_or("").split_whitespace();
+        let ops: f64 = first.next().and_then(|v| v.parse().ok()).context("ops count")?;
+        let secs: f64 = first.next().and_then(|v| v.parse().ok()).context("seconds")?;
+        Ok((ops / secs, pid, stdout))
+    }
+
+    /// Compares the workload's per-file ground truth with the agent's exit counters.
+    fn check_bytes(rx: &Receiver<Event>, pid: u32, stdout: &str) -> anyhow::Result<()> {
+        let exit = loop {
+            match rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(Event::Exit { pid: p, files, .. }) if p == pid => break files,
+                Ok(_) => continue,
+                Err(_) => bail!("no exit event for {pid}"),
+            }
+        };
+        for line in stdout.lines().skip(1) {
+            let (path, bytes) = line.rsplit_once(' ').context("ground-truth line")?;
+            let bytes: u64 = bytes.parse()?;
+            let counted = exit.iter().find(|f| f.path == path).map(|f| f.bytes_read).unwrap_or(0);
+            if counted != bytes {
+                bail!("{path}: agent counted {counted} bytes, the workload read {bytes}");
+            }
+        }
+        Ok(())
+    }
+
+    fn measure(&self, sc: &Scenario, disabled: &[&str]) -> anyhow::Result<Vec<f64>> {
+        let cfg = self.config(disabled)?;
+        let mut ratios = Vec::new();
+        for pair in 0..self.args.pairs {
+            let mut on = 0.0;
+            let mut off = 0.0;
+            let order = if pair % 2 == 0 { [true, false] } else { [false, true] };
+            for attached in order {
+                if attached {
+                    let (tx, rx) = std::sync::mpsc::channel();
+                    let agent = Agent::start(&cfg, false, Some(tx))?;
+                    let (rate, pid, stdout) = self.window(sc)?;
+                    if sc.check_bytes {
+                        Self::check_bytes(&rx, pid, &stdout)?;
+                    }
+                    agent.stop();
+                    on = rate;
+                } else {
+                    off = self.window(sc)?.0;
+                }
+            }
+            ratios.push(on / off);
+        }
+        Ok(ratios)
+    }
+
+    fn scenarios(&self, echo: &Server, sink: &Server) -> Vec<Scenario> {
+        let w = format!("{}", self.args.window);
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let data = self.dir.join("data").display().to_string();
+        let one = self.dir.join("one.db").display().to_string();
+        vec![
+            Scenario { name: "1 watched pread16 (4 KiB preads, open+close every 64)", who: Who::Watched, args: s(&["loop-pread16", &data, &w]), target: 0.80, check_bytes: true, modes: &MODES[..1] },
+            Scenario { name: "2 unwatched getpid", who: Who::Other, args: s(&["loop-getpid", &w]), target: 0.97, check_bytes: false, modes: MODES },
+            Scenario { name: "2 unwatched open+close", who: Who::Other, args: s(&["loop-open", &one, &w]), target: 0.97, check_bytes: false, modes: MODES },
+            Scenario { name: "2 unwatched loopback connect", who: Who::Other, args: s(&["loop-connect", &sink.addr.to_string(), &w]), target: 0.97, check_bytes: false, modes: MODES },
+            Scenario { name: "2 unwatched 4 KiB pread", who: Who::Other, args: s(&["loop-pread", &one, &w]), target: 0.85, check_bytes: false, modes: MODES },
+            Scenario { name: "5 watched connect/accept/close", who: Who::Watched, args: s(&["loop-connect-accept", &w]), target: 0.95, check_bytes: false, modes: &MODES[..1] },
+            Scenario { name: "5 watched 4 KiB echo", who: Who::Watched, args: s(&["loop-echo", &echo.addr.to_string(), &w]), target: 0.95, check_bytes: false, modes: &MODES[..1] },
+        ]
+    }
+
+    pub fn run_all(&self) -> anyhow::Result<Vec<Row>> {
+        let echo = Server::echo()?;
+        let sink = Server::accept_close()?;
+        let mut rows = Vec::new();
+        for sc in self.scenarios(&echo, &sink) {
+            if self.args.only.as_deref().is_some_and(|o| !sc.name.contains(o)) {
+                continue;
+            }
+            for (mode, disabled) in sc.modes {
+                eprintln!("bench: {} [{mode}]", sc.name);
+                let ratios = self.measure(&sc, disabled)?;
+                let note = if sc.check_bytes { "per-file bytes = ground truth in every attached window".into() } else { String::new() };
+                rows.push(Row { name: sc.name.into(), mode: mode.to_string(), ratios, target: sc.target, note });
+            }
+        }
+        Ok(rows)
+    }
+}
+
+/// The results as a Markdown table.
+pub fn table(rows: &[Row]) -> String {
+    let mut out = String::from("| benchmark | hooks | ratio median | min | max | target | met | note |\n|---|---|---|---|---|---|---|---|\n");
+    for r in rows {
+        let med = median(&r.ratios);
+        let min = r.ratios.iter().cloned().fold(f64::INFINITY, f64::min);
+        let max = r.ratios.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        out.push_str(&format!(
+            "| {} | {} | {med:.3} | {min:.3} | {max:.3} | ≥ {:.2} | {} | {} |\n",
+            r.name,
+            r.mode,
+            r.target,
+            if med >= r.target { "yes" } else { "no" },
+            r.note
+        ));
+    }
+    out
+}

@@ -1,0 +1,143 @@
+//! Timed loops for the benchmarks (`cw-bench`): each runs for a given number of seconds and
+//! prints `OPS SECONDS` on its first line (and, for `loop-pread16`, the bytes it read from
+//! each file on the following lines, as the ground truth the agent's counters must equal).
+
+use std::{
+    fs::File,
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    os::{fd::AsRawFd, unix::fs::FileExt},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+const PAGE: usize = 4096;
+
+/// Runs `step` (which returns how many operations it did) until `secs` have passed, checking
+/// the clock every `batch` steps. Returns (operations, seconds).
+fn timed(secs: f64, batch: u32, mut step: impl FnMut() -> std::io::Result<u64>) -> std::io::Result<(u64, f64)> {
+    let start = Instant::now();
+    let limit = Duration::from_secs_f64(secs);
+    let mut ops = 0u64;
+    loop {
+        for _ in 0..batch {
+            ops += step()?;
+        }
+        if start.elapsed() >= limit {
+            return Ok((ops, start.elapsed().as_secs_f64()));
+        }
+    }
+}
+
+fn report((ops, secs): (u64, f64)) {
+    println!("{ops} {secs:.6}");
+}
+
+/// An abortive close (RST): leaves no TIME_WAIT socket, so long loops do not run out of ports.
+fn abortive_close(s: &TcpStream) {
+    let l = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: a valid socket and a valid option struct.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as u32,
+        )
+    };
+}
+
+/// 4 KiB preads over the 16 files `DIR/f00`..`DIR/f15`, with an open and a close every 64
+/// reads. Prints the ground truth per file after the totals.
+pub fn pread16(dir: &Path, secs: f64) -> std::io::Result<()> {
+    let paths: Vec<_> = (0..16).map(|i| dir.join(format!("f{i:02}"))).collect();
+    let sizes: Vec<u64> = paths.iter().map(|p| std::fs::metadata(p).map(|m| m.len())).collect::<Result<_, _>>()?;
+    let mut bytes = [0u64; 16];
+    let mut buf = [0u8; PAGE];
+    let mut turn = 0usize;
+    let r = timed(secs, 1, || {
+        let i = turn % 16;
+        turn += 1;
+        let f = File::open(&paths[i])?;
+        let pages = (sizes[i] / PAGE as u64).max(1);
+        for k in 0..64u64 {
+            let off = ((turn as u64 * 64 + k) % pages) * PAGE as u64;
+            bytes[i] += f.read_at(&mut buf, off)? as u64;
+        }
+        Ok(64)
+    })?;
+    report(r);
+    for (p, b) in paths.iter().zip(bytes) {
+        println!("{} {b}", p.display());
+    }
+    Ok(())
+}
+
+pub fn getpid(secs: f64) -> std::io::Result<()> {
+    report(timed(secs, 4096, || {
+        // SAFETY: a raw syscall without arguments (glibc's getpid may be cached).
+        unsafe { libc::syscall(libc::SYS_getpid) };
+        Ok(1)
+    })?);
+    Ok(())
+}
+
+pub fn open_close(file: &Path, secs: f64) -> std::io::Result<()> {
+    report(timed(secs, 256, || {
+        File::open(file)?;
+        Ok(1)
+    })?);
+    Ok(())
+}
+
+pub fn pread1(file: &Path, secs: f64) -> std::io::Result<()> {
+    let f = File::open(file)?;
+    let pages = (f.metadata()?.len() / PAGE as u64).max(1);
+    let mut buf = [0u8; PAGE];
+    let mut k = 0u64;
+    report(timed(secs, 1024, || {
+        k += 1;
+        f.read_at(&mut buf, (k % pages) * PAGE as u64)?;
+        Ok(1)
+    })?);
+    Ok(())
+}
+
+/// Connects to `addr` and closes, over and over (the peer accepts and closes).
+pub fn connect(addr: &str, secs: f64) -> std::io::Result<()> {
+    report(timed(secs, 16, || {
+        let s = TcpStream::connect(addr)?;
+        abortive_close(&s);
+        Ok(1)
+    })?);
+    Ok(())
+}
+
+/// Connect, accept and close, both ends in this process.
+pub fn connect_accept(secs: f64) -> std::io::Result<()> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    report(timed(secs, 16, || {
+        let c = TcpStream::connect(addr)?;
+        let (s, _) = listener.accept()?;
+        abortive_close(&c);
+        drop(s);
+        Ok(1)
+    })?);
+    Ok(())
+}
+
+/// 4 KiB round trips to an echo server at `addr`.
+pub fn echo(addr: &str, secs: f64) -> std::io::Result<()> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    let out = [7u8; PAGE];
+    let mut back = [0u8; PAGE];
+    report(timed(secs, 64, || {
+        s.write_all(&out)?;
+        s.read_exact(&mut back)?;
+        Ok(1)
+    })?);
+    Ok(())
+}
