@@ -81,3 +81,19 @@ pub fn add(counter: &mut u64, v: u64) {
     // SAFETY: `counter` points into a map value; the add is a single atomic instruction.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, v) };
 }
+
+/// Data waiting in the ring buffer above which the agent is woken at once. Below it, events
+/// wait for the agent's next poll (every 50 ms): one wakeup per batch instead of per event.
+const WAKEUP_BYTES: u64 = (clinicwatch_common::capacity::EVENTS_BYTES / 16) as u64;
+
+/// Commits a reserved record, waking the agent only when enough data waits.
+#[inline(always)]
+pub fn submit<T: 'static>(entry: RingBufEntry<T>) {
+    use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
+    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(flags as u64);
+}

@@ -4,7 +4,11 @@
 //! sees constants. Pointers are carried as `u64` and every read goes through
 //! `bpf_probe_read_kernel`, so a wrong offset yields a counted read error, never a crash.
 
-use aya_ebpf::helpers::{bpf_probe_read_kernel, generated::bpf_probe_read_kernel_str};
+use aya_ebpf::bindings::task_struct;
+use aya_ebpf::helpers::{
+    bpf_probe_read_kernel,
+    generated::{bpf_probe_read_kernel_str, bpf_task_pt_regs},
+};
 use clinicwatch_common::{
     path_flags, InodeKey, KernelOffsets, PathBuf, COMPONENT_LEN, PATH_COMPONENTS,
 };
@@ -42,6 +46,7 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     mount_mnt_parent: 0,
     mount_mnt_mountpoint: 0,
     vfsmount_mnt_root: 0,
+    pt_regs_arg0: 0,
 };
 
 /// Thread-group id of the agent itself: its own activity is never reported.
@@ -112,6 +117,15 @@ pub fn task_exe_file(task: u64) -> Result<u64, Counter> {
 pub fn task_args(task: u64) -> Result<(u64, u64), Counter> {
     let mm: u64 = read(task, off!(task_mm))?;
     Ok((read(mm, off!(mm_arg_start))?, read(mm, off!(mm_arg_end))?))
+}
+
+/// The first argument of the syscall `task` is in, from its saved user registers. `task`
+/// must come from `bpf_get_current_task_btf`.
+#[inline(always)]
+pub fn syscall_arg0(task: *mut task_struct) -> Result<u64, Counter> {
+    // SAFETY: a BTF task pointer; the result is only used as an address to probe.
+    let regs = unsafe { bpf_task_pt_regs(task) } as u64;
+    read(regs, off!(pt_regs_arg0))
 }
 
 /// The `struct file *` behind descriptor `fd` of `task`.

@@ -35,10 +35,5 @@ pub static FILE_STATS: LruHashMap<FileKey, FileStats> =
 #[map]
 pub static FLOWS: LruHashMap<u64, FlowStats> = LruHashMap::with_max_entries(capacity::FLOWS, 0);
 
-/// The descriptor of a read in progress, by pid_tgid (syscall tracepoint fallback only).
-#[map]
-pub static PENDING_READS: LruHashMap<u64, u64> =
-    LruHashMap::with_max_entries(capacity::PENDING_READS, 0);
-
 #[map]
 pub static HOOK_COUNTERS: PerCpuArray<HookCounters> = PerCpuArray::with_max_entries(hook::COUNT, 0);

@@ -233,6 +233,7 @@ impl Btf {
             mount_mnt_parent: o("mount", "mnt_parent")?,
             mount_mnt_mountpoint: o("mount", "mnt_mountpoint")?,
             vfsmount_mnt_root: o("vfsmount", "mnt_root")?,
+            pt_regs_arg0: o("pt_regs", "di")?,
         })
     }
 }

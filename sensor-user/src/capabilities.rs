@@ -63,20 +63,14 @@ const fn spec(prog: &'static str, attach: Attach) -> ProgramSpec {
     ProgramSpec { prog, attach }
 }
 
-const OPEN_EXITS: &[&str] = &[
+/// Syscall tracepoints of the file fallbacks (also used by the benchmark floor).
+pub const OPEN_EXITS: &[&str] = &[
     "sys_exit_open",
     "sys_exit_openat",
     "sys_exit_openat2",
     "sys_exit_creat",
 ];
-const READ_ENTERS: &[&str] = &[
-    "sys_enter_read",
-    "sys_enter_pread64",
-    "sys_enter_readv",
-    "sys_enter_preadv",
-    "sys_enter_preadv2",
-];
-const READ_EXITS: &[&str] = &[
+pub const READ_EXITS: &[&str] = &[
     "sys_exit_read",
     "sys_exit_pread64",
     "sys_exit_readv",
@@ -142,18 +136,12 @@ pub const CAPABILITIES: &[Capability] = &[
                 ],
             },
             HookOption {
-                name: "tracepoint:syscalls:sys_{enter,exit}_*read*",
+                name: "tracepoint:syscalls:sys_exit_*read*",
                 scope: Scope::EverySyscall,
-                programs: &[
-                    spec(
-                        prog::TP_READ_ENTER,
-                        Attach::Tracepoints("syscalls", READ_ENTERS),
-                    ),
-                    spec(
-                        prog::TP_READ_EXIT,
-                        Attach::Tracepoints("syscalls", READ_EXITS),
-                    ),
-                ],
+                programs: &[spec(
+                    prog::TP_READ_EXIT,
+                    Attach::Tracepoints("syscalls", READ_EXITS),
+                )],
             },
         ],
     },

@@ -106,7 +106,6 @@ pub mod capacity {
     pub const PROTECTED: u32 = 1_024;
     pub const FILE_STATS: u32 = 65_536;
     pub const FLOWS: u32 = 16_384;
-    pub const PENDING_READS: u32 = 8_192;
     /// Ring buffer size in bytes (a power of two, a multiple of the page size).
     pub const EVENTS_BYTES: u32 = 1 << 20;
     /// How many ancestors of an opened file are checked against the protected set.

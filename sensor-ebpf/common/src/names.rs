@@ -8,16 +8,14 @@ pub mod map {
     pub const PROTECTED: &str = "PROTECTED";
     pub const FILE_STATS: &str = "FILE_STATS";
     pub const FLOWS: &str = "FLOWS";
-    pub const PENDING_READS: &str = "PENDING_READS";
     pub const HOOK_COUNTERS: &str = "HOOK_COUNTERS";
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 7] = [
         EVENTS,
         WATCHED,
         WATCHED_EXES,
         PROTECTED,
         FILE_STATS,
         FLOWS,
-        PENDING_READS,
         HOOK_COUNTERS,
     ];
 }
@@ -41,7 +39,6 @@ pub mod prog {
     pub const TP_OPEN_EXIT: &str = "tp_open_exit";
     pub const FEXIT_VFS_READ: &str = "fexit_vfs_read";
     pub const FEXIT_VFS_READV: &str = "fexit_vfs_readv";
-    pub const TP_READ_ENTER: &str = "tp_read_enter";
     pub const TP_READ_EXIT: &str = "tp_read_exit";
     pub const LSM_MMAP_FILE: &str = "lsm_mmap_file";
     pub const TP_MMAP_ENTER: &str = "tp_mmap_enter";
@@ -50,6 +47,8 @@ pub mod prog {
     pub const CG_SKB_EGRESS: &str = "cg_skb_egress";
     pub const CG_SKB_INGRESS: &str = "cg_skb_ingress";
     pub const CG_SOCK_RELEASE: &str = "cg_sock_release";
+    /// Empty program for benchmark floors (not in the hook table).
+    pub const TP_NOOP: &str = "tp_noop";
     pub const ALL: [&str; 19] = [
         TP_BTF_EXEC,
         TP_BTF_FORK,
@@ -61,7 +60,6 @@ pub mod prog {
         TP_OPEN_EXIT,
         FEXIT_VFS_READ,
         FEXIT_VFS_READV,
-        TP_READ_ENTER,
         TP_READ_EXIT,
         LSM_MMAP_FILE,
         TP_MMAP_ENTER,
@@ -70,5 +68,6 @@ pub mod prog {
         CG_SKB_EGRESS,
         CG_SKB_INGRESS,
         CG_SOCK_RELEASE,
+        TP_NOOP,
     ];
 }

@@ -37,6 +37,8 @@ pub struct KernelOffsets {
     pub mount_mnt_parent: u32,
     pub mount_mnt_mountpoint: u32,
     pub vfsmount_mnt_root: u32,
+    /// First syscall argument register in `struct pt_regs` (x86_64 `di`).
+    pub pt_regs_arg0: u32,
 }
 
-const _: () = assert!(size_of::<KernelOffsets>() == 29 * 4);
+const _: () = assert!(size_of::<KernelOffsets>() == 30 * 4);

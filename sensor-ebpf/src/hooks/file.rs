@@ -4,14 +4,18 @@
 //! - open, preferred: LSM `file_open(struct file *file)` (5.7+, `bpf` in the LSM list).
 //!   Fallback: `syscalls:sys_exit_{open,openat,openat2,creat}` (fires for every process' opens).
 //! - read, preferred: fexit `vfs_read(file, buf, count, pos)` and
-//!   `vfs_readv(file, vec, vlen, pos, flags)` (5.5+). Fallback: `syscalls:sys_{enter,exit}_`
-//!   `{read,pread64,readv,preadv,preadv2}` (fires for every process' reads).
+//!   `vfs_readv(file, vec, vlen, pos, flags)` (5.5+). Fallback: `syscalls:sys_exit_`
+//!   `{read,pread64,readv,preadv,preadv2}` (5.15+ for `bpf_task_pt_regs`; fires for every
+//!   process' reads).
 //! - mmap, preferred: LSM `mmap_file(file, reqprot, prot, flags)`.
 //!   Fallback: `syscalls:sys_enter_mmap`.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_comm, bpf_get_current_uid_gid, generated::bpf_get_current_task},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_uid_gid,
+        generated::{bpf_get_current_task, bpf_get_current_task_btf},
+    },
     macros::{fexit, lsm, tracepoint},
     programs::{FExitContext, LsmContext, TracePointContext},
 };
@@ -21,9 +25,9 @@ use clinicwatch_common::{
 };
 
 use crate::{
-    emit::{add, current_ids, finish, reserve, Counter, HookResult},
+    emit::{add, current_ids, finish, reserve, submit, Counter, HookResult},
     kernel::{self, agent_tgid, protect_enabled},
-    maps::{FILE_STATS, PENDING_READS, PROTECTED, WATCHED},
+    maps::{FILE_STATS, PROTECTED, WATCHED},
 };
 
 /// Offsets in the syscall tracepoint records (after the 8-byte common header and the
@@ -79,40 +83,24 @@ pub fn fexit_vfs_readv(ctx: FExitContext) -> i32 {
     0
 }
 
-/// Attached to `sys_enter_{read,pread64,readv,preadv,preadv2}`: remembers the descriptor of a
-/// watched process' read until the matching exit.
-#[tracepoint]
-pub fn tp_read_enter(ctx: TracePointContext) -> u32 {
-    let (_, tgid) = current_ids();
-    if WATCHED.get_ptr(tgid).is_some() {
-        // SAFETY: the first argument (`fd`) is at this offset in these records.
-        if let Ok(fd) = unsafe { ctx.read_at::<u64>(SYSCALL_ARG0) } {
-            let id = aya_ebpf::helpers::bpf_get_current_pid_tgid();
-            // Descriptors are C `int`s: keep the low 32 bits.
-            if PENDING_READS.insert(id, fd as u32 as u64, 0).is_err() {
-                crate::emit::count(hook::FILE_READ, Counter::MapFull);
-            }
-        }
-    }
-    0
-}
-
-/// Attached to `sys_exit_{read,pread64,readv,preadv,preadv2}`.
+/// Attached to `sys_exit_{read,pread64,readv,preadv,preadv2}`. The descriptor is the first
+/// syscall argument, still in the task's saved registers at exit, so no entry hook (and no
+/// map write per read) is needed.
 #[tracepoint]
 pub fn tp_read_exit(ctx: TracePointContext) -> u32 {
-    let id = aya_ebpf::helpers::bpf_get_current_pid_tgid();
-    let Some(fd) = PENDING_READS.get_ptr(id) else {
+    let (pid, tgid) = current_ids();
+    let Some(w) = watched(tgid) else {
         return 0;
     };
-    // SAFETY: a map value pointer from a successful lookup.
-    let fd = unsafe { *fd };
-    let _ = PENDING_READS.remove(id);
     // SAFETY: `ret` is a `long` at this offset in every sys_exit record.
     let ret = unsafe { ctx.read_at::<i64>(SYSCALL_RET) }.unwrap_or(-1);
     if ret > 0 {
-        // SAFETY: helper without arguments.
-        let task = unsafe { bpf_get_current_task() };
-        let r = kernel::task_fd_file(task, fd).and_then(|file| account_read(file, ret as u64));
+        // SAFETY: helper without arguments; the BTF task pointer is also a plain address.
+        let task = unsafe { bpf_get_current_task_btf() };
+        let r = kernel::syscall_arg0(task)
+            // Descriptors are C `int`s: keep the low 32 bits.
+            .and_then(|fd| kernel::task_fd_file(task as u64, fd as u32 as u64))
+            .and_then(|file| account_read(file, ret as u64, pid, tgid, w.app));
         finish(hook::FILE_READ, r);
     }
     0
@@ -232,7 +220,7 @@ fn report_file(fk: FileKey, app: u32, file: u64, pid: u32, seen: &Seen) -> HookR
     ev.origin = seen.origin;
     ev.ino = fk.ino;
     kernel::fill_path(file, &mut ev.path);
-    entry.submit(0);
+    submit(entry);
     Ok(())
 }
 
@@ -252,19 +240,16 @@ fn on_read_done(file: u64, ret: i64) -> HookResult {
     if ret <= 0 {
         return Ok(());
     }
-    let (_, tgid) = current_ids();
-    if WATCHED.get_ptr(tgid).is_none() {
-        return Ok(());
+    let (pid, tgid) = current_ids();
+    match watched(tgid) {
+        Some(w) => account_read(file, ret as u64, pid, tgid, w.app),
+        None => Ok(()),
     }
-    account_read(file, ret as u64)
 }
 
+/// Adds a read of `bytes` to (watched process `tgid`, `file`).
 #[inline(always)]
-fn account_read(file: u64, bytes: u64) -> HookResult {
-    let (pid, tgid) = current_ids();
-    let Some(w) = watched(tgid) else {
-        return Ok(());
-    };
+fn account_read(file: u64, bytes: u64, pid: u32, tgid: u32, app: u32) -> HookResult {
     let fk = file_key(tgid, file)?;
     if let Some(s) = FILE_STATS.get_ptr_mut(fk) {
         // SAFETY: a map value pointer; the adds are atomic.
@@ -279,7 +264,7 @@ fn account_read(file: u64, bytes: u64) -> HookResult {
         reads: 1,
         ..FileStats::default()
     };
-    first_seen(fk, &stats, w.app, file, pid, &SEEN_READ)
+    first_seen(fk, &stats, app, file, pid, &SEEN_READ)
 }
 
 #[inline(always)]
@@ -352,6 +337,6 @@ fn on_protected_open(file: u64, pid: u32, tgid: u32) -> HookResult {
     // SAFETY: helper without arguments.
     let me = unsafe { bpf_get_current_task() };
     kernel::fill_path(kernel::task_exe_file(me).unwrap_or(0), &mut ev.exe);
-    entry.submit(0);
+    submit(entry);
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! counts its error; the bodies are shared between a capability's preferred hook and its
 //! fallbacks.
 
+pub mod bench;
 pub mod file;
 pub mod net;
 pub mod process;

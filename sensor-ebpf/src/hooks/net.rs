@@ -15,7 +15,7 @@ use aya_ebpf::{
 use clinicwatch_common::{hook, kind, ConnectEvent, FlowAddr, FlowCloseEvent, FlowStats};
 
 use crate::{
-    emit::{add, current_ids, finish, reserve, Counter, HookResult},
+    emit::{add, current_ids, finish, reserve, submit, Counter, HookResult},
     maps::{FLOWS, WATCHED},
 };
 
@@ -98,7 +98,7 @@ fn on_connect(ctx: &SockAddrContext, family: u16) -> HookResult {
     ev._pad = 0;
     ev.cookie = cookie;
     ev.remote = remote;
-    entry.submit(0);
+    submit(entry);
     Ok(())
 }
 
@@ -178,6 +178,6 @@ fn on_release(ctx: &SockContext) -> HookResult {
     let ev = unsafe { &mut *entry.as_mut_ptr() };
     ev.cookie = cookie;
     ev.stats = stats;
-    entry.submit(0);
+    submit(entry);
     Ok(())
 }

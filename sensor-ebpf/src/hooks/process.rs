@@ -17,7 +17,7 @@ use aya_ebpf::{
 use clinicwatch_common::{hook, kind, ExecEvent, ExitEvent, ForkEvent, WatchedProc, ARGV_LEN};
 
 use crate::{
-    emit::{current_ids, finish, reserve, Counter, HookResult},
+    emit::{current_ids, finish, reserve, submit, Counter, HookResult},
     kernel::{self, agent_tgid},
     maps::{WATCHED, WATCHED_EXES},
 };
@@ -113,7 +113,7 @@ fn on_exec() -> HookResult {
     ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     ev.argv_len = read_args(task, &mut ev.argv);
     kernel::fill_path(exe, &mut ev.exe);
-    entry.submit(0);
+    submit(entry);
     Ok(())
 }
 
@@ -168,7 +168,7 @@ fn on_fork(parent: u64, child: u64) -> HookResult {
     ev.app = w.app;
     ev.root_tgid = w.root_tgid;
     ev._pad = 0;
-    entry.submit(0);
+    submit(entry);
     Ok(())
 }
 
@@ -190,6 +190,6 @@ fn on_exit(task: u64) -> HookResult {
     let ev = unsafe { &mut *entry.as_mut_ptr() };
     ev.exit_code = kernel::task_exit_code(task).unwrap_or(u32::MAX);
     ev.app = app;
-    entry.submit(0);
+    submit(entry);
     Ok(())
 }

@@ -44,7 +44,8 @@ fn main() -> anyhow::Result<()> {
         Some(p) => p.clone(),
         None => std::env::current_exe()?.with_file_name("cw-workload"),
     };
-    let bench = scenarios::Bench::new(&workload, args.clone()).context("cannot prepare the benchmark folder")?;
+    let bench = scenarios::Bench::new(&workload, args.clone())
+        .context("cannot prepare the benchmark folder")?;
     let rows = bench.run_all()?;
     println!();
     println!("{}", scenarios::table(&rows));

@@ -12,11 +12,73 @@ use clinicwatch_agent::{Agent, Config, Event};
 
 use crate::{servers::Server, Args};
 
-/// Hook modes the agent can run in on this kernel, as `disabled_hooks` lists.
-const MODES: &[(&str, &[&str])] = &[
-    ("default", &[]),
-    ("raw_tp process hooks", &["tp_btf:sched_process_{exec,fork,exit}"]),
+/// What is attached in the "attached" windows.
+pub enum Mode {
+    /// The agent, with these hook options disabled.
+    Agent(&'static str, &'static [&'static str]),
+    /// Only an empty program on the syscall tracepoints the file fallbacks use: the floor.
+    Floor,
+}
+
+const DEFAULT: Mode = Mode::Agent("agent, default hooks", &[]);
+const FLOOR: Mode = Mode::Floor;
+/// Every hook mode the agent can run in on this kernel, and the floor.
+const ALL_MODES: &[Mode] = &[
+    DEFAULT,
+    Mode::Agent(
+        "agent, raw_tp process hooks",
+        &["tp_btf:sched_process_{exec,fork,exit}"],
+    ),
+    Mode::Agent(
+        "agent, no syscall tracepoints (file capabilities off)",
+        &[
+            "tracepoint:syscalls:sys_exit_open*",
+            "tracepoint:syscalls:sys_exit_*read*",
+            "tracepoint:syscalls:sys_enter_mmap",
+        ],
+    ),
+    FLOOR,
 ];
+const WATCHED_MODES: &[Mode] = &[DEFAULT, FLOOR];
+
+impl Mode {
+    fn label(&self) -> &'static str {
+        match self {
+            Mode::Agent(label, _) => label,
+            Mode::Floor => "floor: empty program on the file fallbacks' syscall tracepoints",
+        }
+    }
+}
+
+/// The floor: `tp_noop` attached where the file fallbacks attach.
+struct Floor {
+    _links: Vec<aya::programs::trace_point::TracePointLink>,
+    _ebpf: aya::Ebpf,
+}
+
+fn attach_floor() -> anyhow::Result<Floor> {
+    use clinicwatch_agent::capabilities::{OPEN_EXITS, READ_EXITS};
+    let tracefs = clinicwatch_agent::procfs::ensure_tracefs()?;
+    let mut ebpf = aya::EbpfLoader::new().load(clinicwatch_agent::sensor::EBPF_OBJECT)?;
+    let prog: &mut aya::programs::TracePoint =
+        ebpf.program_mut("tp_noop").context("tp_noop")?.try_into()?;
+    prog.load()?;
+    let mut links = Vec::new();
+    for name in OPEN_EXITS
+        .iter()
+        .chain(READ_EXITS)
+        .chain(&["sys_enter_mmap"])
+    {
+        if tracefs.join("events/syscalls").join(name).exists() {
+            let id = prog.attach("syscalls", name)?;
+            links.push(prog.take_link(id)?);
+        }
+    }
+    Ok(Floor {
+        _links: links,
+        _ebpf: ebpf,
+    })
+}
 
 #[derive(Clone, Copy, PartialEq)]
 enum Who {
@@ -33,7 +95,7 @@ struct Scenario {
     target: f64,
     /// Check the agent's per-file byte counts against the workload's ground truth.
     check_bytes: bool,
-    modes: &'static [(&'static str, &'static [&'static str])],
+    modes: &'static [Mode],
 }
 
 pub struct Row {
@@ -55,7 +117,11 @@ fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
     let n = s.len();
-    if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
 }
 
 impl Bench {
@@ -68,10 +134,18 @@ impl Bench {
         std::fs::copy(workload, &app).with_context(|| format!("copy {}", workload.display()))?;
         std::fs::copy(workload, &other)?;
         for i in 0..16 {
-            std::fs::write(dir.join("data").join(format!("f{i:02}")), vec![i as u8; 1 << 20])?;
+            std::fs::write(
+                dir.join("data").join(format!("f{i:02}")),
+                vec![i as u8; 1 << 20],
+            )?;
         }
         std::fs::write(dir.join("one.db"), vec![1u8; 1 << 20])?;
-        Ok(Bench { dir, app, other, args })
+        Ok(Bench {
+            dir,
+            app,
+            other,
+            args,
+        })
     }
 
     fn config(&self, disabled: &[&str]) -> anyhow::Result<Config> {
@@ -86,8 +160,15 @@ impl Bench {
 
     /// Runs one window of a loop; returns (ops/s, pid, stdout).
     fn window(&self, sc: &Scenario) -> anyhow::Result<(f64, u32, String)> {
-        let program = if sc.who == Who::Watched { &self.app } else { &self.other };
-        let child = Command::new(program).args(&sc.args).stdout(Stdio::piped()).spawn()?;
+        let program = if sc.who == Who::Watched {
+            &self.app
+        } else {
+            &self.other
+        };
+        let child = Command::new(program)
+            .args(&sc.args)
+            .stdout(Stdio::piped())
+            .spawn()?;
         let pid = child.id();
         let out = child.wait_with_output()?;
         if !out.status.success() {
@@ -95,8 +176,14 @@ impl Bench {
         }
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let mut first = stdout.lines().next().unwrap_or("").split_whitespace();
-        let ops: f64 = first.next().and_then(|v| v.parse().ok()).context("ops count")?;
-        let secs: f64 = first.next().and_then(|v| v.parse().ok()).context("seconds")?;
+        let ops: f64 = first
+            .next()
+            .and_then(|v| v.parse().ok())
+            .context("ops count")?;
+        let secs: f64 = first
+            .next()
+            .and_then(|v| v.parse().ok())
+            .context("seconds")?;
         Ok((ops / secs, pid, stdout))
     }
 
@@ -112,7 +199,11 @@ impl Bench {
         for line in stdout.lines().skip(1) {
             let (path, bytes) = line.rsplit_once(' ').context("ground-truth line")?;
             let bytes: u64 = bytes.parse()?;
-            let counted = exit.iter().find(|f| f.path == path).map(|f| f.bytes_read).unwrap_or(0);
+            let counted = exit
+                .iter()
+                .find(|f| f.path == path)
+                .map(|f| f.bytes_read)
+                .unwrap_or(0);
             if counted != bytes {
                 bail!("{path}: agent counted {counted} bytes, the workload read {bytes}");
             }
@@ -120,17 +211,28 @@ impl Bench {
         Ok(())
     }
 
-    fn measure(&self, sc: &Scenario, disabled: &[&str]) -> anyhow::Result<Vec<f64>> {
-        let cfg = self.config(disabled)?;
+    fn measure(&self, sc: &Scenario, mode: &Mode) -> anyhow::Result<Vec<f64>> {
+        let cfg = match mode {
+            Mode::Agent(_, disabled) => Some(self.config(disabled)?),
+            Mode::Floor => None,
+        };
         let mut ratios = Vec::new();
         for pair in 0..self.args.pairs {
             let mut on = 0.0;
             let mut off = 0.0;
-            let order = if pair % 2 == 0 { [true, false] } else { [false, true] };
+            let order = if pair % 2 == 0 {
+                [true, false]
+            } else {
+                [false, true]
+            };
             for attached in order {
-                if attached {
+                if attached && cfg.is_none() {
+                    let floor = attach_floor()?;
+                    on = self.window(sc)?.0;
+                    drop(floor);
+                } else if let (true, Some(cfg)) = (attached, &cfg) {
                     let (tx, rx) = std::sync::mpsc::channel();
-                    let agent = Agent::start(&cfg, false, Some(tx))?;
+                    let agent = Agent::start(cfg, false, Some(tx))?;
                     let (rate, pid, stdout) = self.window(sc)?;
                     if sc.check_bytes {
                         Self::check_bytes(&rx, pid, &stdout)?;
@@ -152,13 +254,62 @@ impl Bench {
         let data = self.dir.join("data").display().to_string();
         let one = self.dir.join("one.db").display().to_string();
         vec![
-            Scenario { name: "1 watched pread16 (4 KiB preads, open+close every 64)", who: Who::Watched, args: s(&["loop-pread16", &data, &w]), target: 0.80, check_bytes: true, modes: &MODES[..1] },
-            Scenario { name: "2 unwatched getpid", who: Who::Other, args: s(&["loop-getpid", &w]), target: 0.97, check_bytes: false, modes: MODES },
-            Scenario { name: "2 unwatched open+close", who: Who::Other, args: s(&["loop-open", &one, &w]), target: 0.97, check_bytes: false, modes: MODES },
-            Scenario { name: "2 unwatched loopback connect", who: Who::Other, args: s(&["loop-connect", &sink.addr.to_string(), &w]), target: 0.97, check_bytes: false, modes: MODES },
-            Scenario { name: "2 unwatched 4 KiB pread", who: Who::Other, args: s(&["loop-pread", &one, &w]), target: 0.85, check_bytes: false, modes: MODES },
-            Scenario { name: "5 watched connect/accept/close", who: Who::Watched, args: s(&["loop-connect-accept", &w]), target: 0.95, check_bytes: false, modes: &MODES[..1] },
-            Scenario { name: "5 watched 4 KiB echo", who: Who::Watched, args: s(&["loop-echo", &echo.addr.to_string(), &w]), target: 0.95, check_bytes: false, modes: &MODES[..1] },
+            Scenario {
+                name: "1 watched pread16 (4 KiB preads, open+close every 64)",
+                who: Who::Watched,
+                args: s(&["loop-pread16", &data, &w]),
+                target: 0.80,
+                check_bytes: true,
+                modes: WATCHED_MODES,
+            },
+            Scenario {
+                name: "2 unwatched getpid",
+                who: Who::Other,
+                args: s(&["loop-getpid", &w]),
+                target: 0.97,
+                check_bytes: false,
+                modes: ALL_MODES,
+            },
+            Scenario {
+                name: "2 unwatched open+close",
+                who: Who::Other,
+                args: s(&["loop-open", &one, &w]),
+                target: 0.97,
+                check_bytes: false,
+                modes: ALL_MODES,
+            },
+            Scenario {
+                name: "2 unwatched loopback connect",
+                who: Who::Other,
+                args: s(&["loop-connect", &sink.addr.to_string(), &w]),
+                target: 0.97,
+                check_bytes: false,
+                modes: ALL_MODES,
+            },
+            Scenario {
+                name: "2 unwatched 4 KiB pread",
+                who: Who::Other,
+                args: s(&["loop-pread", &one, &w]),
+                target: 0.85,
+                check_bytes: false,
+                modes: ALL_MODES,
+            },
+            Scenario {
+                name: "5 watched connect/accept/close",
+                who: Who::Watched,
+                args: s(&["loop-connect-accept", &w]),
+                target: 0.95,
+                check_bytes: false,
+                modes: WATCHED_MODES,
+            },
+            Scenario {
+                name: "5 watched 4 KiB echo",
+                who: Who::Watched,
+                args: s(&["loop-echo", &echo.addr.to_string(), &w]),
+                target: 0.95,
+                check_bytes: false,
+                modes: WATCHED_MODES,
+            },
         ]
     }
 
@@ -167,14 +318,29 @@ impl Bench {
         let sink = Server::accept_close()?;
         let mut rows = Vec::new();
         for sc in self.scenarios(&echo, &sink) {
-            if self.args.only.as_deref().is_some_and(|o| !sc.name.contains(o)) {
+            if self
+                .args
+                .only
+                .as_deref()
+                .is_some_and(|o| !sc.name.contains(o))
+            {
                 continue;
             }
-            for (mode, disabled) in sc.modes {
-                eprintln!("bench: {} [{mode}]", sc.name);
-                let ratios = self.measure(&sc, disabled)?;
-                let note = if sc.check_bytes { "per-file bytes = ground truth in every attached window".into() } else { String::new() };
-                rows.push(Row { name: sc.name.into(), mode: mode.to_string(), ratios, target: sc.target, note });
+            for mode in sc.modes {
+                eprintln!("bench: {} [{}]", sc.name, mode.label());
+                let ratios = self.measure(&sc, mode)?;
+                let note = if sc.check_bytes && matches!(mode, Mode::Agent(..)) {
+                    "per-file bytes = ground truth in every attached window".into()
+                } else {
+                    String::new()
+                };
+                rows.push(Row {
+                    name: sc.name.into(),
+                    mode: mode.label().to_string(),
+                    ratios,
+                    target: sc.target,
+                    note,
+                });
             }
         }
         Ok(rows)

@@ -38,20 +38,20 @@ impl Server {
         })
     }
 
+    /// One thread accepting in a blocking loop (a polling accept lets the backlog overflow,
+    /// and a dropped SYN costs the client a one-second retransmit).
     fn spawn(handle: impl Fn(std::net::TcpStream) + Send + 'static) -> std::io::Result<Server> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
-        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((s, _)) => {
-                        let _ = s.set_nonblocking(false);
-                        handle(s);
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_micros(200)),
+            for conn in listener.incoming() {
+                if flag.load(Ordering::Relaxed) {
+                    break;
+                }
+                if let Ok(s) = conn {
+                    handle(s);
                 }
             }
         });
@@ -62,6 +62,8 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        // Wake the blocking accept.
+        let _ = std::net::TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

@@ -15,7 +15,11 @@ const PAGE: usize = 4096;
 
 /// Runs `step` (which returns how many operations it did) until `secs` have passed, checking
 /// the clock every `batch` steps. Returns (operations, seconds).
-fn timed(secs: f64, batch: u32, mut step: impl FnMut() -> std::io::Result<u64>) -> std::io::Result<(u64, f64)> {
+fn timed(
+    secs: f64,
+    batch: u32,
+    mut step: impl FnMut() -> std::io::Result<u64>,
+) -> std::io::Result<(u64, f64)> {
     let start = Instant::now();
     let limit = Duration::from_secs_f64(secs);
     let mut ops = 0u64;
@@ -35,7 +39,10 @@ fn report((ops, secs): (u64, f64)) {
 
 /// An abortive close (RST): leaves no TIME_WAIT socket, so long loops do not run out of ports.
 fn abortive_close(s: &TcpStream) {
-    let l = libc::linger { l_onoff: 1, l_linger: 0 };
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     // SAFETY: a valid socket and a valid option struct.
     unsafe {
         libc::setsockopt(
@@ -52,7 +59,10 @@ fn abortive_close(s: &TcpStream) {
 /// reads. Prints the ground truth per file after the totals.
 pub fn pread16(dir: &Path, secs: f64) -> std::io::Result<()> {
     let paths: Vec<_> = (0..16).map(|i| dir.join(format!("f{i:02}"))).collect();
-    let sizes: Vec<u64> = paths.iter().map(|p| std::fs::metadata(p).map(|m| m.len())).collect::<Result<_, _>>()?;
+    let sizes: Vec<u64> = paths
+        .iter()
+        .map(|p| std::fs::metadata(p).map(|m| m.len()))
+        .collect::<Result<_, _>>()?;
     let mut bytes = [0u64; 16];
     let mut buf = [0u8; PAGE];
     let mut turn = 0usize;
@@ -104,10 +114,12 @@ pub fn pread1(file: &Path, secs: f64) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Connects to `addr` and closes, over and over (the peer accepts and closes).
+/// Connects to `addr`, waits for the peer to accept and close, closes; over and over. Waiting
+/// for the peer keeps the loop in step with its accepts, so the backlog never overflows.
 pub fn connect(addr: &str, secs: f64) -> std::io::Result<()> {
     report(timed(secs, 16, || {
-        let s = TcpStream::connect(addr)?;
+        let mut s = TcpStream::connect(addr)?;
+        let _ = s.read(&mut [0u8; 1])?;
         abortive_close(&s);
         Ok(1)
     })?);

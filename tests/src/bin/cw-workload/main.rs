@@ -112,7 +112,11 @@ fn mmap_touch(path: &str) -> std::io::Result<u64> {
 
 fn run(args: &[String]) -> std::io::Result<ExitCode> {
     let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
-    let secs = |i: usize| arg(i).parse::<f64>().map_err(|_| std::io::Error::other(format!("argument {i} must be seconds")));
+    let secs = |i: usize| {
+        arg(i)
+            .parse::<f64>()
+            .map_err(|_| std::io::Error::other(format!("argument {i} must be seconds")))
+    };
     let num = |i: usize| {
         arg(i)
             .parse::<usize>()
