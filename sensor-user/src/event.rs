@@ -76,6 +76,8 @@ pub struct Health {
     pub unknown_process: u64,
     /// Watched processes found gone without an exit record (counters dropped with them).
     pub exits_missed: u64,
+    /// Per-(process, file) counters evicted from the LRU map before they were reported.
+    pub file_counters_evicted: u64,
     /// Events that could not be written to the output (disk full, closed pipe).
     pub output_write_errors: u64,
     pub watched_processes: usize,
@@ -130,6 +132,8 @@ pub enum Event {
         signal: i32,
         /// Final counters of the process' files and open flows.
         files: Vec<FileCounters>,
+        /// Files whose counters were evicted from the kernel's LRU map before the exit.
+        files_evicted: u64,
         flows: Vec<FlowCounters>,
     },
     /// First open of a file by a watched process (or first read, when the open was not seen).

@@ -132,6 +132,8 @@ pub struct Handler {
     pub unknown_process: u64,
     /// Processes forgotten because they vanished without an exit record.
     pub reaped: u64,
+    /// File counters evicted from the LRU map before their process exited.
+    pub evicted: u64,
     /// Processes found gone at the last `reap_dead`.
     suspects: Vec<u32>,
     apps: Vec<String>,
@@ -152,6 +154,7 @@ impl Handler {
             decode: DecodeStats::default(),
             unknown_process: 0,
             reaped: 0,
+            evicted: 0,
             suspects: Vec::new(),
             apps: cfg.apps.iter().map(|a| a.name.clone()).collect(),
             // Validated in `Config::validate`.
@@ -267,13 +270,17 @@ impl Handler {
             KernelEvent::Exit(e) => {
                 let pid = e.hdr.tgid;
                 let info = self.table.remove(pid).unwrap_or_default();
+                // Files whose counters the LRU map evicted before the exit.
+                let mut evicted = 0u64;
                 let mut files: Vec<FileCounters> = info
                     .files
                     .iter()
                     .filter_map(|(key, path)| {
-                        let s = sensor.file_stats(key)?;
-                        sensor.remove_file_stats(key);
-                        Some(file_counters(key, path, &s))
+                        let s = sensor.take_file_stats(key);
+                        if s.is_none() {
+                            evicted += 1;
+                        }
+                        Some(file_counters(key, path, &s?))
                     })
                     .collect();
                 files.sort_by(|a, b| a.path.cmp(&b.path));
@@ -287,6 +294,7 @@ impl Handler {
                     .iter()
                     .filter_map(|c| sensor.flow_stats(*c).map(|s| flow_counters(*c, &s)))
                     .collect();
+                self.evicted += evicted;
                 let status = e.exit_code as i32;
                 Some(Event::Exit {
                     time: self.clock.unix(e.hdr.time_ns),
@@ -296,6 +304,7 @@ impl Handler {
                     exit_code: (status >> 8) & 0xff,
                     signal: status & 0x7f,
                     files,
+                    files_evicted: evicted,
                     flows,
                 })
             }
@@ -516,6 +525,7 @@ impl Handler {
                 decode: self.decode,
                 unknown_process: self.unknown_process,
                 exits_missed: self.reaped,
+                file_counters_evicted: self.evicted,
                 output_write_errors,
                 watched_processes: sensor.watched_count(),
             },

@@ -1,9 +1,12 @@
 //! Loading the kernel programs: checks, struct offsets, globals, map contents, hook choice.
 
-use std::path::PathBuf;
+use std::{
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::PathBuf,
+};
 
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
     Btf as AyaBtf, Ebpf, EbpfError, EbpfLoader,
 };
 use clinicwatch_common::{
@@ -206,6 +209,22 @@ impl Sensor {
         }
     }
 
+    /// Reads and removes the counters of a (process, file): one `BPF_MAP_LOOKUP_AND_DELETE_ELEM`
+    /// (hash maps, 5.14+), or a lookup then a delete where the kernel lacks it.
+    pub fn take_file_stats(&mut self, key: &FileKey) -> Option<FileStats> {
+        if let Some(Map::LruHashMap(data)) = self.ebpf.map_mut(map::FILE_STATS) {
+            let mut value = FileStats::default();
+            match lookup_and_delete(data.fd().as_fd().as_raw_fd(), key, &mut value) {
+                Ok(true) => return Some(value),
+                Ok(false) => return None,
+                Err(_) => {} // not supported here: the two-call way below
+            }
+        }
+        let stats = self.file_stats(key)?;
+        self.remove_file_stats(key);
+        Some(stats)
+    }
+
     pub fn flow_stats(&mut self, cookie: u64) -> Option<FlowStats> {
         self.hash::<u64, FlowStats>(map::FLOWS)
             .ok()?
@@ -236,6 +255,43 @@ impl Sensor {
             })
             .collect()
     }
+}
+
+/// `bpf(BPF_MAP_LOOKUP_AND_DELETE_ELEM)`: `Ok(false)` when the key is absent.
+fn lookup_and_delete<K, V>(map_fd: i32, key: &K, value: &mut V) -> std::io::Result<bool> {
+    #[repr(C)]
+    struct ElemAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+    let attr = ElemAttr {
+        map_fd: map_fd as u32,
+        _pad: 0,
+        key: key as *const K as u64,
+        value: value as *mut V as u64,
+        flags: 0,
+    };
+    // SAFETY: `attr` points at a valid key and a value buffer of the map's value size.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+            &attr as *const ElemAttr,
+            std::mem::size_of::<ElemAttr>(),
+        )
+    };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::ENOENT) {
+        return Ok(false);
+    }
+    Err(err)
 }
 
 fn raise_memlock() {

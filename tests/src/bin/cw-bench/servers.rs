@@ -55,7 +55,11 @@ impl Server {
                 }
             }
         });
-        Ok(Server { addr, stop, thread: Some(thread) })
+        Ok(Server {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
     }
 }
 

@@ -140,6 +140,35 @@ pub fn connect_accept(secs: f64) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A macro job, over and over: `tar` archives `dir` into a pipe this process drains, then
+/// `grep -r` searches it. Both children are part of the watched tree.
+pub fn macro_job(dir: &Path, secs: f64) -> std::io::Result<()> {
+    report(timed(secs, 1, || {
+        let mut tar = std::process::Command::new("tar")
+            .arg("-cf")
+            .arg("-")
+            .arg(dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let mut out = tar
+            .stdout
+            .take()
+            .ok_or_else(|| std::io::Error::other("tar stdout"))?;
+        std::io::copy(&mut out, &mut std::io::sink())?;
+        if !tar.wait()?.success() {
+            return Err(std::io::Error::other("tar failed"));
+        }
+        std::process::Command::new("grep")
+            .args(["-rc", "needle"])
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .status()?;
+        Ok(1)
+    })?);
+    Ok(())
+}
+
 /// 4 KiB round trips to an echo server at `addr`.
 pub fn echo(addr: &str, secs: f64) -> std::io::Result<()> {
     let mut s = TcpStream::connect(addr)?;

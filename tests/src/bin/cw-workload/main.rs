@@ -25,6 +25,7 @@ fn usage() -> ExitCode {
          demo DIR ADDR                        the README demo: reads, a connect, a shell\n\
          loop-pread16 DIR SECS | loop-getpid SECS | loop-open FILE SECS | loop-pread FILE SECS\n\
          loop-connect ADDR SECS | loop-connect-accept SECS | loop-echo ADDR SECS\n\
+         loop-macro DIR SECS                  tar and grep -r over DIR, repeatedly\n\
                                               timed loops for cw-bench: print `OPS SECONDS`"
     );
     ExitCode::from(2)
@@ -187,6 +188,7 @@ fn run(args: &[String]) -> std::io::Result<ExitCode> {
         "loop-connect" => loops::connect(arg(1), secs(2)?)?,
         "loop-connect-accept" => loops::connect_accept(secs(1)?)?,
         "loop-echo" => loops::echo(arg(1), secs(2)?)?,
+        "loop-macro" => loops::macro_job(Path::new(arg(1)), secs(2)?)?,
         _ => return Ok(usage()),
     }
     Ok(ExitCode::SUCCESS)
