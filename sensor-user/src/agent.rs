@@ -221,7 +221,7 @@ impl Agent {
         let thread = {
             let (core, stop) = (core.clone(), stop.clone());
             std::thread::Builder::new()
-                .name("clinicwatch-events".into())
+                .name(EVENT_THREAD.into())
                 .spawn(move || event_loop(core, ring, stop, interval))
                 .context("cannot start the event thread")?
         };
@@ -282,6 +282,10 @@ fn wait_readable(fd: i32, timeout: Duration) {
     // SAFETY: one valid pollfd.
     unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
 }
+
+/// Name of the thread that drains the ring buffer (under the kernel's 15-character limit, so
+/// `/proc/*/task/*/comm` shows it whole).
+pub const EVENT_THREAD: &str = "cw-events";
 
 /// How often the process table is checked for processes whose exit record was lost.
 const REAP_EVERY: Duration = Duration::from_secs(5);

@@ -4,6 +4,7 @@
 //! - `build`: builds the agent with its embedded eBPF object, and the test workload.
 //! - `demo`: builds, then runs the agent against the demo workload and prints its events.
 //! - `test`: setup, build, then every test of the workspace, kernel tests included (root).
+//! - `bench`: builds in release, then runs `cw-bench` (overhead ratios, burst, scale).
 //! - `run -- ARGS`: builds and runs `clinicwatch-agent ARGS`.
 
 mod demo;
@@ -36,6 +37,12 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Benchmarks: overhead ratios attached/detached, burst, scale (root; about 12 minutes).
+    Bench {
+        /// Arguments for cw-bench, e.g. `-- --only pread16 --pairs 6`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Build and run `clinicwatch-agent` with these arguments.
     Run {
         #[arg(last = true)]
@@ -59,6 +66,13 @@ fn main() -> anyhow::Result<()> {
             setup::setup()?;
             util::build(false)?;
             util::test(&args)
+        }
+        Cmd::Bench { args } => {
+            setup::setup()?;
+            util::build(true)?;
+            util::run(
+                std::process::Command::new(util::target_dir().join("release/cw-bench")).args(&args),
+            )
         }
         Cmd::Run { args } => {
             setup::setup()?;

@@ -6,10 +6,12 @@
 //! next (the order alternates), for `--pairs` pairs. The ratio of each pair is
 //! attached ops/s over detached ops/s; the table gives the median, min and max.
 
+mod burst;
+mod scale;
 mod scenarios;
 mod servers;
 
-use std::{path::PathBuf, time::Duration};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
@@ -47,8 +49,22 @@ fn main() -> anyhow::Result<()> {
     let bench = scenarios::Bench::new(&workload, args.clone())
         .context("cannot prepare the benchmark folder")?;
     let rows = bench.run_all()?;
+    let burst = if args.only.as_deref().is_none_or(|o| "3 burst".contains(o)) {
+        eprintln!("bench: 3 burst");
+        burst::run(&bench)?
+    } else {
+        Vec::new()
+    };
+    let scale = if args.only.as_deref().is_none_or(|o| "6 scale".contains(o)) {
+        eprintln!("bench: 6 scale");
+        scale::run(&bench)?
+    } else {
+        Vec::new()
+    };
     println!();
     println!("{}", scenarios::table(&rows));
-    let _ = Duration::ZERO;
+    for line in burst.into_iter().chain(scale) {
+        println!("- {line}");
+    }
     Ok(())
 }

@@ -144,8 +144,8 @@ fn busy_cpu_secs() -> f64 {
 }
 
 pub struct Bench {
-    dir: PathBuf,
-    app: PathBuf,
+    pub dir: PathBuf,
+    pub app: PathBuf,
     other: PathBuf,
     args: Args,
 }
@@ -195,7 +195,7 @@ impl Bench {
         })
     }
 
-    fn config(&self, disabled: &[&str]) -> anyhow::Result<Config> {
+    pub fn config(&self, disabled: &[&str]) -> anyhow::Result<Config> {
         let disabled: Vec<String> = disabled.iter().map(|d| format!("\"{d}\"")).collect();
         let text = format!(
             "[agent]\nsnapshot_interval_secs = 0\ndisabled_hooks = [{}]\n[[app]]\nname = \"pm-client\"\nexe = \"{}\"\n",

@@ -169,6 +169,89 @@ pub fn macro_job(dir: &Path, secs: f64) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Paces `op` at `rate` per second for `secs` seconds (spinning between operations).
+/// Prints `OPS SECONDS`.
+fn paced(rate: f64, secs: f64, mut op: impl FnMut() -> std::io::Result<()>) -> std::io::Result<()> {
+    let start = Instant::now();
+    let mut done = 0u64;
+    loop {
+        let t = start.elapsed().as_secs_f64();
+        if t >= secs {
+            break;
+        }
+        let due = (t * rate) as u64;
+        while done < due {
+            op()?;
+            done += 1;
+        }
+        std::hint::spin_loop();
+    }
+    report((done, start.elapsed().as_secs_f64()));
+    Ok(())
+}
+
+/// Opens and closes the 16 files `DIR/f00`..`DIR/f15` in turn, `rate` times a second.
+pub fn burst_open(dir: &Path, rate: f64, secs: f64) -> std::io::Result<()> {
+    let paths: Vec<_> = (0..16).map(|i| dir.join(format!("f{i:02}"))).collect();
+    let mut i = 0usize;
+    paced(rate, secs, || {
+        File::open(&paths[i % 16])?;
+        i += 1;
+        Ok(())
+    })
+}
+
+/// Connects a UDP socket to 127.0.0.1:9 and closes it, `rate` times a second (a UDP connect
+/// sends nothing, so only the sensor's connect and close paths are exercised).
+pub fn burst_connect(rate: f64, secs: f64) -> std::io::Result<()> {
+    paced(rate, secs, || {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        s.connect("127.0.0.1:9")?;
+        Ok(())
+    })
+}
+
+/// Forks `n` children one after the other; each reads `file` once and exits.
+pub fn spawn_many(n: u32, file: &Path) -> std::io::Result<()> {
+    for _ in 0..n {
+        // SAFETY: the child only reads a file and leaves with `_exit`.
+        match unsafe { libc::fork() } {
+            -1 => return Err(std::io::Error::last_os_error()),
+            0 => {
+                let ok = std::fs::read(file).is_ok();
+                // SAFETY: leave the child without running the parent's destructors.
+                unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+            }
+            child => {
+                let mut status = 0;
+                // SAFETY: waiting for our own child.
+                unsafe { libc::waitpid(child, &mut status, 0) };
+            }
+        }
+    }
+    println!("{n}");
+    Ok(())
+}
+
+/// Reads every file in `dir` once (in name order), then waits for a line on stdin before
+/// exiting, so its counters can be looked at while it is alive.
+pub fn read_dir_then_wait(dir: &Path) -> std::io::Result<()> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    names.sort();
+    let mut bytes = 0u64;
+    for p in &names {
+        bytes += std::fs::read(p)?.len() as u64;
+    }
+    println!("{} {bytes}", names.len());
+    std::io::stdout().flush()?;
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    Ok(())
+}
+
 /// 4 KiB round trips to an echo server at `addr`.
 pub fn echo(addr: &str, secs: f64) -> std::io::Result<()> {
     let mut s = TcpStream::connect(addr)?;

@@ -26,6 +26,9 @@ fn usage() -> ExitCode {
          loop-pread16 DIR SECS | loop-getpid SECS | loop-open FILE SECS | loop-pread FILE SECS\n\
          loop-connect ADDR SECS | loop-connect-accept SECS | loop-echo ADDR SECS\n\
          loop-macro DIR SECS                  tar and grep -r over DIR, repeatedly\n\
+         burst-open DIR RATE SECS | burst-connect RATE SECS   paced opens / UDP connects\n\
+         spawn-many N FILE                    fork N children in turn, each reads FILE\n\
+         read-dir-then-wait DIR               read every file of DIR, then wait for stdin\n\
                                               timed loops for cw-bench: print `OPS SECONDS`"
     );
     ExitCode::from(2)
@@ -189,6 +192,10 @@ fn run(args: &[String]) -> std::io::Result<ExitCode> {
         "loop-connect-accept" => loops::connect_accept(secs(1)?)?,
         "loop-echo" => loops::echo(arg(1), secs(2)?)?,
         "loop-macro" => loops::macro_job(Path::new(arg(1)), secs(2)?)?,
+        "burst-open" => loops::burst_open(Path::new(arg(1)), secs(2)?, secs(3)?)?,
+        "burst-connect" => loops::burst_connect(secs(1)?, secs(2)?)?,
+        "spawn-many" => loops::spawn_many(num(1)? as u32, Path::new(arg(2)))?,
+        "read-dir-then-wait" => loops::read_dir_then_wait(Path::new(arg(1)))?,
         _ => return Ok(usage()),
     }
     Ok(ExitCode::SUCCESS)
