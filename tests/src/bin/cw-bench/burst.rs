@@ -29,12 +29,10 @@ fn thread_cpu(name: &str) -> f64 {
         .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
         .map(|stat| {
             let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-            let f: Vec<f64> = rest
-                .split_whitespace()
-                .filter_map(|x| x.parse().ok())
-                .collect();
-            // utime and stime are fields 14 and 15 of stat; 12 and 13 after the command name
-            (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / tick
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // utime and stime are fields 14 and 15 of stat: 11 and 12 after the command name
+            let field = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            (field(11) + field(12)) / tick
         })
         .sum()
 }
@@ -133,11 +131,11 @@ pub fn run(bench: &Bench) -> anyhow::Result<Vec<String>> {
             };
             let ratio = delivered as f64 / generated.max(1) as f64;
             out.push(format!(
-                "3 {kind} at {rate}/s for {SECS} s: achieved {:.0}/s; delivered/generated = {delivered}/{generated} = {ratio:.3}{}; agent event thread {:.2} s CPU for {events} events = {:.2} µs/event; peak RSS of agent+bench {:.1} MiB; eBPF maps and ring buffer {maps:.1} MiB; ring-buffer drops {}",
+                "3 {kind} at {rate}/s for {SECS} s: achieved {:.0}/s; delivered/generated = {delivered}/{generated} = {ratio:.3}{}; agent event thread {:.3} s CPU for {events} events{}; peak RSS of agent+bench {:.1} MiB; eBPF maps and ring buffer {maps:.1} MiB; ring-buffer drops {}",
                 generated as f64 / secs,
                 if kind == "connect" { format!(" (and {} closes)", counts.closes) } else { " (opens counted in the kernel)".into() },
                 cpu,
-                cpu * 1e6 / events.max(1) as f64,
+                if kind == "connect" { format!(" = {:.2} µs/event", cpu * 1e6 / events.max(1) as f64) } else { String::new() },
                 peak_rss_mib(),
                 health.ringbuf_drops,
             ));
