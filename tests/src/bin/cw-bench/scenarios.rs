@@ -102,6 +102,56 @@ struct Scenario {
     modes: &'static [Mode],
 }
 
+impl Scenario {
+    /// Throughput in a timed loop; attached/detached must be at least `target`.
+    fn rate(
+        name: &'static str,
+        who: Who,
+        args: Vec<String>,
+        target: f64,
+        modes: &'static [Mode],
+    ) -> Self {
+        Scenario {
+            name,
+            who,
+            args,
+            target,
+            check_bytes: false,
+            by_time: false,
+            cpu_target: None,
+            modes,
+        }
+    }
+
+    /// A fixed job repeated in a timed loop; attached/detached time must be at most `target`.
+    fn job(
+        name: &'static str,
+        who: Who,
+        args: Vec<String>,
+        target: f64,
+        modes: &'static [Mode],
+    ) -> Self {
+        Scenario {
+            by_time: true,
+            ..Self::rate(name, who, args, target, modes)
+        }
+    }
+
+    fn checking_bytes(self) -> Self {
+        Scenario {
+            check_bytes: true,
+            ..self
+        }
+    }
+
+    fn with_cpu_target(self, max: f64) -> Self {
+        Scenario {
+            cpu_target: Some(max),
+            ..self
+        }
+    }
+}
+
 pub struct Row {
     pub name: String,
     pub mode: String,
@@ -321,86 +371,64 @@ impl Bench {
         let one = self.dir.join("one.db").display().to_string();
         let tree = self.dir.join("tree").display().to_string();
         vec![
-            Scenario {
-                name: "1 watched pread16 (4 KiB preads, open+close every 64)",
-                who: Who::Watched,
-                args: s(&["loop-pread16", &data, &w]),
-                target: 0.80,
-                check_bytes: true,
-                by_time: false,
-                cpu_target: None,
-                modes: WATCHED_MODES,
-            },
-            Scenario {
-                name: "2 unwatched getpid",
-                who: Who::Other,
-                args: s(&["loop-getpid", &w]),
-                target: 0.97,
-                check_bytes: false,
-                by_time: false,
-                cpu_target: None,
-                modes: ALL_MODES,
-            },
-            Scenario {
-                name: "2 unwatched open+close",
-                who: Who::Other,
-                args: s(&["loop-open", &one, &w]),
-                target: 0.97,
-                check_bytes: false,
-                by_time: false,
-                cpu_target: None,
-                modes: ALL_MODES,
-            },
-            Scenario {
-                name: "2 unwatched loopback connect",
-                who: Who::Other,
-                args: s(&["loop-connect", &sink.addr.to_string(), &w]),
-                target: 0.97,
-                check_bytes: false,
-                by_time: false,
-                cpu_target: None,
-                modes: ALL_MODES,
-            },
-            Scenario {
-                name: "2 unwatched 4 KiB pread",
-                who: Who::Other,
-                args: s(&["loop-pread", &one, &w]),
-                target: 0.85,
-                check_bytes: false,
-                by_time: false,
-                cpu_target: None,
-                modes: ALL_MODES,
-            },
-            Scenario {
-                name: "5 watched connect/accept/close",
-                who: Who::Watched,
-                args: s(&["loop-connect-accept", &w]),
-                target: 0.95,
-                check_bytes: false,
-                by_time: false,
-                cpu_target: None,
-                modes: WATCHED_MODES,
-            },
-            Scenario {
-                name: "5 watched 4 KiB echo",
-                who: Who::Watched,
-                args: s(&["loop-echo", &echo.addr.to_string(), &w]),
-                target: 0.95,
-                check_bytes: false,
-                by_time: false,
-                cpu_target: None,
-                modes: WATCHED_MODES,
-            },
-            Scenario {
-                name: "4 watched macro (tar + grep -r over 4,000 files)",
-                who: Who::Watched,
-                args: s(&["loop-macro", &tree, &w]),
-                target: 1.03,
-                check_bytes: false,
-                by_time: true,
-                cpu_target: Some(1.05),
-                modes: WATCHED_MODES,
-            },
+            Scenario::rate(
+                "1 watched pread16 (4 KiB preads, open+close every 64)",
+                Who::Watched,
+                s(&["loop-pread16", &data, &w]),
+                0.80,
+                WATCHED_MODES,
+            )
+            .checking_bytes(),
+            Scenario::rate(
+                "2 unwatched getpid",
+                Who::Other,
+                s(&["loop-getpid", &w]),
+                0.97,
+                ALL_MODES,
+            ),
+            Scenario::rate(
+                "2 unwatched open+close",
+                Who::Other,
+                s(&["loop-open", &one, &w]),
+                0.97,
+                ALL_MODES,
+            ),
+            Scenario::rate(
+                "2 unwatched loopback connect",
+                Who::Other,
+                s(&["loop-connect", &sink.addr.to_string(), &w]),
+                0.97,
+                ALL_MODES,
+            ),
+            Scenario::rate(
+                "2 unwatched 4 KiB pread",
+                Who::Other,
+                s(&["loop-pread", &one, &w]),
+                0.85,
+                ALL_MODES,
+            ),
+            Scenario::rate(
+                "5 watched connect/accept/close",
+                Who::Watched,
+                s(&["loop-connect-accept", &w]),
+                0.95,
+                WATCHED_MODES,
+            ),
+            Scenario::rate(
+                "5 watched 4 KiB echo",
+                Who::Watched,
+                s(&["loop-echo", &echo.addr.to_string(), &w]),
+                0.95,
+                WATCHED_MODES,
+            ),
+            Scenario::job(
+                "4 watched macro (tar + grep -r over 4,000 files)",
+                Who::Watched,
+                s(&["loop-macro", &tree, &w]),
+                1.03,
+                WATCHED_MODES,
+            )
+            .with_cpu_target(1.05),
         ]
     }
 
