@@ -430,6 +430,12 @@ fn agent_run_unprivileged_says_what_is_missing() {
         return;
     }
     let fx = Fixture::new(WORKLOAD, "unprivileged");
+    // A copy the unprivileged user can reach whatever folder the build is in.
+    let agent = {
+        let copy = fx.dir.join("clinicwatch-agent");
+        std::fs::copy(&agent, &copy).unwrap();
+        copy
+    };
     let config = fx.dir.join("agent.toml");
     std::fs::write(
         &config,
