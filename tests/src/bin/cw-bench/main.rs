@@ -25,7 +25,8 @@ pub struct Args {
     /// Seconds per window.
     #[arg(long, default_value_t = 1.5)]
     pub window: f64,
-    /// Only scenarios whose name contains this.
+    /// Only this scenario: pread16, getpid, open-close, unwatched-connect, unwatched-pread,
+    /// connect-accept, echo, macro, burst or scale.
     #[arg(long)]
     pub only: Option<String>,
     /// The workload binary (default: beside this one).
@@ -49,13 +50,13 @@ fn main() -> anyhow::Result<()> {
     let bench = scenarios::Bench::new(&workload, args.clone())
         .context("cannot prepare the benchmark folder")?;
     let rows = bench.run_all()?;
-    let burst = if args.only.as_deref().is_none_or(|o| "3 burst".contains(o)) {
+    let burst = if args.only.as_deref().is_none_or(|o| o == "burst") {
         eprintln!("bench: 3 burst");
         burst::run(&bench)?
     } else {
         Vec::new()
     };
-    let scale = if args.only.as_deref().is_none_or(|o| "6 scale".contains(o)) {
+    let scale = if args.only.as_deref().is_none_or(|o| o == "scale") {
         eprintln!("bench: 6 scale");
         scale::run(&bench)?
     } else {
@@ -63,8 +64,11 @@ fn main() -> anyhow::Result<()> {
     };
     println!();
     println!("{}", scenarios::table(&rows));
-    for line in burst.into_iter().chain(scale) {
-        println!("- {line}");
+    for line in burst {
+        println!("- {line} (`cargo xtask bench -- --only burst`)");
+    }
+    for line in scale {
+        println!("- {line} (`cargo xtask bench -- --only scale`)");
     }
     Ok(())
 }

@@ -89,6 +89,8 @@ enum Who {
 }
 
 struct Scenario {
+    /// Short name for `--only`.
+    id: &'static str,
     name: &'static str,
     who: Who,
     args: Vec<String>,
@@ -105,6 +107,7 @@ struct Scenario {
 impl Scenario {
     /// Throughput in a timed loop; attached/detached must be at least `target`.
     fn rate(
+        id: &'static str,
         name: &'static str,
         who: Who,
         args: Vec<String>,
@@ -112,6 +115,7 @@ impl Scenario {
         modes: &'static [Mode],
     ) -> Self {
         Scenario {
+            id,
             name,
             who,
             args,
@@ -125,6 +129,7 @@ impl Scenario {
 
     /// A fixed job repeated in a timed loop; attached/detached time must be at most `target`.
     fn job(
+        id: &'static str,
         name: &'static str,
         who: Who,
         args: Vec<String>,
@@ -133,7 +138,7 @@ impl Scenario {
     ) -> Self {
         Scenario {
             by_time: true,
-            ..Self::rate(name, who, args, target, modes)
+            ..Self::rate(id, name, who, args, target, modes)
         }
     }
 
@@ -153,6 +158,7 @@ impl Scenario {
 }
 
 pub struct Row {
+    pub id: &'static str,
     pub name: String,
     pub mode: String,
     pub ratios: Vec<f64>,
@@ -372,6 +378,7 @@ impl Bench {
         let tree = self.dir.join("tree").display().to_string();
         vec![
             Scenario::rate(
+                "pread16",
                 "1 watched pread16 (4 KiB preads, open+close every 64)",
                 Who::Watched,
                 s(&["loop-pread16", &data, &w]),
@@ -380,6 +387,7 @@ impl Bench {
             )
             .checking_bytes(),
             Scenario::rate(
+                "getpid",
                 "2 unwatched getpid",
                 Who::Other,
                 s(&["loop-getpid", &w]),
@@ -387,6 +395,7 @@ impl Bench {
                 ALL_MODES,
             ),
             Scenario::rate(
+                "open-close",
                 "2 unwatched open+close",
                 Who::Other,
                 s(&["loop-open", &one, &w]),
@@ -394,6 +403,7 @@ impl Bench {
                 ALL_MODES,
             ),
             Scenario::rate(
+                "unwatched-connect",
                 "2 unwatched loopback connect",
                 Who::Other,
                 s(&["loop-connect", &sink.addr.to_string(), &w]),
@@ -401,6 +411,7 @@ impl Bench {
                 ALL_MODES,
             ),
             Scenario::rate(
+                "unwatched-pread",
                 "2 unwatched 4 KiB pread",
                 Who::Other,
                 s(&["loop-pread", &one, &w]),
@@ -408,6 +419,7 @@ impl Bench {
                 ALL_MODES,
             ),
             Scenario::rate(
+                "connect-accept",
                 "5 watched connect/accept/close",
                 Who::Watched,
                 s(&["loop-connect-accept", &w]),
@@ -415,6 +427,7 @@ impl Bench {
                 WATCHED_MODES,
             ),
             Scenario::rate(
+                "echo",
                 "5 watched 4 KiB echo",
                 Who::Watched,
                 s(&["loop-echo", &echo.addr.to_string(), &w]),
@@ -422,6 +435,7 @@ impl Bench {
                 WATCHED_MODES,
             ),
             Scenario::job(
+                "macro",
                 "4 watched macro (tar + grep -r over 4,000 files)",
                 Who::Watched,
                 s(&["loop-macro", &tree, &w]),
@@ -455,6 +469,7 @@ impl Bench {
                 };
                 if let Some(cpu_target) = sc.cpu_target {
                     rows.push(Row {
+                        id: sc.id,
                         name: format!("{}: whole-system CPU per job", sc.name),
                         mode: mode.label().to_string(),
                         ratios: cpu,
@@ -464,6 +479,7 @@ impl Bench {
                     });
                 }
                 rows.push(Row {
+                    id: sc.id,
                     name: if sc.by_time {
                         format!("{}: wall time", sc.name)
                     } else {
@@ -483,13 +499,13 @@ impl Bench {
 
 /// The results as a Markdown table.
 pub fn table(rows: &[Row]) -> String {
-    let mut out = String::from("| benchmark | hooks | ratio median | min | max | target | met | note |\n|---|---|---|---|---|---|---|---|\n");
+    let mut out = String::from("| benchmark | hooks | ratio median | min | max | target | met | note | reproduce |\n|---|---|---|---|---|---|---|---|---|\n");
     for r in rows {
         let med = median(&r.ratios);
         let min = r.ratios.iter().cloned().fold(f64::INFINITY, f64::min);
         let max = r.ratios.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         out.push_str(&format!(
-            "| {} | {} | {med:.3} | {min:.3} | {max:.3} | {} {:.2} | {} | {} |\n",
+            "| {} | {} | {med:.3} | {min:.3} | {max:.3} | {} {:.2} | {} | {} | `cargo xtask bench -- --only {}` |\n",
             r.name,
             r.mode,
             if r.at_most { "≤" } else { "≥" },
@@ -499,7 +515,8 @@ pub fn table(rows: &[Row]) -> String {
             } else {
                 "no"
             },
-            r.note
+            r.note,
+            r.id
         ));
     }
     out
