@@ -24,6 +24,8 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     task_files: 0,
     task_comm: 0,
     task_exit_code: 0,
+    task_signal: 0,
+    signal_struct_live: 0,
     mm_exe_file: 0,
     mm_arg_start: 0,
     mm_arg_end: 0,
@@ -37,6 +39,7 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     dentry_d_inode: 0,
     qstr_name: 0,
     inode_i_ino: 0,
+    inode_i_mode: 0,
     inode_i_sb: 0,
     super_block_s_dev: 0,
     files_struct_fdt: 0,
@@ -91,10 +94,6 @@ pub fn task_tgid(task: u64) -> Result<u32, Counter> {
     read(task, off!(task_tgid))
 }
 
-pub fn task_pid(task: u64) -> Result<u32, Counter> {
-    read(task, off!(task_pid))
-}
-
 pub fn task_parent(task: u64) -> Result<u64, Counter> {
     read(task, off!(task_real_parent))
 }
@@ -105,6 +104,13 @@ pub fn task_comm(task: u64) -> Result<[u8; 16], Counter> {
 
 pub fn task_exit_code(task: u64) -> Result<u32, Counter> {
     read(task, off!(task_exit_code))
+}
+
+/// Whether every thread of the task's group has exited (`signal->live == 0`): at
+/// `sched_process_exit` the exiting thread has already been taken off the count.
+pub fn task_group_dead(task: u64) -> Result<bool, Counter> {
+    let signal: u64 = read(task, off!(task_signal))?;
+    Ok(read::<u32>(signal, off!(signal_struct_live))? == 0)
 }
 
 /// The executable `struct file *` of a task (`task->mm->exe_file`).
@@ -154,6 +160,19 @@ fn inode_key_of(inode: u64) -> Result<InodeKey, Counter> {
 /// (device, inode) of an open file.
 pub fn file_inode_key(file: u64) -> Result<InodeKey, Counter> {
     inode_key_of(read(file, off!(file_f_inode))?)
+}
+
+const S_IFMT: u16 = 0o170000;
+const S_IFREG: u16 = 0o100000;
+
+/// (device, inode) of an open file if it is a regular file (not a pipe, socket, device...).
+pub fn regular_file_key(file: u64) -> Result<Option<InodeKey>, Counter> {
+    let inode: u64 = read(file, off!(file_f_inode))?;
+    let mode: u16 = read(inode, off!(inode_i_mode))?;
+    if mode & S_IFMT != S_IFREG {
+        return Ok(None);
+    }
+    inode_key_of(inode).map(Some)
 }
 
 fn file_dentry(file: u64) -> Result<u64, Counter> {

@@ -6,6 +6,7 @@
 //! does).
 
 use std::{
+    cell::RefCell,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::mpsc::{channel, Receiver},
@@ -73,12 +74,38 @@ impl Drop for Fixture {
     }
 }
 
-/// Starts the agent in-process; events arrive on the receiver.
-pub fn start_agent(cfg: &Config) -> (Agent, Receiver<Event>) {
+/// The agent's events as a test sees them: everything received is kept, so a check that
+/// something did not happen also covers the events an earlier wait went past.
+pub struct Events {
+    rx: Receiver<Event>,
+    seen: RefCell<Vec<Event>>,
+}
+
+impl Events {
+    fn recv(&self, timeout: Duration) -> Option<Event> {
+        let ev = self.rx.recv_timeout(timeout).ok()?;
+        self.seen.borrow_mut().push(ev.clone());
+        Some(ev)
+    }
+
+    /// Every event received so far.
+    pub fn seen(&self) -> Vec<Event> {
+        self.seen.borrow().clone()
+    }
+}
+
+/// Starts the agent in-process.
+pub fn start_agent(cfg: &Config) -> (Agent, Events) {
     let (tx, rx) = channel();
     let agent = Agent::start(cfg, false, Some(tx))
         .unwrap_or_else(|e| panic!("agent failed to start: {e:#}"));
-    (agent, rx)
+    (
+        agent,
+        Events {
+            rx,
+            seen: RefCell::new(Vec::new()),
+        },
+    )
 }
 
 /// Runs a program to completion; returns its pid and stdout. Panics if it fails.
@@ -102,20 +129,20 @@ pub fn run(program: &Path, args: &[&str]) -> (u32, String) {
 
 /// Waits up to `timeout` for an event that `matches`; panics with what was seen otherwise.
 pub fn expect_event(
-    rx: &Receiver<Event>,
+    events: &Events,
     timeout: Duration,
     what: &str,
     matches: impl Fn(&Event) -> bool,
 ) -> Event {
     let deadline = Instant::now() + timeout;
-    let mut seen = Vec::new();
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        match rx.recv_timeout(left) {
-            Ok(ev) if matches(&ev) => return ev,
-            Ok(ev) => seen.push(ev),
-            Err(_) => break,
+        match events.recv(left) {
+            Some(ev) if matches(&ev) => return ev,
+            Some(_) => {}
+            None => break,
         }
     }
+    let seen = events.seen();
     let tail: Vec<String> = seen
         .iter()
         .rev()
@@ -128,17 +155,16 @@ pub fn expect_event(
     );
 }
 
-/// Collects every event for `wait`, for asserting that something did not happen.
-pub fn collect(rx: &Receiver<Event>, wait: Duration) -> Vec<Event> {
+/// Receives for `wait` more, then returns every event seen since the agent started, for
+/// asserting that something did not happen.
+pub fn collect(events: &Events, wait: Duration) -> Vec<Event> {
     let deadline = Instant::now() + wait;
-    let mut out = Vec::new();
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        match rx.recv_timeout(left) {
-            Ok(ev) => out.push(ev),
-            Err(_) => break,
+        if events.recv(left).is_none() {
+            break;
         }
     }
-    out
+    events.seen()
 }
 
 pub const WAIT: Duration = Duration::from_secs(10);

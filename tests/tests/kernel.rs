@@ -13,7 +13,7 @@ use clinicwatch_tests::*;
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_cw-workload");
 
-fn exit_of(rx: &std::sync::mpsc::Receiver<Event>, pid: u32) -> Event {
+fn exit_of(rx: &Events, pid: u32) -> Event {
     expect_event(
         rx,
         WAIT,
@@ -279,6 +279,50 @@ fn unwatched_process_opening_a_protected_file_is_reported_with_its_executable() 
     assert!(!late
         .iter()
         .any(|e| matches!(e, Event::ProtectedOpen { pid: p, .. } if *p == pid)));
+    agent.stop();
+}
+
+#[test]
+fn exec_from_a_second_thread_keeps_the_process_watched() {
+    if !require_root("exec_from_a_second_thread_keeps_the_process_watched") {
+        return;
+    }
+    let fx = Fixture::new(WORKLOAD, "thread-exec");
+    let data = fx.data_file("patients.db", MIB);
+    let (agent, rx) = start_agent(&fx.config(""));
+    // The watched app execs an unlisted program from a second thread; that program reads.
+    let (pid, _) = run(
+        &fx.app,
+        &[
+            "thread-exec",
+            fx.other.to_str().unwrap(),
+            "read",
+            data.to_str().unwrap(),
+            "4096",
+        ],
+    );
+    let exec = expect_event(
+        &rx,
+        WAIT,
+        "exec of the unlisted program",
+        |e| matches!(e, Event::Exec { pid: p, exe, .. } if *p == pid && Path::new(exe) == fx.other),
+    );
+    assert!(matches!(exec, Event::Exec { .. }));
+    let exit = exit_of(&rx, pid);
+    assert_eq!(
+        file_bytes(&exit, &data).0,
+        MIB as u64,
+        "reads after the exec are counted"
+    );
+    let exits = rx
+        .seen()
+        .iter()
+        .filter(|e| matches!(e, Event::Exit { pid: p, .. } if *p == pid))
+        .count();
+    assert_eq!(
+        exits, 1,
+        "one exit for the process, not one for its first main thread"
+    );
     agent.stop();
 }
 

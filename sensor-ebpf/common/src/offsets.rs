@@ -14,6 +14,9 @@ pub struct KernelOffsets {
     pub task_files: u32,
     pub task_comm: u32,
     pub task_exit_code: u32,
+    pub task_signal: u32,
+    /// `signal_struct.live`: threads of the group still running (0 once the group is dead).
+    pub signal_struct_live: u32,
     pub mm_exe_file: u32,
     pub mm_arg_start: u32,
     pub mm_arg_end: u32,
@@ -27,6 +30,7 @@ pub struct KernelOffsets {
     pub dentry_d_inode: u32,
     pub qstr_name: u32,
     pub inode_i_ino: u32,
+    pub inode_i_mode: u32,
     pub inode_i_sb: u32,
     pub super_block_s_dev: u32,
     pub files_struct_fdt: u32,
@@ -41,4 +45,4 @@ pub struct KernelOffsets {
     pub pt_regs_arg0: u32,
 }
 
-const _: () = assert!(size_of::<KernelOffsets>() == 30 * 4);
+const _: () = assert!(size_of::<KernelOffsets>() == 33 * 4);

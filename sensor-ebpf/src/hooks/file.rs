@@ -36,6 +36,9 @@ const SYSCALL_ARG0: usize = 16;
 const SYSCALL_RET: usize = 16;
 /// `fd` is the fifth argument of mmap.
 const MMAP_ARG_FD: usize = SYSCALL_ARG0 + 4 * 8;
+/// `flags` is the fourth argument of mmap.
+const MMAP_ARG_FLAGS: usize = SYSCALL_ARG0 + 3 * 8;
+const MAP_ANONYMOUS: u64 = 0x20;
 
 #[lsm(hook = "file_open")]
 pub fn lsm_file_open(ctx: LsmContext) -> i32 {
@@ -123,6 +126,11 @@ pub fn tp_mmap_enter(ctx: TracePointContext) -> u32 {
         return 0;
     }
     // SAFETY: `fd` is at this offset in sys_enter_mmap records.
+    // SAFETY: `flags` is at this offset in sys_enter_mmap records.
+    let flags = unsafe { ctx.read_at::<u64>(MMAP_ARG_FLAGS) }.unwrap_or(MAP_ANONYMOUS);
+    if flags & MAP_ANONYMOUS != 0 {
+        return 0; // the descriptor is ignored by the kernel
+    }
     // The register holds a C `int`: only its low 32 bits are the descriptor.
     let fd = unsafe { ctx.read_at::<u64>(MMAP_ARG_FD) }
         .map(|v| v as i32)
@@ -203,10 +211,20 @@ fn first_seen(
     pid: u32,
     seen: &Seen,
 ) -> HookResult {
-    if FILE_STATS.insert(fk, stats, BPF_NOEXIST as u64).is_err() {
-        return Ok(());
+    if FILE_STATS.insert(fk, stats, BPF_NOEXIST as u64).is_ok() {
+        return report_file(fk, app, file, pid, seen);
     }
-    report_file(fk, app, file, pid, seen)
+    // Another thread inserted it first: add to its counters instead.
+    if let Some(s) = FILE_STATS.get_ptr_mut(fk) {
+        // SAFETY: a map value pointer; the adds are atomic.
+        unsafe {
+            add(&mut (*s).bytes_read, stats.bytes_read);
+            add(&mut (*s).reads, stats.reads);
+            add(&mut (*s).opens, stats.opens);
+            add(&mut (*s).mmaps, stats.mmaps);
+        }
+    }
+    Ok(())
 }
 
 #[inline(always)]
@@ -250,7 +268,15 @@ fn on_read_done(file: u64, ret: i64) -> HookResult {
 /// Adds a read of `bytes` to (watched process `tgid`, `file`).
 #[inline(always)]
 fn account_read(file: u64, bytes: u64, pid: u32, tgid: u32, app: u32) -> HookResult {
-    let fk = file_key(tgid, file)?;
+    // Files only: reads of pipes, sockets and devices are not file activity.
+    let Some(key) = kernel::regular_file_key(file)? else {
+        return Ok(());
+    };
+    let fk = FileKey {
+        tgid,
+        dev: key.dev,
+        ino: key.ino,
+    };
     if let Some(s) = FILE_STATS.get_ptr_mut(fk) {
         // SAFETY: a map value pointer; the adds are atomic.
         unsafe {
@@ -273,7 +299,14 @@ fn on_mmap(file: u64) -> HookResult {
     let Some(w) = watched(tgid) else {
         return Ok(());
     };
-    let fk = file_key(tgid, file)?;
+    let Some(key) = kernel::regular_file_key(file)? else {
+        return Ok(());
+    };
+    let fk = FileKey {
+        tgid,
+        dev: key.dev,
+        ino: key.ino,
+    };
     if let Some(s) = FILE_STATS.get_ptr_mut(fk) {
         // SAFETY: a map value pointer; the add is atomic.
         let first = unsafe { (*s).mmaps } == 0;

@@ -175,17 +175,18 @@ fn on_fork(parent: u64, child: u64) -> HookResult {
 #[inline(always)]
 fn on_exit(task: u64) -> HookResult {
     let tgid = kernel::task_tgid(task)?;
-    let pid = kernel::task_pid(task)?;
-    if pid != tgid {
-        return Ok(()); // a thread, not the process
-    }
     let Some(w) = WATCHED.get_ptr(tgid) else {
         return Ok(());
     };
+    // Only the last thread's exit ends the process: the main thread may go first (a thread
+    // that execs kills it, for one), and the process lives on.
+    if !kernel::task_group_dead(task)? {
+        return Ok(());
+    }
     // SAFETY: a map value pointer from a successful lookup.
     let app = unsafe { (*w).app };
     let _ = WATCHED.remove(tgid);
-    let mut entry = reserve::<ExitEvent>(hook::PROC_EXIT, kind::EXIT, pid, tgid)?;
+    let mut entry = reserve::<ExitEvent>(hook::PROC_EXIT, kind::EXIT, tgid, tgid)?;
     // SAFETY: the entry is reserved for an `ExitEvent`; every field is written.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
     ev.exit_code = kernel::task_exit_code(task).unwrap_or(u32::MAX);

@@ -19,6 +19,7 @@ fn usage() -> ExitCode {
          fork-read FILE CHUNK                 a forked child reads FILE; prints the child's pid\n\
          connect ADDR SEND RECV               send SEND bytes to ADDR, read RECV bytes back\n\
          shell                                run `/bin/sh -c 'exit 3'`\n\
+         thread-exec PROGRAM ARGS...          a second thread execs PROGRAM\n\
          mmap FILE                            map FILE and touch every page\n\
          open FILE                            open FILE and read it once\n\
          wait-then-read FILE CHUNK            wait for a line on stdin, then read FILE\n\
@@ -153,6 +154,25 @@ fn run(args: &[String]) -> std::io::Result<ExitCode> {
             }
         }
         "connect" => connect(arg(1), num(2)?, num(3)?)?,
+        "thread-exec" => {
+            // A thread other than the main one replaces the program: the kernel kills the
+            // main thread first, and the process lives on under the same pid.
+            let argv: Vec<std::ffi::CString> = args[1..]
+                .iter()
+                .map(|a| std::ffi::CString::new(a.as_str()))
+                .collect::<Result<_, _>>()
+                .map_err(std::io::Error::other)?;
+            let t = std::thread::spawn(move || {
+                let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+                ptrs.push(std::ptr::null());
+                // SAFETY: NUL-terminated strings and a NULL-terminated array.
+                unsafe { libc::execv(ptrs[0], ptrs.as_ptr()) };
+                std::io::Error::last_os_error()
+            });
+            return Err(t
+                .join()
+                .unwrap_or_else(|_| std::io::Error::other("exec thread panicked")));
+        }
         "shell" => {
             let status = Command::new("/bin/sh").args(["-c", "exit 3"]).status()?;
             println!("{}", status.code().unwrap_or(-1));
