@@ -50,7 +50,15 @@ fn resolve_apps(cfg: &Config) -> anyhow::Result<Vec<(InodeKey, u32)>> {
     let mut out = Vec::new();
     for (i, app) in cfg.apps.iter().enumerate() {
         match procfs::inode_key(&app.exe) {
-            Ok(key) => out.push((key, i as u32)),
+            Ok(key) => {
+                if let Some(&(_, other)) = out.iter().find(|(k, _)| *k == key) {
+                    anyhow::bail!(
+                        "invalid config: `app[{i}].exe` is the same file as `app[{other}].exe` ({}); one executable can start only one application (use `cmdline` on one entry)",
+                        app.exe.display()
+                    );
+                }
+                out.push((key, i as u32))
+            }
             Err(e) => {
                 warn!(app = %app.name, exe = %app.exe.display(), error = %e, "watched executable not found; skipping")
             }
@@ -64,7 +72,7 @@ fn resolve_apps(cfg: &Config) -> anyhow::Result<Vec<(InodeKey, u32)>> {
 }
 
 /// Expands the protected globs to (device, inode) entries.
-fn resolve_protected(cfg: &Config) -> Vec<(InodeKey, u32)> {
+fn resolve_protected(cfg: &Config) -> anyhow::Result<Vec<(InodeKey, u32)>> {
     let mut out = Vec::new();
     for (i, p) in cfg.protected.iter().enumerate() {
         let paths: Vec<PathBuf> = glob::glob(&p.path)
@@ -80,7 +88,13 @@ fn resolve_protected(cfg: &Config) -> Vec<(InodeKey, u32)> {
             }
         }
     }
-    out
+    let limit = clinicwatch_common::capacity::PROTECTED as usize;
+    anyhow::ensure!(
+        out.len() <= limit,
+        "invalid config: `protected` expands to {} files and folders, more than the {limit} the sensor can hold; narrow the globs or protect folders instead of files",
+        out.len()
+    );
+    Ok(out)
 }
 
 /// Watches the processes already running that belong to a watched tree: instances of a
@@ -161,8 +175,9 @@ impl Agent {
         write_output: bool,
         subscriber: Option<Sender<Event>>,
     ) -> anyhow::Result<Agent> {
+        cfg.validate()?;
         let exes = resolve_apps(cfg)?;
-        let protected = resolve_protected(cfg);
+        let protected = resolve_protected(cfg)?;
         let opts = SensorOptions {
             exes: exes.clone(),
             protected,

@@ -149,6 +149,18 @@ impl Config {
                 }
             }
         }
+        for (i, hook) in self.agent.disabled_hooks.iter().enumerate() {
+            let known: Vec<&str> = crate::capabilities::CAPABILITIES
+                .iter()
+                .flat_map(|c| c.options.iter().map(|o| o.name))
+                .collect();
+            if !known.contains(&hook.as_str()) {
+                return Err(ConfigError::Invalid {
+                    key: format!("agent.disabled_hooks[{i}]"),
+                    why: format!("unknown hook `{hook}`; known: {}", known.join(", ")),
+                });
+            }
+        }
         for (i, p) in self.protected.iter().enumerate() {
             if p.name.trim().is_empty() {
                 return bad(format!("protected[{i}].name"), "must not be empty");
@@ -196,5 +208,12 @@ mod tests {
             "[[app]]\nname = \"pm\"\nexe = \"/x\"\n[[protected]]\nname = \"c\"\npath = \"x\"\n",
         );
         assert!(e.contains("protected[0].path"), "{e}");
+        let e = err(
+            "[agent]\ndisabled_hooks = [\"lsm:file_opne\"]\n[[app]]\nname = \"pm\"\nexe = \"/x\"\n",
+        );
+        assert!(
+            e.contains("agent.disabled_hooks[0]") && e.contains("lsm:file_open"),
+            "{e}"
+        );
     }
 }

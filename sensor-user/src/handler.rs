@@ -208,7 +208,20 @@ impl Handler {
                 let len = (e.argv_len as usize).min(ARGV_LEN);
                 let argv = procfs::split_args(&e.argv[..len]);
                 let is_root = e.root_tgid == pid;
-                if is_root && !self.cmdline_matches(e.app, &argv) {
+                // Judged once, on the exec that started the tree (a launcher that re-execs
+                // stays in); on the whole command line, not the 256 bytes the kernel copied.
+                let judged = is_root && self.table.get(pid).is_none();
+                let full_argv = if judged && len == ARGV_LEN {
+                    procfs::read_cmdline(pid)
+                } else {
+                    Vec::new()
+                };
+                let filter_argv = if full_argv.is_empty() {
+                    &argv
+                } else {
+                    &full_argv
+                };
+                if judged && !self.cmdline_matches(e.app, filter_argv) {
                     // Right executable, wrong command line: not this application.
                     let _ = sensor.unwatch(pid);
                     self.table.remove(pid);
@@ -449,6 +462,8 @@ impl Handler {
             }
         }
         self.suspects = self.table.pids().filter(gone).collect();
+        // A rejected process whose exit record was lost: forget it before its pid is reused.
+        self.rejected.retain(|pid| !gone(pid));
     }
 
     /// Adds a process found running at start-up.

@@ -530,3 +530,20 @@ fn stopping_the_agent_detaches_every_probe() {
         "every program, link and map fd is closed after stop"
     );
 }
+
+#[test]
+fn one_executable_for_two_applications_is_a_config_error() {
+    let fx = Fixture::new(WORKLOAD, "dup-exe");
+    let cfg = fx.config(&format!(
+        "[[app]]\nname = \"again\"\nexe = \"{}\"\n",
+        fx.app.display()
+    ));
+    let err = match clinicwatch_agent::Agent::start(&cfg, false, None) {
+        Ok(_) => panic!("two applications on one executable were accepted"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("`app[1].exe` is the same file as `app[0].exe`"),
+        "{err}"
+    );
+}
