@@ -44,20 +44,33 @@ pub struct Agent {
     pub capabilities: Vec<CapabilityReport>,
 }
 
-/// Resolves the configured executables to (device, inode); missing ones are skipped with a
-/// warning, but at least one must exist.
-fn resolve_apps(cfg: &Config) -> anyhow::Result<Vec<(InodeKey, u32)>> {
-    let mut out = Vec::new();
+/// A configured executable: its identity for the kernel, and for `stat(2)` (seeding).
+#[derive(Clone, Copy)]
+struct AppExe {
+    kernel: InodeKey,
+    stat: InodeKey,
+    app: u32,
+}
+
+/// Resolves the configured executables; missing ones are skipped with a warning, but at
+/// least one must exist, and one file cannot start two applications.
+fn resolve_apps(cfg: &Config) -> anyhow::Result<Vec<AppExe>> {
+    let mut out: Vec<AppExe> = Vec::new();
     for (i, app) in cfg.apps.iter().enumerate() {
-        match procfs::inode_key(&app.exe) {
-            Ok(key) => {
-                if let Some(&(_, other)) = out.iter().find(|(k, _)| *k == key) {
+        let keys = procfs::kernel_key(&app.exe).and_then(|k| Ok((k, procfs::stat_key(&app.exe)?)));
+        match keys {
+            Ok((kernel, stat)) => {
+                if let Some(other) = out.iter().find(|a| a.kernel == kernel).map(|a| a.app) {
                     anyhow::bail!(
                         "invalid config: `app[{i}].exe` is the same file as `app[{other}].exe` ({}); one executable can start only one application (use `cmdline` on one entry)",
                         app.exe.display()
                     );
                 }
-                out.push((key, i as u32))
+                out.push(AppExe {
+                    kernel,
+                    stat,
+                    app: i as u32,
+                });
             }
             Err(e) => {
                 warn!(app = %app.name, exe = %app.exe.display(), error = %e, "watched executable not found; skipping")
@@ -82,7 +95,7 @@ fn resolve_protected(cfg: &Config) -> anyhow::Result<Vec<(InodeKey, u32)>> {
             warn!(name = %p.name, path = %p.path, "protected path matches nothing yet");
         }
         for path in paths {
-            match procfs::inode_key(&path) {
+            match procfs::kernel_key(&path) {
                 Ok(key) => out.push((key, i as u32)),
                 Err(e) => warn!(path = %path.display(), error = %e, "cannot stat protected path"),
             }
@@ -99,7 +112,7 @@ fn resolve_protected(cfg: &Config) -> anyhow::Result<Vec<(InodeKey, u32)>> {
 
 /// Watches the processes already running that belong to a watched tree: instances of a
 /// watched executable (whose command line matches), and all their descendants.
-fn seed(core: &mut Core, exes: &[(InodeKey, u32)]) -> Vec<Event> {
+fn seed(core: &mut Core, exes: &[AppExe]) -> Vec<Event> {
     let procs = procfs::scan();
     let me = std::process::id();
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
@@ -109,7 +122,7 @@ fn seed(core: &mut Core, exes: &[(InodeKey, u32)]) -> Vec<Event> {
     let mut queue: VecDeque<(u32, WatchedProc)> = VecDeque::new();
     for p in procs.values() {
         let Some(key) = p.exe_key else { continue };
-        let Some(&(_, app)) = exes.iter().find(|(k, _)| *k == key) else {
+        let Some(app) = exes.iter().find(|a| a.stat == key).map(|a| a.app) else {
             continue;
         };
         if p.pid == me || !core.handler.cmdline_matches(app, &p.cmdline) {
@@ -179,7 +192,7 @@ impl Agent {
         let exes = resolve_apps(cfg)?;
         let protected = resolve_protected(cfg)?;
         let opts = SensorOptions {
-            exes: exes.clone(),
+            exes: exes.iter().map(|a| (a.kernel, a.app)).collect(),
             protected,
             cgroup_root: (cfg.agent.cgroup_root != "auto")
                 .then(|| PathBuf::from(&cfg.agent.cgroup_root)),

@@ -21,14 +21,80 @@ pub fn dev_string(kdev: u32) -> String {
     format!("{}:{}", kdev >> 20, kdev & 0xfffff)
 }
 
-/// (device, inode) of a path as the kernel sees it, following symlinks.
-pub fn inode_key(path: &Path) -> std::io::Result<InodeKey> {
+/// (device, inode) of a path as `stat(2)` reports them, following symlinks: an identity for
+/// comparisons made in userspace (`/proc/<pid>/exe` against a configured executable).
+pub fn stat_key(path: &Path) -> std::io::Result<InodeKey> {
     let md = std::fs::metadata(path)?;
     Ok(InodeKey {
         dev: kernel_dev(md.dev()),
         _pad: 0,
         ino: md.ino(),
     })
+}
+
+/// (device, inode) of a path as the kernel programs see them: the device of the file's
+/// superblock (`i_sb->s_dev`). `stat(2)` can report another device (btrfs gives each
+/// subvolume its own), so the device comes from the mount holding the path in
+/// `/proc/self/mountinfo`, which shows the superblock's.
+pub fn kernel_key(path: &Path) -> std::io::Result<InodeKey> {
+    let mut key = stat_key(path)?;
+    let canonical = std::fs::canonicalize(path)?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    if let Some(dev) = mount_dev_for(&canonical, &info) {
+        key.dev = dev;
+    }
+    Ok(key)
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
+fn unescape(field: &str) -> String {
+    let mut out = String::new();
+    let mut rest = field;
+    while let Some(i) = rest.find('\\') {
+        out.push_str(&rest[..i]);
+        let code = rest
+            .get(i + 1..i + 4)
+            .and_then(|c| u8::from_str_radix(c, 8).ok());
+        match code {
+            Some(c) => {
+                out.push(c as char);
+                rest = &rest[i + 4..];
+            }
+            None => {
+                out.push('\\');
+                rest = &rest[i + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The kernel device (`major << 20 | minor`) of the mount holding `path`: the longest mount
+/// point that contains it, the last listed where several are stacked on one point.
+pub fn mount_dev_for(path: &Path, mountinfo: &str) -> Option<u32> {
+    let mut best: Option<(usize, u32)> = None;
+    for line in mountinfo.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let (Some(devno), Some(point)) = (f.get(2), f.get(4)) else {
+            continue;
+        };
+        let point = unescape(point);
+        if !path.starts_with(&point) {
+            continue;
+        }
+        let Some((major, minor)) = devno.split_once(':') else {
+            continue;
+        };
+        let (Ok(major), Ok(minor)) = (major.parse::<u32>(), minor.parse::<u32>()) else {
+            continue;
+        };
+        let depth = Path::new(&point).components().count();
+        if best.is_none_or(|(d, _)| depth >= d) {
+            best = Some((depth, (major << 20) | (minor & 0xfffff)));
+        }
+    }
+    best.map(|(_, dev)| dev)
 }
 
 /// A process found in `/proc`.
@@ -84,7 +150,7 @@ pub fn scan() -> HashMap<u32, ProcEntry> {
             continue;
         };
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
-        let exe_key = inode_key(Path::new(&format!("/proc/{pid}/exe"))).ok();
+        let exe_key = stat_key(Path::new(&format!("/proc/{pid}/exe"))).ok();
         out.insert(
             pid,
             ProcEntry {
@@ -193,6 +259,42 @@ mod tests {
     fn device_encoding_matches_the_kernel() {
         assert_eq!(kernel_dev(libc::makedev(8, 1)), (8 << 20) | 1);
         assert_eq!(dev_string((259 << 20) | 3), "259:3");
+    }
+
+    #[test]
+    fn the_mount_holding_a_path_gives_its_device() {
+        let info = "22 27 0:21 / /proc rw - proc proc rw\n\
+                    27 1 254:0 / / rw - ext4 /dev/vda rw\n\
+                    40 27 0:45 /@home /home rw - btrfs /dev/vdb rw\n\
+                    41 40 0:46 / /home/a\\040b rw - tmpfs tmpfs rw\n\
+                    42 40 0:47 / /home/a\\040b rw - tmpfs tmpfs rw\n";
+        let dev = |p: &str| mount_dev_for(Path::new(p), info);
+        assert_eq!(dev("/usr/bin/ls"), Some(254 << 20));
+        assert_eq!(dev("/home/u/.mozilla/cookies.sqlite"), Some(45));
+        assert_eq!(
+            dev("/homework"),
+            Some(254 << 20),
+            "a prefix of a name is not a parent"
+        );
+        assert_eq!(
+            dev("/home/a b/x"),
+            Some(47),
+            "escaped spaces; the last of stacked mounts"
+        );
+        assert_eq!(dev("/proc/1/exe"), Some(21));
+    }
+
+    #[test]
+    fn kernel_and_stat_keys_agree_on_this_root_filesystem() {
+        let exe = std::env::current_exe().unwrap();
+        let (k, s) = (kernel_key(&exe).unwrap(), stat_key(&exe).unwrap());
+        assert_eq!(k.ino, s.ino);
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        if mounts.contains(" btrfs ") {
+            eprintln!("skipped the device check: btrfs here, where the two differ by design");
+        } else {
+            assert_eq!(k.dev, s.dev);
+        }
     }
 
     #[test]

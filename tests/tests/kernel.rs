@@ -547,3 +547,103 @@ fn one_executable_for_two_applications_is_a_config_error() {
         "{err}"
     );
 }
+
+/// A btrfs filesystem on a loop device, unmounted when dropped.
+struct Btrfs {
+    mnt: std::path::PathBuf,
+}
+
+impl Btrfs {
+    fn new(dir: &Path) -> Option<Btrfs> {
+        let img = dir.join("btrfs.img");
+        let mnt = dir.join("btrfs");
+        std::fs::create_dir_all(&mnt).unwrap();
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(200 << 20)
+            .unwrap();
+        let ok = |cmd: &mut std::process::Command| {
+            cmd.stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !ok(std::process::Command::new("mkfs.btrfs").arg("-q").arg(&img)) {
+            return None;
+        }
+        assert!(
+            ok(std::process::Command::new("mount")
+                .arg("-o")
+                .arg("loop")
+                .arg(&img)
+                .arg(&mnt)),
+            "mount btrfs"
+        );
+        Some(Btrfs { mnt })
+    }
+}
+
+impl Drop for Btrfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.mnt)
+            .status();
+    }
+}
+
+#[test]
+fn executable_and_protected_file_on_a_btrfs_subvolume_are_matched() {
+    if !require_root("executable_and_protected_file_on_a_btrfs_subvolume_are_matched") {
+        return;
+    }
+    // On btrfs, stat(2) reports a subvolume's own device, not the superblock's that the
+    // kernel programs see: matching must not trust stat's device.
+    let fx = Fixture::new(WORKLOAD, "btrfs");
+    let Some(fs) = Btrfs::new(&fx.dir) else {
+        eprintln!("SKIPPED: mkfs.btrfs is not installed (cargo xtask setup installs btrfs-progs)");
+        return;
+    };
+    let sub = fs.mnt.join("sub");
+    let created = std::process::Command::new("btrfs")
+        .args(["subvolume", "create"])
+        .arg(&sub)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(created.success());
+    let app = sub.join("pm-client");
+    std::fs::copy(WORKLOAD, &app).unwrap();
+    let data = sub.join("patients.db");
+    std::fs::write(&data, vec![5u8; MIB]).unwrap();
+    let cookies = sub.join("Cookies");
+    std::fs::write(&cookies, b"session").unwrap();
+    use std::os::unix::fs::MetadataExt;
+    let stat_dev = std::fs::metadata(&app).unwrap().dev();
+    let mount_dev = std::fs::metadata(&fs.mnt).unwrap().dev();
+    assert_ne!(stat_dev, mount_dev, "a subvolume has its own stat device");
+
+    let cfg = clinicwatch_agent::Config::from_toml(&format!(
+        "[agent]\nsnapshot_interval_secs = 0\n[[app]]\nname = \"pm\"\nexe = \"{}\"\n[[protected]]\nname = \"cookies\"\npath = \"{}\"\n",
+        app.display(),
+        cookies.display()
+    ))
+    .unwrap();
+    let (agent, rx) = start_agent(&cfg);
+    let (pid, _) = run(&app, &["read", data.to_str().unwrap(), "4096"]);
+    let exit = exit_of(&rx, pid);
+    assert_eq!(
+        file_bytes(&exit, &data).0,
+        MIB as u64,
+        "an exec on btrfs is watched"
+    );
+    let (opener, _) = run(&fx.other, &["open", cookies.to_str().unwrap()]);
+    expect_event(
+        &rx,
+        WAIT,
+        "protected open on btrfs",
+        |e| matches!(e, Event::ProtectedOpen { pid, .. } if *pid == opener),
+    );
+    agent.stop();
+    drop(fs);
+}

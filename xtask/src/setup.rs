@@ -133,8 +133,53 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Debian packages the tests use: btrfs-progs, to test matching on a btrfs subvolume.
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[("mkfs.btrfs", "btrfs-progs")];
+
+fn ensure_debian_packages() -> anyhow::Result<()> {
+    let on_path = |bin: &str| {
+        std::env::var_os("PATH")
+            .map(|p| {
+                std::env::split_paths(&p)
+                    .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+                    .any(|d| d.join(bin).is_file())
+            })
+            .unwrap_or(false)
+    };
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .filter(|(bin, _)| !on_path(bin))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: plain syscall.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("setup: not root, so not installing {missing:?} (the tests that need them will say they skipped)");
+        return Ok(());
+    }
+    eprintln!("setup: installing {missing:?} from Debian");
+    let install = |missing: &[&str]| {
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(missing)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !install(&missing) {
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+        if !install(&missing) {
+            bail!("apt-get could not install {missing:?}");
+        }
+    }
+    Ok(())
+}
+
 pub fn setup() -> anyhow::Result<()> {
     ensure_rust_src().context("setup: rust-src")?;
     ensure_bpf_linker().context("setup: bpf-linker")?;
+    ensure_debian_packages().context("setup: Debian packages")?;
     Ok(())
 }
