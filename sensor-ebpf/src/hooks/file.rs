@@ -242,6 +242,16 @@ fn report_file(fk: FileKey, app: u32, file: u64, pid: u32, seen: &Seen) -> HookR
     Ok(())
 }
 
+/// The counters key of `file` for process `tgid`, if it is a regular file.
+#[inline(always)]
+fn regular_file_key(tgid: u32, file: u64) -> Result<Option<FileKey>, Counter> {
+    Ok(kernel::regular_file_key(file)?.map(|key| FileKey {
+        tgid,
+        dev: key.dev,
+        ino: key.ino,
+    }))
+}
+
 /// The counters key of `file` for process `tgid`.
 #[inline(always)]
 fn file_key(tgid: u32, file: u64) -> Result<FileKey, Counter> {
@@ -269,13 +279,8 @@ fn on_read_done(file: u64, ret: i64) -> HookResult {
 #[inline(always)]
 fn account_read(file: u64, bytes: u64, pid: u32, tgid: u32, app: u32) -> HookResult {
     // Files only: reads of pipes, sockets and devices are not file activity.
-    let Some(key) = kernel::regular_file_key(file)? else {
+    let Some(fk) = regular_file_key(tgid, file)? else {
         return Ok(());
-    };
-    let fk = FileKey {
-        tgid,
-        dev: key.dev,
-        ino: key.ino,
     };
     if let Some(s) = FILE_STATS.get_ptr_mut(fk) {
         // SAFETY: a map value pointer; the adds are atomic.
@@ -299,13 +304,8 @@ fn on_mmap(file: u64) -> HookResult {
     let Some(w) = watched(tgid) else {
         return Ok(());
     };
-    let Some(key) = kernel::regular_file_key(file)? else {
+    let Some(fk) = regular_file_key(tgid, file)? else {
         return Ok(());
-    };
-    let fk = FileKey {
-        tgid,
-        dev: key.dev,
-        ino: key.ino,
     };
     if let Some(s) = FILE_STATS.get_ptr_mut(fk) {
         // SAFETY: a map value pointer; the add is atomic.
