@@ -229,17 +229,13 @@ impl Handler {
                     return None;
                 }
                 let exe = path_string(&e.exe);
+                // An exec keeps the files the process had already seen.
                 let files = self.table.remove(pid).map(|p| p.files).unwrap_or_default();
-                self.table.insert(
-                    pid,
-                    ProcInfo {
-                        ppid: e.ppid,
-                        app: e.app,
-                        root: e.root_tgid,
-                        exe: exe.clone(),
-                        files,
-                    },
-                );
+                let info = ProcInfo {
+                    files,
+                    ..ProcInfo::new(e.ppid, e.app, e.root_tgid, exe.clone())
+                };
+                self.table.insert(pid, info);
                 let ancestry = if is_root {
                     Vec::new()
                 } else {
@@ -263,16 +259,8 @@ impl Handler {
             KernelEvent::Fork(e) => {
                 let pid = e.hdr.tgid;
                 let exe = self.exe_of(e.ppid);
-                self.table.insert(
-                    pid,
-                    ProcInfo {
-                        ppid: e.ppid,
-                        app: e.app,
-                        root: e.root_tgid,
-                        exe,
-                        files: Default::default(),
-                    },
-                );
+                self.table
+                    .insert(pid, ProcInfo::new(e.ppid, e.app, e.root_tgid, exe));
                 Some(Event::Fork {
                     time: self.clock.unix(e.hdr.time_ns),
                     pid,
@@ -468,16 +456,8 @@ impl Handler {
 
     /// Adds a process found running at start-up.
     pub fn seed(&mut self, pid: u32, ppid: u32, w: WatchedProc, exe: String) -> Event {
-        self.table.insert(
-            pid,
-            ProcInfo {
-                ppid,
-                app: w.app,
-                root: w.root_tgid,
-                exe: exe.clone(),
-                files: Default::default(),
-            },
-        );
+        self.table
+            .insert(pid, ProcInfo::new(ppid, w.app, w.root_tgid, exe.clone()));
         Event::Seed {
             time: self.clock.now(),
             pid,

@@ -21,6 +21,19 @@ pub struct ProcInfo {
     pub files: HashMap<FileKey, String>,
 }
 
+impl ProcInfo {
+    /// A process with no files seen yet.
+    pub fn new(ppid: u32, app: u32, root: u32, exe: String) -> Self {
+        ProcInfo {
+            ppid,
+            app,
+            root,
+            exe,
+            files: HashMap::new(),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct ProcTable {
     procs: HashMap<u32, ProcInfo>,
@@ -87,13 +100,7 @@ mod tests {
     use super::*;
 
     fn info(ppid: u32, root: u32, exe: &str) -> ProcInfo {
-        ProcInfo {
-            ppid,
-            app: 0,
-            root,
-            exe: exe.into(),
-            ..ProcInfo::default()
-        }
+        ProcInfo::new(ppid, 0, root, exe.into())
     }
 
     #[test]

@@ -42,7 +42,9 @@ const MAP_ANONYMOUS: u64 = 0x20;
 
 #[lsm(hook = "file_open")]
 pub fn lsm_file_open(ctx: LsmContext) -> i32 {
-    finish(hook::FILE_OPEN, on_open(ctx.arg::<u64>(0)));
+    if let Some(who) = opener() {
+        finish(hook::FILE_OPEN, on_open(who, ctx.arg::<u64>(0)));
+    }
     0
 }
 
@@ -55,15 +57,14 @@ pub fn tp_open_exit(ctx: TracePointContext) -> u32 {
         return 0;
     }
     // The cheap checks first: most opens on the host are neither watched nor checked.
-    let (_, tgid) = current_ids();
-    if !protect_enabled() && WATCHED.get_ptr(tgid).is_none() {
+    let Some(who) = opener() else {
         return 0;
-    }
+    };
     // SAFETY: helper without arguments.
     let task = unsafe { bpf_get_current_task() };
     finish(
         hook::FILE_OPEN,
-        kernel::task_fd_file(task, ret as u64).and_then(on_open),
+        kernel::task_fd_file(task, ret as u64).and_then(|file| on_open(who, file)),
     );
     0
 }
@@ -152,13 +153,24 @@ fn watched(tgid: u32) -> Option<WatchedProc> {
     WATCHED.get_ptr(tgid).map(|w| unsafe { *w })
 }
 
+/// The current task as an opener: (pid, tgid, its watched entry), or `None` when its opens
+/// are of no interest (it is the agent, or neither watched nor checked for protected files).
 #[inline(always)]
-fn on_open(file: u64) -> HookResult {
+fn opener() -> Option<(u32, u32, Option<WatchedProc>)> {
     let (pid, tgid) = current_ids();
     if tgid == agent_tgid() {
-        return Ok(());
+        return None;
     }
-    match watched(tgid) {
+    let w = watched(tgid);
+    if w.is_none() && !protect_enabled() {
+        return None;
+    }
+    Some((pid, tgid, w))
+}
+
+#[inline(always)]
+fn on_open((pid, tgid, w): (u32, u32, Option<WatchedProc>), file: u64) -> HookResult {
+    match w {
         Some(w) => {
             let fk = file_key(tgid, file)?;
             if let Some(s) = FILE_STATS.get_ptr_mut(fk) {
@@ -172,8 +184,7 @@ fn on_open(file: u64) -> HookResult {
             };
             first_seen(fk, &stats, w.app, file, pid, &SEEN_OPEN)
         }
-        None if protect_enabled() => on_protected_open(file, pid, tgid),
-        None => Ok(()),
+        None => on_protected_open(file, pid, tgid),
     }
 }
 
