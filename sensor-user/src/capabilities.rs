@@ -238,6 +238,46 @@ pub enum AttachError {
     },
 }
 
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Targeted => "targeted",
+            Scope::EverySyscall => "every_syscall",
+            Scope::EveryPacket => "every_packet",
+        }
+    }
+}
+
+/// The hook table as `clinicwatch-agent check` prints it: one line per capability
+/// (`capability hook scope`, whitespace-separated, `-` where none serves it), each followed
+/// by the better options passed over and why (with the verifier log's tail), indented.
+pub fn render_reports(reports: &[CapabilityReport]) -> String {
+    let mut out = format!("{:<12} {:<40} {}\n", "capability", "hook", "scope");
+    for r in reports {
+        out.push_str(&format!(
+            "{:<12} {:<40} {}\n",
+            r.capability,
+            r.hook.unwrap_or("-"),
+            r.scope.map_or("-", Scope::as_str)
+        ));
+        for t in &r.passed_over {
+            let mut lines = t.error.lines();
+            let first = lines.next().unwrap_or("");
+            out.push_str(&format!("    passed over {}: {first}\n", t.hook));
+            for l in lines {
+                out.push_str(&format!("      {l}\n"));
+            }
+        }
+        if !r.missing_tracepoints.is_empty() {
+            out.push_str(&format!(
+                "    tracepoints this kernel lacks: {}\n",
+                r.missing_tracepoints.join(", ")
+            ));
+        }
+    }
+    out
+}
+
 /// Links of attached programs; dropping one detaches it.
 pub type Links = Vec<Box<dyn Any + Send>>;
 
@@ -279,6 +319,18 @@ pub fn describe(err: &ProgramError) -> String {
     }
 }
 
+/// `Ok` when BPF-LSM programs will run: `bpf` is among the active LSMs.
+pub fn bpf_lsm_active(lsms: &Result<String, String>) -> Result<(), String> {
+    match lsms {
+        Ok(list) if list.split(',').any(|l| l.trim() == "bpf") => Ok(()),
+        Ok(list) => Err(format!(
+            "BPF-LSM is not active: `bpf` is not in /sys/kernel/security/lsm (`{list}`); \
+             add it to the kernel's `lsm=` boot parameter to use LSM hooks"
+        )),
+        Err(why) => Err(format!("BPF-LSM state unknown: {why}")),
+    }
+}
+
 /// Attaches the best option of every capability.
 pub struct Attacher<'a> {
     pub ebpf: &'a mut Ebpf,
@@ -286,6 +338,8 @@ pub struct Attacher<'a> {
     pub cgroup_root: &'a Path,
     pub tracefs: &'a Path,
     pub disabled: &'a [String],
+    /// The active LSM list (`/sys/kernel/security/lsm`), or why it could not be read.
+    active_lsms: Result<String, String>,
     loaded: HashSet<&'static str>,
 }
 
@@ -303,8 +357,16 @@ impl<'a> Attacher<'a> {
             cgroup_root,
             tracefs,
             disabled,
+            active_lsms: Err("the active LSM list was not read".into()),
             loaded: HashSet::new(),
         }
+    }
+
+    /// LSM options are only tried when `bpf` is in this list: otherwise their programs
+    /// attach but never run.
+    pub fn with_active_lsms(mut self, lsms: Result<String, String>) -> Self {
+        self.active_lsms = lsms;
+        self
     }
 
     pub fn attach_all(&mut self, links: &mut Links) -> Result<Vec<CapabilityReport>, AttachError> {
@@ -422,6 +484,7 @@ impl<'a> Attacher<'a> {
                 links.push(Box::new(prog.take_link(id).map_err(d)?));
             }
             Attach::Lsm(name) => {
+                bpf_lsm_active(&self.active_lsms)?;
                 let prog: &mut Lsm = program.try_into().map_err(d)?;
                 if first_load {
                     prog.load(name, self.btf).map_err(d)?;
@@ -518,5 +581,65 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn lsm_hooks_need_bpf_among_the_active_lsms() {
+        assert!(bpf_lsm_active(&Ok("lockdown,capability,yama,bpf".into())).is_ok());
+        let off = bpf_lsm_active(&Ok("lockdown,capability,yama,bpfx".into())).unwrap_err();
+        assert!(
+            off.contains("`bpf` is not in /sys/kernel/security/lsm"),
+            "{off}"
+        );
+        assert!(off.contains("lockdown,capability,yama,bpfx"), "{off}");
+        let unknown = bpf_lsm_active(&Err("no securityfs".into())).unwrap_err();
+        assert!(unknown.contains("no securityfs"), "{unknown}");
+    }
+
+    #[test]
+    fn rendered_table_has_one_parsable_line_per_capability() {
+        let reports = vec![
+            CapabilityReport {
+                capability: "file_open",
+                hook: Some("tracepoint:syscalls:sys_exit_open*"),
+                scope: Some(Scope::EverySyscall),
+                passed_over: vec![TriedHook {
+                    hook: "lsm:file_open".into(),
+                    error: "load failed: EPERM\nmore".into(),
+                }],
+                missing_tracepoints: vec!["syscalls:sys_exit_openat2".into()],
+            },
+            CapabilityReport {
+                capability: "net_bytes",
+                hook: None,
+                scope: None,
+                passed_over: vec![],
+                missing_tracepoints: vec![],
+            },
+        ];
+        let text = render_reports(&reports);
+        let rows: Vec<Vec<&str>> = text
+            .lines()
+            .filter(|l| !l.starts_with(' '))
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                vec!["capability", "hook", "scope"],
+                vec![
+                    "file_open",
+                    "tracepoint:syscalls:sys_exit_open*",
+                    "every_syscall"
+                ],
+                vec!["net_bytes", "-", "-"],
+            ]
+        );
+        assert!(text.contains("    passed over lsm:file_open: load failed: EPERM\n"));
+        assert!(
+            text.contains("\n      more\n"),
+            "later lines of a reason are indented"
+        );
+        assert!(text.contains("lacks: syscalls:sys_exit_openat2"));
     }
 }

@@ -1,4 +1,6 @@
 //! `clinicwatch-agent`: runs the agent until Ctrl-C or SIGTERM.
+//! `clinicwatch-agent check`: loads and attaches every probe, prints which hook serves each
+//! capability on this kernel, detaches and exits.
 
 use std::{
     path::PathBuf,
@@ -7,7 +9,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use clinicwatch_agent::{agent::default_config_path, Agent, Config};
 use tracing_subscriber::EnvFilter;
 
@@ -24,6 +26,16 @@ struct Cli {
     /// Seconds between counter snapshots (overrides the config).
     #[arg(long)]
     snapshot_interval: Option<u64>,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Load and attach every probe, print which hook serves each capability on this kernel
+    /// (and why better ones were passed over), then detach and exit. Without `--config`
+    /// and with no file at the default path, watches only the agent's own executable.
+    Check,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -33,13 +45,19 @@ extern "C" fn on_signal(_: libc::c_int) {
 }
 
 fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // `check` prints a table on stdout; its log stays to warnings unless RUST_LOG says more.
+    let level = if cli.cmd.is_some() { "warn" } else { "info" };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    if let Some(Cmd::Check) = cli.cmd {
+        return check(cli.config);
+    }
     let path = cli
         .config
         .unwrap_or_else(|| default_config_path().to_path_buf());
@@ -63,5 +81,29 @@ fn main() -> anyhow::Result<()> {
     }
     agent.stop();
     tracing::info!("stopped; every probe detached");
+    Ok(())
+}
+
+fn check(config: Option<PathBuf>) -> anyhow::Result<()> {
+    let cfg = match config {
+        Some(path) => Config::from_file(&path)?,
+        None if default_config_path().exists() => Config::from_file(default_config_path())?,
+        None => {
+            let me = std::env::current_exe().context("cannot find the agent's executable")?;
+            let text = format!(
+                "[[app]]\nname = \"clinicwatch-agent\"\nexe = \"{}\"\n",
+                me.display()
+            );
+            Config::from_toml(&text)?
+        }
+    };
+    let agent = Agent::start(&cfg, false, None).context("cannot start the agent")?;
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!("kernel {}", kernel.trim());
+    print!(
+        "{}",
+        clinicwatch_agent::capabilities::render_reports(&agent.capabilities)
+    );
+    agent.stop();
     Ok(())
 }

@@ -192,6 +192,25 @@ pub fn find_cgroup2_root() -> Option<PathBuf> {
     found.into_iter().next()
 }
 
+/// mount(2) of a pseudo filesystem (no device, no options).
+fn mount_pseudo(fstype: &std::ffi::CStr, target: &std::ffi::CStr) -> Result<(), std::io::Error> {
+    // SAFETY: valid NUL-terminated strings; a plain mount(2).
+    let rc = unsafe {
+        libc::mount(
+            c"nodev".as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    tracing::info!(fstype = ?fstype, target = ?target, "mounted");
+    Ok(())
+}
+
 /// The tracefs mount (`/sys/kernel/tracing`, or the older debugfs path). Mounts tracefs at
 /// `/sys/kernel/tracing` when the host has not (tracepoints cannot be attached without it).
 pub fn ensure_tracefs() -> Result<PathBuf, std::io::Error> {
@@ -200,22 +219,20 @@ pub fn ensure_tracefs() -> Result<PathBuf, std::io::Error> {
             return Ok(PathBuf::from(p));
         }
     }
-    let target = c"/sys/kernel/tracing";
-    // SAFETY: valid NUL-terminated strings; a plain mount(2).
-    let rc = unsafe {
-        libc::mount(
-            c"nodev".as_ptr(),
-            target.as_ptr(),
-            c"tracefs".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    tracing::info!("mounted tracefs at /sys/kernel/tracing");
+    mount_pseudo(c"tracefs", c"/sys/kernel/tracing")?;
     Ok(PathBuf::from("/sys/kernel/tracing"))
+}
+
+const LSM_LIST: &str = "/sys/kernel/security/lsm";
+
+/// The kernel's active LSMs, comma-separated, from securityfs (mounted if it is not). A
+/// BPF-LSM program loads and attaches even when `bpf` is not active, and then never runs:
+/// this list is the only way to know.
+pub fn active_lsms() -> Result<String, std::io::Error> {
+    if !Path::new(LSM_LIST).exists() {
+        mount_pseudo(c"securityfs", c"/sys/kernel/security")?;
+    }
+    Ok(std::fs::read_to_string(LSM_LIST)?.trim().to_string())
 }
 
 /// Open flags (`O_*`) as text, e.g. `O_RDONLY|O_CLOEXEC`.

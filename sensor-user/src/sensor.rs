@@ -139,6 +139,9 @@ impl Sensor {
                 PathBuf::from("/sys/kernel/tracing")
             }
         };
+        let lsms = crate::procfs::active_lsms().map_err(|e| {
+            format!("cannot read the active LSM list `/sys/kernel/security/lsm`: {e}")
+        });
         let btf = AyaBtf::from_sys_fs().map_err(|_| SensorError::NoBtf)?;
         let mut links = Links::new();
         let capabilities = Attacher::new(
@@ -148,6 +151,7 @@ impl Sensor {
             &tracefs,
             &opts.disabled_hooks,
         )
+        .with_active_lsms(lsms)
         .attach_all(&mut links)?;
         Ok((
             Sensor {

@@ -94,11 +94,31 @@ impl Events {
     }
 }
 
+/// Set (by `cargo xtask vm-test`) where the kernel allows every best hook: each agent the
+/// tests start must then have the first option of every capability, not a fallback.
+pub const EXPECT_BEST_HOOKS: &str = "CLINICWATCH_EXPECT_BEST_HOOKS";
+
 /// Starts the agent in-process.
 pub fn start_agent(cfg: &Config) -> (Agent, Events) {
     let (tx, rx) = channel();
     let agent = Agent::start(cfg, false, Some(tx))
         .unwrap_or_else(|e| panic!("agent failed to start: {e:#}"));
+    if std::env::var_os(EXPECT_BEST_HOOKS).is_some() {
+        for c in &agent.capabilities {
+            let disabled = cfg
+                .agent
+                .disabled_hooks
+                .iter()
+                .any(|d| c.passed_over.iter().any(|t| &t.hook == d));
+            assert!(
+                c.hook.is_some() && (c.passed_over.is_empty() || disabled),
+                "{EXPECT_BEST_HOOKS} is set but `{}` is served by {:?}; passed over: {:?}",
+                c.capability,
+                c.hook,
+                c.passed_over
+            );
+        }
+    }
     (
         agent,
         Events {

@@ -3,13 +3,16 @@
 //! - `setup`: installs what a fresh machine lacks to build the eBPF programs (idempotent).
 //! - `build`: builds the agent with its embedded eBPF object, and the test workload.
 //! - `demo`: builds, then runs the agent against the demo workload and prints its events.
-//! - `test`: setup, build, then every test of the workspace, kernel tests included (root).
+//! - `test`: setup, build, then every test of the workspace, kernel tests included (root),
+//!   then the kernel tests again inside VMs booting Debian's 6.1 and 6.12 (`vm-test`).
 //! - `bench`: builds in release, then runs `cw-bench` (overhead ratios, burst, scale).
+//! - `vm-test`: the kernel tests inside VMs booting Debian's 6.1 and 6.12 kernels (root).
 //! - `run -- ARGS`: builds and runs `clinicwatch-agent ARGS`.
 
 mod demo;
 mod setup;
 mod util;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -31,8 +34,12 @@ enum Cmd {
     },
     /// Run the agent against a demo workload on this machine (root).
     Demo,
-    /// Run every test: unit tests, the eBPF object test, and the kernel tests (root).
+    /// Run every test: unit tests, the eBPF object test, the kernel tests (root) on this
+    /// kernel, then the kernel tests in VMs on Debian's 6.1 and 6.12 kernels.
     Test {
+        /// Skip the VMs (this kernel only).
+        #[arg(long)]
+        host_only: bool,
         /// Extra arguments for the test binaries (after `--`).
         #[arg(last = true)]
         args: Vec<String>,
@@ -40,6 +47,23 @@ enum Cmd {
     /// Benchmarks: overhead ratios attached/detached, burst, scale (root; about 12 minutes).
     Bench {
         /// Arguments for cw-bench, e.g. `-- --only pread16 --pairs 6`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Boot other kernels under QEMU (TCG) and run the kernel tests inside each (root).
+    VmTest {
+        /// Kernels to boot: `6.1`, `6.12`, a release (`6.1.0-56-cloud-amd64`) or a
+        /// linux-image package; repeat for several. Default: 6.1 and 6.12.
+        #[arg(long = "kernel")]
+        kernels: Vec<String>,
+        /// Seconds one VM may run before it counts as hung.
+        #[arg(long, default_value_t = vm::DEFAULT_TIMEOUT_SECS)]
+        timeout: u64,
+        /// Extra kernel command line, e.g. `lsm=lockdown,capability` to see the fallbacks
+        /// chosen (and the run fail) on a kernel without BPF-LSM.
+        #[arg(long, default_value = "")]
+        append: String,
+        /// Extra arguments for the kernel test binary (after `--`), e.g. a test name filter.
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -62,10 +86,19 @@ fn main() -> anyhow::Result<()> {
             util::build(false)?;
             demo::demo()
         }
-        Cmd::Test { args } => {
+        Cmd::Test { host_only, args } => {
             setup::setup()?;
             util::build(false)?;
-            util::test(&args)
+            util::test(&args)?;
+            if host_only {
+                return Ok(());
+            }
+            vm::vm_test(&vm::Options {
+                kernels: Vec::new(),
+                timeout: std::time::Duration::from_secs(vm::DEFAULT_TIMEOUT_SECS),
+                test_args: Vec::new(),
+                append: String::new(),
+            })
         }
         Cmd::Bench { args } => {
             setup::setup()?;
@@ -73,6 +106,21 @@ fn main() -> anyhow::Result<()> {
             util::run(
                 std::process::Command::new(util::target_dir().join("release/cw-bench")).args(&args),
             )
+        }
+        Cmd::VmTest {
+            kernels,
+            timeout,
+            append,
+            args,
+        } => {
+            setup::setup()?;
+            util::build(false)?;
+            vm::vm_test(&vm::Options {
+                kernels,
+                timeout: std::time::Duration::from_secs(timeout),
+                test_args: args,
+                append,
+            })
         }
         Cmd::Run { args } => {
             setup::setup()?;
