@@ -1,5 +1,5 @@
 //! `/init` of the test VMs that `cargo xtask vm-test` boots: mounts what the agent needs
-//! (proc, sys, dev, tmp, tracefs, bpffs, cgroup2, securityfs), brings loopback up, runs the
+//! (proc, sys, dev, tracefs, bpffs, cgroup2, securityfs), brings loopback up, runs the
 //! steps listed in `/cw-vm/plan`, prints one line per step and a final verdict, and powers
 //! off. The host reads the console, so every line it parses starts with `cw-vm: `.
 //!
@@ -20,7 +20,6 @@ const MOUNTS: &[(&str, &str, &str)] = &[
     ("proc", "/proc", "proc"),
     ("sysfs", "/sys", "sysfs"),
     ("devtmpfs", "/dev", "devtmpfs"),
-    ("tmpfs", "/tmp", "tmpfs"),
     ("tracefs", "/sys/kernel/tracing", "tracefs"),
     ("bpffs", "/sys/fs/bpf", "bpf"),
     ("cgroup2", "/sys/fs/cgroup", "cgroup2"),
@@ -122,10 +121,16 @@ fn power_off() -> ! {
     }
 }
 
+/// `/tmp` stays on the initramfs (already in RAM): the test binaries sit at their host
+/// paths, which may be under `/tmp`, and a tmpfs mounted there would hide them.
 fn setup() -> Result<(), String> {
     for (src, tgt, ty) in MOUNTS {
         mount(src, tgt, ty)?;
     }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all("/tmp").map_err(|e| format!("mkdir `/tmp`: {e}"))?;
+    std::fs::set_permissions("/tmp", std::fs::Permissions::from_mode(0o1777))
+        .map_err(|e| format!("chmod `/tmp`: {e}"))?;
     loopback_up()
 }
 
