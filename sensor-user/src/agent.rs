@@ -25,6 +25,7 @@ use crate::{
     decode,
     event::Event,
     handler::Handler,
+    intel::{Intel, Persist},
     output::Output,
     procfs,
     sensor::{Sensor, SensorOptions},
@@ -34,6 +35,34 @@ struct Core {
     sensor: Sensor,
     handler: Handler,
     output: Output,
+    intel: Intel,
+}
+
+impl Core {
+    /// Every event goes through the intelligence (which may add summaries and findings),
+    /// then out: in-process subscribers get it as it is, the output through the privacy edge.
+    fn emit(&mut self, ev: Event) {
+        let produced = self.intel.observe(&ev);
+        let intel = &self.intel;
+        self.output.emit_filtered(ev, |e| intel.filter(e));
+        for e in produced {
+            self.output.emit(e);
+        }
+    }
+
+    /// Time passes: when a window is due, counters are taken first so that it holds them.
+    fn tick(&mut self, started: Instant) {
+        let now = self.handler.clock.now();
+        if self.intel.window_due(now) {
+            let snap = self
+                .handler
+                .snapshot(&mut self.sensor, self.output.write_errors);
+            self.emit(snap);
+        }
+        for e in self.intel.tick(now, Some(started.elapsed().as_secs_f64())) {
+            self.output.emit(e);
+        }
+    }
 }
 
 /// A running agent. Dropping it (or [`Agent::stop`]) detaches every probe.
@@ -200,24 +229,24 @@ impl Agent {
         };
         let (sensor, ring) = Sensor::load(&opts)?;
         for c in &sensor.capabilities {
-            match (c.hook, c.scope) {
+            match (c.hook.as_deref(), c.scope) {
                 (Some(hook), Some(scope)) => {
-                    info!(capability = c.capability, hook, ?scope, "capability served");
+                    info!(capability = %c.capability, hook, ?scope, "capability served");
                     if scope == crate::capabilities::Scope::EverySyscall {
                         warn!(
-                            capability = c.capability,
+                            capability = %c.capability,
                             hook,
                             "fallback hook fires on these syscalls of every process on the host"
                         );
                     }
                 }
                 _ => warn!(
-                    capability = c.capability,
+                    capability = %c.capability,
                     "capability unavailable on this kernel"
                 ),
             }
             for t in &c.passed_over {
-                info!(capability = c.capability, hook = %t.hook, reason = %t.error, "hook passed over");
+                info!(capability = %c.capability, hook = %t.hook, reason = %t.error, "hook passed over");
             }
         }
         let mut output = Output::open(write_output.then_some(cfg.agent.output.as_str()))
@@ -226,10 +255,20 @@ impl Agent {
             output.subscribe(tx);
         }
         let capabilities = sensor.capabilities.clone();
+        let handler = Handler::new(cfg);
+        let intel = Intel::new(
+            cfg,
+            Some(Persist {
+                state_dir: cfg.agent.state_dir.clone(),
+            }),
+            handler.clock.now(),
+        )
+        .context("cannot start the detectors")?;
         let mut core = Core {
             sensor,
-            handler: Handler::new(cfg),
+            handler,
             output,
+            intel,
         };
         let startup = Event::Startup {
             time: core.handler.clock.now(),
@@ -237,9 +276,9 @@ impl Agent {
             kernel: kernel_release(),
             capabilities: capabilities.clone(),
         };
-        core.output.emit(startup);
+        core.emit(startup);
         for ev in seed(&mut core, &exes) {
-            core.output.emit(ev);
+            core.emit(ev);
         }
         core.output.flush();
 
@@ -324,6 +363,7 @@ fn event_loop(
     stop: Arc<AtomicBool>,
     interval: Duration,
 ) {
+    let started = Instant::now();
     let mut last_snapshot = Instant::now();
     let mut last_reap = Instant::now();
     let fd = ring.as_raw_fd();
@@ -340,7 +380,7 @@ fn event_loop(
             match r {
                 Ok(ev) => {
                     if let Some(out) = c.handler.handle(ev, &mut c.sensor) {
-                        c.output.emit(out);
+                        c.emit(out);
                     }
                 }
                 Err(e) => tracing::debug!(error = %e, "dropped a ring buffer record"),
@@ -352,8 +392,15 @@ fn event_loop(
         }
         if stopping || (!interval.is_zero() && last_snapshot.elapsed() >= interval) {
             let snap = c.handler.snapshot(&mut c.sensor, c.output.write_errors);
-            c.output.emit(snap);
+            c.emit(snap);
             last_snapshot = Instant::now();
+        }
+        if stopping {
+            for e in c.intel.stop() {
+                c.output.emit(e);
+            }
+        } else {
+            c.tick(started);
         }
         c.output.flush();
         if stopping {

@@ -15,10 +15,11 @@ use aya::{
     Btf, Ebpf,
 };
 use clinicwatch_common::names::prog;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 /// What an option's programs fire on, besides the watched application.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
     /// Only the kernel paths the capability is about (process lifecycle, file opens, sockets).
@@ -205,17 +206,17 @@ pub const CAPABILITIES: &[Capability] = &[
     },
 ];
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TriedHook {
     pub hook: String,
     pub error: String,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CapabilityReport {
-    pub capability: &'static str,
+    pub capability: Cow<'static, str>,
     /// The option that serves it, or `None` when none could.
-    pub hook: Option<&'static str>,
+    pub hook: Option<Cow<'static, str>>,
     pub scope: Option<Scope>,
     /// Better options that were passed over, and why.
     pub passed_over: Vec<TriedHook>,
@@ -257,7 +258,7 @@ pub fn render_reports(reports: &[CapabilityReport]) -> String {
         out.push_str(&format!(
             "{:<12} {:<40} {}\n",
             r.capability,
-            r.hook.unwrap_or("-"),
+            r.hook.as_deref().unwrap_or("-"),
             r.scope.map_or("-", Scope::as_str)
         ));
         for t in &r.passed_over {
@@ -373,7 +374,7 @@ impl<'a> Attacher<'a> {
         let mut reports = Vec::new();
         for cap in CAPABILITIES {
             let mut report = CapabilityReport {
-                capability: cap.name,
+                capability: cap.name.into(),
                 hook: None,
                 scope: None,
                 passed_over: Vec::new(),
@@ -392,7 +393,7 @@ impl<'a> Attacher<'a> {
                 match self.attach_option(option, &mut attached, &mut missing) {
                     Ok(()) => {
                         links.append(&mut attached);
-                        report.hook = Some(option.name);
+                        report.hook = Some(option.name.into());
                         report.scope = Some(option.scope);
                         report.missing_tracepoints = missing;
                         break;
@@ -600,8 +601,8 @@ mod tests {
     fn rendered_table_has_one_parsable_line_per_capability() {
         let reports = vec![
             CapabilityReport {
-                capability: "file_open",
-                hook: Some("tracepoint:syscalls:sys_exit_open*"),
+                capability: "file_open".into(),
+                hook: Some("tracepoint:syscalls:sys_exit_open*".into()),
                 scope: Some(Scope::EverySyscall),
                 passed_over: vec![TriedHook {
                     hook: "lsm:file_open".into(),
@@ -610,7 +611,7 @@ mod tests {
                 missing_tracepoints: vec!["syscalls:sys_exit_openat2".into()],
             },
             CapabilityReport {
-                capability: "net_bytes",
+                capability: "net_bytes".into(),
                 hook: None,
                 scope: None,
                 passed_over: vec![],

@@ -7,11 +7,32 @@
 //! snapshot_interval_secs = 10   # how often counters are written (0 disables snapshots)
 //! cgroup_root = "auto"          # cgroup v2 mount for the socket hooks, or a path
 //! disabled_hooks = []           # hook options never to try, e.g. ["lsm:file_open"]
+//! state_dir = "/var/lib/clinicwatch"  # baselines, the findings log, a generated key
+//!
+//! [intel]
+//! window_secs = 60              # aggregation window
+//! learning_days = 7.0           # learning period of a new baseline
+//! slow_learning_every = 10      # after it, one quiet window in N is folded in
+//! rules_file = ""               # site rules (TOML) merged over the built-in ones by `id`
+//! vendor_allow = []             # the PM vendor's IPs, CIDRs (`203.0.113.0/24`) or names
+//! practice_hours = ["mon-fri 07:00-20:00", "sat 08:00-13:00"]   # local time
+//! utc_offset_minutes = "auto"   # local time zone offset, or minutes east of UTC
+//! finding_cooldown_secs = 3600  # the same finding about the same thing, at most this often
+//! follow_protected_readers = true  # watch a process that opened a protected file
+//!
+//! [privacy]
+//! key_file = ""                 # per-clinic HMAC key (hex); empty: one made per host
+//! keep_argv = false             # emit arguments beyond the executable
 //!
 //! [[app]]                       # one or more watched applications
 //! name = "pm-client"
 //! exe = "/opt/pm/bin/client"    # matched by device and inode, not by name
 //! cmdline = "--profile clinic"  # optional regex the command line must match
+//! data = ["/var/lib/pm/**"]     # its patient data: file class `pm_data`
+//!
+//! [[class]]                     # extra file-class rules, tried before the built-in ones
+//! class = "documents"           # pm_data, browser_secrets, system_credentials, ssh_keys,
+//! path = "/srv/scans/**"        # documents, removable_media, other
 //!
 //! [[protected]]                 # files or directories no outside process should open
 //! name = "firefox-cookies"
@@ -45,6 +66,91 @@ pub struct Config {
     pub apps: Vec<AppConfig>,
     #[serde(default)]
     pub protected: Vec<ProtectedConfig>,
+    #[serde(default)]
+    pub intel: IntelConfig,
+    #[serde(default)]
+    pub privacy: PrivacyConfig,
+    #[serde(default, rename = "class")]
+    pub classes: Vec<ClassRuleConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IntelConfig {
+    /// Aggregation window in seconds. Default 60.
+    pub window_secs: u64,
+    /// Learning period of a new baseline, in days (fractions allowed). Default 7.
+    pub learning_days: f64,
+    /// After the learning period, one window in N without findings is folded in. Default 10.
+    pub slow_learning_every: u64,
+    /// Site rule file merged over the built-in rules by `id`. Default none.
+    pub rules_file: String,
+    /// The PM vendor's destinations: IPs, CIDRs or names. Default none.
+    pub vendor_allow: Vec<String>,
+    /// Practice hours in local time, e.g. `mon-fri 07:00-20:00`. Default Mon-Fri 7-20, Sat 8-13.
+    pub practice_hours: Vec<String>,
+    /// `auto` (the host's zone) or minutes east of UTC. Default `auto`.
+    pub utc_offset_minutes: UtcOffset,
+    /// The same finding about the same subject is raised at most this often. Default 3600.
+    pub finding_cooldown_secs: u64,
+    /// Watch (and follow) a process outside the apps that opened a protected file. Default true.
+    pub follow_protected_readers: bool,
+}
+
+impl Default for IntelConfig {
+    fn default() -> Self {
+        Self {
+            window_secs: 60,
+            learning_days: 7.0,
+            slow_learning_every: 10,
+            rules_file: String::new(),
+            vendor_allow: Vec::new(),
+            practice_hours: vec!["mon-fri 07:00-20:00".into(), "sat 08:00-13:00".into()],
+            utc_offset_minutes: UtcOffset::Auto,
+            finding_cooldown_secs: 3600,
+            follow_protected_readers: true,
+        }
+    }
+}
+
+/// `"auto"` or a number of minutes east of UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum UtcOffset {
+    Minutes(i32),
+    #[serde(with = "auto")]
+    Auto,
+}
+
+mod auto {
+    use serde::{de::Error, Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "auto" => Ok(()),
+            other => Err(D::Error::custom(format!(
+                "expected \"auto\" or minutes east of UTC, got `{other}`"
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrivacyConfig {
+    /// File holding the per-clinic HMAC key as hex (at least 32 bytes). Empty: a random key is
+    /// made once per host in `agent.state_dir` (hashes then differ between hosts).
+    pub key_file: String,
+    /// Emit the arguments of executed programs beyond the executable. Default false.
+    pub keep_argv: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClassRuleConfig {
+    pub class: String,
+    /// An absolute glob (`**` crosses folders).
+    pub path: String,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -58,6 +164,8 @@ pub struct AgentConfig {
     pub cgroup_root: String,
     /// Hook options never to try (names as printed in the start-up report). Default none.
     pub disabled_hooks: Vec<String>,
+    /// Baselines, the findings log and a generated key. Default `/var/lib/clinicwatch`.
+    pub state_dir: PathBuf,
 }
 
 impl Default for AgentConfig {
@@ -67,6 +175,7 @@ impl Default for AgentConfig {
             snapshot_interval_secs: 10,
             cgroup_root: "auto".into(),
             disabled_hooks: Vec::new(),
+            state_dir: PathBuf::from("/var/lib/clinicwatch"),
         }
     }
 }
@@ -79,6 +188,9 @@ pub struct AppConfig {
     /// Optional regex over the command line (arguments joined by spaces).
     #[serde(default)]
     pub cmdline: Option<String>,
+    /// Globs of the application's patient data (file class `pm_data`). Default none.
+    #[serde(default)]
+    pub data: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -161,6 +273,67 @@ impl Config {
                 });
             }
         }
+        let glob_ok = |key: String, g: &str| -> Result<(), ConfigError> {
+            if !g.starts_with('/') {
+                return bad(key, "must be an absolute path or glob");
+            }
+            glob::Pattern::new(g)
+                .map(|_| ())
+                .map_err(|e| ConfigError::Invalid {
+                    key,
+                    why: format!("not a valid glob: {e}"),
+                })
+        };
+        for (i, app) in self.apps.iter().enumerate() {
+            for (j, g) in app.data.iter().enumerate() {
+                glob_ok(format!("app[{i}].data[{j}]"), g)?;
+            }
+        }
+        for (i, c) in self.classes.iter().enumerate() {
+            if crate::intel::classes::FileClass::parse(&c.class).is_none() {
+                return bad(
+                    format!("class[{i}].class"),
+                    &format!(
+                        "unknown class `{}`; known: {}",
+                        c.class,
+                        crate::intel::classes::FileClass::ALL
+                            .iter()
+                            .map(|c| c.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+            }
+            glob_ok(format!("class[{i}].path"), &c.path)?;
+        }
+        let intel = &self.intel;
+        if intel.window_secs == 0 || intel.window_secs > 86_400 {
+            return bad("intel.window_secs".into(), "must be between 1 and 86400");
+        }
+        if !(intel.learning_days.is_finite() && intel.learning_days >= 0.0) {
+            return bad(
+                "intel.learning_days".into(),
+                "must be a number of days >= 0",
+            );
+        }
+        if intel.slow_learning_every == 0 {
+            return bad("intel.slow_learning_every".into(), "must be at least 1");
+        }
+        for (i, v) in intel.vendor_allow.iter().enumerate() {
+            if let Err(why) = crate::intel::dest::Allow::parse(v) {
+                return bad(format!("intel.vendor_allow[{i}]"), &why);
+            }
+        }
+        for (i, h) in intel.practice_hours.iter().enumerate() {
+            if let Err(why) = crate::intel::hours::Span::parse(h) {
+                return bad(format!("intel.practice_hours[{i}]"), &why);
+            }
+        }
+        if let UtcOffset::Minutes(m) = intel.utc_offset_minutes {
+            if m.abs() > 14 * 60 {
+                return bad("intel.utc_offset_minutes".into(), "must be within ±840");
+            }
+        }
         for (i, p) in self.protected.iter().enumerate() {
             if p.name.trim().is_empty() {
                 return bad(format!("protected[{i}].name"), "must not be empty");
@@ -190,6 +363,8 @@ mod tests {
     fn minimal_config_gets_defaults() {
         let cfg = Config::from_toml("[[app]]\nname = \"pm\"\nexe = \"/usr/bin/pm\"\n").unwrap();
         assert_eq!(cfg.agent, AgentConfig::default());
+        assert_eq!(cfg.intel, IntelConfig::default());
+        assert_eq!(cfg.intel.utc_offset_minutes, UtcOffset::Auto);
         assert_eq!(cfg.apps[0].name, "pm");
     }
 
@@ -215,5 +390,32 @@ mod tests {
             e.contains("agent.disabled_hooks[0]") && e.contains("lsm:file_open"),
             "{e}"
         );
+        let app = "[[app]]\nname = \"pm\"\nexe = \"/x\"\n";
+        for (extra, key) in [
+            ("[intel]\nwindow_secs = 0\n", "intel.window_secs"),
+            (
+                "[intel]\nvendor_allow = [\"10.0.0.0/33\"]\n",
+                "intel.vendor_allow[0]",
+            ),
+            (
+                "[intel]\npractice_hours = [\"mon-fri 9-5\"]\n",
+                "intel.practice_hours[0]",
+            ),
+            ("[intel]\nutc_offset_minutes = \"paris\"\n", "paris"),
+            (
+                "[[class]]\nclass = \"patients\"\npath = \"/x/**\"\n",
+                "class[0].class",
+            ),
+        ] {
+            let e = err(&format!("{extra}{app}"));
+            assert!(e.contains(key), "{extra}: {e}");
+        }
+        let e = err("[[app]]\nname = \"pm\"\nexe = \"/x\"\ndata = [\"rel/**\"]\n");
+        assert!(e.contains("app[0].data[0]"), "{e}");
+        let ok = Config::from_toml(&format!(
+            "[intel]\nutc_offset_minutes = 60\nvendor_allow = [\"203.0.113.0/24\", \"api.vendor.example\"]\n{app}"
+        ))
+        .unwrap();
+        assert_eq!(ok.intel.utc_offset_minutes, UtcOffset::Minutes(60));
     }
 }

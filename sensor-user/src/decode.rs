@@ -41,7 +41,7 @@ pub enum DecodeError {
 }
 
 /// Counts of records dropped by the decoder, by reason.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DecodeStats {
     pub decoded: u64,
     pub truncated: u64,

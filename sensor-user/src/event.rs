@@ -2,12 +2,14 @@
 
 use std::net::IpAddr;
 
-use serde::Serialize;
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
 
 use crate::{capabilities::CapabilityReport, decode::DecodeStats};
 
 /// A process of a watched tree, as seen in an ancestry chain.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Ancestor {
     pub pid: u32,
     /// Executable path (or the command name where only that is known).
@@ -15,7 +17,7 @@ pub struct Ancestor {
 }
 
 /// A file as first seen by a watched process.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FileRef {
     pub path: String,
     /// Open flags (`O_*`).
@@ -25,7 +27,7 @@ pub struct FileRef {
     pub ino: u64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FileCounters {
     pub path: String,
     pub dev: String,
@@ -36,7 +38,7 @@ pub struct FileCounters {
     pub mmaps: u64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FlowCounters {
     /// The kernel's socket cookie: names the flow across events.
     pub flow: u64,
@@ -49,7 +51,7 @@ pub struct FlowCounters {
     pub packets_recv: u64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ProcessCounters {
     pub pid: u32,
     pub app: String,
@@ -58,16 +60,16 @@ pub struct ProcessCounters {
     pub flows: Vec<FlowCounters>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct HookHealth {
-    pub hook: &'static str,
+    pub hook: Cow<'static, str>,
     pub events: u64,
     pub ringbuf_drops: u64,
     pub read_errors: u64,
     pub map_full: u64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Health {
     pub hooks: Vec<HookHealth>,
     pub ringbuf_drops: u64,
@@ -83,7 +85,7 @@ pub struct Health {
     pub watched_processes: usize,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     /// Once at start: which hook serves each capability.
@@ -189,6 +191,10 @@ pub enum Event {
         processes: Vec<ProcessCounters>,
         health: Health,
     },
+    /// One app's aggregation window (counts by file class, destinations, children).
+    Summary(crate::intel::window::WindowSummary),
+    /// Something a rule found.
+    Finding(crate::intel::finding::Finding),
 }
 
 impl Event {
@@ -203,7 +209,10 @@ impl Event {
             | Event::ProtectedOpen { pid, .. }
             | Event::NetConnect { pid, .. }
             | Event::NetClose { pid, .. } => Some(*pid),
-            Event::Startup { .. } | Event::Snapshot { .. } => None,
+            Event::Startup { .. }
+            | Event::Snapshot { .. }
+            | Event::Summary(_)
+            | Event::Finding(_) => None,
         }
     }
 }

@@ -144,7 +144,12 @@ pub struct Handler {
     /// Instances of a watched executable whose command line did not match (and their
     /// children): unwatched in the kernel, and records already in flight are dropped.
     rejected: std::collections::HashSet<u32>,
+    /// Watch a process outside the apps once it opens a protected file.
+    follow_readers: bool,
 }
+
+/// The application index of processes followed because they opened a protected file.
+pub const READER_APP: u32 = u32::MAX;
 
 impl Handler {
     pub fn new(cfg: &Config) -> Self {
@@ -166,10 +171,14 @@ impl Handler {
             protected: cfg.protected.iter().map(|p| p.name.clone()).collect(),
             open_flows: BTreeMap::new(),
             rejected: Default::default(),
+            follow_readers: cfg.intel.follow_protected_readers,
         }
     }
 
     pub fn app_name(&self, app: u32) -> String {
+        if app == READER_APP {
+            return crate::intel::PROTECTED_READER_APP.into();
+        }
         self.apps
             .get(app as usize)
             .cloned()
@@ -366,13 +375,33 @@ impl Handler {
                         Ancestor { pid: a.pid, exe }
                     })
                     .collect();
+                let exe = path_string(&e.exe);
+                if self.follow_readers && self.table.get(e.hdr.tgid).is_none() {
+                    // From now on its connects, reads and children are seen (as the app
+                    // `protected-reader`): the infostealer rule needs the connect.
+                    let w = WatchedProc {
+                        app: READER_APP,
+                        root_tgid: e.hdr.tgid,
+                        depth: 0,
+                        _pad: 0,
+                    };
+                    match sensor.watch(e.hdr.tgid, w) {
+                        Ok(()) => self.table.insert(
+                            e.hdr.tgid,
+                            ProcInfo::new(e.ppid, READER_APP, e.hdr.tgid, exe.clone()),
+                        ),
+                        Err(err) => {
+                            tracing::debug!(error = %err, "cannot follow a protected reader")
+                        }
+                    }
+                }
                 Some(Event::ProtectedOpen {
                     time: self.clock.unix(e.hdr.time_ns),
                     pid: e.hdr.tgid,
                     ppid: e.ppid,
                     uid: e.uid,
                     comm: comm_string(&e.comm),
-                    exe: path_string(&e.exe),
+                    exe,
                     path: path_string(&e.path),
                     rule: self
                         .protected
@@ -504,7 +533,7 @@ impl Handler {
             .iter()
             .zip(hook::NAMES)
             .map(|(c, name)| HookHealth {
-                hook: name,
+                hook: name.into(),
                 events: c.events,
                 ringbuf_drops: c.ringbuf_drops,
                 read_errors: c.read_errors,

@@ -11,9 +11,11 @@ pub mod config;
 pub mod decode;
 pub mod event;
 pub mod handler;
+pub mod intel;
 pub mod output;
 pub mod procfs;
 pub mod proctable;
+pub mod report;
 pub mod sensor;
 
 pub use agent::Agent;

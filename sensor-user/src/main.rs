@@ -1,6 +1,7 @@
 //! `clinicwatch-agent`: runs the agent until Ctrl-C or SIGTERM.
 //! `clinicwatch-agent check`: loads and attaches every probe, prints which hook serves each
 //! capability on this kernel, detaches and exits.
+//! `clinicwatch-agent baseline show|import`, `findings --since`, `replay FILE`: offline.
 
 use std::{
     path::PathBuf,
@@ -10,7 +11,7 @@ use std::{
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use clinicwatch_agent::{agent::default_config_path, Agent, Config};
+use clinicwatch_agent::{agent::default_config_path, report, Agent, Config};
 use tracing_subscriber::EnvFilter;
 
 /// eBPF sensor for practice-management applications.
@@ -36,6 +37,44 @@ enum Cmd {
     /// (and why better ones were passed over), then detach and exit. Without `--config`
     /// and with no file at the default path, watches only the agent's own executable.
     Check,
+    /// What the agent has learned is normal, per application.
+    Baseline {
+        #[command(subcommand)]
+        cmd: BaselineCmd,
+    },
+    /// Findings from the findings log (`agent.state_dir/findings.jsonl`).
+    Findings {
+        /// `30m`, `24h`, `7d`, `2026-11-29`, `2026-11-29T08:00` (UTC) or unix seconds.
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replay a recorded event file (JSON lines, `-` for stdin) through fresh detectors and
+    /// print their findings; touches no state and needs no root. For tuning rules.
+    Replay {
+        file: PathBuf,
+        /// Print the window summaries too.
+        #[arg(long)]
+        summaries: bool,
+        /// Override `intel.learning_days` for this replay.
+        #[arg(long)]
+        learning_days: Option<f64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BaselineCmd {
+    /// Print each application's baseline (or one: `--app NAME`).
+    Show {
+        #[arg(long)]
+        app: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start an application's baseline from one shipped by the collector.
+    Import { file: PathBuf },
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -55,12 +94,74 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    if let Some(Cmd::Check) = cli.cmd {
-        return check(cli.config);
-    }
     let path = cli
         .config
+        .clone()
         .unwrap_or_else(|| default_config_path().to_path_buf());
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    };
+    match cli.cmd {
+        Some(Cmd::Check) => return check(cli.config),
+        Some(Cmd::Baseline { cmd }) => {
+            let cfg = Config::from_file(&path)?;
+            return match cmd {
+                BaselineCmd::Show { app, json } => {
+                    report::show_baselines(&cfg, app.as_deref(), json, now())
+                }
+                BaselineCmd::Import { file } => report::import_baseline(&cfg, &file),
+            };
+        }
+        Some(Cmd::Findings { since, json }) => {
+            let cfg = Config::from_file(&path)?;
+            let since = report::parse_since(&since, now())?;
+            let log = cfg.agent.state_dir.join("findings.jsonl");
+            let (found, bad) = report::read_findings(&log, since)?;
+            for f in &found {
+                if json {
+                    println!("{}", serde_json::to_string(f)?);
+                } else {
+                    println!("{}", report::finding_line(f));
+                }
+            }
+            if bad > 0 {
+                eprintln!("{bad} malformed line(s) in `{}` skipped", log.display());
+            }
+            eprintln!("{} finding(s) since {}", found.len(), report::utc(since));
+            return Ok(());
+        }
+        Some(Cmd::Replay {
+            file,
+            summaries,
+            learning_days,
+        }) => {
+            let mut cfg = Config::from_file(&path)?;
+            if let Some(d) = learning_days {
+                cfg.intel.learning_days = d;
+                cfg.validate()?;
+            }
+            let input: Box<dyn std::io::BufRead> = if file.as_os_str() == "-" {
+                Box::new(std::io::stdin().lock())
+            } else {
+                Box::new(std::io::BufReader::new(
+                    std::fs::File::open(&file)
+                        .with_context(|| format!("cannot open `{}`", file.display()))?,
+                ))
+            };
+            let r = report::replay(&cfg, input, std::io::stdout().lock(), summaries)?;
+            eprintln!(
+                "replayed {} events ({} malformed lines skipped): {} windows, {} findings",
+                r.events,
+                r.malformed,
+                r.windows,
+                r.findings.len()
+            );
+            return Ok(());
+        }
+        None => {}
+    }
     let mut cfg = Config::from_file(&path)?;
     if let Some(o) = cli.output {
         cfg.agent.output = o;

@@ -35,6 +35,24 @@ impl Output {
         self.subscribers.push(tx);
     }
 
+    /// Subscribers get `ev` as it is; the writer gets `edge(ev)` (the privacy filter).
+    pub fn emit_filtered(&mut self, ev: Event, edge: impl FnOnce(Event) -> Event) {
+        self.subscribers.retain(|tx| tx.send(ev.clone()).is_ok());
+        if self.writer.is_some() {
+            let filtered = edge(ev);
+            self.write(&filtered);
+        }
+    }
+
+    fn write(&mut self, ev: &Event) {
+        if let Some(w) = self.writer.as_mut() {
+            let ok = serde_json::to_writer(&mut *w, ev).is_ok() && w.write_all(b"\n").is_ok();
+            if !ok {
+                self.write_errors += 1;
+            }
+        }
+    }
+
     pub fn emit(&mut self, ev: Event) {
         if let Some(w) = self.writer.as_mut() {
             let ok = serde_json::to_writer(&mut *w, &ev).is_ok() && w.write_all(b"\n").is_ok();

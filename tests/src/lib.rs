@@ -58,10 +58,16 @@ impl Fixture {
         p
     }
 
+    /// The agent's state folder (baselines, findings log, key) for this test.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
     /// A config watching `app`, with the given extra TOML appended.
     pub fn config(&self, extra: &str) -> Config {
         let text = format!(
-            "[agent]\nsnapshot_interval_secs = 0\n[[app]]\nname = \"pm-client\"\nexe = \"{}\"\n{extra}",
+            "[agent]\nsnapshot_interval_secs = 0\nstate_dir = \"{}\"\n[[app]]\nname = \"pm-client\"\nexe = \"{}\"\n{extra}",
+            self.state_dir().display(),
             self.app.display()
         );
         Config::from_toml(&text).expect("valid test config")

@@ -624,7 +624,8 @@ fn executable_and_protected_file_on_a_btrfs_subvolume_are_matched() {
     assert_ne!(stat_dev, mount_dev, "a subvolume has its own stat device");
 
     let cfg = clinicwatch_agent::Config::from_toml(&format!(
-        "[agent]\nsnapshot_interval_secs = 0\n[[app]]\nname = \"pm\"\nexe = \"{}\"\n[[protected]]\nname = \"cookies\"\npath = \"{}\"\n",
+        "[agent]\nsnapshot_interval_secs = 0\nstate_dir = \"{}\"\n[[app]]\nname = \"pm\"\nexe = \"{}\"\n[[protected]]\nname = \"cookies\"\npath = \"{}\"\n",
+        fx.state_dir().display(),
         app.display(),
         cookies.display()
     ))

@@ -1,0 +1,585 @@
+//! The agent's judgement: events → per-app windows ([`window`]) → findings against learned
+//! baselines ([`baseline`], [`detect`]) under data rules ([`rules`]); and the privacy edge
+//! ([`privacy`]) every emitted event passes through.
+//!
+//! [`Intel`] is a pure consumer of the agent's events, so a recorded event file replays
+//! through it (`clinicwatch-agent replay`) exactly as the live agent saw it.
+
+pub mod baseline;
+pub mod classes;
+pub mod dest;
+pub mod detect;
+pub mod finding;
+pub mod hist;
+pub mod hours;
+pub mod privacy;
+pub mod rules;
+pub mod window;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    io::Write as _,
+    path::PathBuf,
+};
+
+use anyhow::Context as _;
+
+use crate::{config::Config, event::Event};
+use baseline::Baseline;
+use finding::Finding;
+use rules::{RuleKind, Rules};
+
+/// The app name given to processes followed because they opened a protected file.
+pub const PROTECTED_READER_APP: &str = "protected-reader";
+
+/// Where the engine keeps its state; `None` (replay) keeps everything in memory.
+pub struct Persist {
+    pub state_dir: PathBuf,
+}
+
+pub struct Intel {
+    rules: Rules,
+    allow: dest::AllowList,
+    windows: window::Windows,
+    baselines: BTreeMap<String, Baseline>,
+    slow_every: u64,
+    cooldown: f64,
+    persist: Option<Persist>,
+    pub privacy: privacy::Privacy,
+    last_fired: HashMap<(String, String, String), f64>,
+    quiet: BTreeMap<String, u64>,
+    /// Processes that opened a protected file (and their children): pid → (time, exe, rule).
+    readers: HashMap<u32, (f64, String, String)>,
+    drops_seen: Option<u64>,
+    startups: u64,
+    clock: Option<(f64, f64)>,
+    unsaved: u64,
+}
+
+fn drops(h: &crate::event::Health) -> u64 {
+    h.ringbuf_drops
+        + h.decode.truncated
+        + h.decode.bad_size
+        + h.decode.unknown_kind
+        + h.exits_missed
+        + h.file_counters_evicted
+}
+
+impl Intel {
+    /// Loads the rules, the privacy key and (when persisting) each app's baseline. A
+    /// baseline that cannot be read is moved aside (`.corrupt`) and learning starts again.
+    pub fn new(cfg: &Config, persist: Option<Persist>, now: f64) -> anyhow::Result<Intel> {
+        let rules = Rules::load(&cfg.intel.rules_file)?;
+        let state_dir = persist
+            .as_ref()
+            .map(|p| p.state_dir.clone())
+            .unwrap_or_else(|| cfg.agent.state_dir.clone());
+        let privacy = if persist.is_some() || !cfg.privacy.key_file.is_empty() {
+            privacy::Privacy::load(&cfg.privacy.key_file, &state_dir, cfg.privacy.keep_argv)?
+        } else {
+            // Replay without a key: a random one for this run only.
+            let mut key = vec![0u8; 32];
+            // SAFETY: writes at most key.len() bytes.
+            unsafe { libc::getrandom(key.as_mut_ptr().cast(), key.len(), 0) };
+            privacy::Privacy::new(key, cfg.privacy.keep_argv)
+        };
+        let apps: Vec<String> = cfg.apps.iter().map(|a| a.name.clone()).collect();
+        let classifier = classes::Classifier::new(
+            &cfg.apps
+                .iter()
+                .map(|a| (a.name.clone(), a.data.clone()))
+                .collect::<Vec<_>>(),
+            &cfg.classes
+                .iter()
+                .filter_map(|c| classes::FileClass::parse(&c.class).map(|k| (k, c.path.clone())))
+                .collect::<Vec<_>>(),
+        );
+        let hours =
+            hours::PracticeHours::new(&cfg.intel.practice_hours, cfg.intel.utc_offset_minutes);
+        let mut baselines = BTreeMap::new();
+        for app in &apps {
+            let b = match &persist {
+                Some(p) => load_or_start(
+                    &baseline::path_for(&p.state_dir, app),
+                    app,
+                    now,
+                    cfg.intel.learning_days,
+                ),
+                None => Baseline::new(app, now, cfg.intel.learning_days),
+            };
+            baselines.insert(app.clone(), b);
+        }
+        Ok(Intel {
+            rules,
+            allow: dest::AllowList::new(&cfg.intel.vendor_allow),
+            windows: window::Windows::new(cfg.intel.window_secs, apps, classifier, hours),
+            baselines,
+            slow_every: cfg.intel.slow_learning_every,
+            cooldown: cfg.intel.finding_cooldown_secs as f64,
+            persist,
+            privacy,
+            last_fired: HashMap::new(),
+            quiet: BTreeMap::new(),
+            readers: HashMap::new(),
+            drops_seen: None,
+            startups: 0,
+            clock: None,
+            unsaved: 0,
+        })
+    }
+
+    pub fn baselines(&self) -> &BTreeMap<String, Baseline> {
+        &self.baselines
+    }
+
+    /// Starts an app's baseline from a shipped one (`source = imported`).
+    pub fn import_baseline(&mut self, mut b: Baseline) {
+        b.source = "imported".into();
+        self.baselines.insert(b.app.clone(), b);
+    }
+
+    fn rule(&self, pick: impl Fn(&RuleKind) -> bool) -> Option<&rules::Rule> {
+        self.rules.enabled().find(|r| pick(&r.kind))
+    }
+
+    /// Drops a finding raised about the same subject within the cooldown.
+    fn fresh(&mut self, f: &Finding) -> bool {
+        let key = (f.rule.clone(), f.app.clone(), f.subject.clone());
+        match self.last_fired.get(&key) {
+            Some(t) if f.time - t < self.cooldown => false,
+            _ => {
+                self.last_fired.insert(key, f.time);
+                true
+            }
+        }
+    }
+
+    fn emit_findings(&mut self, found: Vec<Finding>, out: &mut Vec<Event>) {
+        for f in found {
+            if self.fresh(&f) {
+                self.log_finding(&f);
+                out.push(Event::Finding(f));
+            }
+        }
+    }
+
+    fn log_finding(&self, f: &Finding) {
+        let Some(p) = &self.persist else { return };
+        let path = p.state_dir.join("findings.jsonl");
+        let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all(&p.state_dir)?;
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)?;
+            let mut line = serde_json::to_vec(f).map_err(std::io::Error::other)?;
+            line.push(b'\n');
+            file.write_all(&line)
+        };
+        if let Err(e) = write() {
+            tracing::warn!(path = %path.display(), error = %e, "cannot append to the findings log");
+        }
+    }
+
+    fn closed(&mut self, summaries: Vec<window::WindowSummary>, out: &mut Vec<Event>) {
+        for w in summaries {
+            let Some(b) = self.baselines.get(&w.app) else {
+                continue;
+            };
+            let found = detect::window_findings(
+                &detect::Ctx {
+                    rules: &self.rules,
+                    baseline: b,
+                    allow: &self.allow,
+                },
+                &w,
+            );
+            let b = self.baselines.get_mut(&w.app).expect("checked above");
+            if b.learning(w.start) {
+                b.fold(&w);
+            } else {
+                // New destinations and children are reported once, then known.
+                b.remember(&w);
+                if found.is_empty() {
+                    let q = self.quiet.entry(w.app.clone()).or_default();
+                    *q += 1;
+                    if *q % self.slow_every == 0 {
+                        b.fold(&w);
+                    }
+                }
+            }
+            self.unsaved += 1;
+            out.push(Event::Summary(w));
+            self.emit_findings(found, out);
+        }
+        if self.unsaved >= 10 {
+            self.save();
+        }
+    }
+
+    /// Writes every baseline (atomically); errors are logged, learning goes on in memory.
+    pub fn save(&mut self) {
+        self.unsaved = 0;
+        let Some(p) = &self.persist else { return };
+        for (app, b) in &self.baselines {
+            if let Err(e) = b.save(&baseline::path_for(&p.state_dir, app)) {
+                tracing::warn!(app, error = %format!("{e:#}"), "cannot save the baseline");
+            }
+        }
+    }
+
+    /// Folds an event in; returns the summaries and findings it produced.
+    pub fn observe(&mut self, ev: &Event) -> Vec<Event> {
+        let mut out = Vec::new();
+        let closed = self.windows.push(ev);
+        self.closed(closed, &mut out);
+        let mut found = Vec::new();
+        match ev {
+            Event::Startup {
+                time, capabilities, ..
+            } => {
+                self.startups += 1;
+                if let Some(r) = self.rule(|k| matches!(k, RuleKind::AgentRestart {})) {
+                    let previous =
+                        self.startups > 1 || self.baselines.values().any(|b| b.windows > 0);
+                    if previous {
+                        found.push(
+                            Finding::new(&r.id, r.severity, "-", *time, "agent")
+                                .summary(
+                                    "the agent restarted: activity while it was down was not seen",
+                                )
+                                .with("startups_in_this_run", self.startups),
+                        );
+                    }
+                }
+                if let Some(r) = self.rule(|k| matches!(k, RuleKind::SensorHooks {})) {
+                    let missing: Vec<String> = capabilities
+                        .iter()
+                        .filter(|c| c.hook.is_none())
+                        .map(|c| c.capability.to_string())
+                        .collect();
+                    if !missing.is_empty() {
+                        found.push(
+                            Finding::new(&r.id, r.severity, "-", *time, "hooks")
+                                .summary(format!("no hook serves: {}", missing.join(", ")))
+                                .with("capabilities_missing", missing),
+                        );
+                    }
+                }
+            }
+            Event::Snapshot { time, health, .. } => {
+                let total = drops(health);
+                let before = self.drops_seen.replace(total);
+                if let (Some(before), Some(r)) = (
+                    before,
+                    self.rule(|k| matches!(k, RuleKind::SensorDrops { .. })),
+                ) {
+                    let RuleKind::SensorDrops { min_drops } = r.kind else {
+                        unreachable!()
+                    };
+                    let new = total.saturating_sub(before);
+                    if new >= min_drops {
+                        found.push(
+                            Finding::new(&r.id, r.severity, "-", *time, "drops")
+                                .summary(format!(
+                                    "the sensor lost {new} record(s) since the last snapshot"
+                                ))
+                                .with("records_lost", new)
+                                .with("ringbuf_drops_total", health.ringbuf_drops)
+                                .with("exits_missed_total", health.exits_missed)
+                                .with("file_counters_evicted_total", health.file_counters_evicted),
+                        );
+                    }
+                }
+            }
+            Event::ProtectedOpen {
+                time,
+                pid,
+                exe,
+                rule: prule,
+                uid,
+                ..
+            } => {
+                self.readers
+                    .insert(*pid, (*time, exe.clone(), prule.clone()));
+                if let Some(r) = self.rule(|k| matches!(k, RuleKind::ProtectedRead {})) {
+                    found.push(
+                        Finding::new(&r.id, r.severity, "-", *time, &format!("{exe} {prule}"))
+                            .summary(format!(
+                                "{exe} (outside the watched apps) opened protected `{prule}`"
+                            ))
+                            .with("exe", exe.clone())
+                            .with("pid", *pid)
+                            .with("uid", *uid)
+                            .with("protected", prule.clone()),
+                    );
+                }
+            }
+            Event::Fork {
+                pid, ppid, time, ..
+            } => {
+                // A child of a protected reader inherits its read (and its clock).
+                let _ = time;
+                if let Some(parent) = self.readers.get(ppid).cloned() {
+                    self.readers.insert(*pid, parent);
+                }
+            }
+            Event::NetConnect {
+                time,
+                pid,
+                dst,
+                port,
+                protocol,
+                ..
+            } => {
+                if let (Some((t, exe, prule)), Some(r)) = (
+                    self.readers.get(pid).cloned(),
+                    self.rule(|k| matches!(k, RuleKind::ProtectedReadThenConnect { .. })),
+                ) {
+                    let RuleKind::ProtectedReadThenConnect { within_secs } = r.kind else {
+                        unreachable!()
+                    };
+                    if *time - t <= within_secs {
+                        let d = dest::dest_key(*dst, *port, protocol);
+                        found.push(
+                            Finding::new(&r.id, r.severity, "-", *time, &format!("{exe} {d}"))
+                                .summary(format!(
+                                    "{exe} opened protected `{prule}` and connected to {d} {:.0} s later",
+                                    *time - t
+                                ))
+                                .with("exe", exe.clone())
+                                .with("pid", *pid)
+                                .with("protected", prule.clone())
+                                .with("destination", d)
+                                .with("seconds_after_read", ((*time - t) * 10.0).round() / 10.0),
+                        );
+                    }
+                }
+            }
+            _ => {}
+        }
+        self.emit_findings(found, &mut out);
+        out
+    }
+
+    /// Whether `now` is past the current window's end.
+    pub fn window_due(&self, now: f64) -> bool {
+        self.windows.due(now)
+    }
+
+    /// Time passes: closes a window that is due, forgets old protected readers, and checks
+    /// the wall clock against the monotonic one (`mono` in seconds; `None` in replay).
+    pub fn tick(&mut self, now: f64, mono: Option<f64>) -> Vec<Event> {
+        let mut out = Vec::new();
+        let closed = self.windows.tick(now);
+        self.closed(closed, &mut out);
+        let keep = self
+            .rules
+            .enabled()
+            .find_map(|r| match r.kind {
+                RuleKind::ProtectedReadThenConnect { within_secs } => Some(within_secs),
+                _ => None,
+            })
+            .unwrap_or(0.0);
+        self.readers.retain(|_, (t, ..)| now - *t <= keep.max(60.0));
+        if let Some(mono) = mono {
+            if let (Some((w0, m0)), Some(r)) = (
+                self.clock.replace((now, mono)),
+                self.rule(|k| matches!(k, RuleKind::ClockJump { .. })),
+            ) {
+                let RuleKind::ClockJump { max_jump_secs } = r.kind else {
+                    unreachable!()
+                };
+                let jump = (now - w0) - (mono - m0);
+                if jump.abs() > max_jump_secs {
+                    let f = Finding::new(&r.id, r.severity, "-", now, "clock")
+                        .summary(format!("the wall clock jumped {jump:+.0} s"))
+                        .with("jump_secs", jump.round());
+                    self.emit_findings(vec![f], &mut out);
+                }
+            }
+        }
+        out
+    }
+
+    /// At stop: closes the current window and saves the baselines.
+    pub fn stop(&mut self) -> Vec<Event> {
+        let mut out = Vec::new();
+        let closed = self.windows.flush();
+        self.closed(closed, &mut out);
+        self.save();
+        out
+    }
+
+    /// The privacy edge: paths become class + keyed hash + extension, arguments are cut to
+    /// the executable (unless `privacy.keep_argv`). Summaries and findings carry no paths.
+    pub fn filter(&self, ev: Event) -> Event {
+        let c = self.windows.classifier();
+        let p = &self.privacy;
+        match ev {
+            Event::FileOpen {
+                time,
+                pid,
+                app,
+                mut file,
+                origin,
+            } => {
+                file.path = p.path_token(c.classify(&app, &file.path), &file.path);
+                Event::FileOpen {
+                    time,
+                    pid,
+                    app,
+                    file,
+                    origin,
+                }
+            }
+            Event::FileMmap {
+                time,
+                pid,
+                app,
+                mut file,
+            } => {
+                file.path = p.path_token(c.classify(&app, &file.path), &file.path);
+                Event::FileMmap {
+                    time,
+                    pid,
+                    app,
+                    file,
+                }
+            }
+            Event::Exit {
+                time,
+                pid,
+                app,
+                exe,
+                exit_code,
+                signal,
+                mut files,
+                files_evicted,
+                flows,
+            } => {
+                for f in &mut files {
+                    f.path = p.path_token(c.classify(&app, &f.path), &f.path);
+                }
+                Event::Exit {
+                    time,
+                    pid,
+                    app,
+                    exe,
+                    exit_code,
+                    signal,
+                    files,
+                    files_evicted,
+                    flows,
+                }
+            }
+            Event::Snapshot {
+                time,
+                mut processes,
+                health,
+            } => {
+                for pr in &mut processes {
+                    for f in &mut pr.files {
+                        f.path = p.path_token(c.classify(&pr.app, &f.path), &f.path);
+                    }
+                }
+                Event::Snapshot {
+                    time,
+                    processes,
+                    health,
+                }
+            }
+            Event::ProtectedOpen {
+                time,
+                pid,
+                ppid,
+                uid,
+                comm,
+                exe,
+                path,
+                rule,
+                flags,
+                ancestry,
+            } => {
+                let path = p.path_token(c.classify("", &path), &path);
+                Event::ProtectedOpen {
+                    time,
+                    pid,
+                    ppid,
+                    uid,
+                    comm,
+                    exe,
+                    path,
+                    rule,
+                    flags,
+                    ancestry,
+                }
+            }
+            Event::Exec {
+                time,
+                pid,
+                ppid,
+                uid,
+                gid,
+                app,
+                exe,
+                argv,
+                argv_truncated,
+                cgroup_id,
+                cgroup,
+                ancestry,
+            } => {
+                let (argv, cut) = p.argv(argv);
+                Event::Exec {
+                    time,
+                    pid,
+                    ppid,
+                    uid,
+                    gid,
+                    app,
+                    exe,
+                    argv,
+                    argv_truncated: argv_truncated || cut,
+                    cgroup_id,
+                    cgroup,
+                    ancestry,
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+/// An app's baseline from disk, or a new one (moving an unreadable file aside).
+fn load_or_start(path: &std::path::Path, app: &str, now: f64, learning_days: f64) -> Baseline {
+    if !path.exists() {
+        tracing::info!(app, learning_days, "no baseline yet: learning");
+        return Baseline::new(app, now, learning_days);
+    }
+    match Baseline::load(path) {
+        Ok(b) if b.app == app => {
+            tracing::info!(
+                app,
+                windows = b.windows,
+                learning = b.learning(now),
+                "baseline loaded"
+            );
+            b
+        }
+        Ok(b) => {
+            tracing::warn!(app, file_app = %b.app, path = %path.display(), "baseline is for another app: learning afresh");
+            Baseline::new(app, now, learning_days)
+        }
+        Err(e) => {
+            let aside = path.with_extension(format!("corrupt-{}", now as u64));
+            let moved = std::fs::rename(path, &aside).is_ok();
+            tracing::warn!(app, error = %format!("{e:#}"), moved_to = %aside.display(), moved, "unreadable baseline: learning afresh");
+            Baseline::new(app, now, learning_days)
+        }
+    }
+}
+
+/// Reads a baseline file shipped by the collector (for `baseline import`).
+pub fn read_baseline(path: &std::path::Path) -> anyhow::Result<Baseline> {
+    Baseline::load(path).with_context(|| format!("cannot import `{}`", path.display()))
+}

@@ -1,0 +1,297 @@
+//! Detection rules as data: the built-in rule file (`default_rules.toml`), with a site file
+//! merged over it by `id`. Each rule has a kind (the detector that runs it), a severity and
+//! its thresholds; the detectors are in `detect.rs`.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use super::classes::FileClass;
+
+pub const DEFAULT_RULES: &str = include_str!("default_rules.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuleError {
+    #[error("cannot read rule file `{path}`")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("rule file `{path}`: {why}")]
+    Invalid { path: String, why: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Info,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RuleKind {
+    BulkRead {
+        class: FileClass,
+        factor: f64,
+        quantile: f64,
+        min_samples: u64,
+        floor_bytes: u64,
+    },
+    NewClass {
+        classes: Vec<FileClass>,
+    },
+    ProtectedRead {},
+    ProtectedReadThenConnect {
+        within_secs: f64,
+    },
+    NewDestination {},
+    EgressSurge {
+        factor: f64,
+        quantile: f64,
+        min_samples: u64,
+        floor_bytes: u64,
+    },
+    ReadThenSend {
+        min_bytes: u64,
+        min_ratio: f64,
+        max_ratio: f64,
+    },
+    SuspiciousChild {
+        names: Vec<String>,
+        #[serde(default)]
+        prefixes: Vec<String>,
+    },
+    NewChild {},
+    OffHours {
+        floor_bytes: u64,
+    },
+    SensorDrops {
+        min_drops: u64,
+    },
+    SensorHooks {},
+    AgentRestart {},
+    ClockJump {
+        max_jump_secs: f64,
+    },
+}
+
+/// The keys each kind takes, besides `id`, `kind`, `severity` and `enabled`.
+const KIND_KEYS: &[(&str, &[&str])] = &[
+    (
+        "bulk_read",
+        &["class", "factor", "quantile", "min_samples", "floor_bytes"],
+    ),
+    ("new_class", &["classes"]),
+    ("protected_read", &[]),
+    ("protected_read_then_connect", &["within_secs"]),
+    ("new_destination", &[]),
+    (
+        "egress_surge",
+        &["factor", "quantile", "min_samples", "floor_bytes"],
+    ),
+    ("read_then_send", &["min_bytes", "min_ratio", "max_ratio"]),
+    ("suspicious_child", &["names", "prefixes"]),
+    ("new_child", &[]),
+    ("off_hours", &["floor_bytes"]),
+    ("sensor_drops", &["min_drops"]),
+    ("sensor_hooks", &[]),
+    ("agent_restart", &[]),
+    ("clock_jump", &["max_jump_secs"]),
+];
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Rule {
+    pub id: String,
+    pub severity: Severity,
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+    #[serde(flatten)]
+    pub kind: RuleKind,
+}
+
+fn enabled() -> bool {
+    true
+}
+
+#[derive(Debug, Clone)]
+pub struct Rules(pub Vec<Rule>);
+
+fn rule_tables(text: &str, path: &str) -> Result<Vec<toml::Table>, RuleError> {
+    let bad = |why: String| RuleError::Invalid {
+        path: path.to_string(),
+        why,
+    };
+    let doc: toml::Table = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+    for key in doc.keys() {
+        if key != "rule" {
+            return Err(bad(format!(
+                "unknown top-level key `{key}` (expected `[[rule]]`)"
+            )));
+        }
+    }
+    let Some(rules) = doc.get("rule") else {
+        return Ok(Vec::new());
+    };
+    let arr = rules
+        .as_array()
+        .ok_or_else(|| bad("`rule` must be an array of tables (`[[rule]]`)".into()))?;
+    arr.iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let t = r
+                .as_table()
+                .ok_or_else(|| bad(format!("rule[{i}] is not a table")))?;
+            match t.get("id").and_then(|v| v.as_str()) {
+                Some(id) if !id.trim().is_empty() => Ok(t.clone()),
+                _ => Err(bad(format!("rule[{i}] has no `id`"))),
+            }
+        })
+        .collect()
+}
+
+impl Rules {
+    pub fn builtin() -> Rules {
+        Rules::merged(None).expect("the built-in rules are valid")
+    }
+
+    /// The built-in rules with `site` (file path, text) merged over them by `id`.
+    pub fn merged(site: Option<(&str, &str)>) -> Result<Rules, RuleError> {
+        let mut tables = rule_tables(DEFAULT_RULES, "<built-in rules>")?;
+        let path = site.map_or("<built-in rules>", |(p, _)| p);
+        if let Some((p, text)) = site {
+            for t in rule_tables(text, p)? {
+                let id = t["id"].as_str().unwrap_or_default().to_string();
+                match tables.iter_mut().find(|b| b["id"].as_str() == Some(&id)) {
+                    Some(base) => base.extend(t),
+                    None => tables.push(t),
+                }
+            }
+        }
+        let bad = |id: &str, why: String| RuleError::Invalid {
+            path: path.to_string(),
+            why: format!("rule `{id}`: {why}"),
+        };
+        let mut ids = BTreeSet::new();
+        let mut out = Vec::new();
+        for t in tables {
+            let id = t["id"].as_str().unwrap_or_default().to_string();
+            if !ids.insert(id.clone()) {
+                return Err(bad(&id, "defined twice".into()));
+            }
+            let kind = t
+                .get("kind")
+                .and_then(|k| k.as_str())
+                .ok_or_else(|| bad(&id, "has no `kind`".into()))?;
+            let Some((_, keys)) = KIND_KEYS.iter().find(|(k, _)| *k == kind) else {
+                let kinds: Vec<&str> = KIND_KEYS.iter().map(|(k, _)| *k).collect();
+                return Err(bad(
+                    &id,
+                    format!("unknown kind `{kind}`; known: {}", kinds.join(", ")),
+                ));
+            };
+            for key in t.keys() {
+                let common = ["id", "kind", "severity", "enabled"].contains(&key.as_str());
+                if !common && !keys.contains(&key.as_str()) {
+                    return Err(bad(
+                        &id,
+                        format!(
+                            "unknown key `{key}` for kind `{kind}`; it takes: {}",
+                            keys.join(", ")
+                        ),
+                    ));
+                }
+            }
+            let rule: Rule = toml::Value::Table(t)
+                .try_into()
+                .map_err(|e: toml::de::Error| bad(&id, e.message().to_string()))?;
+            out.push(rule);
+        }
+        Ok(Rules(out))
+    }
+
+    pub fn load(path: &str) -> Result<Rules, RuleError> {
+        if path.is_empty() {
+            return Ok(Rules::builtin());
+        }
+        let text = std::fs::read_to_string(path).map_err(|source| RuleError::Read {
+            path: path.to_string(),
+            source,
+        })?;
+        Rules::merged(Some((path, &text)))
+    }
+
+    pub fn enabled(&self) -> impl Iterator<Item = &Rule> {
+        self.0.iter().filter(|r| r.enabled)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_rules_parse() {
+        let r = Rules::builtin();
+        assert!(r.0.len() >= 14);
+        assert!(r
+            .0
+            .iter()
+            .any(|r| matches!(r.kind, RuleKind::BulkRead { factor, .. } if factor == 5.0)));
+    }
+
+    #[test]
+    fn a_site_file_tunes_disables_and_adds() {
+        let site = r#"
+[[rule]]
+id = "CW-PM-BULK-READ"
+factor = 8.0
+[[rule]]
+id = "CW-NEW-CHILD"
+enabled = false
+[[rule]]
+id = "SITE-ARCHIVER"
+kind = "suspicious_child"
+severity = "critical"
+names = ["winrar"]
+"#;
+        let r = Rules::merged(Some(("site.toml", site))).unwrap();
+        let get = |id: &str| r.0.iter().find(|r| r.id == id).unwrap();
+        assert!(
+            matches!(get("CW-PM-BULK-READ").kind, RuleKind::BulkRead { factor, floor_bytes, .. } if factor == 8.0 && floor_bytes == 52428800)
+        );
+        assert!(!get("CW-NEW-CHILD").enabled);
+        assert_eq!(get("SITE-ARCHIVER").severity, Severity::Critical);
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let e = |site: &str| {
+            Rules::merged(Some(("site.toml", site)))
+                .unwrap_err()
+                .to_string()
+        };
+        let typo = e("[[rule]]\nid = \"CW-PM-BULK-READ\"\nfactr = 3.0\n");
+        assert!(
+            typo.contains("site.toml")
+                && typo.contains("CW-PM-BULK-READ")
+                && typo.contains("`factr`"),
+            "{typo}"
+        );
+        let kind = e("[[rule]]\nid = \"X\"\nkind = \"magic\"\nseverity = \"low\"\n");
+        assert!(kind.contains("unknown kind `magic`"), "{kind}");
+        let sev = e("[[rule]]\nid = \"CW-NEW-CHILD\"\nseverity = \"urgent\"\n");
+        assert!(
+            sev.contains("CW-NEW-CHILD") && sev.contains("urgent"),
+            "{sev}"
+        );
+        let noid = e("[[rule]]\nkind = \"new_child\"\n");
+        assert!(noid.contains("no `id`"), "{noid}");
+        let class = e("[[rule]]\nid = \"CW-NEW-FILE-CLASS\"\nclasses = [\"patients\"]\n");
+        assert!(class.contains("patients"), "{class}");
+    }
+}

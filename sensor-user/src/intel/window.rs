@@ -1,0 +1,379 @@
+//! Aggregation windows: per watched app, what it read by file class, where it sent and
+//! received how much, which children it ran. Built from the agent's events alone (live
+//! counters arrive in snapshots, final ones at exit and flow close), so a recorded event
+//! file replays to the same windows.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::IpAddr,
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::classes::{Classifier, FileClass};
+use crate::event::{Event, FileCounters, FlowCounters};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClassStats {
+    pub bytes: u64,
+    pub reads: u64,
+    pub opens: u64,
+    pub mmaps: u64,
+    /// Distinct files with activity in the window.
+    pub files: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DestStats {
+    pub dst: IpAddr,
+    pub port: u16,
+    pub protocol: String,
+    /// From the app's DNS lookups or TLS SNI when known (not captured yet).
+    pub name: Option<String>,
+    pub bytes_sent: u64,
+    pub bytes_recv: u64,
+    pub connects: u64,
+}
+
+impl DestStats {
+    pub fn key(&self) -> String {
+        super::dest::dest_key(self.dst, self.port, &self.protocol)
+    }
+}
+
+/// One app's window. Paths never appear: files are counted by class.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowSummary {
+    pub app: String,
+    pub start: f64,
+    pub end: f64,
+    /// Local hour of the week (Monday 00:00 is 0).
+    pub hour_of_week: u16,
+    pub in_practice_hours: bool,
+    pub classes: BTreeMap<FileClass, ClassStats>,
+    pub destinations: Vec<DestStats>,
+    /// Children executed, by executable.
+    pub children: BTreeMap<String, u64>,
+    /// Processes of the app with activity in the window.
+    pub processes: u64,
+}
+
+impl WindowSummary {
+    pub fn class_bytes(&self, c: FileClass) -> u64 {
+        self.classes.get(&c).map_or(0, |s| s.bytes)
+    }
+
+    pub fn bytes_read(&self) -> u64 {
+        self.classes.values().map(|s| s.bytes).sum()
+    }
+
+    pub fn bytes_sent(&self) -> u64 {
+        self.destinations.iter().map(|d| d.bytes_sent).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.classes.is_empty() && self.destinations.is_empty() && self.children.is_empty()
+    }
+}
+
+#[derive(Default)]
+struct Acc {
+    classes: BTreeMap<FileClass, ClassStats>,
+    files: HashMap<FileClass, HashSet<(String, u64)>>,
+    dests: BTreeMap<String, DestStats>,
+    children: BTreeMap<String, u64>,
+    pids: HashSet<u32>,
+}
+
+impl Acc {
+    fn class(&mut self, c: FileClass, dev: &str, ino: u64) -> &mut ClassStats {
+        self.files
+            .entry(c)
+            .or_default()
+            .insert((dev.to_string(), ino));
+        self.classes.entry(c).or_default()
+    }
+
+    fn dest(&mut self, dst: IpAddr, port: u16, protocol: &str) -> &mut DestStats {
+        self.dests
+            .entry(super::dest::dest_key(dst, port, protocol))
+            .or_insert_with(|| DestStats {
+                dst,
+                port,
+                protocol: protocol.to_string(),
+                name: None,
+                bytes_sent: 0,
+                bytes_recv: 0,
+                connects: 0,
+            })
+    }
+}
+
+#[derive(Clone, Copy, Default)]
+struct FileLast {
+    bytes: u64,
+    reads: u64,
+    opens: u64,
+    mmaps: u64,
+}
+
+/// Builds windows from events. `push` returns the windows an event's time closed.
+pub struct Windows {
+    len: f64,
+    apps: Vec<String>,
+    classifier: Classifier,
+    hours: super::hours::PracticeHours,
+    start: Option<f64>,
+    acc: BTreeMap<String, Acc>,
+    files: HashMap<(u32, String, u64), (FileClass, FileLast)>,
+    flows: HashMap<u64, (u64, u64)>,
+}
+
+fn delta(now: u64, last: u64) -> u64 {
+    // A counter below its last value was recreated (LRU eviction): count it afresh.
+    if now >= last {
+        now - last
+    } else {
+        now
+    }
+}
+
+impl Windows {
+    pub fn new(
+        len_secs: u64,
+        apps: Vec<String>,
+        classifier: Classifier,
+        hours: super::hours::PracticeHours,
+    ) -> Self {
+        Self {
+            len: len_secs as f64,
+            apps,
+            classifier,
+            hours,
+            start: None,
+            acc: BTreeMap::new(),
+            files: HashMap::new(),
+            flows: HashMap::new(),
+        }
+    }
+
+    pub fn classifier(&self) -> &Classifier {
+        &self.classifier
+    }
+
+    fn align(&self, t: f64) -> f64 {
+        (t / self.len).floor() * self.len
+    }
+
+    /// Closes the current window if `now` is past its end; a gap of several windows (the
+    /// agent was not running) closes only the current one.
+    pub fn tick(&mut self, now: f64) -> Vec<WindowSummary> {
+        match self.start {
+            None => {
+                self.start = Some(self.align(now));
+                Vec::new()
+            }
+            Some(start) if now >= start + self.len => {
+                let out = self.close(start);
+                self.start = Some(self.align(now));
+                out
+            }
+            Some(_) => Vec::new(),
+        }
+    }
+
+    pub fn due(&self, now: f64) -> bool {
+        self.start.is_some_and(|s| now >= s + self.len)
+    }
+
+    /// Closes the current window now (at stop).
+    pub fn flush(&mut self) -> Vec<WindowSummary> {
+        match self.start.take() {
+            Some(start) => self.close(start),
+            None => Vec::new(),
+        }
+    }
+
+    fn close(&mut self, start: f64) -> Vec<WindowSummary> {
+        let mid = start + self.len / 2.0;
+        let offset = self.hours.offset_secs(mid);
+        let hour = super::hours::hour_of_week(start, offset);
+        let in_hours = self.hours.contains(start);
+        let mut acc = std::mem::take(&mut self.acc);
+        self.apps
+            .iter()
+            .map(|app| {
+                let a = acc.remove(app).unwrap_or_default();
+                let mut classes = a.classes;
+                for (c, set) in &a.files {
+                    if let Some(s) = classes.get_mut(c) {
+                        s.files = set.len() as u64;
+                    }
+                }
+                WindowSummary {
+                    app: app.clone(),
+                    start,
+                    end: start + self.len,
+                    hour_of_week: hour,
+                    in_practice_hours: in_hours,
+                    classes,
+                    destinations: a.dests.into_values().collect(),
+                    children: a.children,
+                    processes: a.pids.len() as u64,
+                }
+            })
+            .collect()
+    }
+
+    fn file_counters(&mut self, app: &str, pid: u32, f: &FileCounters, last_one: bool) {
+        let key = (pid, f.dev.clone(), f.ino);
+        let (class, last) = match self.files.get(&key) {
+            Some(v) => *v,
+            None => (self.classifier.classify(app, &f.path), FileLast::default()),
+        };
+        let d = FileLast {
+            bytes: delta(f.bytes_read, last.bytes),
+            reads: delta(f.reads, last.reads),
+            opens: delta(f.opens, last.opens),
+            mmaps: delta(f.mmaps, last.mmaps),
+        };
+        if d.bytes + d.reads + d.opens + d.mmaps > 0 {
+            let acc = self.acc.entry(app.to_string()).or_default();
+            acc.pids.insert(pid);
+            let s = acc.class(class, &f.dev, f.ino);
+            s.bytes += d.bytes;
+            s.reads += d.reads;
+            s.opens += d.opens;
+            s.mmaps += d.mmaps;
+        }
+        if last_one {
+            self.files.remove(&key);
+        } else {
+            let now = FileLast {
+                bytes: f.bytes_read,
+                reads: f.reads,
+                opens: f.opens,
+                mmaps: f.mmaps,
+            };
+            self.files.insert(key, (class, now));
+        }
+    }
+
+    fn flow_counters(&mut self, app: &str, pid: u32, f: &FlowCounters, last_one: bool) {
+        let (ls, lr) = self.flows.get(&f.flow).copied().unwrap_or((0, 0));
+        let (ds, dr) = (delta(f.bytes_sent, ls), delta(f.bytes_recv, lr));
+        if ds + dr > 0 {
+            let acc = self.acc.entry(app.to_string()).or_default();
+            acc.pids.insert(pid);
+            let d = acc.dest(f.dst, f.port, &f.protocol);
+            d.bytes_sent += ds;
+            d.bytes_recv += dr;
+        }
+        if last_one {
+            self.flows.remove(&f.flow);
+        } else {
+            self.flows.insert(f.flow, (f.bytes_sent, f.bytes_recv));
+        }
+    }
+
+    /// Folds an event into the current window (closing it first if the event is past it).
+    /// A snapshot's counters accrued before it was taken: they are folded into the window
+    /// still open, and only then does its time close that window.
+    pub fn push(&mut self, ev: &Event) -> Vec<WindowSummary> {
+        let closed = match event_time(ev) {
+            Some(_) if matches!(ev, Event::Snapshot { .. }) => Vec::new(),
+            Some(t) => self.tick(t),
+            None => Vec::new(),
+        };
+        match ev {
+            Event::Exec {
+                app,
+                pid,
+                exe,
+                ancestry,
+                ..
+            } if !ancestry.is_empty() && self.apps.contains(app) => {
+                let acc = self.acc.entry(app.clone()).or_default();
+                acc.pids.insert(*pid);
+                *acc.children.entry(exe.clone()).or_default() += 1;
+            }
+            Event::FileOpen { app, pid, file, .. } | Event::FileMmap { app, pid, file, .. }
+                if self.apps.contains(app) =>
+            {
+                let class = self.classifier.classify(app, &file.path);
+                let acc = self.acc.entry(app.clone()).or_default();
+                acc.pids.insert(*pid);
+                acc.class(class, &file.dev, file.ino);
+            }
+            Event::NetConnect {
+                app,
+                pid,
+                protocol,
+                dst,
+                port,
+                ..
+            } if self.apps.contains(app) => {
+                let acc = self.acc.entry(app.clone()).or_default();
+                acc.pids.insert(*pid);
+                acc.dest(*dst, *port, protocol).connects += 1;
+            }
+            Event::NetClose {
+                app, pid, counters, ..
+            } if self.apps.contains(app) => {
+                self.flow_counters(&app.clone(), *pid, counters, true);
+            }
+            Event::Exit {
+                app,
+                pid,
+                files,
+                flows,
+                ..
+            } if self.apps.contains(app) => {
+                for f in files {
+                    self.file_counters(app, *pid, f, true);
+                }
+                for f in flows {
+                    self.flow_counters(app, *pid, f, true);
+                }
+                // Files the exit did not list are gone with the process.
+                self.files.retain(|(p, _, _), _| p != pid);
+            }
+            Event::Snapshot { processes, .. } => {
+                for p in processes {
+                    if !self.apps.contains(&p.app) {
+                        continue;
+                    }
+                    for f in &p.files {
+                        self.file_counters(&p.app, p.pid, f, false);
+                    }
+                    for f in &p.flows {
+                        self.flow_counters(&p.app, p.pid, f, false);
+                    }
+                }
+            }
+            _ => {}
+        }
+        if let Event::Snapshot { time, .. } = ev {
+            return self.tick(*time);
+        }
+        closed
+    }
+}
+
+/// The time an event happened, where it has one.
+pub fn event_time(ev: &Event) -> Option<f64> {
+    Some(match ev {
+        Event::Startup { time, .. }
+        | Event::Seed { time, .. }
+        | Event::Exec { time, .. }
+        | Event::Fork { time, .. }
+        | Event::Exit { time, .. }
+        | Event::FileOpen { time, .. }
+        | Event::FileMmap { time, .. }
+        | Event::ProtectedOpen { time, .. }
+        | Event::NetConnect { time, .. }
+        | Event::NetClose { time, .. }
+        | Event::Snapshot { time, .. } => *time,
+        _ => return None,
+    })
+}
