@@ -61,6 +61,9 @@ pub struct Baseline {
     pub children: BTreeMap<String, ChildBaseline>,
     /// Windows with activity, by hour of week.
     pub active_hours: BTreeMap<u16, u64>,
+    /// File classes the app touched (opened, mapped or read).
+    #[serde(default)]
+    pub classes_seen: std::collections::BTreeSet<FileClass>,
 }
 
 impl Baseline {
@@ -77,6 +80,7 @@ impl Baseline {
             destinations: BTreeMap::new(),
             children: BTreeMap::new(),
             active_hours: BTreeMap::new(),
+            classes_seen: Default::default(),
         }
     }
 
@@ -120,11 +124,13 @@ impl Baseline {
         self.updated = w.end;
     }
 
-    /// Whether the app has ever read a byte of this class.
+    /// Whether the app has ever touched a file of this class.
     pub fn knows_class(&self, c: FileClass) -> bool {
-        self.class_bytes
-            .get(&c)
-            .is_some_and(|w| w.all.buckets.keys().any(|b| *b != 0))
+        self.classes_seen.contains(&c)
+            || self
+                .class_bytes
+                .get(&c)
+                .is_some_and(|w| w.all.buckets.keys().any(|b| *b != 0))
     }
 
     pub fn knows_dest(&self, key: &str) -> bool {

@@ -76,7 +76,7 @@ pub fn window_findings(ctx: &Ctx, w: &WindowSummary) -> Vec<Finding> {
             RuleKind::NewClass { classes } if !learning => {
                 for c in classes {
                     let Some(s) = w.classes.get(c) else { continue };
-                    if (s.bytes > 0 || s.opens > 0 || s.mmaps > 0) && !b.knows_class(*c) {
+                    if (s.files > 0 || s.bytes > 0) && !b.knows_class(*c) {
                         out.push(
                             base(rule, w, c.as_str())
                                 .summary(format!(

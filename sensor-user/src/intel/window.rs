@@ -182,6 +182,11 @@ impl Windows {
         }
     }
 
+    /// More than a whole window past the current one's end.
+    fn past(&self, t: f64) -> bool {
+        self.start.is_some_and(|s| t >= s + 2.0 * self.len)
+    }
+
     pub fn due(&self, now: f64) -> bool {
         self.start.is_some_and(|s| now >= s + self.len)
     }
@@ -281,7 +286,9 @@ impl Windows {
     /// still open, and only then does its time close that window.
     pub fn push(&mut self, ev: &Event) -> Vec<WindowSummary> {
         let closed = match event_time(ev) {
-            Some(_) if matches!(ev, Event::Snapshot { .. }) => Vec::new(),
+            // Counters up to a snapshot taken just after the window's end belong to it; a
+            // snapshot after a gap (the agent was stopped) starts afresh.
+            Some(t) if matches!(ev, Event::Snapshot { .. }) && !self.past(t) => Vec::new(),
             Some(t) => self.tick(t),
             None => Vec::new(),
         };

@@ -30,6 +30,9 @@ fn usage() -> ExitCode {
          burst-open DIR RATE SECS | burst-connect RATE SECS   paced opens / UDP connects\n\
          spawn-many N FILE                    fork N children in turn, each reads FILE\n\
          read-dir-then-wait DIR               read every file of DIR, then wait for stdin\n\
+         pm-normal FILE ADDR SECS             a practice's day: 64 KiB of FILE and 512 B to ADDR\n\
+                                              every 200 ms, on one connection\n\
+         pm-exfil FILE ADDR                   read FILE in 1 MiB chunks, sending each to ADDR\n\
                                               timed loops for cw-bench: print `OPS SECONDS`"
     );
     ExitCode::from(2)
@@ -186,6 +189,33 @@ fn run(args: &[String]) -> std::io::Result<ExitCode> {
             let mut line = String::new();
             std::io::stdin().read_line(&mut line)?;
             println!("{}", read_all("read", arg(1), num(2)?)?);
+        }
+        "pm-normal" => {
+            let (mut f, mut s) = (File::open(arg(1))?, TcpStream::connect(arg(2))?);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs_f64(secs(3)?);
+            let len = f.metadata()?.len().max(1);
+            let (mut buf, mut off, mut read) = (vec![0u8; 64 * 1024], 0u64, 0u64);
+            while std::time::Instant::now() < deadline {
+                let n = f.read_at(&mut buf, off)?;
+                read += n as u64;
+                off = (off + n as u64) % len;
+                s.write_all(&buf[..512])?;
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            println!("{read}");
+        }
+        "pm-exfil" => {
+            let (mut f, mut s) = (File::open(arg(1))?, TcpStream::connect(arg(2))?);
+            let (mut buf, mut sent) = (vec![0u8; 1 << 20], 0u64);
+            loop {
+                let n = f.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                s.write_all(&buf[..n])?;
+                sent += n as u64;
+            }
+            println!("{sent}");
         }
         "demo" => {
             let dir = arg(1);
