@@ -162,7 +162,7 @@ pub fn baseline_text(b: &Baseline, now: f64) -> String {
         ));
     }
     let mut hours: Vec<(u16, u64)> = b.active_hours.iter().map(|(h, n)| (*h, *n)).collect();
-    hours.sort_by(|a, b| b.1.cmp(&a.1));
+    hours.sort_by_key(|h| std::cmp::Reverse(h.1));
     let days = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
     let top: Vec<String> = hours
         .iter()

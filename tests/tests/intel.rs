@@ -95,7 +95,10 @@ fn exfiltration_after_learning_raises_bulk_read_new_destination_and_read_then_se
         "findings during normal work: {during:#?}"
     );
     let elapsed = started.elapsed().as_secs_f64();
-    assert!(elapsed > LEARN_SECS + 4.0, "normal work ended after {elapsed:.1} s: {out}");
+    assert!(
+        elapsed > LEARN_SECS + 4.0,
+        "normal work ended after {elapsed:.1} s: {out}"
+    );
 
     // Exfiltration, just after a window starts (windows are aligned to 2 s of wall time):
     // the whole data file to a port the app never used.

@@ -33,11 +33,15 @@ pub fn demo() -> anyhow::Result<()> {
     std::fs::write(
         &config,
         format!(
-            "[agent]\noutput = \"-\"\nsnapshot_interval_secs = 2\n\n\
-             [[app]]\nname = \"pm-client\"\nexe = \"{}\"\n\n\
-             [[protected]]\nname = \"browser-cookies\"\npath = \"{}\"\n",
-            app.display(),
-            dir.join("profile/Cookies").display()
+            "[agent]\noutput = \"-\"\nsnapshot_interval_secs = 2\nstate_dir = \"{state}\"\n\n\
+             # No learning period: everything the demo does is new to the baseline.\n\
+             [intel]\nwindow_secs = 5\nlearning_days = 0\npractice_hours = [\"daily 00:00-24:00\"]\n\n\
+             [[app]]\nname = \"pm-client\"\nexe = \"{app}\"\ndata = [\"{dir}/*.db\"]\n\n\
+             [[protected]]\nname = \"browser-cookies\"\npath = \"{cookies}\"\n",
+            state = dir.join("state").display(),
+            app = app.display(),
+            dir = dir.display(),
+            cookies = dir.join("profile/Cookies").display()
         ),
     )?;
 

@@ -203,7 +203,7 @@ impl Intel {
                 if found.is_empty() {
                     let q = self.quiet.entry(w.app.clone()).or_default();
                     *q += 1;
-                    if *q % self.slow_every == 0 {
+                    if (*q).is_multiple_of(self.slow_every) {
                         b.fold(&w);
                     }
                 }

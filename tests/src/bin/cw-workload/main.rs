@@ -191,7 +191,7 @@ fn run(args: &[String]) -> std::io::Result<ExitCode> {
             println!("{}", read_all("read", arg(1), num(2)?)?);
         }
         "pm-normal" => {
-            let (mut f, mut s) = (File::open(arg(1))?, TcpStream::connect(arg(2))?);
+            let (f, mut s) = (File::open(arg(1))?, TcpStream::connect(arg(2))?);
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs_f64(secs(3)?);
             let len = f.metadata()?.len().max(1);
             let (mut buf, mut off, mut read) = (vec![0u8; 64 * 1024], 0u64, 0u64);
