@@ -332,10 +332,15 @@ impl Intel {
                 protocol,
                 ..
             } => {
-                if let (Some((t, exe, prule)), Some(r)) = (
-                    self.readers.get(pid).cloned(),
-                    self.rule(|k| matches!(k, RuleKind::ProtectedReadThenConnect { .. })),
-                ) {
+                // Most connects are the app's own: one map lookup, nothing else.
+                let reader = self.readers.get(pid).cloned();
+                let rule = match reader {
+                    Some(_) => {
+                        self.rule(|k| matches!(k, RuleKind::ProtectedReadThenConnect { .. }))
+                    }
+                    None => None,
+                };
+                if let (Some((t, exe, prule)), Some(r)) = (reader, rule) {
                     let RuleKind::ProtectedReadThenConnect { within_secs } = r.kind else {
                         unreachable!()
                     };

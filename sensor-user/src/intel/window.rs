@@ -76,11 +76,22 @@ impl WindowSummary {
     }
 }
 
+/// A destination as the window keys it: no string is built per event.
+type DestKey = (IpAddr, u16, u8);
+
+fn proto_code(p: &str) -> u8 {
+    match p {
+        "tcp" => 6,
+        "udp" => 17,
+        _ => 0,
+    }
+}
+
 #[derive(Default)]
 struct Acc {
     classes: BTreeMap<FileClass, ClassStats>,
     files: HashMap<FileClass, HashSet<(String, u64)>>,
-    dests: BTreeMap<String, DestStats>,
+    dests: BTreeMap<DestKey, DestStats>,
     children: BTreeMap<String, u64>,
     pids: HashSet<u32>,
 }
@@ -96,7 +107,7 @@ impl Acc {
 
     fn dest(&mut self, dst: IpAddr, port: u16, protocol: &str) -> &mut DestStats {
         self.dests
-            .entry(super::dest::dest_key(dst, port, protocol))
+            .entry((dst, port, proto_code(protocol)))
             .or_insert_with(|| DestStats {
                 dst,
                 port,
@@ -230,6 +241,14 @@ impl Windows {
             .collect()
     }
 
+    /// The open window's accumulator of an app (allocating its name only the first time).
+    fn acc(&mut self, app: &str) -> &mut Acc {
+        if !self.acc.contains_key(app) {
+            self.acc.insert(app.to_string(), Acc::default());
+        }
+        self.acc.get_mut(app).expect("inserted above")
+    }
+
     fn file_counters(&mut self, app: &str, pid: u32, f: &FileCounters, last_one: bool) {
         let key = (pid, f.dev.clone(), f.ino);
         let (class, last) = match self.files.get(&key) {
@@ -243,7 +262,7 @@ impl Windows {
             mmaps: delta(f.mmaps, last.mmaps),
         };
         if d.bytes + d.reads + d.opens + d.mmaps > 0 {
-            let acc = self.acc.entry(app.to_string()).or_default();
+            let acc = self.acc(app);
             acc.pids.insert(pid);
             let s = acc.class(class, &f.dev, f.ino);
             s.bytes += d.bytes;
@@ -268,7 +287,7 @@ impl Windows {
         let (ls, lr) = self.flows.get(&f.flow).copied().unwrap_or((0, 0));
         let (ds, dr) = (delta(f.bytes_sent, ls), delta(f.bytes_recv, lr));
         if ds + dr > 0 {
-            let acc = self.acc.entry(app.to_string()).or_default();
+            let acc = self.acc(app);
             acc.pids.insert(pid);
             let d = acc.dest(f.dst, f.port, &f.protocol);
             d.bytes_sent += ds;
@@ -300,7 +319,7 @@ impl Windows {
                 ancestry,
                 ..
             } if !ancestry.is_empty() && self.apps.contains(app) => {
-                let acc = self.acc.entry(app.clone()).or_default();
+                let acc = self.acc(app);
                 acc.pids.insert(*pid);
                 *acc.children.entry(exe.clone()).or_default() += 1;
             }
@@ -308,7 +327,7 @@ impl Windows {
                 if self.apps.contains(app) =>
             {
                 let class = self.classifier.classify(app, &file.path);
-                let acc = self.acc.entry(app.clone()).or_default();
+                let acc = self.acc(app);
                 acc.pids.insert(*pid);
                 acc.class(class, &file.dev, file.ino);
             }
@@ -320,7 +339,7 @@ impl Windows {
                 port,
                 ..
             } if self.apps.contains(app) => {
-                let acc = self.acc.entry(app.clone()).or_default();
+                let acc = self.acc(app);
                 acc.pids.insert(*pid);
                 acc.dest(*dst, *port, protocol).connects += 1;
             }

@@ -254,8 +254,9 @@ impl Bench {
     pub fn config(&self, disabled: &[&str]) -> anyhow::Result<Config> {
         let disabled: Vec<String> = disabled.iter().map(|d| format!("\"{d}\"")).collect();
         let text = format!(
-            "[agent]\nsnapshot_interval_secs = 0\ndisabled_hooks = [{}]\n[[app]]\nname = \"pm-client\"\nexe = \"{}\"\n",
+            "[agent]\nsnapshot_interval_secs = 0\ndisabled_hooks = [{}]\nstate_dir = \"{}\"\n[[app]]\nname = \"pm-client\"\nexe = \"{}\"\n",
             disabled.join(", "),
+            self.dir.join("state").display(),
             self.app.display()
         );
         Ok(Config::from_toml(&text)?)
