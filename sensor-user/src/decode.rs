@@ -4,8 +4,8 @@
 use std::mem::size_of;
 
 use clinicwatch_common::{
-    kind, ConnectEvent, EventHeader, ExecEvent, ExitEvent, FileEvent, FlowCloseEvent, ForkEvent,
-    ProtectedOpenEvent,
+    kind, ConnectEvent, DnsEvent, EventHeader, ExecEvent, ExitEvent, FileEvent, FlowCloseEvent,
+    ForkEvent, ProtectedOpenEvent,
 };
 
 /// A record as the kernel wrote it. Records are handled one at a time and never stored,
@@ -22,6 +22,8 @@ pub enum KernelEvent {
     ProtectedOpen(ProtectedOpenEvent),
     Connect(ConnectEvent),
     FlowClose(FlowCloseEvent),
+    /// A DNS answer received by a watched flow.
+    Dns(DnsEvent),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -101,6 +103,7 @@ pub fn decode(buf: &[u8]) -> Result<KernelEvent, DecodeError> {
         kind::PROTECTED_OPEN => KernelEvent::ProtectedOpen(read_exact(k, buf)?),
         kind::NET_CONNECT => KernelEvent::Connect(read_exact(k, buf)?),
         kind::NET_CLOSE => KernelEvent::FlowClose(read_exact(k, buf)?),
+        kind::DNS_ANSWER => KernelEvent::Dns(read_exact(k, buf)?),
         other => return Err(DecodeError::UnknownKind(other)),
     })
 }

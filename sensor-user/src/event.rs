@@ -178,6 +178,9 @@ pub enum Event {
         protocol: String,
         dst: IpAddr,
         port: u16,
+        /// The name the app resolved this address from (its DNS answers), when seen.
+        #[serde(default)]
+        name: Option<String>,
     },
     NetClose {
         time: f64,

@@ -146,7 +146,14 @@ pub struct Handler {
     rejected: std::collections::HashSet<u32>,
     /// Watch a process outside the apps once it opens a protected file.
     follow_readers: bool,
+    /// Names from the DNS answers watched flows received, by address.
+    pub names: crate::dns::Names,
+    /// DNS answers seen, and how many addresses they named.
+    pub dns_answers: u64,
 }
+
+/// Addresses remembered with the name they were resolved from.
+const NAMES_KEPT: usize = 4096;
 
 /// The application index of processes followed because they opened a protected file.
 pub const READER_APP: u32 = u32::MAX;
@@ -172,6 +179,8 @@ impl Handler {
             open_flows: BTreeMap::new(),
             rejected: Default::default(),
             follow_readers: cfg.intel.follow_protected_readers,
+            names: crate::dns::Names::new(NAMES_KEPT),
+            dns_answers: 0,
         }
     }
 
@@ -414,15 +423,24 @@ impl Handler {
             }
             KernelEvent::Connect(e) => {
                 self.open_flows.insert(e.cookie, e.hdr.tgid);
+                let dst = remote_ip(&e.remote);
                 Some(Event::NetConnect {
                     time: self.clock.unix(e.hdr.time_ns),
                     pid: e.hdr.tgid,
                     app: self.app_name(e.app),
                     flow: e.cookie,
                     protocol: protocol_name(e.remote.protocol),
-                    dst: remote_ip(&e.remote),
+                    dst,
                     port: e.remote.port,
+                    name: self.names.name(&dst).map(str::to_string),
                 })
+            }
+            KernelEvent::Dns(e) => {
+                let len = (e.len as usize).min(e.data.len());
+                if self.names.learn(&e.data[..len]) > 0 {
+                    self.dns_answers += 1;
+                }
+                None
             }
             KernelEvent::FlowClose(e) => {
                 self.open_flows.remove(&e.cookie);
@@ -458,7 +476,7 @@ impl Handler {
                 self.rejected.contains(&e.hdr.tgid)
             }
             KernelEvent::Connect(e) => self.rejected.contains(&e.hdr.tgid),
-            KernelEvent::ProtectedOpen(_) => false,
+            KernelEvent::ProtectedOpen(_) | KernelEvent::Dns(_) => false,
         }
     }
 

@@ -9,6 +9,7 @@ pub mod btf;
 pub mod capabilities;
 pub mod config;
 pub mod decode;
+pub mod dns;
 pub mod event;
 pub mod handler;
 pub mod intel;

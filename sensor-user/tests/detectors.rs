@@ -23,7 +23,7 @@ const NOTES: &str = "/var/lib/pm/data/notes.db";
 fn config(site_rules: Option<&str>) -> Config {
     let mut text = String::from(
         "[intel]\nwindow_secs = 60\nlearning_days = 7\nutc_offset_minutes = 0\n\
-         vendor_allow = [\"203.0.113.0/24\"]\nfinding_cooldown_secs = 3600\n",
+         vendor_allow = [\"203.0.113.0/24\", \"*.vendor.example\"]\nfinding_cooldown_secs = 3600\n",
     );
     if let Some(path) = site_rules {
         text.push_str(&format!("rules_file = \"{path}\"\n"));
@@ -171,6 +171,7 @@ impl Practice {
             protocol: "tcp".into(),
             dst: VENDOR.parse().unwrap(),
             port: 443,
+            name: None,
         });
         out.push(Event::NetClose {
             time: t + 1.0,
@@ -392,6 +393,7 @@ fn reader_connect(t: f64, pid: u32) -> Event {
         protocol: "tcp".into(),
         dst: "198.51.100.66".parse().unwrap(),
         port: 443,
+        name: None,
     }
 }
 
@@ -444,6 +446,7 @@ fn exchange(t: f64, cookie: u64, ip: &str, port: u16, sent: u64) -> Vec<Event> {
             protocol: "tcp".into(),
             dst: ip.parse().unwrap(),
             port,
+            name: None,
         },
         Event::NetClose {
             time: t + 2.0,
@@ -745,4 +748,21 @@ fn a_patient_name_in_a_path_never_leaves_the_agent() {
     assert!(all.contains("\"path\":\"pm_data:"), "{all}");
     assert!(all.contains(".pdf\""), "{all}");
     assert!(all.contains("\"path\":\"browser_secrets:"), "{all}");
+}
+
+#[test]
+fn a_vendor_name_from_dns_allows_a_new_address() {
+    let (mut run, mut p, t) = learned(None);
+    let n = run.findings.len();
+    let mut extra = exchange(t + 10.0, 5001, "192.0.2.44", 443, 1_000);
+    if let Event::NetConnect { name, .. } = &mut extra[0] {
+        *name = Some("cdn.vendor.example".into());
+    }
+    minute_with(&mut run, &mut p, t, extra);
+    run.play(&mut p, t + 60.0, 1);
+    assert!(
+        run.rules_since(n).is_empty(),
+        "{:?}",
+        run.findings[n..].to_vec()
+    );
 }

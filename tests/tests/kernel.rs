@@ -648,3 +648,65 @@ fn executable_and_protected_file_on_a_btrfs_subvolume_are_matched() {
     agent.stop();
     drop(fs);
 }
+
+#[test]
+fn a_dns_answer_names_the_destination_the_app_then_connects_to() {
+    if !require_root("a_dns_answer_names_the_destination_the_app_then_connects_to") {
+        return;
+    }
+    let fx = Fixture::new(WORKLOAD, "dns");
+    // A stand-in resolver on port 53 of another loopback address, answering every query
+    // with 127.0.0.1.
+    let dns = std::net::UdpSocket::bind("127.0.0.2:53").expect("bind 127.0.0.2:53");
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = dns.recv_from(&mut buf) {
+            if n < 12 {
+                continue;
+            }
+            let id = u16::from_be_bytes([buf[0], buf[1]]);
+            let answer = clinicwatch_agent::dns::response(
+                id,
+                "api.vendor.example",
+                &["127.0.0.1".parse().unwrap()],
+            );
+            let _ = dns.send_to(&answer, from);
+        }
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let (agent, rx) = start_agent(&fx.config(""));
+    let (pid, out) = run(
+        &fx.app,
+        &[
+            "resolve-connect",
+            "127.0.0.2:53",
+            "api.vendor.example",
+            &port,
+        ],
+    );
+    assert_eq!(out.trim(), "127.0.0.1");
+    let query = expect_event(
+        &rx,
+        WAIT,
+        "the connect to the resolver",
+        |e| matches!(e, Event::NetConnect { pid: p, port: 53, .. } if *p == pid),
+    );
+    let Event::NetConnect { name, .. } = query else {
+        unreachable!()
+    };
+    assert_eq!(name, None, "the resolver itself was not named by an answer");
+    let conn = expect_event(
+        &rx,
+        WAIT,
+        "the connect to the answered address",
+        |e| matches!(e, Event::NetConnect { pid: p, protocol, .. } if *p == pid && protocol == "tcp"),
+    );
+    let Event::NetConnect { name, dst, .. } = conn else {
+        unreachable!()
+    };
+    assert_eq!(dst.to_string(), "127.0.0.1");
+    assert_eq!(name.as_deref(), Some("api.vendor.example"));
+    drop(listener);
+    agent.stop();
+}

@@ -13,6 +13,7 @@ pub mod kind {
     pub const PROTECTED_OPEN: u32 = 12;
     pub const NET_CONNECT: u32 = 20;
     pub const NET_CLOSE: u32 = 21;
+    pub const DNS_ANSWER: u32 = 22;
 }
 
 /// How a file first became known for a process (`FileEvent::origin`).
@@ -39,6 +40,8 @@ pub const PATH_COMPONENTS: usize = 16;
 pub const COMPONENT_LEN: usize = 64;
 pub const ARGV_LEN: usize = 256;
 pub const ANCESTORS: usize = 4;
+/// Bytes of a DNS answer's UDP payload kept (answers are parsed in userspace for names).
+pub const DNS_LEN: usize = 512;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -194,3 +197,18 @@ const _: () = assert!(size_of::<ProtectedOpenEvent>() == 168 + 2 * size_of::<Pat
 const _: () = assert!(size_of::<FlowAddr>() == 24);
 const _: () = assert!(size_of::<ConnectEvent>() == 64);
 const _: () = assert!(size_of::<FlowCloseEvent>() == 32 + size_of::<crate::maps::FlowStats>());
+
+/// The UDP payload of a DNS answer (remote port 53) received by a watched flow: its names
+/// are matched to the addresses the app then connects to.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DnsEvent {
+    pub hdr: EventHeader,
+    pub cookie: u64,
+    /// Bytes of `data` filled.
+    pub len: u32,
+    pub _pad: u32,
+    pub data: [u8; DNS_LEN],
+}
+
+const _: () = assert!(size_of::<DnsEvent>() == 24 + 16 + DNS_LEN);

@@ -138,6 +138,8 @@ pub struct Windows {
     acc: BTreeMap<String, Acc>,
     files: HashMap<(u32, String, u64), (FileClass, FileLast)>,
     flows: HashMap<u64, (u64, u64)>,
+    /// Flow → the destination's name from its connect (flows outlive windows).
+    names: HashMap<u64, String>,
 }
 
 fn delta(now: u64, last: u64) -> u64 {
@@ -165,6 +167,7 @@ impl Windows {
             acc: BTreeMap::new(),
             files: HashMap::new(),
             flows: HashMap::new(),
+            names: HashMap::new(),
         }
     }
 
@@ -287,14 +290,19 @@ impl Windows {
         let (ls, lr) = self.flows.get(&f.flow).copied().unwrap_or((0, 0));
         let (ds, dr) = (delta(f.bytes_sent, ls), delta(f.bytes_recv, lr));
         if ds + dr > 0 {
+            let name = self.names.get(&f.flow).cloned();
             let acc = self.acc(app);
             acc.pids.insert(pid);
             let d = acc.dest(f.dst, f.port, &f.protocol);
             d.bytes_sent += ds;
             d.bytes_recv += dr;
+            if d.name.is_none() {
+                d.name = name;
+            }
         }
         if last_one {
             self.flows.remove(&f.flow);
+            self.names.remove(&f.flow);
         } else {
             self.flows.insert(f.flow, (f.bytes_sent, f.bytes_recv));
         }
@@ -334,14 +342,23 @@ impl Windows {
             Event::NetConnect {
                 app,
                 pid,
+                flow,
                 protocol,
                 dst,
                 port,
+                name,
                 ..
             } if self.apps.contains(app) => {
+                if let Some(n) = name {
+                    self.names.insert(*flow, n.clone());
+                }
                 let acc = self.acc(app);
                 acc.pids.insert(*pid);
-                acc.dest(*dst, *port, protocol).connects += 1;
+                let d = acc.dest(*dst, *port, protocol);
+                d.connects += 1;
+                if d.name.is_none() {
+                    d.name.clone_from(name);
+                }
             }
             Event::NetClose {
                 app, pid, counters, ..

@@ -33,6 +33,8 @@ fn usage() -> ExitCode {
          pm-normal FILE ADDR SECS             a practice's day: 64 KiB of FILE and 512 B to ADDR\n\
                                               every 200 ms, on one connection\n\
          pm-exfil FILE ADDR                   read FILE in 1 MiB chunks, sending each to ADDR\n\
+         resolve-connect DNS NAME PORT        ask DNS (connected UDP) for NAME's A record, then\n\
+                                              connect to it on PORT; prints the address\n\
                                               timed loops for cw-bench: print `OPS SECONDS`"
     );
     ExitCode::from(2)
@@ -216,6 +218,27 @@ fn run(args: &[String]) -> std::io::Result<ExitCode> {
                 sent += n as u64;
             }
             println!("{sent}");
+        }
+        "resolve-connect" => {
+            let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            sock.connect(arg(1))?;
+            sock.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+            let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+            for label in arg(2).split('.') {
+                q.push(label.len() as u8);
+                q.extend_from_slice(label.as_bytes());
+            }
+            q.extend_from_slice(&[0, 0, 1, 0, 1]);
+            sock.send(&q)?;
+            let mut buf = [0u8; 512];
+            let n = sock.recv(&mut buf)?;
+            let (_, ips) = clinicwatch_agent::dns::answers(&buf[..n])
+                .ok_or_else(|| std::io::Error::other("not a DNS answer"))?;
+            let ip = ips
+                .first()
+                .ok_or_else(|| std::io::Error::other("no address"))?;
+            drop(TcpStream::connect((*ip, num(3)? as u16))?);
+            println!("{ip}");
         }
         "demo" => {
             let dir = arg(1);
