@@ -306,6 +306,9 @@ impl Config {
             }
             glob_ok(format!("class[{i}].path"), &c.path)?;
         }
+        if !self.agent.state_dir.is_absolute() {
+            return bad("agent.state_dir".into(), "must be an absolute path");
+        }
         let intel = &self.intel;
         if intel.window_secs == 0 || intel.window_secs > 86_400 {
             return bad("intel.window_secs".into(), "must be between 1 and 86400");
@@ -410,6 +413,8 @@ mod tests {
             let e = err(&format!("{extra}{app}"));
             assert!(e.contains(key), "{extra}: {e}");
         }
+        let e = err(&format!("[agent]\nstate_dir = \"state\"\n{app}"));
+        assert!(e.contains("agent.state_dir"), "{e}");
         let e = err("[[app]]\nname = \"pm\"\nexe = \"/x\"\ndata = [\"rel/**\"]\n");
         assert!(e.contains("app[0].data[0]"), "{e}");
         let ok = Config::from_toml(&format!(

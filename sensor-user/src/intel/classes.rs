@@ -219,46 +219,31 @@ mod tests {
             &[("pm".into(), vec!["/var/lib/pm/**".into()])],
             &[(FileClass::Documents, "/srv/scans/**".into())],
         );
-        assert_eq!(
-            c.classify("pm", "/var/lib/pm/db/patients.db"),
-            FileClass::PmData
-        );
-        assert_eq!(
-            c.classify("other-app", "/var/lib/pm/db/patients.db"),
-            FileClass::Other
-        );
-        assert_eq!(
-            c.classify("pm", "/srv/scans/2026/x.tif"),
-            FileClass::Documents
-        );
-        assert_eq!(
-            c.classify("pm", "/home/ana/.ssh/id_ed25519"),
-            FileClass::SshKeys
-        );
-        assert_eq!(c.classify("pm", "/root/.ssh/id_rsa"), FileClass::SshKeys);
-        assert_eq!(
-            c.classify("pm", "/etc/shadow"),
-            FileClass::SystemCredentials
-        );
-        assert_eq!(
-            c.classify("pm", "/home/ana/.mozilla/firefox/abc.default/logins.json"),
-            FileClass::BrowserSecrets
-        );
-        assert_eq!(
-            c.classify("pm", "/home/ana/.config/google-chrome/Default/Login Data"),
-            FileClass::BrowserSecrets
-        );
-        assert_eq!(
-            c.classify("pm", "/media/usb0/export.zip"),
-            FileClass::RemovableMedia
-        );
-        assert_eq!(c.classify("pm", "/tmp/letter.PDF"), FileClass::Documents);
-        assert_eq!(c.classify("pm", "/usr/lib/libc.so.6"), FileClass::Other);
-        // `*` does not cross folders.
-        assert_eq!(
-            c.classify("pm", "/home/ana/x/.ssh/id_rsa"),
-            FileClass::Other
-        );
+        for (app, path, class) in [
+            ("pm", "/var/lib/pm/db/patients.db", FileClass::PmData),
+            ("other-app", "/var/lib/pm/db/patients.db", FileClass::Other),
+            ("pm", "/srv/scans/2026/x.tif", FileClass::Documents),
+            ("pm", "/home/ana/.ssh/id_ed25519", FileClass::SshKeys),
+            ("pm", "/root/.ssh/id_rsa", FileClass::SshKeys),
+            ("pm", "/etc/shadow", FileClass::SystemCredentials),
+            (
+                "pm",
+                "/home/ana/.mozilla/firefox/abc.default/logins.json",
+                FileClass::BrowserSecrets,
+            ),
+            (
+                "pm",
+                "/home/ana/.config/google-chrome/Default/Login Data",
+                FileClass::BrowserSecrets,
+            ),
+            ("pm", "/media/usb0/export.zip", FileClass::RemovableMedia),
+            ("pm", "/tmp/letter.PDF", FileClass::Documents),
+            ("pm", "/usr/lib/libc.so.6", FileClass::Other),
+            // `*` does not cross folders.
+            ("pm", "/home/ana/x/.ssh/id_rsa", FileClass::Other),
+        ] {
+            assert_eq!(c.classify(app, path), class, "{app} {path}");
+        }
     }
 
     #[test]

@@ -29,6 +29,9 @@ use baseline::Baseline;
 use finding::Finding;
 use rules::{RuleKind, Rules};
 
+/// Size at which the findings log is rotated.
+const FINDINGS_LOG_MAX: u64 = 64 << 20;
+
 /// The app name given to processes followed because they opened a protected file.
 pub const PROTECTED_READER_APP: &str = "protected-reader";
 
@@ -168,6 +171,10 @@ impl Intel {
         let path = p.state_dir.join("findings.jsonl");
         let write = || -> std::io::Result<()> {
             std::fs::create_dir_all(&p.state_dir)?;
+            // One older generation is kept: `findings.jsonl.1`.
+            if std::fs::metadata(&path).is_ok_and(|m| m.len() > FINDINGS_LOG_MAX) {
+                std::fs::rename(&path, path.with_extension("jsonl.1"))?;
+            }
             let mut file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -315,11 +322,8 @@ impl Intel {
                     );
                 }
             }
-            Event::Fork {
-                pid, ppid, time, ..
-            } => {
+            Event::Fork { pid, ppid, .. } => {
                 // A child of a protected reader inherits its read (and its clock).
-                let _ = time;
                 if let Some(parent) = self.readers.get(ppid).cloned() {
                     self.readers.insert(*pid, parent);
                 }
@@ -418,140 +422,39 @@ impl Intel {
 
     /// The privacy edge: paths become class + keyed hash + extension, arguments are cut to
     /// the executable (unless `privacy.keep_argv`). Summaries and findings carry no paths.
-    pub fn filter(&self, ev: Event) -> Event {
+    pub fn filter(&self, mut ev: Event) -> Event {
         let c = self.windows.classifier();
         let p = &self.privacy;
-        match ev {
-            Event::FileOpen {
-                time,
-                pid,
-                app,
-                mut file,
-                origin,
-            } => {
-                file.path = p.path_token(c.classify(&app, &file.path), &file.path);
-                Event::FileOpen {
-                    time,
-                    pid,
-                    app,
-                    file,
-                    origin,
+        let token = |app: &str, path: &str| p.path_token(c.classify(app, path), path);
+        match &mut ev {
+            Event::FileOpen { app, file, .. } | Event::FileMmap { app, file, .. } => {
+                file.path = token(app, &file.path);
+            }
+            Event::Exit { app, files, .. } => {
+                for f in files {
+                    f.path = token(app, &f.path);
                 }
             }
-            Event::FileMmap {
-                time,
-                pid,
-                app,
-                mut file,
-            } => {
-                file.path = p.path_token(c.classify(&app, &file.path), &file.path);
-                Event::FileMmap {
-                    time,
-                    pid,
-                    app,
-                    file,
-                }
-            }
-            Event::Exit {
-                time,
-                pid,
-                app,
-                exe,
-                exit_code,
-                signal,
-                mut files,
-                files_evicted,
-                flows,
-            } => {
-                for f in &mut files {
-                    f.path = p.path_token(c.classify(&app, &f.path), &f.path);
-                }
-                Event::Exit {
-                    time,
-                    pid,
-                    app,
-                    exe,
-                    exit_code,
-                    signal,
-                    files,
-                    files_evicted,
-                    flows,
-                }
-            }
-            Event::Snapshot {
-                time,
-                mut processes,
-                health,
-            } => {
-                for pr in &mut processes {
+            Event::Snapshot { processes, .. } => {
+                for pr in processes {
                     for f in &mut pr.files {
-                        f.path = p.path_token(c.classify(&pr.app, &f.path), &f.path);
+                        f.path = token(&pr.app, &f.path);
                     }
                 }
-                Event::Snapshot {
-                    time,
-                    processes,
-                    health,
-                }
             }
-            Event::ProtectedOpen {
-                time,
-                pid,
-                ppid,
-                uid,
-                comm,
-                exe,
-                path,
-                rule,
-                flags,
-                ancestry,
-            } => {
-                let path = p.path_token(c.classify("", &path), &path);
-                Event::ProtectedOpen {
-                    time,
-                    pid,
-                    ppid,
-                    uid,
-                    comm,
-                    exe,
-                    path,
-                    rule,
-                    flags,
-                    ancestry,
-                }
-            }
+            Event::ProtectedOpen { path, .. } => *path = token("", path),
             Event::Exec {
-                time,
-                pid,
-                ppid,
-                uid,
-                gid,
-                app,
-                exe,
                 argv,
                 argv_truncated,
-                cgroup_id,
-                cgroup,
-                ancestry,
+                ..
             } => {
-                let (argv, cut) = p.argv(argv);
-                Event::Exec {
-                    time,
-                    pid,
-                    ppid,
-                    uid,
-                    gid,
-                    app,
-                    exe,
-                    argv,
-                    argv_truncated: argv_truncated || cut,
-                    cgroup_id,
-                    cgroup,
-                    ancestry,
-                }
+                let (kept, cut) = p.argv(std::mem::take(argv));
+                *argv = kept;
+                *argv_truncated |= cut;
             }
-            other => other,
+            _ => {}
         }
+        ev
     }
 }
 
