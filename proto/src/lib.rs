@@ -52,6 +52,9 @@ mod tests {
         let bytes = frame.encode_to_vec();
         let back = AgentFrame::decode(bytes.as_slice()).unwrap();
         assert_eq!(back.frame, Some(agent_frame::Frame::Batch(batch)));
-        assert!(AgentFrame::decode(&bytes[..bytes.len() - 3]).is_err(), "a cut frame is refused");
+        assert!(
+            AgentFrame::decode(&bytes[..bytes.len() - 3]).is_err(),
+            "a cut frame is refused"
+        );
     }
 }

@@ -18,6 +18,7 @@ pub mod procfs;
 pub mod proctable;
 pub mod report;
 pub mod sensor;
+pub mod spool;
 
 pub use agent::Agent;
 pub use config::Config;
