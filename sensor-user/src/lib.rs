@@ -11,6 +11,7 @@ pub mod config;
 pub mod decode;
 pub mod dns;
 pub mod event;
+pub mod export;
 pub mod handler;
 pub mod intel;
 pub mod output;
