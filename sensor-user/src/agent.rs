@@ -51,7 +51,9 @@ impl Core {
     }
 
     /// Time passes: when a window is due, counters are taken first so that it holds them.
-    fn tick(&mut self, started: Instant) {
+    /// Called before each batch of ring-buffer records, so records of the next window do not
+    /// close this one first.
+    fn tick(&mut self) {
         let now = self.handler.clock.now();
         if self.intel.window_due(now) {
             let snap = self
@@ -59,8 +61,16 @@ impl Core {
                 .snapshot(&mut self.sensor, self.output.write_errors);
             self.emit(snap);
         }
-        for e in self.intel.tick(now, Some(started.elapsed().as_secs_f64())) {
+        let drift = self.handler.clock.wall_drift();
+        for e in self.intel.tick(now, Some(drift)) {
             self.output.emit(e);
+        }
+        if self.intel.take_clock_jump() {
+            warn!(
+                drift,
+                "the wall clock jumped: event times follow it from now on"
+            );
+            self.handler.clock = crate::handler::Clock::new();
         }
     }
 }
@@ -71,6 +81,8 @@ pub struct Agent {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     pub capabilities: Vec<CapabilityReport>,
+    /// `state_dir/agent.lock`, held while running (when writing output).
+    _lock: Option<std::fs::File>,
 }
 
 /// A configured executable: its identity for the kernel, and for `stat(2)` (seeding).
@@ -255,6 +267,13 @@ impl Agent {
             output.subscribe(tx);
         }
         let capabilities = sensor.capabilities.clone();
+        // The agent that writes events owns the state folder (after the sensor loaded, so
+        // an unprivileged start fails on privileges, not on the lock).
+        let lock = if write_output {
+            Some(crate::report::lock_state(&cfg.agent.state_dir)?)
+        } else {
+            None
+        };
         let handler = Handler::new(cfg);
         let intel = Intel::new(
             cfg,
@@ -297,6 +316,7 @@ impl Agent {
             stop,
             thread: Some(thread),
             capabilities,
+            _lock: lock,
         })
     }
 
@@ -307,7 +327,8 @@ impl Agent {
         let ev = core
             .handler
             .snapshot(&mut core.sensor, core.output.write_errors);
-        core.output.emit(ev.clone());
+        let intel = &core.intel;
+        core.output.emit_filtered(ev.clone(), |e| intel.filter(e));
         core.output.flush();
         ev
     }
@@ -363,7 +384,6 @@ fn event_loop(
     stop: Arc<AtomicBool>,
     interval: Duration,
 ) {
-    let started = Instant::now();
     let mut last_snapshot = Instant::now();
     let mut last_reap = Instant::now();
     let fd = ring.as_raw_fd();
@@ -374,6 +394,9 @@ fn event_loop(
         }
         let mut guard = core.lock().unwrap_or_else(|p| p.into_inner());
         let c = &mut *guard;
+        if !stopping {
+            c.tick();
+        }
         while let Some(item) = ring.next() {
             let r = decode::decode(&item);
             c.handler.decode.record(&r);
@@ -399,8 +422,6 @@ fn event_loop(
             for e in c.intel.stop() {
                 c.output.emit(e);
             }
-        } else {
-            c.tick(started);
         }
         c.output.flush();
         if stopping {

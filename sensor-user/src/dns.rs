@@ -62,11 +62,19 @@ pub fn answers(b: &[u8]) -> Option<(String, Vec<IpAddr>)> {
     let (qname, mut at) = name_at(b, 12)?;
     at += 4; // qtype, qclass
     let mut ips = Vec::new();
+    // An answer cut at the captured length (EDNS answers can be longer) still names the
+    // addresses parsed before the cut.
     for _ in 0..an {
-        let (_, after) = name_at(b, at)?;
-        let rtype = u16_at(b, after)?;
-        let rdlen = u16_at(b, after + 8)? as usize;
-        let rdata = b.get(after + 10..after + 10 + rdlen)?;
+        let Some((_, after)) = name_at(b, at) else {
+            break;
+        };
+        let (Some(rtype), Some(rdlen)) = (u16_at(b, after), u16_at(b, after + 8)) else {
+            break;
+        };
+        let rdlen = rdlen as usize;
+        let Some(rdata) = b.get(after + 10..after + 10 + rdlen) else {
+            break;
+        };
         match (rtype, rdlen) {
             (TYPE_A, 4) => ips.push(IpAddr::V4(Ipv4Addr::new(
                 rdata[0], rdata[1], rdata[2], rdata[3],
@@ -197,10 +205,27 @@ mod tests {
         let mut query = r.clone();
         query[2] = 0; // not a response
         assert_eq!(answers(&query), None);
+        // Cut inside the second answer: the first is still named.
+        let two = response(
+            9,
+            "b.example",
+            &[
+                "203.0.113.1".parse().unwrap(),
+                "203.0.113.2".parse().unwrap(),
+            ],
+        );
+        assert_eq!(
+            answers(&two[..two.len() - 3]).unwrap().1,
+            vec!["203.0.113.1".parse::<IpAddr>().unwrap()]
+        );
         let mut looped = r.clone();
         let at = looped.len() - 16; // the answer's name pointer
         looped[at + 1] = at as u8; // points at itself
-        assert_eq!(answers(&looped), None);
+        assert_eq!(
+            answers(&looped).map(|a| a.1),
+            Some(vec![]),
+            "a looping answer names nothing"
+        );
         for seed in 0..2000u32 {
             let junk: Vec<u8> = (0..64)
                 .map(|i| (seed.wrapping_mul(2654435761).rotate_left(i) & 0xff) as u8)

@@ -99,9 +99,9 @@ pub fn record(ev: &Event, spool_dropped: u64) -> Option<(Kind, Vec<u8>)> {
     let (kind, body) = match ev {
         Event::Summary(w) => (Kind::Summary, Body::Summary(summary(w))),
         Event::Finding(f) => (Kind::Finding, Body::Finding(finding(f))),
-        Event::Snapshot { time, health: h, .. } => {
-            (Kind::Health, Body::Health(health(*time, h, spool_dropped)))
-        }
+        Event::Snapshot {
+            time, health: h, ..
+        } => (Kind::Health, Body::Health(health(*time, h, spool_dropped))),
         _ => return None,
     };
     let rec = pb::Record {

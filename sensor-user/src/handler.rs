@@ -49,8 +49,17 @@ impl Clock {
         (boot_ns as i128 + self.offset_ns) as f64 / 1e9
     }
 
+    /// Now, on the same clock as event times (boot time plus the offset taken at start), so
+    /// a step of the wall clock cannot split the agent's notion of time.
     pub fn now(&self) -> f64 {
-        clock_ns(libc::CLOCK_REALTIME) as f64 / 1e9
+        (clock_ns(libc::CLOCK_BOOTTIME) + self.offset_ns) as f64 / 1e9
+    }
+
+    /// How far the wall clock has moved from this clock since it was made (a step of NTP or
+    /// of an administrator; suspend does not count, boot time runs through it).
+    pub fn wall_drift(&self) -> f64 {
+        (clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME) - self.offset_ns) as f64
+            / 1e9
     }
 }
 

@@ -118,7 +118,12 @@ fn main() -> anyhow::Result<()> {
             let cfg = Config::from_file(&path)?;
             let since = report::parse_since(&since, now())?;
             let log = cfg.agent.state_dir.join("findings.jsonl");
-            let (found, bad) = report::read_findings(&log, since)?;
+            // The rotated generation first: oldest to newest.
+            let (mut found, mut bad) =
+                report::read_findings(&log.with_extension("jsonl.1"), since)?;
+            let (newer, bad_newer) = report::read_findings(&log, since)?;
+            found.extend(newer);
+            bad += bad_newer;
             for f in &found {
                 if json {
                     println!("{}", serde_json::to_string(f)?);

@@ -56,10 +56,15 @@ pub fn parse_since(s: &str, now: f64) -> anyhow::Result<f64> {
     let (&[y, mo, da], [h, mi, rest @ ..]) = (d.as_slice(), t.as_slice()) else {
         bail!(bad());
     };
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&da) || *h > 23 || *mi > 59 {
+    if !(1970..=9999).contains(&y)
+        || !(1..=12).contains(&mo)
+        || !(1..=31).contains(&da)
+        || !(0..=23).contains(h)
+        || !(0..=59).contains(mi)
+    {
         bail!(bad());
     }
-    let sec = rest.first().copied().unwrap_or(0);
+    let sec = rest.first().copied().unwrap_or(0).clamp(0, 60);
     Ok((days_from_civil(y, mo, da) * 86_400 + h * 3600 + mi * 60 + sec) as f64)
 }
 
@@ -204,8 +209,38 @@ pub fn show_baselines(cfg: &Config, app: Option<&str>, json: bool, now: f64) -> 
     Ok(())
 }
 
-/// `baseline import FILE`: a shipped baseline becomes this host's for its app.
+/// Takes the state folder's lock (`state_dir/agent.lock`): held by the running agent, and by
+/// commands that write its state, so neither overwrites the other.
+pub fn lock_state(state_dir: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("cannot create `{}`", state_dir.display()))?;
+    let path = state_dir.join("agent.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open `{}`", path.display()))?;
+    // SAFETY: a plain flock on our own descriptor.
+    let rc = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
+    if rc != 0 {
+        bail!(
+            "`{}` is locked: an agent is running with this state folder (stop it first)",
+            path.display()
+        );
+    }
+    Ok(f)
+}
+
+/// `baseline import FILE`: a shipped baseline becomes this host's for its app (with the
+/// agent stopped: it would overwrite the file at its next save).
 pub fn import_baseline(cfg: &Config, file: &Path) -> anyhow::Result<()> {
+    let _lock = lock_state(&cfg.agent.state_dir)?;
     let mut b = crate::intel::read_baseline(file)?;
     if !cfg.apps.iter().any(|a| a.name == b.app) {
         bail!(
@@ -332,6 +367,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_state_lock_is_exclusive() {
+        let d = std::env::temp_dir().join(format!("cw-lock-{}", std::process::id()));
+        let held = lock_state(&d).unwrap();
+        let e = lock_state(&d).unwrap_err().to_string();
+        assert!(
+            e.contains("agent.lock") && e.contains("stop it first"),
+            "{e}"
+        );
+        drop(held);
+        lock_state(&d).unwrap();
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
     fn since_accepts_durations_dates_and_seconds() {
         let now = 1_796_000_000.0;
         assert_eq!(parse_since("30m", now).unwrap(), now - 1800.0);
@@ -349,6 +398,8 @@ mod tests {
         let e = parse_since("yesterday", now).unwrap_err().to_string();
         assert!(e.contains("yesterday"), "{e}");
         assert!(parse_since("2026-13-01", now).is_err());
+        assert!(parse_since("9223372036854775807-01-01", now).is_err());
+        assert!(parse_since("2026-01-01T-5:00", now).is_err());
         assert_eq!(utc(1_795_996_800.0 + 8.5 * 3600.0), "2026-11-30 08:30:00Z");
         assert_eq!(utc(0.0), "1970-01-01 00:00:00Z");
     }

@@ -595,8 +595,10 @@ fn sensor_health_drops_hooks_restart_and_clock() {
     run.feed(vec![p.snapshot(t + 10.0, 0), p.snapshot(t + 20.0, 17)]);
     run.feed(vec![startup(t + 30.0, false)]);
     let mut ticks = Vec::new();
-    ticks.extend(run.intel.tick(t + 40.0, Some(1000.0)));
-    ticks.extend(run.intel.tick(t + 45.0 + 3600.0, Some(1005.0)));
+    // The wall clock steps an hour away from the agent's clock between two ticks.
+    ticks.extend(run.intel.tick(t + 40.0, Some(0.2)));
+    ticks.extend(run.intel.tick(t + 45.0, Some(3600.2)));
+    assert!(run.intel.take_clock_jump());
     run.findings
         .extend(ticks.into_iter().filter_map(|e| match e {
             Event::Finding(f) => Some(f),

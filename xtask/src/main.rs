@@ -63,6 +63,9 @@ enum Cmd {
         /// chosen (and the run fail) on a kernel without BPF-LSM.
         #[arg(long, default_value = "")]
         append: String,
+        /// Accept tests that skip inside the VM (by default a skip fails the kernel).
+        #[arg(long)]
+        allow_skips: bool,
         /// Extra arguments for the kernel test binary (after `--`), e.g. a test name filter.
         #[arg(last = true)]
         args: Vec<String>,
@@ -98,6 +101,7 @@ fn main() -> anyhow::Result<()> {
                 timeout: std::time::Duration::from_secs(vm::DEFAULT_TIMEOUT_SECS),
                 test_args: Vec::new(),
                 append: String::new(),
+                allow_skips: false,
             })
         }
         Cmd::Bench { args } => {
@@ -111,6 +115,7 @@ fn main() -> anyhow::Result<()> {
             kernels,
             timeout,
             append,
+            allow_skips,
             args,
         } => {
             setup::setup()?;
@@ -120,6 +125,7 @@ fn main() -> anyhow::Result<()> {
                 timeout: std::time::Duration::from_secs(timeout),
                 test_args: args,
                 append,
+                allow_skips,
             })
         }
         Cmd::Run { args } => {

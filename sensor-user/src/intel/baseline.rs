@@ -91,6 +91,7 @@ impl Baseline {
     /// Folds a window in: every class (zeros too), each destination it sent to, its children.
     pub fn fold(&mut self, w: &WindowSummary) {
         let h = w.hour_of_week;
+        self.see_classes(w);
         for c in FileClass::ALL {
             self.class_bytes
                 .entry(c)
@@ -142,7 +143,17 @@ impl Baseline {
     }
 
     /// Remembers a destination or child already reported, so it is reported once.
+    /// Classes the window touched (opened, mapped or read).
+    fn see_classes(&mut self, w: &WindowSummary) {
+        for (c, s) in &w.classes {
+            if s.files + s.bytes + s.opens + s.mmaps > 0 {
+                self.classes_seen.insert(*c);
+            }
+        }
+    }
+
     pub fn remember(&mut self, w: &WindowSummary) {
+        self.see_classes(w);
         for d in &w.destinations {
             self.destinations
                 .entry(d.key())

@@ -21,7 +21,8 @@ pub fn offset_secs(offset: UtcOffset, unix: f64) -> i64 {
 
 /// Local (day of week with Monday 0, minute of day).
 pub fn local_day_minute(unix: f64, offset_secs: i64) -> (u32, u32) {
-    let local = unix.floor() as i64 + offset_secs;
+    // Casts saturate; recorded times can be anything.
+    let local = (unix.floor() as i64).saturating_add(offset_secs);
     let days = local.div_euclid(86_400);
     let minute = (local.rem_euclid(86_400) / 60) as u32;
     // 1970-01-01 was a Thursday (3 with Monday 0).
@@ -125,6 +126,9 @@ mod tests {
         assert_eq!(hour_of_week(monday + 3600.0 * 30.0, 0), 30);
         assert_eq!(hour_of_week(monday - 1.0, 0), 167);
         assert_eq!(hour_of_week(monday, 3600), 1);
+        // Absurd recorded times do not overflow.
+        let _ = hour_of_week(1e300, 3600);
+        let _ = hour_of_week(-1e300, -3600);
     }
 
     #[test]

@@ -56,6 +56,7 @@ pub struct Intel {
     drops_seen: Option<u64>,
     startups: u64,
     clock: Option<(f64, f64)>,
+    clock_jumped: bool,
     unsaved: u64,
 }
 
@@ -77,10 +78,10 @@ impl Intel {
             .as_ref()
             .map(|p| p.state_dir.clone())
             .unwrap_or_else(|| cfg.agent.state_dir.clone());
-        let privacy = if persist.is_some() || !cfg.privacy.key_file.is_empty() {
+        let privacy = if persist.is_some() {
             privacy::Privacy::load(&cfg.privacy.key_file, &state_dir, cfg.privacy.keep_argv)?
         } else {
-            // Replay without a key: a random one for this run only.
+            // Replay reads no key (it needs no root): a random one for this run only.
             let mut key = vec![0u8; 32];
             // SAFETY: writes at most key.len() bytes.
             unsafe { libc::getrandom(key.as_mut_ptr().cast(), key.len(), 0) };
@@ -107,7 +108,7 @@ impl Intel {
                     app,
                     now,
                     cfg.intel.learning_days,
-                ),
+                )?,
                 None => Baseline::new(app, now, cfg.intel.learning_days),
             };
             baselines.insert(app.clone(), b);
@@ -127,6 +128,7 @@ impl Intel {
             drops_seen: None,
             startups: 0,
             clock: None,
+            clock_jumped: false,
             unsaved: 0,
         })
     }
@@ -377,8 +379,9 @@ impl Intel {
     }
 
     /// Time passes: closes a window that is due, forgets old protected readers, and checks
-    /// the wall clock against the monotonic one (`mono` in seconds; `None` in replay).
-    pub fn tick(&mut self, now: f64, mono: Option<f64>) -> Vec<Event> {
+    /// how far the wall clock has stepped away from the agent's clock (`drift` in seconds,
+    /// from `Clock::wall_drift`; `None` in replay).
+    pub fn tick(&mut self, now: f64, drift: Option<f64>) -> Vec<Event> {
         let mut out = Vec::new();
         let closed = self.windows.tick(now);
         self.closed(closed, &mut out);
@@ -391,24 +394,35 @@ impl Intel {
             })
             .unwrap_or(0.0);
         self.readers.retain(|_, (t, ..)| now - *t <= keep.max(60.0));
-        if let Some(mono) = mono {
-            if let (Some((w0, m0)), Some(r)) = (
-                self.clock.replace((now, mono)),
-                self.rule(|k| matches!(k, RuleKind::ClockJump { .. })),
-            ) {
-                let RuleKind::ClockJump { max_jump_secs } = r.kind else {
-                    unreachable!()
-                };
-                let jump = (now - w0) - (mono - m0);
-                if jump.abs() > max_jump_secs {
-                    let f = Finding::new(&r.id, r.severity, "-", now, "clock")
-                        .summary(format!("the wall clock jumped {jump:+.0} s"))
-                        .with("jump_secs", jump.round());
-                    self.emit_findings(vec![f], &mut out);
+        if let Some(drift) = drift {
+            // Detected even with the rule off: the caller re-derives its clock.
+            let rule = self
+                .rule(|k| matches!(k, RuleKind::ClockJump { .. }))
+                .map(|r| (r.id.clone(), r.severity, r.kind.clone()));
+            let max = match &rule {
+                Some((_, _, RuleKind::ClockJump { max_jump_secs })) => *max_jump_secs,
+                _ => 120.0,
+            };
+            if let Some((_, d0)) = self.clock.replace((now, drift)) {
+                let jump = drift - d0;
+                if jump.abs() > max {
+                    self.clock = None;
+                    self.clock_jumped = true;
+                    if let Some((id, severity, _)) = rule {
+                        let f = Finding::new(&id, severity, "-", now, "clock")
+                            .summary(format!("the wall clock jumped {jump:+.0} s"))
+                            .with("jump_secs", jump.round());
+                        self.emit_findings(vec![f], &mut out);
+                    }
                 }
             }
         }
         out
+    }
+
+    /// Whether the wall clock jumped at the last `tick` (the caller re-derives its clock).
+    pub fn take_clock_jump(&mut self) -> bool {
+        std::mem::take(&mut self.clock_jumped)
     }
 
     /// At stop: closes the current window and saves the baselines.
@@ -459,12 +473,17 @@ impl Intel {
 }
 
 /// An app's baseline from disk, or a new one (moving an unreadable file aside).
-fn load_or_start(path: &std::path::Path, app: &str, now: f64, learning_days: f64) -> Baseline {
+fn load_or_start(
+    path: &std::path::Path,
+    app: &str,
+    now: f64,
+    learning_days: f64,
+) -> anyhow::Result<Baseline> {
     if !path.exists() {
         tracing::info!(app, learning_days, "no baseline yet: learning");
-        return Baseline::new(app, now, learning_days);
+        return Ok(Baseline::new(app, now, learning_days));
     }
-    match Baseline::load(path) {
+    Ok(match Baseline::load(path) {
         Ok(b) if b.app == app => {
             tracing::info!(
                 app,
@@ -478,13 +497,18 @@ fn load_or_start(path: &std::path::Path, app: &str, now: f64, learning_days: f64
             tracing::warn!(app, file_app = %b.app, path = %path.display(), "baseline is for another app: learning afresh");
             Baseline::new(app, now, learning_days)
         }
+        Err(e @ baseline::BaselineError::Read { .. }) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "cannot read the baseline of `{app}`; fix its permissions or move it away"
+            )));
+        }
         Err(e) => {
             let aside = path.with_extension(format!("corrupt-{}", now as u64));
             let moved = std::fs::rename(path, &aside).is_ok();
             tracing::warn!(app, error = %format!("{e:#}"), moved_to = %aside.display(), moved, "unreadable baseline: learning afresh");
             Baseline::new(app, now, learning_days)
         }
-    }
+    })
 }
 
 /// Reads a baseline file shipped by the collector (for `baseline import`).

@@ -375,8 +375,10 @@ impl Windows {
                 for f in files {
                     self.file_counters(app, *pid, f, true);
                 }
+                // A socket can outlive the process (inherited by a child): its close record
+                // finishes the flow, so the counters so far are kept, not reset.
                 for f in flows {
-                    self.flow_counters(app, *pid, f, true);
+                    self.flow_counters(app, *pid, f, false);
                 }
                 // Files the exit did not list are gone with the process.
                 self.files.retain(|(p, _, _), _| p != pid);

@@ -117,7 +117,8 @@ impl Verdict {
     /// Why this boot failed, or `None` when every check held: the VM reached its verdict,
     /// the agent loaded with the best hook for every capability (none passed over), and
     /// every test passed.
-    pub fn failure(&self) -> Option<String> {
+    /// A skipped test is a failure unless `allow_skips`.
+    pub fn failure_allowing(&self, allow_skips: bool) -> Option<String> {
         if self.panicked {
             return Some("kernel panic".into());
         }
@@ -151,6 +152,12 @@ impl Verdict {
                 ))
             }
             None => return Some("the kernel tests did not run".into()),
+        }
+        if self.skipped > 0 && !allow_skips {
+            return Some(format!(
+                "{} test(s) skipped inside the VM (see the SKIPPED lines; --allow-skips accepts it)",
+                self.skipped
+            ));
         }
         (!result).then(|| "the VM's init reported failure".into())
     }
@@ -260,7 +267,13 @@ cw-vm: result pass";
     #[test]
     fn a_clean_run_passes_and_lists_its_hooks() {
         let v = Verdict::parse(lines(GOOD));
-        assert_eq!(v.failure(), None);
+        assert_eq!(v.failure_allowing(true), None);
+        assert!(
+            v.failure_allowing(false)
+                .unwrap()
+                .contains("1 test(s) skipped"),
+            "a skip fails by default"
+        );
         assert_eq!(v.release, "6.1.0-56-cloud-amd64");
         assert_eq!(
             v.hooks,
@@ -282,7 +295,7 @@ cw-vm: result pass";
             "file_open    tracepoint:syscalls:sys_exit_open*  every_syscall\n    passed over lsm:file_open: load failed: Permission denied; verifier log tail:\n      R1 invalid mem access",
         );
         let v = Verdict::parse(lines(&fallback));
-        assert!(v.failure().unwrap().contains("passed over"));
+        assert!(v.failure_allowing(false).unwrap().contains("passed over"));
         assert_eq!(v.hook_notes[1], "R1 invalid mem access");
 
         let failed = GOOD
@@ -290,19 +303,21 @@ cw-vm: result pass";
             .replace("tests rc=0", "tests rc=101")
             .replace("result pass", "result fail");
         assert!(Verdict::parse(lines(&failed))
-            .failure()
+            .failure_allowing(false)
             .unwrap()
             .contains("1 failed"));
 
         let panic = format!("{GOOD}\n[ 1.0] Kernel panic - not syncing: Attempted to kill init!");
         assert_eq!(
-            Verdict::parse(lines(&panic)).failure().unwrap(),
+            Verdict::parse(lines(&panic))
+                .failure_allowing(false)
+                .unwrap(),
             "kernel panic"
         );
 
         let cut: String = GOOD.lines().take(5).collect::<Vec<_>>().join("\n");
         assert_eq!(
-            Verdict::parse(lines(&cut)).failure().unwrap(),
+            Verdict::parse(lines(&cut)).failure_allowing(false).unwrap(),
             "the VM stopped without a verdict"
         );
     }

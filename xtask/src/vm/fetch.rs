@@ -78,20 +78,23 @@ fn installed(package: &str) -> bool {
 /// Downloads packages into `debs`, running `apt-get update` once if the lists are stale.
 fn download(debs: &Path, packages: &[String]) -> anyhow::Result<()> {
     std::fs::create_dir_all(debs).with_context(|| format!("cannot create `{}`", debs.display()))?;
-    let attempt = || {
-        Command::new("apt-get")
+    let attempt = || -> anyhow::Result<bool> {
+        let status = Command::new("apt-get")
             .current_dir(debs)
             .args(["-q", "-o", "APT::Sandbox::User=root", "download"])
             .args(packages)
             .status()
-            .is_ok_and(|s| s.success())
+            .context(
+                "cannot run apt-get (vm-test fetches QEMU and kernels from Debian's packages)",
+            )?;
+        Ok(status.success())
     };
-    if attempt() {
+    if attempt()? {
         return Ok(());
     }
     eprintln!("vm-test: download failed; refreshing the package lists and trying again");
     let _ = Command::new("apt-get").args(["-q", "update"]).status();
-    if attempt() {
+    if attempt()? {
         return Ok(());
     }
     bail!("apt-get download {} failed", packages.join(" "))
@@ -210,8 +213,34 @@ fn kernel_package(spec: &str) -> anyhow::Result<String> {
     bail!("`--kernel {spec}`: expected 6.1, 6.12, a release such as 6.1.0-56-cloud-amd64, or a linux-image package name")
 }
 
+/// A complete cached kernel whose release starts with `prefix` (newest name first), for
+/// when apt cannot say which build `6.1`/`6.12` means.
+fn cached_kernel(prefix: &str) -> Option<String> {
+    let mut found: Vec<String> = std::fs::read_dir(cache_dir().join("kernels"))
+        .ok()?
+        .flatten()
+        .filter(|e| e.path().join("complete").exists())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|r| r.starts_with(prefix))
+        .collect();
+    found.sort();
+    found.pop().map(|r| format!("linux-image-{r}"))
+}
+
 pub fn kernel(spec: &str) -> anyhow::Result<Kernel> {
-    let package = kernel_package(spec)?;
+    let package = match kernel_package(spec) {
+        Ok(p) => p,
+        Err(e) => {
+            let prefix = match spec {
+                "6.1" => "6.1.",
+                "6.12" => "6.12.",
+                _ => return Err(e),
+            };
+            let cached = cached_kernel(prefix).ok_or(e)?;
+            eprintln!("vm-test: apt cannot resolve `{spec}`; using the cached {cached}");
+            cached
+        }
+    };
     let release = package
         .strip_prefix("linux-image-")
         .unwrap_or(&package)
@@ -219,7 +248,9 @@ pub fn kernel(spec: &str) -> anyhow::Result<Kernel> {
     let dir = cache_dir().join("kernels").join(&release);
     let vmlinuz = dir.join(format!("vmlinuz-{release}"));
     let order = dir.join("modules/order");
-    if !vmlinuz.exists() || !order.exists() {
+    // Written last: an interrupted fetch is fetched again.
+    let complete = dir.join("complete");
+    if !complete.exists() {
         eprintln!("vm-test: fetching {package} into {}", dir.display());
         let _ = std::fs::remove_dir_all(&dir);
         let debs = dir.join("debs");
@@ -239,6 +270,7 @@ pub fn kernel(spec: &str) -> anyhow::Result<Kernel> {
             .with_context(|| format!("{package} has no image for `{release}`"))?;
         std::fs::remove_dir_all(&root)?;
         std::fs::remove_dir_all(&debs)?;
+        std::fs::write(&complete, &package)?;
     }
     let modules = std::fs::read_to_string(&order)?
         .lines()

@@ -32,6 +32,8 @@ pub struct Options {
     pub test_args: Vec<String>,
     /// Extra kernel command line.
     pub append: String,
+    /// Accept tests that skip inside the VM.
+    pub allow_skips: bool,
 }
 
 /// The kernel test binary that cargo built, from `cargo test --no-run`'s JSON messages.
@@ -174,7 +176,11 @@ pub fn vm_test(opts: &Options) -> anyhow::Result<()> {
         for (cap, hook) in &v.hooks {
             println!("    {cap:<12} {hook}");
         }
-        let line = match v.failure() {
+        let mut failure = v.failure_allowing(opts.allow_skips);
+        if failure.is_none() && v.release != k.release {
+            failure = Some(format!("booted `{}`, expected `{}`", v.release, k.release));
+        }
+        let line = match failure {
             None => format!(
                 "vm-test {}: PASS: {} tests passed ({} skipped), best hook for all {} capabilities, {:.0} s",
                 k.release,
