@@ -8,6 +8,7 @@
 //! cgroup_root = "auto"          # cgroup v2 mount for the socket hooks, or a path
 //! disabled_hooks = []           # hook options never to try, e.g. ["lsm:file_open"]
 //! state_dir = "/var/lib/clinicwatch"  # baselines, the findings log, a generated key
+//! dns_resolvers = []            # whose answers name destinations; [] = resolv.conf + 127.0.0.53
 //!
 //! [intel]
 //! window_secs = 60              # aggregation window
@@ -166,6 +167,9 @@ pub struct AgentConfig {
     pub disabled_hooks: Vec<String>,
     /// Baselines, the findings log and a generated key. Default `/var/lib/clinicwatch`.
     pub state_dir: PathBuf,
+    /// DNS servers whose answers name destinations. Default (empty): the nameservers of
+    /// `/etc/resolv.conf`, and 127.0.0.53.
+    pub dns_resolvers: Vec<String>,
 }
 
 impl Default for AgentConfig {
@@ -176,6 +180,7 @@ impl Default for AgentConfig {
             cgroup_root: "auto".into(),
             disabled_hooks: Vec::new(),
             state_dir: PathBuf::from("/var/lib/clinicwatch"),
+            dns_resolvers: Vec::new(),
         }
     }
 }
@@ -305,6 +310,11 @@ impl Config {
                 );
             }
             glob_ok(format!("class[{i}].path"), &c.path)?;
+        }
+        for (i, r) in self.agent.dns_resolvers.iter().enumerate() {
+            if r.parse::<std::net::IpAddr>().is_err() {
+                return bad(format!("agent.dns_resolvers[{i}]"), "must be an IP address");
+            }
         }
         if !self.agent.state_dir.is_absolute() {
             return bad("agent.state_dir".into(), "must be an absolute path");

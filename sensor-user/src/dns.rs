@@ -91,11 +91,31 @@ pub fn answers(b: &[u8]) -> Option<(String, Vec<IpAddr>)> {
     Some((qname, ips))
 }
 
-/// Address → the name it was last resolved from, for the most recent `cap` addresses.
+/// (application, address) → the name the application last resolved it from, for the most
+/// recent `cap` pairs. Per application: one app's answers never name another's destinations.
 pub struct Names {
-    map: HashMap<IpAddr, String>,
-    order: VecDeque<IpAddr>,
+    map: HashMap<(u32, IpAddr), String>,
+    order: VecDeque<(u32, IpAddr)>,
     cap: usize,
+}
+
+/// The nameservers of a `resolv.conf`.
+pub fn resolvers(resolv_conf: &str) -> Vec<IpAddr> {
+    resolv_conf
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some("nameserver")).then(|| w.next()).flatten()
+        })
+        .filter_map(|a| a.split('%').next()?.parse().ok())
+        .collect()
+}
+
+fn unmapped(ip: &IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(*ip),
+        v4 => *v4,
+    }
 }
 
 impl Names {
@@ -107,14 +127,15 @@ impl Names {
         }
     }
 
-    /// Learns from one answer; returns how many addresses it named.
-    pub fn learn(&mut self, payload: &[u8]) -> usize {
+    /// Learns from one answer received by `app`; returns how many addresses it named.
+    pub fn learn(&mut self, app: u32, payload: &[u8]) -> usize {
         let Some((name, ips)) = answers(payload) else {
             return 0;
         };
         for ip in &ips {
-            if self.map.insert(*ip, name.clone()).is_none() {
-                self.order.push_back(*ip);
+            let key = (app, unmapped(ip));
+            if self.map.insert(key, name.clone()).is_none() {
+                self.order.push_back(key);
                 if self.order.len() > self.cap {
                     if let Some(old) = self.order.pop_front() {
                         self.map.remove(&old);
@@ -125,12 +146,8 @@ impl Names {
         ips.len()
     }
 
-    pub fn name(&self, ip: &IpAddr) -> Option<&str> {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(*ip),
-            v4 => *v4,
-        };
-        self.map.get(&ip).map(String::as_str)
+    pub fn name(&self, app: u32, ip: &IpAddr) -> Option<&str> {
+        self.map.get(&(app, unmapped(ip))).map(String::as_str)
     }
 }
 
@@ -178,22 +195,21 @@ mod tests {
             Some(("api.vendor.example".to_string(), ips.clone()))
         );
         let mut n = Names::new(2);
-        assert_eq!(n.learn(&r), 2);
-        assert_eq!(n.name(&ips[0]), Some("api.vendor.example"));
+        assert_eq!(n.learn(0, &r), 2);
+        assert_eq!(n.name(0, &ips[0]), Some("api.vendor.example"));
+        let mapped: IpAddr = "::ffff:203.0.113.7".parse().unwrap();
+        assert_eq!(n.name(0, &mapped), Some("api.vendor.example"));
+        assert_eq!(n.name(1, &ips[0]), None, "names are per application");
+        let other = response(8, "other.example", &["198.51.100.1".parse().unwrap()]);
+        n.learn(0, &other);
         assert_eq!(
-            n.name(&"::ffff:203.0.113.7".parse().unwrap()),
-            Some("api.vendor.example")
-        );
-        n.learn(&response(
-            8,
-            "other.example",
-            &["198.51.100.1".parse().unwrap()],
-        ));
-        assert_eq!(
-            n.name(&ips[0]),
+            n.name(0, &ips[0]),
             None,
             "the oldest is forgotten beyond the cap"
         );
+        let conf = "# x\nnameserver 127.0.0.53\nnameserver fe80::1%eth0\nsearch lan\n";
+        let want: Vec<IpAddr> = vec!["127.0.0.53".parse().unwrap(), "fe80::1".parse().unwrap()];
+        assert_eq!(resolvers(conf), want);
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! and flags, applies the command-line filter, and reads final counters at exit. Also builds
 //! the periodic snapshot of counters and health.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
 
 use clinicwatch_common::{
     hook, origin, path_flags, FileKey, FileStats, FlowAddr, FlowStats, PathBuf as KPath,
@@ -155,14 +158,37 @@ pub struct Handler {
     rejected: std::collections::HashSet<u32>,
     /// Watch a process outside the apps once it opens a protected file.
     follow_readers: bool,
-    /// Names from the DNS answers watched flows received, by address.
+    /// Names from the DNS answers watched flows received, by application and address.
     pub names: crate::dns::Names,
-    /// DNS answers seen, and how many addresses they named.
+    /// DNS answers that named addresses.
     pub dns_answers: u64,
+    /// Answers from servers other than the resolvers, ignored (a process could otherwise
+    /// name an address of its choosing after the vendor).
+    pub dns_untrusted: u64,
+    /// The resolvers whose answers are believed.
+    resolvers: std::collections::HashSet<IpAddr>,
+    /// Open flows to port 53: cookie → (server, application).
+    dns_flows: HashMap<u64, (IpAddr, u32)>,
 }
+
+/// Flows to port 53 remembered at once (past it, the oldest knowledge is dropped).
+const DNS_FLOWS_KEPT: usize = 1024;
 
 /// Addresses remembered with the name they were resolved from.
 const NAMES_KEPT: usize = 4096;
+
+/// The configured resolvers, or those of `/etc/resolv.conf` and systemd-resolved's stub.
+fn resolvers(configured: &[String]) -> std::collections::HashSet<IpAddr> {
+    if !configured.is_empty() {
+        return configured.iter().filter_map(|r| r.parse().ok()).collect();
+    }
+    let mut set: std::collections::HashSet<IpAddr> =
+        crate::dns::resolvers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
+            .into_iter()
+            .collect();
+    set.insert(IpAddr::from([127, 0, 0, 53]));
+    set
+}
 
 /// The application index of processes followed because they opened a protected file.
 pub const READER_APP: u32 = u32::MAX;
@@ -190,6 +216,9 @@ impl Handler {
             follow_readers: cfg.intel.follow_protected_readers,
             names: crate::dns::Names::new(NAMES_KEPT),
             dns_answers: 0,
+            dns_untrusted: 0,
+            resolvers: resolvers(&cfg.agent.dns_resolvers),
+            dns_flows: HashMap::new(),
         }
     }
 
@@ -433,6 +462,12 @@ impl Handler {
             KernelEvent::Connect(e) => {
                 self.open_flows.insert(e.cookie, e.hdr.tgid);
                 let dst = remote_ip(&e.remote);
+                if e.remote.port == 53 {
+                    if self.dns_flows.len() >= DNS_FLOWS_KEPT {
+                        self.dns_flows.clear();
+                    }
+                    self.dns_flows.insert(e.cookie, (dst, e.app));
+                }
                 Some(Event::NetConnect {
                     time: self.clock.unix(e.hdr.time_ns),
                     pid: e.hdr.tgid,
@@ -441,18 +476,24 @@ impl Handler {
                     protocol: protocol_name(e.remote.protocol),
                     dst,
                     port: e.remote.port,
-                    name: self.names.name(&dst).map(str::to_string),
+                    name: self.names.name(e.app, &dst).map(str::to_string),
                 })
             }
             KernelEvent::Dns(e) => {
                 let len = (e.len as usize).min(e.data.len());
-                if self.names.learn(&e.data[..len]) > 0 {
-                    self.dns_answers += 1;
+                match self.dns_flows.get(&e.cookie) {
+                    Some((server, app)) if self.resolvers.contains(server) => {
+                        if self.names.learn(*app, &e.data[..len]) > 0 {
+                            self.dns_answers += 1;
+                        }
+                    }
+                    _ => self.dns_untrusted += 1,
                 }
                 None
             }
             KernelEvent::FlowClose(e) => {
                 self.open_flows.remove(&e.cookie);
+                self.dns_flows.remove(&e.cookie);
                 Some(Event::NetClose {
                     time: self.clock.unix(e.hdr.time_ns),
                     pid: e.stats.tgid,

@@ -675,16 +675,46 @@ fn a_dns_answer_names_the_destination_the_app_then_connects_to() {
     });
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port().to_string();
-    let (agent, rx) = start_agent(&fx.config(""));
-    let (pid, out) = run(
-        &fx.app,
-        &[
-            "resolve-connect",
-            "127.0.0.2:53",
-            "api.vendor.example",
-            &port,
-        ],
+    let resolve = || {
+        run(
+            &fx.app,
+            &[
+                "resolve-connect",
+                "127.0.0.2:53",
+                "api.vendor.example",
+                &port,
+            ],
+        )
+    };
+    let tcp_connect_name = |rx: &Events, pid: u32| {
+        let conn = expect_event(
+            rx,
+            WAIT,
+            "the connect to the answered address",
+            |e| matches!(e, Event::NetConnect { pid: p, protocol, .. } if *p == pid && protocol == "tcp"),
+        );
+        let Event::NetConnect { name, .. } = conn else {
+            unreachable!()
+        };
+        name
+    };
+    // An answer from a server that is not a configured resolver names nothing.
+    let with_resolver = |r: &str| {
+        let mut cfg = fx.config("");
+        cfg.agent.dns_resolvers = vec![r.to_string()];
+        cfg
+    };
+    let (agent, rx) = start_agent(&with_resolver("127.0.0.9"));
+    let (pid, _) = resolve();
+    assert_eq!(
+        tcp_connect_name(&rx, pid),
+        None,
+        "an untrusted answer was believed"
     );
+    agent.stop();
+
+    let (agent, rx) = start_agent(&with_resolver("127.0.0.2"));
+    let (pid, out) = resolve();
     assert_eq!(out.trim(), "127.0.0.1");
     let query = expect_event(
         &rx,
