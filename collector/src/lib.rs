@@ -1,5 +1,7 @@
-//! clinicwatch collector: the central gRPC service of the security operations centre.
+//! clinicwatch collector: the central service of the security operations centre.
 //!
-//! Not built yet. Ingest (mTLS, dedup, durable acks) and storage come with the delivery
-//! issue; correlation across clinics and the SOC surface after it. See
-//! `../shared/DESIGN.md` and ARCHITECTURE.md for where it fits.
+//! Built so far: [`store`], the durable record store with per-host deduplication that
+//! ingest acks against. The gRPC ingest (mTLS, acks after the durable write), correlation
+//! across clinics and the SOC surface come next; see ARCHITECTURE.md.
+
+pub mod store;
