@@ -4,4 +4,6 @@
 //! ingest acks against. The gRPC ingest (mTLS, acks after the durable write), correlation
 //! across clinics and the SOC surface come next; see ARCHITECTURE.md.
 
+pub mod ingest;
+pub mod pki;
 pub mod store;
