@@ -36,6 +36,9 @@ struct Core {
     handler: Handler,
     output: Output,
     intel: Intel,
+    /// Records for the collector, when exporting.
+    spool: Option<Arc<Mutex<crate::spool::Spool>>>,
+    spool_errors: u64,
 }
 
 impl Core {
@@ -43,10 +46,27 @@ impl Core {
     /// then out: in-process subscribers get it as it is, the output through the privacy edge.
     fn emit(&mut self, ev: Event) {
         let produced = self.intel.observe(&ev);
+        if matches!(ev, Event::Snapshot { .. }) {
+            self.spool(&ev);
+        }
         let intel = &self.intel;
         self.output.emit_filtered(ev, |e| intel.filter(e));
         for e in produced {
+            self.spool(&e);
             self.output.emit(e);
+        }
+    }
+
+    /// Summaries, findings and health go to the spool (when exporting); a failed append
+    /// (full disk) is counted and logged, the event still goes to the output.
+    fn spool(&mut self, ev: &Event) {
+        let Some(spool) = &self.spool else { return };
+        let mut s = spool.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((kind, payload)) = crate::export::record(ev, s.dropped) {
+            if let Err(e) = s.append(kind, &payload) {
+                self.spool_errors += 1;
+                warn!(error = %e, errors = self.spool_errors, "cannot spool a record");
+            }
         }
     }
 
@@ -83,6 +103,7 @@ pub struct Agent {
     pub capabilities: Vec<CapabilityReport>,
     /// `state_dir/agent.lock`, held while running (when writing output).
     _lock: Option<std::fs::File>,
+    exporter: Option<crate::exporter::Exporter>,
 }
 
 /// A configured executable: its identity for the kernel, and for `stat(2)` (seeding).
@@ -283,11 +304,47 @@ impl Agent {
             handler.clock.now(),
         )
         .context("cannot start the detectors")?;
+        let (spool, exporter) = if cfg.export.collector.is_empty() {
+            (None, None)
+        } else {
+            let spool = crate::spool::Spool::open(crate::spool::SpoolConfig {
+                dir: cfg.agent.state_dir.join("spool"),
+                max_bytes: cfg.export.spool_max_mb << 20,
+                segment_bytes: 4 << 20,
+                fsync_each: false,
+            })?;
+            let spool = Arc::new(Mutex::new(spool));
+            let hello = clinicwatch_proto::v1::Hello {
+                clinic_id: cfg.export.clinic.clone(),
+                host_id: cfg.export.host.clone(),
+                hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string(),
+                agent_version: env!("CARGO_PKG_VERSION").into(),
+                kernel: kernel_release(),
+                capabilities: capabilities
+                    .iter()
+                    .map(|c| clinicwatch_proto::v1::HookChoice {
+                        capability: c.capability.to_string(),
+                        hook: c.hook.as_deref().unwrap_or("").to_string(),
+                        scope: c.scope.map_or("", |s| s.as_str()).to_string(),
+                    })
+                    .collect(),
+                epoch: 0,
+                last_acked_seq: 0,
+            };
+            let exporter = crate::exporter::Exporter::start(&cfg.export, spool.clone(), hello)
+                .context("cannot start the exporter")?;
+            (Some(spool), Some(exporter))
+        };
         let mut core = Core {
             sensor,
             handler,
             output,
             intel,
+            spool,
+            spool_errors: 0,
         };
         let startup = Event::Startup {
             time: core.handler.clock.now(),
@@ -317,6 +374,7 @@ impl Agent {
             thread: Some(thread),
             capabilities,
             _lock: lock,
+            exporter,
         })
     }
 
@@ -351,6 +409,21 @@ impl Agent {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+        // After the event thread: its last records are spooled (and sent next start).
+        let spool = self
+            .core
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .spool
+            .clone();
+        if let Some(spool) = spool {
+            if let Err(e) = spool.lock().unwrap_or_else(|p| p.into_inner()).sync() {
+                warn!(error = %e, "cannot sync the spool at stop");
+            }
+        }
+        if let Some(e) = self.exporter.take() {
+            e.stop();
         }
     }
 }

@@ -71,6 +71,8 @@ pub struct Config {
     pub intel: IntelConfig,
     #[serde(default)]
     pub privacy: PrivacyConfig,
+    #[serde(default)]
+    pub export: ExportConfig,
     #[serde(default, rename = "class")]
     pub classes: Vec<ClassRuleConfig>,
 }
@@ -132,6 +134,40 @@ mod auto {
             other => Err(D::Error::custom(format!(
                 "expected \"auto\" or minutes east of UTC, got `{other}`"
             ))),
+        }
+    }
+}
+
+/// Delivery to the collector (mutual TLS). Off while `collector` is empty.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportConfig {
+    /// `https://collector.example:7443`. Default empty: nothing is spooled or sent.
+    pub collector: String,
+    /// The clinic and host this agent speaks for: must be those of its certificate.
+    pub clinic: String,
+    pub host: String,
+    /// PEM files: the collector's CA, this host's certificate and key.
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// The on-disk spool's cap, MiB (summaries are dropped beyond it, never findings).
+    pub spool_max_mb: u64,
+    /// Records per batch. Default 500.
+    pub batch_records: usize,
+}
+
+impl Default for ExportConfig {
+    fn default() -> Self {
+        Self {
+            collector: String::new(),
+            clinic: String::new(),
+            host: String::new(),
+            ca_file: PathBuf::new(),
+            cert_file: PathBuf::new(),
+            key_file: PathBuf::new(),
+            spool_max_mb: 256,
+            batch_records: 500,
         }
     }
 }
@@ -314,6 +350,32 @@ impl Config {
         for (i, r) in self.agent.dns_resolvers.iter().enumerate() {
             if r.parse::<std::net::IpAddr>().is_err() {
                 return bad(format!("agent.dns_resolvers[{i}]"), "must be an IP address");
+            }
+        }
+        let ex = &self.export;
+        if !ex.collector.is_empty() {
+            if !ex.collector.starts_with("https://") {
+                return bad("export.collector".into(), "must be an https:// URL");
+            }
+            for (key, v) in [("export.clinic", &ex.clinic), ("export.host", &ex.host)] {
+                if v.trim().is_empty() {
+                    return bad(key.into(), "is required when `export.collector` is set");
+                }
+            }
+            for (key, p) in [
+                ("export.ca_file", &ex.ca_file),
+                ("export.cert_file", &ex.cert_file),
+                ("export.key_file", &ex.key_file),
+            ] {
+                if !p.is_absolute() {
+                    return bad(key.into(), "must be an absolute path");
+                }
+            }
+            if ex.batch_records == 0 || ex.batch_records > 10_000 {
+                return bad("export.batch_records".into(), "must be between 1 and 10000");
+            }
+            if ex.spool_max_mb == 0 {
+                return bad("export.spool_max_mb".into(), "must be at least 1");
             }
         }
         if !self.agent.state_dir.is_absolute() {

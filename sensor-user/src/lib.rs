@@ -12,6 +12,7 @@ pub mod decode;
 pub mod dns;
 pub mod event;
 pub mod export;
+pub mod exporter;
 pub mod handler;
 pub mod intel;
 pub mod output;
