@@ -45,6 +45,22 @@ fn host_of<T>(req: &Request<T>) -> Result<HostKey, Status> {
     Ok(HostKey { clinic, host })
 }
 
+/// Runs a store call off the async threads (SQLite blocks on its fsync).
+async fn on_store<T: Send + 'static>(
+    store: &Arc<Mutex<SqliteStore>>,
+    f: impl FnOnce(&mut SqliteStore) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, Status> {
+    let store = store.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        f(&mut store.lock().unwrap_or_else(|p| p.into_inner()))
+    })
+    .await;
+    match r {
+        Ok(r) => r.map_err(status),
+        Err(_) => Err(Status::internal("store task failed")),
+    }
+}
+
 fn ack(epoch: u64, up_to_seq: u64) -> ServerFrame {
     ServerFrame {
         frame: Some(server_frame::Frame::Ack(Ack { epoch, up_to_seq })),
@@ -84,23 +100,13 @@ impl Ingest for IngestService {
                                 host.clinic, host.host, h.clinic_id, h.host_id
                             )))
                         } else {
-                            let (store, host2, e) = (store.clone(), host.clone(), h.epoch);
-                            let r = tokio::task::spawn_blocking(move || {
-                                store.lock().unwrap_or_else(|p| p.into_inner()).hello(
-                                    &host2,
-                                    &h,
-                                    now(),
-                                )
-                            })
-                            .await;
-                            match r {
-                                Ok(Ok(up)) => {
+                            let (host2, e) = (host.clone(), h.epoch);
+                            on_store(&store, move |s| s.hello(&host2, &h, now()))
+                                .await
+                                .map(|up| {
                                     epoch = Some(e);
-                                    Ok(Some(ack(e, up)))
-                                }
-                                Ok(Err(err)) => Err(status(err)),
-                                Err(_) => Err(Status::internal("store task failed")),
-                            }
+                                    Some(ack(e, up))
+                                })
                         }
                     }
                     Some(Frame::Batch(b)) => match epoch {
@@ -110,23 +116,13 @@ impl Ingest for IngestService {
                             b.epoch
                         ))),
                         Some(e) => {
-                            let (store, host2) = (store.clone(), host.clone());
-                            let r = tokio::task::spawn_blocking(move || {
-                                store.lock().unwrap_or_else(|p| p.into_inner()).ingest(
-                                    &host2,
-                                    &b,
-                                    now(),
-                                )
-                            })
-                            .await;
-                            match r {
-                                Ok(Ok(i)) => Ok(Some(ack(e, i.up_to_seq))),
-                                Ok(Err(err)) => {
+                            let host2 = host.clone();
+                            on_store(&store, move |s| s.ingest(&host2, &b, now()))
+                                .await
+                                .map(|i| Some(ack(e, i.up_to_seq)))
+                                .inspect_err(|err| {
                                     tracing::warn!(clinic = %host.clinic, host = %host.host, error = %err, "batch refused");
-                                    Err(status(err))
-                                }
-                                Err(_) => Err(Status::internal("store task failed")),
-                            }
+                                })
                         }
                     },
                     Some(Frame::Heartbeat(_)) => Ok(None),
