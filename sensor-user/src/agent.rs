@@ -10,7 +10,6 @@ use std::{
         mpsc::Sender,
         Arc, Mutex,
     },
-    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -98,8 +97,8 @@ impl Core {
 /// A running agent. Dropping it (or [`Agent::stop`]) detaches every probe.
 pub struct Agent {
     core: Arc<Mutex<Core>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    /// The thread that drains the ring buffer.
+    events: crate::worker::Worker,
     pub capabilities: Vec<CapabilityReport>,
     /// `state_dir/agent.lock`, held while running (when writing output).
     _lock: Option<std::fs::File>,
@@ -359,19 +358,17 @@ impl Agent {
         core.output.flush();
 
         let core = Arc::new(Mutex::new(core));
-        let stop = Arc::new(AtomicBool::new(false));
         let interval = Duration::from_secs(cfg.agent.snapshot_interval_secs);
-        let thread = {
-            let (core, stop) = (core.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name(EVENT_THREAD.into())
-                .spawn(move || event_loop(core, ring, stop, interval))
-                .context("cannot start the event thread")?
+        let events = {
+            let core = core.clone();
+            crate::worker::Worker::spawn(EVENT_THREAD, move |stop| {
+                event_loop(core, ring, stop, interval)
+            })
+            .context("cannot start the event thread")?
         };
         Ok(Agent {
             core,
-            stop,
-            thread: Some(thread),
+            events,
             capabilities,
             _lock: lock,
             exporter,
@@ -406,10 +403,7 @@ impl Agent {
     }
 
     fn shutdown(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.events.stop();
         // After the event thread: its last records are spooled (and sent next start).
         let spool = self
             .core

@@ -8,7 +8,6 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
     },
-    thread::JoinHandle,
     time::Duration,
 };
 
@@ -22,15 +21,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use crate::{config::ExportConfig, spool::Spool};
 
 pub struct Exporter {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-/// What the exporter has done, for health.
-#[derive(Debug, Default)]
-pub struct ExportStats {
-    pub connects: u64,
-    pub batches_acked: u64,
+    worker: crate::worker::Worker,
 }
 
 impl Exporter {
@@ -61,48 +52,26 @@ impl Exporter {
             .tls_config(tls)
             .context("bad TLS material in `export`")?
             .connect_timeout(Duration::from_secs(5));
-        let stop = Arc::new(AtomicBool::new(false));
         let batch = cfg.batch_records;
-        let thread = {
-            let stop = stop.clone();
-            std::thread::Builder::new()
-                .name("cw-export".into())
-                .spawn(move || {
-                    let rt = match tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                    {
-                        Ok(rt) => rt,
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot start the exporter runtime");
-                            return;
-                        }
-                    };
-                    rt.block_on(run(endpoint, spool, hello, batch, stop));
-                })
-                .context("cannot start the exporter thread")?
-        };
-        Ok(Exporter {
-            stop,
-            thread: Some(thread),
+        let worker = crate::worker::Worker::spawn("cw-export", move |stop| {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the exporter runtime");
+                    return;
+                }
+            };
+            rt.block_on(run(endpoint, spool, hello, batch, stop));
         })
+        .context("cannot start the exporter thread")?;
+        Ok(Exporter { worker })
     }
 
     pub fn stop(mut self) {
-        self.shutdown();
-    }
-
-    fn shutdown(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Exporter {
-    fn drop(&mut self) {
-        self.shutdown();
+        self.worker.stop();
     }
 }
 

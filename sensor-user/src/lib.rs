@@ -21,6 +21,7 @@ pub mod proctable;
 pub mod report;
 pub mod sensor;
 pub mod spool;
+pub mod worker;
 
 pub use agent::Agent;
 pub use config::Config;
