@@ -201,6 +201,25 @@ pub enum Event {
 }
 
 impl Event {
+    /// When it happened, for the events that record it (not summaries and findings, which
+    /// are conclusions drawn later).
+    pub fn time(&self) -> Option<f64> {
+        Some(match self {
+            Event::Startup { time, .. }
+            | Event::Seed { time, .. }
+            | Event::Exec { time, .. }
+            | Event::Fork { time, .. }
+            | Event::Exit { time, .. }
+            | Event::FileOpen { time, .. }
+            | Event::FileMmap { time, .. }
+            | Event::ProtectedOpen { time, .. }
+            | Event::NetConnect { time, .. }
+            | Event::NetClose { time, .. }
+            | Event::Snapshot { time, .. } => *time,
+            Event::Summary(_) | Event::Finding(_) => return None,
+        })
+    }
+
     pub fn pid(&self) -> Option<u32> {
         match self {
             Event::Seed { pid, .. }

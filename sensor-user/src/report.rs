@@ -326,7 +326,7 @@ pub fn replay(
         if matches!(ev, Event::Summary(_) | Event::Finding(_)) {
             continue; // the recording's own conclusions are not replayed
         }
-        let t = crate::intel::window::event_time(&ev).unwrap_or(last);
+        let t = ev.time().unwrap_or(last);
         last = t;
         let engine = match &mut intel {
             Some(i) => i,

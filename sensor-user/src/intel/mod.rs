@@ -137,12 +137,6 @@ impl Intel {
         &self.baselines
     }
 
-    /// Starts an app's baseline from a shipped one (`source = imported`).
-    pub fn import_baseline(&mut self, mut b: Baseline) {
-        b.source = "imported".into();
-        self.baselines.insert(b.app.clone(), b);
-    }
-
     fn rule(&self, pick: impl Fn(&RuleKind) -> bool) -> Option<&rules::Rule> {
         self.rules.enabled().find(|r| pick(&r.kind))
     }

@@ -312,7 +312,7 @@ impl Windows {
     /// A snapshot's counters accrued before it was taken: they are folded into the window
     /// still open, and only then does its time close that window.
     pub fn push(&mut self, ev: &Event) -> Vec<WindowSummary> {
-        let closed = match event_time(ev) {
+        let closed = match ev.time() {
             // Counters up to a snapshot taken just after the window's end belong to it; a
             // snapshot after a gap (the agent was stopped) starts afresh.
             Some(t) if matches!(ev, Event::Snapshot { .. }) && !self.past(t) => Vec::new(),
@@ -403,22 +403,4 @@ impl Windows {
         }
         closed
     }
-}
-
-/// The time an event happened, where it has one.
-pub fn event_time(ev: &Event) -> Option<f64> {
-    Some(match ev {
-        Event::Startup { time, .. }
-        | Event::Seed { time, .. }
-        | Event::Exec { time, .. }
-        | Event::Fork { time, .. }
-        | Event::Exit { time, .. }
-        | Event::FileOpen { time, .. }
-        | Event::FileMmap { time, .. }
-        | Event::ProtectedOpen { time, .. }
-        | Event::NetConnect { time, .. }
-        | Event::NetClose { time, .. }
-        | Event::Snapshot { time, .. } => *time,
-        _ => return None,
-    })
 }
