@@ -1,39 +1,71 @@
 //! The `Ingest` gRPC service: one stream per agent. The host is the client certificate's
 //! (clinic, host); a Hello that claims another is `permission_denied`. Each batch is stored
-//! durably, then acked; a malformed one is `invalid_argument` and ends the stream.
+//! durably, then acked; a malformed or oversized frame is `invalid_argument` (logged with
+//! the host) and ends the stream; a host past its rate gets `resource_exhausted` with a
+//! retry pushback, and nothing of that batch is stored.
 
 use std::{
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{atomic::Ordering, Arc, Mutex},
+    time::Instant,
 };
 
 use clinicwatch_proto::v1::{
     agent_frame::Frame, ingest_server::Ingest, server_frame, Ack, AgentFrame, ServerFrame,
+    Throttle,
 };
 use tokio_stream::{wrappers::ReceiverStream, Stream};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::store::{HostKey, SqliteStore, StoreError};
+use crate::{
+    limit::{Decision, Limiter},
+    metrics::{Metrics, Rejection},
+    store::{record_time, HostKey, Store, StoreError},
+};
 
-pub struct IngestService {
-    pub store: Arc<Mutex<SqliteStore>>,
+/// The store, shared by every stream; calls run off the async threads.
+pub type SharedStore = Arc<Mutex<Box<dyn Store>>>;
+
+/// Where a stream's identity comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentitySource {
+    /// The client certificate (the only choice of the `clinicwatch-collector` binary).
+    PeerCertificate,
+    /// `x-clinicwatch-clinic` / `x-clinicwatch-host` request metadata. Trusts the client:
+    /// only for measuring the cost of TLS in benchmarks (no TLS, so no certificate).
+    TrustedMetadataForBenchmarks,
 }
 
-fn now() -> f64 {
+pub struct IngestService {
+    pub store: SharedStore,
+    pub metrics: Arc<Metrics>,
+    pub limiter: Arc<Limiter>,
+    pub max_streams: usize,
+    pub identity: IdentitySource,
+}
+
+impl IngestService {
+    /// A service with the default limits and identity from client certificates.
+    pub fn new(store: SharedStore, metrics: Arc<Metrics>) -> IngestService {
+        let l = crate::config::LimitsConfig::default();
+        IngestService {
+            store,
+            metrics,
+            limiter: Arc::new(Limiter::new(l.records_per_sec, l.burst_records)),
+            max_streams: l.max_streams,
+            identity: IdentitySource::PeerCertificate,
+        }
+    }
+}
+
+pub fn now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-fn status(e: StoreError) -> Status {
-    match e {
-        StoreError::Invalid(why) => Status::invalid_argument(why),
-        StoreError::Db { .. } => Status::unavailable(format!("storage: {e}")),
-    }
-}
-
 /// The host a request comes from: its client certificate, or `unauthenticated`.
-fn host_of<T>(req: &Request<T>) -> Result<HostKey, Status> {
+pub(crate) fn host_of<T>(req: &Request<T>) -> Result<HostKey, Status> {
     let certs = req
         .peer_certs()
         .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
@@ -45,18 +77,47 @@ fn host_of<T>(req: &Request<T>) -> Result<HostKey, Status> {
     Ok(HostKey { clinic, host })
 }
 
-/// Runs a store call off the async threads (SQLite blocks on its fsync).
-async fn on_store<T: Send + 'static>(
-    store: &Arc<Mutex<SqliteStore>>,
-    f: impl FnOnce(&mut SqliteStore) -> Result<T, StoreError> + Send + 'static,
+fn host_from_metadata<T>(req: &Request<T>) -> Result<HostKey, Status> {
+    let get = |k: &str| {
+        req.metadata()
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .ok_or_else(|| Status::unauthenticated(format!("`{k}` metadata is required")))
+    };
+    Ok(HostKey {
+        clinic: get("x-clinicwatch-clinic")?,
+        host: get("x-clinicwatch-host")?,
+    })
+}
+
+/// Runs a store call off the async threads (SQLite and the PostgreSQL client block).
+pub(crate) async fn on_store<T: Send + 'static>(
+    store: &SharedStore,
+    metrics: &Metrics,
+    f: impl FnOnce(&mut dyn Store) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, Status> {
     let store = store.clone();
     let r = tokio::task::spawn_blocking(move || {
-        f(&mut store.lock().unwrap_or_else(|p| p.into_inner()))
+        let mut s = store.lock().unwrap_or_else(|p| p.into_inner());
+        f(s.as_mut())
     })
     .await;
     match r {
-        Ok(r) => r.map_err(status),
+        Ok(Ok(v)) => {
+            metrics.store_ok.store(true, Ordering::Relaxed);
+            Ok(v)
+        }
+        Ok(Err(StoreError::Invalid(why))) => {
+            metrics.reject(Rejection::Invalid);
+            Err(Status::invalid_argument(why))
+        }
+        Ok(Err(e)) => {
+            metrics.store_ok.store(false, Ordering::Relaxed);
+            metrics.reject(Rejection::Storage);
+            tracing::error!(error = %e, "store call failed; the agent will resend");
+            Err(Status::unavailable(format!("storage: {e}")))
+        }
         Err(_) => Err(Status::internal("store task failed")),
     }
 }
@@ -64,6 +125,24 @@ async fn on_store<T: Send + 'static>(
 fn ack(epoch: u64, up_to_seq: u64) -> ServerFrame {
     ServerFrame {
         frame: Some(server_frame::Frame::Ack(Ack { epoch, up_to_seq })),
+    }
+}
+
+/// `resource_exhausted` with the gRPC retry pushback (milliseconds) in the trailers.
+pub fn exhausted(why: String, pushback_ms: u32) -> Status {
+    let mut s = Status::resource_exhausted(why);
+    if let Ok(v) = pushback_ms.to_string().parse() {
+        s.metadata_mut().insert("grpc-retry-pushback-ms", v);
+    }
+    s
+}
+
+/// Decrements the open-stream gauge when the stream's task ends.
+struct StreamGuard(Arc<Metrics>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.streams_active.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -77,65 +156,159 @@ impl Ingest for IngestService {
         &self,
         req: Request<Streaming<AgentFrame>>,
     ) -> Result<Response<Frames>, Status> {
-        let host = host_of(&req)?;
+        let metrics = self.metrics.clone();
+        let host = match self.identity {
+            IdentitySource::PeerCertificate => host_of(&req),
+            IdentitySource::TrustedMetadataForBenchmarks => host_from_metadata(&req),
+        }
+        .inspect_err(|_| metrics.reject(Rejection::Unauthenticated))?;
+        let open = metrics.streams_active.fetch_add(1, Ordering::Relaxed) + 1;
+        let guard = StreamGuard(metrics.clone());
+        if open as usize > self.max_streams {
+            metrics.reject(Rejection::TooManyStreams);
+            return Err(exhausted(
+                format!("{} streams are open (at most {})", open - 1, self.max_streams),
+                1000 + (open % 4000) as u32,
+            ));
+        }
+        metrics.streams_total.fetch_add(1, Ordering::Relaxed);
         let mut inbound = req.into_inner();
         let store = self.store.clone();
+        let limiter = self.limiter.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
+            let _guard = guard;
+            let (clinic, hostname) = (host.clinic.clone(), host.host.clone());
+            // The stream's epoch (after Hello) and the last seq acked on it.
             let mut epoch: Option<u64> = None;
+            let mut acked = 0u64;
             loop {
                 let frame = match inbound.message().await {
                     Ok(Some(f)) => f,
                     Ok(None) => break,
                     Err(e) => {
-                        tracing::debug!(clinic = %host.clinic, host = %host.host, error = %e, "stream ended");
+                        // tonic reports an oversized frame as out_of_range and one that does
+                        // not decode as internal; anything else is the connection ending.
+                        let refused = match e.code() {
+                            tonic::Code::OutOfRange => Some(format!("frame too large: {}", e.message())),
+                            tonic::Code::Internal => Some(format!("malformed frame: {}", e.message())),
+                            _ => None,
+                        };
+                        match refused {
+                            Some(why) => {
+                                metrics.reject(Rejection::Invalid);
+                                tracing::warn!(%clinic, host = %hostname, %why, "frame refused");
+                                let _ = tx.send(Err(Status::invalid_argument(why))).await;
+                            }
+                            None => tracing::debug!(%clinic, host = %hostname, error = %e, "stream ended"),
+                        }
                         break;
                     }
                 };
-                let reply = match frame.frame {
+                let t = now();
+                let reply: Result<Vec<ServerFrame>, Status> = match frame.frame {
                     Some(Frame::Hello(h)) => {
                         if h.clinic_id != host.clinic || h.host_id != host.host {
+                            metrics.reject(Rejection::Permission);
                             Err(Status::permission_denied(format!(
                                 "this certificate is for {}/{}, not {}/{}",
-                                host.clinic, host.host, h.clinic_id, h.host_id
+                                host.clinic, host.host, h.clinic_id.escape_debug(), h.host_id.escape_debug()
                             )))
                         } else {
                             let (host2, e) = (host.clone(), h.epoch);
-                            on_store(&store, move |s| s.hello(&host2, &h, now()))
+                            on_store(&store, &metrics, move |s| s.hello(&host2, &h, t))
                                 .await
                                 .map(|up| {
                                     epoch = Some(e);
-                                    Some(ack(e, up))
+                                    acked = up;
+                                    metrics.seen(&host, t);
+                                    vec![ack(e, up)]
                                 })
                         }
                     }
                     Some(Frame::Batch(b)) => match epoch {
-                        None => Err(Status::failed_precondition("Hello first")),
-                        Some(e) if e != b.epoch => Err(Status::invalid_argument(format!(
-                            "batch of epoch {} on a stream that said epoch {e}",
-                            b.epoch
-                        ))),
+                        None => {
+                            metrics.reject(Rejection::Invalid);
+                            Err(Status::failed_precondition("Hello first"))
+                        }
+                        Some(e) if e != b.epoch => {
+                            metrics.reject(Rejection::Invalid);
+                            Err(Status::invalid_argument(format!(
+                                "batch of epoch {} on a stream that said epoch {e}",
+                                b.epoch
+                            )))
+                        }
                         Some(e) => {
-                            let host2 = host.clone();
-                            on_store(&store, move |s| s.ingest(&host2, &b, now()))
-                                .await
-                                .map(|i| Some(ack(e, i.up_to_seq)))
-                                .inspect_err(|err| {
-                                    tracing::warn!(clinic = %host.clinic, host = %host.host, error = %err, "batch refused");
-                                })
+                            let mut out = Vec::new();
+                            let admitted = match limiter.take(&host, b.records.len(), Instant::now()) {
+                                Decision::Accept => Ok(()),
+                                Decision::Slow { retry_after_ms } => {
+                                    metrics.throttles.fetch_add(1, Ordering::Relaxed);
+                                    out.push(ServerFrame {
+                                        frame: Some(server_frame::Frame::Throttle(Throttle {
+                                            max_records_per_sec: limiter.rate(),
+                                            retry_after_ms,
+                                        })),
+                                    });
+                                    Ok(())
+                                }
+                                Decision::Refuse { pushback_ms } => {
+                                    metrics.reject(Rejection::Throttled);
+                                    tracing::info!(%clinic, host = %hostname, pushback_ms, records = b.records.len(), "host over its rate; batch refused");
+                                    Err(exhausted(
+                                        format!("over {} records/s; retry in {pushback_ms} ms", limiter.rate()),
+                                        pushback_ms,
+                                    ))
+                                }
+                            };
+                            match admitted {
+                                Err(s) => Err(s),
+                                Ok(()) => {
+                                    let newest = b.records.iter().map(record_time).fold(0.0, f64::max);
+                                    let host2 = host.clone();
+                                    let started = Instant::now();
+                                    let r = on_store(&store, &metrics, move |s| s.ingest(&host2, &b, t)).await;
+                                    metrics.store_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                                    r.map(|i| {
+                                        metrics.batch(&host, i.stored, i.duplicates, newest, t);
+                                        acked = acked.max(i.up_to_seq);
+                                        out.push(ack(e, i.up_to_seq));
+                                        out
+                                    })
+                                }
+                            }
                         }
                     },
-                    Some(Frame::Heartbeat(_)) => Ok(None),
-                    None => Err(Status::invalid_argument("empty frame")),
+                    Some(Frame::Heartbeat(hb)) => match epoch {
+                        None => {
+                            metrics.reject(Rejection::Invalid);
+                            Err(Status::failed_precondition("Hello first"))
+                        }
+                        Some(e) => {
+                            metrics.heartbeat(&host, hb.spooled, t);
+                            let host2 = host.clone();
+                            on_store(&store, &metrics, move |s| s.heartbeat(&host2, &hb, t))
+                                .await
+                                .map(|()| vec![ack(e, acked)])
+                        }
+                    },
+                    None => {
+                        metrics.reject(Rejection::Invalid);
+                        Err(Status::invalid_argument("empty frame"))
+                    }
                 };
                 match reply {
-                    Ok(Some(f)) => {
-                        if tx.send(Ok(f)).await.is_err() {
-                            break;
+                    Ok(frames) => {
+                        for f in frames {
+                            if tx.send(Ok(f)).await.is_err() {
+                                return;
+                            }
                         }
                     }
-                    Ok(None) => {}
                     Err(s) => {
+                        if s.code() == tonic::Code::InvalidArgument {
+                            tracing::warn!(%clinic, host = %hostname, why = %s.message(), "frame refused");
+                        }
                         let _ = tx.send(Err(s)).await;
                         break;
                     }

@@ -1,9 +1,19 @@
 //! clinicwatch collector: the central service of the security operations centre.
 //!
-//! Built so far: [`store`], the durable record store with per-host deduplication that
-//! ingest acks against. The gRPC ingest (mTLS, acks after the durable write), correlation
-//! across clinics and the SOC surface come next; see ARCHITECTURE.md.
+//! - [`server`]: the gRPC server (Ingest over mutual TLS, Enroll, gRPC health) and its
+//!   background tasks; [`config`]: `collector.toml`.
+//! - [`ingest`]: one stream per agent, identity from the client certificate, acks after the
+//!   durable write; [`limit`]: per-host rate limits; [`metrics`]: Prometheus counters.
+//! - [`store`]: the record store (SQLite, or PostgreSQL for several collectors).
+//! - [`pki`] and [`enroll`]: the CA, enrollment tokens and certificate issue.
+//!
+//! Correlation across clinics and the SOC surface come next; see ARCHITECTURE.md.
 
+pub mod config;
+pub mod enroll;
 pub mod ingest;
+pub mod limit;
+pub mod metrics;
 pub mod pki;
+pub mod server;
 pub mod store;

@@ -1,20 +1,22 @@
-//! `clinicwatch-collector`: `ca init`, `issue` (a host's client certificate), `serve`.
+//! `clinicwatch-collector`: `ca init`, `enroll-token`, `issue` (a host certificate by hand),
+//! `serve`.
 
 use std::{
-    path::PathBuf,
+    io::Write as _,
+    os::unix::fs::OpenOptionsExt as _,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use clinicwatch_collector::{ingest::IngestService, pki, store::SqliteStore};
-use clinicwatch_proto::v1::ingest_server::IngestServer;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use clinicwatch_collector::{config::Config, enroll, pki, server, store};
 
 #[derive(Parser)]
 #[command(name = "clinicwatch-collector", version)]
 struct Cli {
-    /// Folder of the CA and server certificates.
+    /// Folder of the CA, the server certificate, the enrollment key, `collector.toml` and
+    /// (by default) the SQLite database.
     #[arg(long, default_value = "/var/lib/clinicwatch-collector")]
     dir: PathBuf,
     #[command(subcommand)]
@@ -23,60 +25,145 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Make the CA and the server certificate (for these DNS names or IPs).
-    CaInit {
-        #[arg(long, default_value = "localhost")]
-        name: Vec<String>,
+    /// The certificate authority.
+    Ca {
+        #[command(subcommand)]
+        cmd: CaCmd,
     },
-    /// Issue a host's client certificate into OUT (cert.pem, key.pem, ca.pem).
+    /// Print an enrollment token for a clinic's agents (`clinicwatch-agent enroll --token`).
+    EnrollToken {
+        #[arg(long)]
+        clinic: String,
+        /// Days the token can be used.
+        #[arg(long, default_value_t = 7)]
+        days: u32,
+    },
+    /// Issue a host's client certificate by hand into OUT (cert.pem, key.pem, ca.pem);
+    /// enrollment does this without moving keys.
     Issue {
         #[arg(long)]
         clinic: String,
         #[arg(long)]
         host: String,
-        #[arg(long, default_value_t = 90)]
+        #[arg(long, default_value_t = 30)]
         days: i64,
         #[arg(long)]
         out: PathBuf,
     },
-    /// Serve the Ingest stream with mutual TLS.
+    /// Serve Ingest (mutual TLS), Enroll and gRPC health; metrics over HTTP.
     Serve {
-        #[arg(long, default_value = "0.0.0.0:7443")]
-        listen: std::net::SocketAddr,
-        /// SQLite database (default: DIR/collector.db).
+        /// Configuration (default: DIR/collector.toml if it exists, else the defaults).
         #[arg(long)]
-        db: Option<PathBuf>,
+        config: Option<PathBuf>,
+        /// Overrides `server.listen`.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Overrides `store.url` (a SQLite file or a postgres:// URL).
+        #[arg(long)]
+        db: Option<String>,
     },
 }
 
-fn read(path: &std::path::Path) -> anyhow::Result<String> {
+#[derive(Subcommand)]
+enum CaCmd {
+    /// Make the CA, the server certificate (for these DNS names or IPs) and the enrollment key.
+    Init {
+        #[arg(long, default_value = "localhost")]
+        name: Vec<String>,
+    },
+}
+
+fn read(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("cannot read `{}`", path.display()))
 }
 
-fn write(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+/// Writes a file that only its owner can read (keys).
+fn write_secret(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create `{}`", path.display()))?;
+    f.write_all(data)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("cannot write `{}`", path.display()))
+}
+
+fn write(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("cannot write `{}`", path.display()))
+}
+
+fn ca(dir: &Path) -> anyhow::Result<pki::Pem> {
+    Ok(pki::Pem {
+        cert: read(&dir.join("ca.pem"))?,
+        key: read(&dir.join("ca.key"))?,
+    })
+}
+
+fn token_key(dir: &Path) -> anyhow::Result<Vec<u8>> {
+    let p = dir.join("enroll.key");
+    let key = std::fs::read(&p).with_context(|| {
+        format!("cannot read `{}` (made by `ca init`)", p.display())
+    })?;
+    if key.len() < 32 {
+        anyhow::bail!("`{}` is shorter than 32 bytes", p.display());
+    }
+    Ok(key)
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
         .init();
     let cli = Cli::parse();
     let dir = cli.dir;
     match cli.cmd {
-        Cmd::CaInit { name } => {
-            std::fs::create_dir_all(&dir)?;
+        Cmd::Ca {
+            cmd: CaCmd::Init { name },
+        } => {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot make `{}`", dir.display()))?;
             if dir.join("ca.pem").exists() {
                 anyhow::bail!("`{}` already has a CA", dir.display());
             }
             let ca = pki::new_ca("clinicwatch CA")?;
             let server = pki::server_cert(&ca, &name)?;
+            let mut key = [0u8; 32];
+            // SAFETY: writes 32 bytes into key.
+            if unsafe { libc::getrandom(key.as_mut_ptr().cast(), key.len(), 0) } != 32 {
+                anyhow::bail!("getrandom failed");
+            }
+            write_secret(&dir.join("ca.key"), ca.key.as_bytes())?;
+            write_secret(&dir.join("server.key"), server.key.as_bytes())?;
+            write_secret(&dir.join("enroll.key"), &key)?;
             write(&dir.join("ca.pem"), &ca.cert)?;
-            write(&dir.join("ca.key"), &ca.key)?;
             write(&dir.join("server.pem"), &server.cert)?;
-            write(&dir.join("server.key"), &server.key)?;
-            println!("CA and server certificate in {}", dir.display());
+            println!(
+                "CA, server certificate ({}) and enrollment key in {}\nGive agents {} and a token from `enroll-token --clinic ID`.",
+                name.join(", "),
+                dir.display(),
+                dir.join("ca.pem").display()
+            );
+        }
+        Cmd::EnrollToken { clinic, days } => {
+            if !enroll::valid_id(&clinic) {
+                anyhow::bail!("clinic id `{clinic}` must be 1 to 64 letters, digits, `.`, `_` or `-`");
+            }
+            if days == 0 || days > 365 {
+                anyhow::bail!("--days must be between 1 and 365");
+            }
+            let key = token_key(&dir)?;
+            let exp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs()
+                + days as u64 * 86_400;
+            println!("{}", enroll::make_token(&key, &clinic, exp));
         }
         Cmd::Issue {
             clinic,
@@ -84,37 +171,68 @@ async fn main() -> anyhow::Result<()> {
             days,
             out,
         } => {
-            let ca = pki::Pem {
-                cert: read(&dir.join("ca.pem"))?,
-                key: read(&dir.join("ca.key"))?,
-            };
+            for id in [&clinic, &host] {
+                if !enroll::valid_id(id) {
+                    anyhow::bail!("`{id}` must be 1 to 64 letters, digits, `.`, `_` or `-`");
+                }
+            }
+            let ca = ca(&dir)?;
             let c = pki::client_cert(&ca, &clinic, &host, days)?;
             std::fs::create_dir_all(&out)?;
             write(&out.join("cert.pem"), &c.cert)?;
-            write(&out.join("key.pem"), &c.key)?;
+            write_secret(&out.join("key.pem"), c.key.as_bytes())?;
             write(&out.join("ca.pem"), &ca.cert)?;
             println!("certificate for {clinic}/{host} in {}", out.display());
         }
-        Cmd::Serve { listen, db } => {
-            let db = db.unwrap_or_else(|| dir.join("collector.db"));
-            let store = SqliteStore::open(&db)?;
-            let tls = ServerTlsConfig::new()
-                .identity(Identity::from_pem(
-                    read(&dir.join("server.pem"))?,
-                    read(&dir.join("server.key"))?,
-                ))
-                .client_ca_root(Certificate::from_pem(read(&dir.join("ca.pem"))?));
-            tracing::info!(%listen, db = %db.display(), "serving");
-            Server::builder()
-                .tls_config(tls)?
-                .add_service(
-                    IngestServer::new(IngestService {
-                        store: Arc::new(Mutex::new(store)),
-                    })
-                    .max_decoding_message_size(clinicwatch_proto::MAX_FRAME_BYTES),
-                )
-                .serve(listen)
-                .await?;
+        Cmd::Serve { config, listen, db } => {
+            let mut cfg = match &config {
+                Some(p) => Config::load(p, false)?,
+                None => Config::load(&dir.join("collector.toml"), true)?,
+            };
+            if let Some(l) = listen {
+                cfg.server.listen = l;
+            }
+            if let Some(db) = db {
+                cfg.store.url = db;
+            }
+            if cfg.store.url.is_empty() {
+                cfg.store.url = dir.join("collector.db").display().to_string();
+            }
+            let url = cfg.store.url.clone();
+            let st = tokio::task::spawn_blocking(move || store::open(&url)).await??;
+            let mut c = server::Collector::new(
+                cfg.clone(),
+                Arc::new(Mutex::new(st)),
+                server::tls_from_dir(&dir)?,
+            );
+            c.enroll = Some(enroll::EnrollService {
+                ca: ca(&dir)?,
+                token_key: token_key(&dir)?,
+                cert_days: cfg.enroll.cert_days,
+                metrics: c.metrics.clone(),
+            });
+            if !cfg.server.metrics_listen.is_empty() {
+                let l = tokio::net::TcpListener::bind(&cfg.server.metrics_listen)
+                    .await
+                    .with_context(|| format!("cannot listen on `{}` for metrics", cfg.server.metrics_listen))?;
+                tokio::spawn(clinicwatch_collector::metrics::serve(l, c.metrics.clone()));
+            }
+            let listener = tokio::net::TcpListener::bind(cfg.server.listen)
+                .await
+                .with_context(|| format!("cannot listen on `{}`", cfg.server.listen))?;
+            tracing::info!(listen = %cfg.server.listen, metrics = %cfg.server.metrics_listen, store = %store::shown(&cfg.store.url), "serving");
+            c.run(listener, async {
+                let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => return std::future::pending().await,
+                };
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                tracing::info!("stopping");
+            })
+            .await?;
         }
     }
     Ok(())

@@ -1,130 +1,27 @@
-//! The Ingest service over real sockets with real mutual TLS: acks after storage, resends
-//! stored once, a certificate speaks only for its own host, and no or foreign certificates
-//! are refused.
+//! The collector over real sockets with real mutual TLS: acks after storage, resends stored
+//! once, a certificate speaks only for its own host, no or foreign certificates are refused,
+//! enrollment, flood pushback, malformed and oversized frames, health, metrics, retention.
 
-use std::sync::{Arc, Mutex};
+mod support;
 
-use clinicwatch_collector::{ingest::IngestService, pki, store::SqliteStore};
+use std::time::Duration;
+
+use clinicwatch_collector::{config::Config, pki};
 use clinicwatch_proto::v1::{
-    agent_frame::Frame, ingest_client::IngestClient, ingest_server::IngestServer, record::Body,
-    server_frame, AgentFrame, Batch, Finding, Hello, Record,
+    agent_frame::Frame, enroll_client::EnrollClient, server_frame, AgentFrame, EnrollRequest,
+    Heartbeat,
 };
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity, Server, ServerTlsConfig};
+use support::*;
 
-struct Pki {
-    ca: pki::Pem,
-    server: pki::Pem,
-}
-
-async fn serve(p: &Pki, db: &std::path::Path) -> (String, Arc<Mutex<SqliteStore>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let store = Arc::new(Mutex::new(SqliteStore::open(db).unwrap()));
-    let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(&p.server.cert, &p.server.key))
-        .client_ca_root(Certificate::from_pem(&p.ca.cert));
-    let svc = IngestService {
-        store: store.clone(),
-    };
-    tokio::spawn(async move {
-        Server::builder()
-            .tls_config(tls)
-            .unwrap()
-            .add_service(IngestServer::new(svc))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await
-            .unwrap();
-    });
-    (format!("https://localhost:{}", addr.port()), store)
-}
-
-async fn client(
-    url: &str,
-    ca: &pki::Pem,
-    me: Option<&pki::Pem>,
-) -> Result<IngestClient<Channel>, tonic::transport::Error> {
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&ca.cert))
-        .domain_name("localhost");
-    if let Some(me) = me {
-        tls = tls.identity(Identity::from_pem(&me.cert, &me.key));
-    }
-    let ch = Channel::from_shared(url.to_string())
-        .unwrap()
-        .tls_config(tls)?
-        .connect()
-        .await?;
-    Ok(IngestClient::new(ch))
-}
-
-fn hello(clinic: &str, host: &str, epoch: u64) -> AgentFrame {
-    AgentFrame {
-        frame: Some(Frame::Hello(Hello {
-            clinic_id: clinic.into(),
-            host_id: host.into(),
-            epoch,
-            ..Default::default()
-        })),
-    }
-}
-
-fn batch(epoch: u64, first: u64, n: u64) -> AgentFrame {
-    AgentFrame {
-        frame: Some(Frame::Batch(Batch {
-            epoch,
-            first_seq: first,
-            records: (first..first + n)
-                .map(|seq| Record {
-                    seq,
-                    body: Some(Body::Finding(Finding {
-                        rule: "CW-PM-BULK-READ".into(),
-                        time: seq as f64,
-                        ..Default::default()
-                    })),
-                })
-                .collect(),
-        })),
-    }
-}
-
-/// Sends the frames; returns the acked seqs, or the status that ended the stream.
-async fn exchange(
-    c: &mut IngestClient<Channel>,
-    frames: Vec<AgentFrame>,
-) -> Result<Vec<u64>, tonic::Status> {
-    let n = frames.len();
-    let mut replies = c.stream(tokio_stream::iter(frames)).await?.into_inner();
-    let mut acks = Vec::new();
-    while acks.len() < n {
-        match replies.message().await? {
-            Some(f) => {
-                if let Some(server_frame::Frame::Ack(a)) = f.frame {
-                    acks.push(a.up_to_seq);
-                }
-            }
-            None => break,
-        }
-    }
-    Ok(acks)
-}
-
-fn setup() -> (Pki, std::path::PathBuf) {
-    let ca = pki::new_ca("test CA").unwrap();
-    let server = pki::server_cert(&ca, &["localhost".into()]).unwrap();
-    let dir = std::env::temp_dir().join(format!(
-        "cw-ingest-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    (Pki { ca, server }, dir)
+fn setup(name: &str) -> (Pki, std::path::PathBuf) {
+    (new_pki(), temp_dir(name))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_are_acked_after_storage_and_a_resend_is_stored_once() {
-    let (p, dir) = setup();
-    let (url, store) = serve(&p, &dir.join("c.db")).await;
+    let (p, dir) = setup(&format!("ingest-{}", line!()));
+    let srv = serve(&p, &dir.join("c.db")).await;
+    let url = srv.url.clone();
     let me = pki::client_cert(&p.ca, "clinic-a", "ws1", 30).unwrap();
     let mut c = client(&url, &p.ca, Some(&me)).await.unwrap();
     let acks = exchange(&mut c, vec![hello("clinic-a", "ws1", 5), batch(5, 1, 10)])
@@ -136,17 +33,18 @@ async fn batches_are_acked_after_storage_and_a_resend_is_stored_once() {
         .await
         .unwrap();
     assert_eq!(acks, vec![10, 15]);
-    let s = store.lock().unwrap();
-    assert_eq!(s.record_count().unwrap(), 15, "each record once");
-    assert_eq!(s.findings_since(0.0).unwrap()[0].clinic, "clinic-a");
-    drop(s);
+    assert_eq!(srv.records(), 15, "each record once");
+    let f = srv.store.lock().unwrap().findings_since(0.0).unwrap();
+    assert_eq!(f[0].clinic, "clinic-a");
+    assert_eq!(srv.metrics.duplicates.load(std::sync::atomic::Ordering::Relaxed), 5);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_speaks_only_for_its_own_host() {
-    let (p, dir) = setup();
-    let (url, store) = serve(&p, &dir.join("c.db")).await;
+    let (p, dir) = setup(&format!("ingest-{}", line!()));
+    let srv = serve(&p, &dir.join("c.db")).await;
+    let url = srv.url.clone();
     let a = pki::client_cert(&p.ca, "clinic-a", "ws1", 30).unwrap();
     let mut c = client(&url, &p.ca, Some(&a)).await.unwrap();
     let e = exchange(&mut c, vec![hello("clinic-b", "ws1", 5), batch(5, 1, 3)])
@@ -168,14 +66,15 @@ async fn a_certificate_speaks_only_for_its_own_host() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
-    assert_eq!(store.lock().unwrap().record_count().unwrap(), 0);
+    assert_eq!(srv.records(), 0);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_certificate_an_expired_one_or_another_cas_is_refused() {
-    let (p, dir) = setup();
-    let (url, store) = serve(&p, &dir.join("c.db")).await;
+    let (p, dir) = setup(&format!("ingest-{}", line!()));
+    let srv = serve(&p, &dir.join("c.db")).await;
+    let url = srv.url.clone();
     let refused = |r: Result<Vec<u64>, tonic::Status>| match r {
         Ok(acks) => panic!("accepted: {acks:?}"),
         Err(e) => e,
@@ -196,6 +95,345 @@ async fn no_certificate_an_expired_one_or_another_cas_is_refused() {
     if let Ok(mut c) = client(&url, &p.ca, Some(&expired)).await {
         refused(exchange(&mut c, vec![hello("clinic-a", "ws1", 5)]).await);
     }
-    assert_eq!(store.lock().unwrap().record_count().unwrap(), 0);
+    assert_eq!(srv.records(), 0);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A CSR for a fresh key, claiming `claims_clinic` (which enrollment must ignore).
+fn csr(claims_clinic: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name
+        .push(rcgen::DnType::OrganizationName, claims_clinic);
+    let csr = p.serialize_request(&key).unwrap().pem().unwrap();
+    (csr, key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrollment_issues_a_certificate_for_the_tokens_clinic_and_renews_it() {
+    let (p, dir) = setup("enroll");
+    let srv = serve(&p, &dir.join("c.db")).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = clinicwatch_collector::enroll::make_token(&p.token_key, "clinic-a", now + 3600);
+    let mut anon = EnrollClient::new(channel(&srv.url, &p.ca, None).await.unwrap());
+    let (csr_pem, key_pem) = csr("clinic-b");
+    let req = |token: &str, host: &str, csr: &str| EnrollRequest {
+        token: token.into(),
+        host_id: host.into(),
+        csr_pem: csr.into(),
+    };
+    let got = anon
+        .enroll(req(&token, "ws7", &csr_pem))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.ca_pem, p.ca.cert);
+    assert!(got.not_after > now as f64 + 29.0 * 86_400.0);
+    let me = pki::Pem {
+        cert: got.cert_pem,
+        key: key_pem,
+    };
+    // The certificate works for clinic-a/ws7, and only for it.
+    let mut c = client(&srv.url, &p.ca, Some(&me)).await.unwrap();
+    let acks = exchange(&mut c, vec![hello("clinic-a", "ws7", 1), batch(1, 1, 3)])
+        .await
+        .unwrap();
+    assert_eq!(acks, vec![0, 3]);
+    let e = exchange(&mut c, vec![hello("clinic-b", "ws7", 1)])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+
+    // Refused: a token from another collector, an expired one, a bad host id, a bad CSR.
+    let other = clinicwatch_collector::enroll::make_token(b"another collector's key 32 bytes", "clinic-a", now + 3600);
+    let expired = clinicwatch_collector::enroll::make_token(&p.token_key, "clinic-a", now - 1);
+    for (r, code, says) in [
+        (req(&other, "ws8", &csr_pem), tonic::Code::Unauthenticated, "not issued"),
+        (req(&expired, "ws8", &csr_pem), tonic::Code::Unauthenticated, "expired"),
+        (req(&token, "ws 8/../x", &csr_pem), tonic::Code::InvalidArgument, "host id"),
+        (req(&token, "ws8", "not a csr"), tonic::Code::InvalidArgument, "CSR"),
+        (req("", "ws8", &csr_pem), tonic::Code::Unauthenticated, "client certificate"),
+    ] {
+        let e = anon.enroll(r).await.unwrap_err();
+        assert_eq!(e.code(), code, "{e}");
+        assert!(e.message().contains(says), "{e}");
+    }
+
+    // Renewal: the current certificate decides who; it cannot become another host.
+    let mut mine = EnrollClient::new(channel(&srv.url, &p.ca, Some(&me)).await.unwrap());
+    let (csr2, key2) = csr("whatever");
+    let renewed = mine.enroll(req("", "ws7", &csr2)).await.unwrap().into_inner();
+    let e = mine.enroll(req("", "ws8", &csr2)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    let me2 = pki::Pem {
+        cert: renewed.cert_pem,
+        key: key2,
+    };
+    let mut c = client(&srv.url, &p.ca, Some(&me2)).await.unwrap();
+    assert_eq!(
+        exchange(&mut c, vec![hello("clinic-a", "ws7", 1)]).await.unwrap(),
+        vec![3],
+        "the renewed certificate resumes the same host"
+    );
+    assert_eq!(srv.metrics.enrolled.load(std::sync::atomic::Ordering::Relaxed), 2);
+    srv.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_host_is_slowed_then_refused_with_a_retry_pushback() {
+    let (p, dir) = setup("flood");
+    let mut cfg = Config::default();
+    cfg.limits.records_per_sec = 1000;
+    cfg.limits.burst_records = 10_000;
+    let srv = serve_with(&p, &dir.join("c.db"), cfg).await;
+    let me = pki::client_cert(&p.ca, "clinic-a", "ws1", 30).unwrap();
+    let mut c = client(&srv.url, &p.ca, Some(&me)).await.unwrap();
+    let mut replies = c
+        .stream(tokio_stream::iter(vec![
+            hello("clinic-a", "ws1", 1),
+            batch(1, 1, 8000),
+            batch(1, 8001, 5000),
+        ]))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut frames = Vec::new();
+    let status = loop {
+        match replies.message().await {
+            Ok(Some(f)) => frames.push(f.frame),
+            Ok(None) => panic!("the stream ended without a refusal: {frames:?}"),
+            Err(s) => break s,
+        }
+    };
+    assert!(matches!(frames[1], Some(server_frame::Frame::Throttle(t)) if t.max_records_per_sec == 1000 && t.retry_after_ms > 0), "{frames:?}");
+    assert!(matches!(frames[2], Some(server_frame::Frame::Ack(a)) if a.up_to_seq == 8000), "{frames:?}");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status}");
+    let pushback: u64 = status
+        .metadata()
+        .get("grpc-retry-pushback-ms")
+        .expect("a retry pushback")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((2_500..=3_000).contains(&pushback), "3000 records short at 1000/s: {pushback} ms");
+    assert_eq!(srv.records(), 8000, "nothing of the refused batch is stored");
+    // Another host of the clinic has its own budget.
+    let other = pki::client_cert(&p.ca, "clinic-a", "ws2", 30).unwrap();
+    let mut c2 = client(&srv.url, &p.ca, Some(&other)).await.unwrap();
+    assert_eq!(
+        exchange(&mut c2, vec![hello("clinic-a", "ws2", 1), batch(1, 1, 100)]).await.unwrap(),
+        vec![0, 100]
+    );
+    let m = srv.metrics.render();
+    assert!(m.contains("clinicwatch_collector_rejected_total{reason=\"throttled\"} 1\n"), "{m}");
+    srv.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+mod raw {
+    //! A client that sends arbitrary bytes as frames.
+    use clinicwatch_proto::v1::ServerFrame;
+    use prost::{bytes::BufMut as _, Message as _};
+    use tonic::{
+        codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+        Status,
+    };
+
+    #[derive(Default)]
+    pub struct Raw;
+    pub struct Enc;
+    pub struct Dec;
+
+    impl Codec for Raw {
+        type Encode = Vec<u8>;
+        type Decode = ServerFrame;
+        type Encoder = Enc;
+        type Decoder = Dec;
+        fn encoder(&mut self) -> Enc {
+            Enc
+        }
+        fn decoder(&mut self) -> Dec {
+            Dec
+        }
+    }
+
+    impl Encoder for Enc {
+        type Item = Vec<u8>;
+        type Error = Status;
+        fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+            dst.put_slice(&item);
+            Ok(())
+        }
+    }
+
+    impl Decoder for Dec {
+        type Item = ServerFrame;
+        type Error = Status;
+        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<ServerFrame>, Status> {
+            ServerFrame::decode(src)
+                .map(Some)
+                .map_err(|e| Status::internal(e.to_string()))
+        }
+    }
+
+    /// Sends `frames` as they are; the status that ends the stream (Ok if it ends cleanly).
+    pub async fn send(ch: tonic::transport::Channel, frames: Vec<Vec<u8>>) -> Result<usize, Status> {
+        let mut g = tonic::client::Grpc::new(ch).max_encoding_message_size(64 << 20);
+        g.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static("/clinicwatch.v1.Ingest/Stream");
+        let mut replies = g
+            .streaming(tonic::Request::new(tokio_stream::iter(frames)), path, Raw)
+            .await?
+            .into_inner();
+        let mut n = 0;
+        while replies.message().await?.is_some() {
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_frames_are_invalid_argument() {
+    use prost::Message as _;
+    let (p, dir) = setup("malformed");
+    let srv = serve(&p, &dir.join("c.db")).await;
+    let me = pki::client_cert(&p.ca, "clinic-a", "ws1", 30).unwrap();
+    let ch = || channel(&srv.url, &p.ca, Some(&me));
+    let hello = hello("clinic-a", "ws1", 1).encode_to_vec();
+    // Field 2 (batch) with a length running past the end; then a frame of 5 MiB.
+    for (frame, says) in [
+        (vec![0x12, 0xff, 0xff, 0x03, 0x01], "malformed frame"),
+        (vec![0u8; clinicwatch_proto::MAX_FRAME_BYTES + 1], "too large"),
+    ] {
+        let e = raw::send(ch().await.unwrap(), vec![hello.clone(), frame])
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+        assert!(e.message().contains(says), "{e}");
+    }
+    // The stream survived neither, but the host can connect again and send.
+    let mut c = client(&srv.url, &p.ca, Some(&me)).await.unwrap();
+    assert_eq!(
+        exchange(&mut c, vec![hello_frame(), batch(1, 1, 2)]).await.unwrap(),
+        vec![0, 2]
+    );
+    let m = srv.metrics.render();
+    assert!(m.contains("clinicwatch_collector_rejected_total{reason=\"invalid\"} 2\n"), "{m}");
+    srv.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn hello_frame() -> AgentFrame {
+    hello("clinic-a", "ws1", 1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_health_metrics_and_scheduled_retention() {
+    let (p, dir) = setup("ops");
+    let mut cfg = Config::default();
+    cfg.retention.every_secs = 1;
+    cfg.retention.summaries_days = 3.0 / 86_400.0; // three seconds
+    cfg.retention.findings_days = 100_000.0; // the test findings are dated 1970
+    let srv = serve_with(&p, &dir.join("c.db"), cfg).await;
+    let me = pki::client_cert(&p.ca, "clinic-a", "ws1", 30).unwrap();
+    let mut c = client(&srv.url, &p.ca, Some(&me)).await.unwrap();
+    let hb = AgentFrame {
+        frame: Some(Frame::Heartbeat(Heartbeat {
+            time: 1.0,
+            spooled: 42,
+            dropped: 0,
+        })),
+    };
+    // A heartbeat is answered with an ack of what is stored.
+    assert_eq!(
+        exchange(&mut c, vec![hello_frame(), batch(1, 1, 9), hb]).await.unwrap(),
+        vec![0, 9, 9]
+    );
+    let hosts = srv.hosts();
+    assert_eq!(hosts[0].spooled, 42);
+
+    // gRPC health.
+    let mut h = tonic_health::pb::health_client::HealthClient::new(
+        channel(&srv.url, &p.ca, None).await.unwrap(),
+    );
+    let st = h
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "clinicwatch.v1.Ingest".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(st.status(), tonic_health::pb::health_check_response::ServingStatus::Serving);
+
+    // Prometheus over HTTP.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(clinicwatch_collector::metrics::serve(l, srv.metrics.clone()));
+    let get = |path: &'static str| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    };
+    let m = get("/metrics").await;
+    assert!(m.starts_with("HTTP/1.1 200"), "{m}");
+    assert!(m.contains("clinicwatch_collector_records_accepted_total 9\n"), "{m}");
+    assert!(m.contains("clinicwatch_host_spooled_records{clinic=\"clinic-a\",host=\"ws1\"} 42\n"), "{m}");
+    assert!(m.contains("clinicwatch_host_lag_seconds{clinic=\"clinic-a\",host=\"ws1\"}"), "{m}");
+    assert!(get("/healthz").await.starts_with("HTTP/1.1 200"));
+    assert!(get("/nope").await.starts_with("HTTP/1.1 404"));
+
+    // Retention: the 6 summaries go after 3 s; the 3 findings stay.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while srv.records() != 3 {
+        assert!(std::time::Instant::now() < deadline, "retention did not run: {} records", srv.records());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(srv.store.lock().unwrap().findings_since(0.0).unwrap().len(), 3);
+    srv.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_collectors_on_one_postgres_share_dedup_and_resume() {
+    // The PostgreSQL client blocks: off the async threads.
+    let Some(url) = blocking(|| {
+        support::pg::database("two_collectors_on_one_postgres_share_dedup_and_resume")
+    }) else {
+        return;
+    };
+    let p = new_pki();
+    let open = || blocking(|| clinicwatch_collector::store::open(&url).unwrap());
+    let (a, b) = (
+        serve_store(&p, Config::default(), open()).await,
+        serve_store(&p, Config::default(), open()).await,
+    );
+    let me = pki::client_cert(&p.ca, "clinic-a", "ws1", 30).unwrap();
+    let mut ca = client(&a.url, &p.ca, Some(&me)).await.unwrap();
+    assert_eq!(
+        exchange(&mut ca, vec![hello_frame(), batch(1, 1, 50)]).await.unwrap(),
+        vec![0, 50]
+    );
+    // The agent's next connection lands on the other collector, having lost the last ack.
+    let mut cb = client(&b.url, &p.ca, Some(&me)).await.unwrap();
+    assert_eq!(
+        exchange(&mut cb, vec![hello_frame(), batch(1, 41, 20)]).await.unwrap(),
+        vec![50, 60],
+        "collector b knows where a stopped"
+    );
+    assert_eq!(b.metrics.duplicates.load(std::sync::atomic::Ordering::Relaxed), 10);
+    assert_eq!(a.records(), 60);
+    assert_eq!(b.records(), 60);
+    a.shutdown().await;
+    b.shutdown().await;
 }

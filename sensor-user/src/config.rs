@@ -155,6 +155,12 @@ pub struct ExportConfig {
     pub spool_max_mb: u64,
     /// Records per batch. Default 500.
     pub batch_records: usize,
+    /// Seconds without anything to send after which a heartbeat is sent. Default 30.
+    pub heartbeat_secs: u64,
+    /// `zstd` (default) or `none`: compression of the stream, both ways.
+    pub compression: String,
+    /// Renew the certificate with the collector when a third of its life is left. Default true.
+    pub renew: bool,
 }
 
 impl Default for ExportConfig {
@@ -168,6 +174,9 @@ impl Default for ExportConfig {
             key_file: PathBuf::new(),
             spool_max_mb: 256,
             batch_records: 500,
+            heartbeat_secs: 30,
+            compression: "zstd".into(),
+            renew: true,
         }
     }
 }
@@ -373,6 +382,12 @@ impl Config {
             }
             if ex.batch_records == 0 || ex.batch_records > 10_000 {
                 return bad("export.batch_records".into(), "must be between 1 and 10000");
+            }
+            if ex.heartbeat_secs == 0 || ex.heartbeat_secs > 3600 {
+                return bad("export.heartbeat_secs".into(), "must be between 1 and 3600");
+            }
+            if !matches!(ex.compression.as_str(), "zstd" | "none") {
+                return bad("export.compression".into(), "must be `zstd` or `none`");
             }
             if ex.spool_max_mb == 0 {
                 return bad("export.spool_max_mb".into(), "must be at least 1");

@@ -1,7 +1,9 @@
-//! Drains the spool to the collector: one long-lived bidirectional stream with mutual TLS,
-//! Hello (resuming after what the collector says it stored), batches of records, acks that
-//! let the spool delete what is stored. Reconnects with exponential backoff and jitter;
-//! obeys Throttle. Runs on its own thread with its own small tokio runtime.
+//! Drains the spool to the collector: one long-lived bidirectional stream with mutual TLS
+//! and zstd, Hello (resuming after what the collector says it stored), batches of records,
+//! heartbeats when idle, acks that let the spool delete what is stored. Reconnects with
+//! exponential backoff and jitter; obeys Throttle and the `resource_exhausted` retry
+//! pushback; renews the host certificate when a third of its life is left. Runs on its own
+//! thread with its own small tokio runtime.
 
 use std::{
     sync::{
@@ -13,15 +15,73 @@ use std::{
 
 use anyhow::Context as _;
 use clinicwatch_proto::v1::{
-    agent_frame::Frame, ingest_client::IngestClient, server_frame, AgentFrame, Batch, Hello, Record,
+    agent_frame::Frame, ingest_client::IngestClient, server_frame, AgentFrame, Batch, Heartbeat,
+    Hello, Record,
 };
 use prost::Message;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::{
+    codec::CompressionEncoding,
+    transport::{Certificate, ClientTlsConfig, Endpoint, Identity},
+};
 
 use crate::{config::ExportConfig, spool::Spool};
 
 pub struct Exporter {
     worker: crate::worker::Worker,
+}
+
+/// The host's TLS material, read from the configured files.
+struct Material {
+    ca: String,
+    cert: String,
+    key: String,
+}
+
+fn read_material(cfg: &ExportConfig) -> anyhow::Result<Material> {
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p).with_context(|| {
+            format!(
+                "cannot read `{}` (enroll first: `clinicwatch-agent enroll --token …`)",
+                p.display()
+            )
+        })
+    };
+    Ok(Material {
+        ca: read(&cfg.ca_file)?,
+        cert: read(&cfg.cert_file)?,
+        key: read(&cfg.key_file)?,
+    })
+}
+
+/// The host part of the collector URL (the name its certificate must carry).
+pub(crate) fn domain_of(url: &str) -> String {
+    let rest = url.trim_start_matches("https://");
+    if let Some(v6) = rest.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or("").to_string();
+    }
+    rest.split([':', '/']).next().unwrap_or("").to_string()
+}
+
+/// An endpoint for the collector: TLS with the CA, and our identity when we have one.
+pub(crate) fn endpoint(
+    url: &str,
+    ca: &str,
+    me: Option<(&str, &str)>,
+) -> anyhow::Result<Endpoint> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name(domain_of(url));
+    if let Some((cert, key)) = me {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    Ok(Endpoint::from_shared(url.to_string())
+        .with_context(|| format!("`export.collector` `{url}` is not a valid URL"))?
+        .tls_config(tls)
+        .context("bad TLS material in `export`")?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(60))
+        .keep_alive_timeout(Duration::from_secs(20)))
 }
 
 impl Exporter {
@@ -31,28 +91,9 @@ impl Exporter {
         spool: Arc<Mutex<Spool>>,
         hello: Hello,
     ) -> anyhow::Result<Exporter> {
-        let read = |p: &std::path::Path| {
-            std::fs::read_to_string(p).with_context(|| format!("cannot read `{}`", p.display()))
-        };
-        let ca = read(&cfg.ca_file)?;
-        let (cert, key) = (read(&cfg.cert_file)?, read(&cfg.key_file)?);
-        let url = cfg.collector.clone();
-        let domain = url
-            .trim_start_matches("https://")
-            .split([':', '/'])
-            .next()
-            .unwrap_or("")
-            .to_string();
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(ca))
-            .identity(Identity::from_pem(cert, key))
-            .domain_name(domain);
-        let endpoint = Channel::from_shared(url.clone())
-            .with_context(|| format!("`export.collector` `{url}` is not a valid URL"))?
-            .tls_config(tls)
-            .context("bad TLS material in `export`")?
-            .connect_timeout(Duration::from_secs(5));
-        let batch = cfg.batch_records;
+        let m = read_material(cfg)?;
+        endpoint(&cfg.collector, &m.ca, Some((&m.cert, &m.key)))?;
+        let cfg = cfg.clone();
         let worker = crate::worker::Worker::spawn("cw-export", move |stop| {
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -64,7 +105,7 @@ impl Exporter {
                     return;
                 }
             };
-            rt.block_on(run(endpoint, spool, hello, batch, stop));
+            rt.block_on(run(cfg, spool, hello, stop));
         })
         .context("cannot start the exporter thread")?;
         Ok(Exporter { worker })
@@ -83,40 +124,128 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(f)
 }
 
-async fn run(
-    endpoint: tonic::transport::Endpoint,
-    spool: Arc<Mutex<Spool>>,
-    hello: Hello,
-    batch: usize,
-    stop: Arc<AtomicBool>,
-) {
+/// How a session ended badly: with the collector's retry pushback, or not.
+#[derive(Debug)]
+struct Ended {
+    error: anyhow::Error,
+    pushback: Option<Duration>,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Ended {
+    fn from(e: E) -> Self {
+        let error = e.into();
+        let pushback = error
+            .downcast_ref::<tonic::Status>()
+            .filter(|s| s.code() == tonic::Code::ResourceExhausted)
+            .map(|s| {
+                s.metadata()
+                    .get("grpc-retry-pushback-ms")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .map_or(Duration::from_secs(5), Duration::from_millis)
+            });
+        Ended { error, pushback }
+    }
+}
+
+async fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
+    let deadline = tokio::time::Instant::now() + d;
+    while tokio::time::Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(50).min(d)).await;
+    }
+}
+
+async fn run(cfg: ExportConfig, spool: Arc<Mutex<Spool>>, hello: Hello, stop: Arc<AtomicBool>) {
     let mut backoff = Duration::from_millis(250);
     while !stop.load(Ordering::SeqCst) {
-        match session(&endpoint, &spool, &hello, batch, &stop).await {
+        if cfg.renew {
+            if let Err(e) = crate::enroll::renew_if_due(&cfg).await {
+                tracing::warn!(error = %format!("{e:#}"), "certificate renewal failed; will retry");
+            }
+        }
+        match session(&cfg, &spool, &hello, &stop).await {
             Ok(()) => backoff = Duration::from_millis(250),
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "collector unreachable or stream ended; records stay spooled");
-                let wait = jitter(backoff);
-                let deadline = tokio::time::Instant::now() + wait;
-                while tokio::time::Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+            Err(Ended {
+                error,
+                pushback: Some(wait),
+            }) => {
+                tracing::info!(error = %format!("{error:#}"), retry_in_ms = wait.as_millis() as u64, "the collector asked us to wait; records stay spooled");
+                sleep_unless_stopped(wait, &stop).await;
+            }
+            Err(Ended { error, .. }) => {
+                let denied = error.downcast_ref::<tonic::Status>().is_some_and(|s| {
+                    matches!(
+                        s.code(),
+                        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+                    )
+                });
+                if denied {
+                    // Not going to fix itself quickly: check `export.clinic`/`host` and the
+                    // certificate.
+                    backoff = Duration::from_secs(30);
+                    tracing::error!(error = %format!("{error:#}"), "the collector refused this host");
+                } else {
+                    tracing::warn!(error = %format!("{error:#}"), retry_in_ms = backoff.as_millis() as u64, "collector unreachable or stream ended; records stay spooled");
                 }
+                sleep_unless_stopped(jitter(backoff), &stop).await;
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         }
     }
 }
 
-/// One connection: Hello, then batches until the stop flag or an error.
+/// Reads server frames until an ack; a throttle on the way sets `pace`.
+async fn until_ack(
+    replies: &mut tonic::Streaming<clinicwatch_proto::v1::ServerFrame>,
+    spool: &Arc<Mutex<Spool>>,
+    epoch: u64,
+    pace: &mut Duration,
+) -> Result<(), Ended> {
+    loop {
+        let reply = tokio::time::timeout(Duration::from_secs(60), replies.message())
+            .await
+            .context("no answer from the collector in 60 s")??
+            .context("the collector closed the stream")?;
+        match reply.frame {
+            Some(server_frame::Frame::Ack(a)) => {
+                if a.epoch == epoch {
+                    spool
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .ack(a.up_to_seq)?;
+                }
+                return Ok(());
+            }
+            Some(server_frame::Frame::Throttle(t)) => {
+                *pace = Duration::from_millis(t.retry_after_ms as u64);
+                tracing::debug!(retry_after_ms = t.retry_after_ms, max = t.max_records_per_sec, "throttled by the collector");
+            }
+            Some(server_frame::Frame::Policy(_)) | None => {}
+        }
+    }
+}
+
+/// One connection: Hello, then batches (or heartbeats when idle) until the stop flag or an
+/// error.
 async fn session(
-    endpoint: &tonic::transport::Endpoint,
+    cfg: &ExportConfig,
     spool: &Arc<Mutex<Spool>>,
     hello: &Hello,
-    batch: usize,
     stop: &AtomicBool,
-) -> anyhow::Result<()> {
-    let channel = endpoint.connect().await.context("cannot connect")?;
-    let mut client = IngestClient::new(channel);
+) -> Result<(), Ended> {
+    let m = read_material(cfg)?;
+    let channel = endpoint(&cfg.collector, &m.ca, Some((&m.cert, &m.key)))?
+        .connect()
+        .await
+        .context("cannot connect")?;
+    let mut client = IngestClient::new(channel)
+        .max_encoding_message_size(clinicwatch_proto::MAX_FRAME_BYTES)
+        .max_decoding_message_size(clinicwatch_proto::MAX_FRAME_BYTES);
+    if cfg.compression == "zstd" {
+        client = client
+            .send_compressed(CompressionEncoding::Zstd)
+            .accept_compressed(CompressionEncoding::Zstd);
+    }
     let (tx, rx) = tokio::sync::mpsc::channel::<AgentFrame>(4);
     let (epoch, acked) = {
         let s = spool.lock().unwrap_or_else(|p| p.into_inner());
@@ -135,56 +264,74 @@ async fn session(
         .context("the collector refused the stream")?
         .into_inner();
     let mut pace = Duration::ZERO;
+    until_ack(&mut replies, spool, epoch, &mut pace).await?;
+    let heartbeat = Duration::from_secs(cfg.heartbeat_secs);
     loop {
-        // The collector's answer to the last frame: an ack, or a throttle.
-        let reply = tokio::time::timeout(Duration::from_secs(30), replies.message())
-            .await
-            .context("no answer from the collector in 30 s")??
-            .context("the collector closed the stream")?;
-        match reply.frame {
-            Some(server_frame::Frame::Ack(a)) if a.epoch == epoch => {
-                spool
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .ack(a.up_to_seq)?;
-            }
-            Some(server_frame::Frame::Throttle(t)) => {
-                pace = Duration::from_millis(t.retry_after_ms as u64);
-            }
-            _ => {}
-        }
-        // The next batch, once there is something to send.
+        // The next batch, once there is something to send; a heartbeat if nothing comes.
+        let idle_since = tokio::time::Instant::now();
         let records = loop {
             if stop.load(Ordering::SeqCst) {
                 return Ok(());
             }
             let entries = {
                 let s = spool.lock().unwrap_or_else(|p| p.into_inner());
-                s.read_after(s.acked(), batch, clinicwatch_proto::MAX_FRAME_BYTES / 2)?
+                s.read_after(
+                    s.acked(),
+                    cfg.batch_records,
+                    clinicwatch_proto::MAX_FRAME_BYTES / 2,
+                )?
             };
             if !entries.is_empty() {
-                break entries;
+                break Some(entries);
+            }
+            if idle_since.elapsed() >= heartbeat {
+                break None;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
         if !pace.is_zero() {
-            tokio::time::sleep(pace).await;
+            sleep_unless_stopped(pace, stop).await;
+            pace = Duration::ZERO;
         }
-        let mut out = Vec::with_capacity(records.len());
-        for e in &records {
-            let mut r =
-                Record::decode(e.payload.as_slice()).context("a spooled record does not decode")?;
-            r.seq = e.seq;
-            out.push(r);
-        }
-        tx.send(AgentFrame {
-            frame: Some(Frame::Batch(Batch {
-                epoch,
-                first_seq: records[0].seq,
-                records: out,
-            })),
-        })
-        .await
-        .context("the stream closed")?;
+        let frame = match records {
+            None => {
+                let s = spool.lock().unwrap_or_else(|p| p.into_inner());
+                Frame::Heartbeat(Heartbeat {
+                    time: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0.0, |d| d.as_secs_f64()),
+                    spooled: s.pending(),
+                    dropped: s.dropped,
+                })
+            }
+            Some(records) => {
+                let mut out = Vec::with_capacity(records.len());
+                for e in &records {
+                    let mut r = Record::decode(e.payload.as_slice())
+                        .context("a spooled record does not decode")?;
+                    r.seq = e.seq;
+                    out.push(r);
+                }
+                Frame::Batch(Batch {
+                    epoch,
+                    first_seq: records[0].seq,
+                    records: out,
+                })
+            }
+        };
+        tx.send(AgentFrame { frame: Some(frame) })
+            .await
+            .context("the stream closed")?;
+        until_ack(&mut replies, spool, epoch, &mut pace).await?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_domain_is_the_urls_host() {
+        assert_eq!(super::domain_of("https://collector.example:7443"), "collector.example");
+        assert_eq!(super::domain_of("https://localhost"), "localhost");
+        assert_eq!(super::domain_of("https://[::1]:7443/"), "::1");
     }
 }

@@ -10,6 +10,7 @@ pub mod capabilities;
 pub mod config;
 pub mod decode;
 pub mod dns;
+pub mod enroll;
 pub mod event;
 pub mod export;
 pub mod exporter;

@@ -37,6 +37,17 @@ enum Cmd {
     /// (and why better ones were passed over), then detach and exit. Without `--config`
     /// and with no file at the default path, watches only the agent's own executable.
     Check,
+    /// Get this host's client certificate from the collector with the clinic's enrollment
+    /// token (`clinicwatch-collector enroll-token --clinic ID`). Uses `[export]`: collector,
+    /// host, ca_file (the collector's CA, copied beforehand); writes key_file and cert_file.
+    Enroll {
+        /// The token, or `-` to read it from stdin (keeps it out of the process list).
+        #[arg(long)]
+        token: String,
+        /// Enroll again even if `export.key_file` exists.
+        #[arg(long)]
+        force: bool,
+    },
     /// What the agent has learned is normal, per application.
     Baseline {
         #[command(subcommand)]
@@ -105,6 +116,31 @@ fn main() -> anyhow::Result<()> {
     };
     match cli.cmd {
         Some(Cmd::Check) => return check(cli.config),
+        Some(Cmd::Enroll { token, force }) => {
+            let cfg = Config::from_file(&path)?;
+            if cfg.export.collector.is_empty() {
+                anyhow::bail!("`export.collector` is not set in `{}`", path.display());
+            }
+            let token = if token == "-" {
+                let mut t = String::new();
+                std::io::stdin().read_line(&mut t).context("cannot read the token from stdin")?;
+                t
+            } else {
+                token
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let not_after = rt.block_on(clinicwatch_agent::enroll::enroll(&cfg.export, &token, force))?;
+            println!(
+                "enrolled {}/{}: certificate in {} until {}",
+                cfg.export.clinic,
+                cfg.export.host,
+                cfg.export.cert_file.display(),
+                report::utc(not_after)
+            );
+            return Ok(());
+        }
         Some(Cmd::Baseline { cmd }) => {
             let cfg = Config::from_file(&path)?;
             return match cmd {

@@ -3,43 +3,42 @@
 //! restart, each stored exactly once.
 
 use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use clinicwatch_agent::{Config, Event};
-use clinicwatch_collector::{ingest::IngestService, pki, store::SqliteStore};
-use clinicwatch_proto::v1::ingest_server::IngestServer;
+use clinicwatch_collector::{
+    config::Config as CollectorConfig,
+    ingest::SharedStore,
+    pki,
+    server::Collector,
+    store::{self, HostKey, Store},
+};
 use clinicwatch_tests::*;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_cw-workload");
 
+/// An in-process collector on `port`, storing into `db`.
 fn collector(
     rt: &tokio::runtime::Runtime,
     port: u16,
     ca: &pki::Pem,
     server: &pki::Pem,
-    db: &std::path::Path,
-) -> Arc<Mutex<SqliteStore>> {
-    let store = Arc::new(Mutex::new(SqliteStore::open(db).unwrap()));
+    db: &Path,
+) -> SharedStore {
+    let store: SharedStore = Arc::new(Mutex::new(store::open(&db.display().to_string()).unwrap()));
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(&server.cert, &server.key))
         .client_ca_root(Certificate::from_pem(&ca.cert));
-    let svc = IngestService {
-        store: store.clone(),
-    };
+    let c = Collector::new(CollectorConfig::default(), store.clone(), tls);
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
         .expect("the collector's port");
-    rt.spawn(async move {
-        let _ = Server::builder()
-            .tls_config(tls)
-            .unwrap()
-            .add_service(IngestServer::new(svc))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await;
-    });
+    rt.spawn(c.run(listener, std::future::pending()));
     store
 }
 
@@ -152,4 +151,297 @@ fn findings_reach_the_collector_once_through_an_outage_and_a_restart() {
         raised.len(),
         "no duplicate after a restart"
     );
+}
+
+/// A built binary of the workspace, beside this test's folder (`cargo xtask test` builds all).
+fn binary(name: &str) -> PathBuf {
+    let me = std::env::current_exe().unwrap();
+    let p = me.parent().and_then(Path::parent).unwrap().join(name);
+    assert!(p.is_file(), "`{}` is missing: build the workspace's binaries first (`cargo xtask build`)", p.display());
+    p
+}
+
+/// A child process killed (SIGKILL) if the test ends early.
+struct Proc(Child);
+
+impl Proc {
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: plain syscall on our own child.
+        unsafe { libc::kill(self.0.id() as i32, sig) };
+    }
+
+    fn kill9(mut self) {
+        self.signal(libc::SIGKILL);
+        let _ = self.0.wait();
+    }
+
+    fn terminate(mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(st)) = self.0.try_wait() {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            self.signal(libc::SIGKILL);
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn output(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// One value of the collector's Prometheus page.
+fn metric(port: u16, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return -1.0;
+    };
+    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n");
+    let mut page = String::new();
+    let _ = s.read_to_string(&mut page);
+    page.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(-1.0)
+}
+
+#[test]
+fn agent_kill_9_mid_stream_and_collector_kill_9_mid_batch_lose_and_duplicate_nothing() {
+    let name = "agent_kill_9_mid_stream_and_collector_kill_9_mid_batch_lose_and_duplicate_nothing";
+    if !require_root(name) {
+        return;
+    }
+    let fx = Fixture::new(WORKLOAD, "delivery-kill");
+    let (port, metrics_port) = (free_port(), free_port());
+    // The collector's folder: CA, server certificate, enrollment key, config.
+    let cdir = fx.dir.join("collector");
+    let collector_bin = binary("clinicwatch-collector");
+    output(Command::new(&collector_bin).arg("--dir").arg(&cdir).args(["ca", "init", "--name", "localhost"]));
+    std::fs::write(
+        cdir.join("collector.toml"),
+        format!("[server]\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n"),
+    )
+    .unwrap();
+    let token = output(Command::new(&collector_bin).arg("--dir").arg(&cdir).args(["enroll-token", "--clinic", "clinic-k"]));
+    let start_collector = || {
+        let c = Proc(
+            Command::new(&collector_bin)
+                .arg("--dir")
+                .arg(&cdir)
+                .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(fx.dir.join("collector.log")).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+        wait_until("the collector's metrics", Duration::from_secs(20), || {
+            metric(metrics_port, "clinicwatch_collector_streams_total") >= 0.0
+        });
+        c
+    };
+    let collector1 = start_collector();
+
+    // The agent's config; it enrolls with the token (only the CA is copied by hand).
+    std::fs::copy(cdir.join("ca.pem"), fx.dir.join("ca.pem")).unwrap();
+    let cfg_path = fx.dir.join("agent.toml");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "[agent]\noutput = \"{dir}/events.jsonl\"\nsnapshot_interval_secs = 1\nstate_dir = \"{state}\"\n\
+             [intel]\nwindow_secs = 1\nlearning_days = 0\npractice_hours = [\"daily 00:00-24:00\"]\n\
+             [export]\ncollector = \"https://localhost:{port}\"\nclinic = \"clinic-k\"\nhost = \"ws9\"\n\
+             ca_file = \"{dir}/ca.pem\"\ncert_file = \"{dir}/tls/cert.pem\"\nkey_file = \"{dir}/tls/key.pem\"\n\
+             batch_records = 3\nheartbeat_secs = 1\n\
+             [[app]]\nname = \"pm-client\"\nexe = \"{exe}\"\n",
+            state = fx.state_dir().display(),
+            dir = fx.dir.display(),
+            exe = fx.app.display(),
+        ),
+    )
+    .unwrap();
+    let agent_bin = binary("clinicwatch-agent");
+    let said = output(
+        Command::new(&agent_bin)
+            .arg("--config")
+            .arg(&cfg_path)
+            .args(["enroll", "--token", token.trim()]),
+    );
+    assert!(said.contains("enrolled clinic-k/ws9"), "{said}");
+    let key_mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(fx.dir.join("tls/key.pem")).unwrap().permissions(),
+    );
+    assert_eq!(key_mode & 0o777, 0o600, "the key is the host's alone");
+    let start_agent = |n: u32| {
+        Proc(
+            Command::new(&agent_bin)
+                .arg("--config")
+                .arg(&cfg_path)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(fx.dir.join(format!("agent{n}.log"))).unwrap())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let accepted = || metric(metrics_port, "clinicwatch_collector_records_accepted_total");
+    let data = fx.data_file("records.db", 256 << 10);
+    let busy = |secs: u64| {
+        let until = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < until {
+            run(&fx.app, &["read", data.to_str().unwrap(), "65536"]);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+
+    // 1. The agent streams; a shell under the app is found and delivered.
+    let agent1 = start_agent(1);
+    std::thread::sleep(Duration::from_secs(2));
+    run(&fx.app, &["shell"]);
+    busy(2);
+    wait_until("records at the collector", Duration::from_secs(30), || accepted() > 0.0);
+
+    // 2. The collector freezes with a batch in flight; the agent is killed -9 meanwhile.
+    collector1.signal(libc::SIGSTOP);
+    busy(3);
+    agent1.kill9();
+    let open_spool = || {
+        clinicwatch_agent::spool::Spool::open(clinicwatch_agent::spool::SpoolConfig {
+            dir: fx.state_dir().join("spool"),
+            max_bytes: 256 << 20,
+            segment_bytes: 4 << 20,
+            fsync_each: false,
+        })
+        .unwrap()
+    };
+    let killed_with = {
+        let s = open_spool();
+        s.pending()
+    };
+    assert!(killed_with > 0, "the agent died with records not yet acked");
+    collector1.signal(libc::SIGCONT);
+
+    // 3. The agent restarts from its spool and resends what was not acked.
+    let agent2 = start_agent(2);
+    busy(2);
+    let host = HostKey {
+        clinic: "clinic-k".into(),
+        host: "ws9".into(),
+    };
+    let db = cdir.join("collector.db");
+    let open = || store::open(&db.display().to_string()).unwrap();
+    let drained = |s: &mut Box<dyn Store>| {
+        s.hosts()
+            .unwrap()
+            .iter()
+            .any(|h| h.host == "ws9" && h.spooled == 0 && h.last_seen > now() - 2.0)
+    };
+    {
+        let mut s = open();
+        wait_until("the spool drained after the agent's restart", Duration::from_secs(40), || drained(&mut s));
+    }
+    let dups_after_agent_kill = metric(metrics_port, "clinicwatch_collector_records_duplicate_total");
+
+    // 4. The collector freezes with a batch in flight and is killed -9; a new one starts.
+    collector1.signal(libc::SIGSTOP);
+    busy(3);
+    collector1.kill9();
+    let stored_at_collector_kill = open().stored_up_to(&host, open_spool_epoch(&fx)).unwrap();
+    let collector2 = start_collector();
+    busy(1);
+    {
+        let mut s = open();
+        wait_until("the spool drained after the collector's restart", Duration::from_secs(60), || drained(&mut s));
+    }
+    let dups_after_collector_kill = metric(metrics_port, "clinicwatch_collector_records_duplicate_total");
+    assert!(agent2.terminate().success());
+    let collector_log = std::fs::read_to_string(fx.dir.join("collector.log")).unwrap_or_default();
+    collector2.terminate();
+
+    // Every record the agent spooled is stored once or still waits in its spool; every
+    // finding it raised is stored once or waits.
+    let spool = open_spool();
+    assert_eq!(spool.dropped, 0);
+    let last = spool.next_seq() - 1;
+    let waiting = spool.read_after(spool.acked(), 1_000_000, usize::MAX).unwrap();
+    let mut s = open();
+    let stored_to = s.stored_up_to(&host, spool.epoch()).unwrap();
+    let stored = s.record_count().unwrap();
+    assert!(stored_to >= spool.acked(), "acked {} but stored only to {stored_to}", spool.acked());
+    assert_eq!(stored, stored_to, "no gap and no duplicate: {stored} rows up to seq {stored_to}");
+    let unsent: Vec<_> = waiting.iter().filter(|e| e.seq > stored_to).collect();
+    assert_eq!(stored + unsent.len() as u64, last, "every spooled record is stored or waiting");
+    assert!(
+        stored_to > stored_at_collector_kill,
+        "records made while the collector was frozen arrived after its restart"
+    );
+    let mut at_collector: Vec<(String, i64)> = s
+        .findings_since(0.0)
+        .unwrap()
+        .into_iter()
+        .map(|f| (f.rule, (f.time * 1000.0).round() as i64))
+        .collect();
+    for e in unsent {
+        use clinicwatch_proto::v1::{record::Body, Record};
+        use prost::Message as _;
+        if let Ok(Record { body: Some(Body::Finding(f)), .. }) = Record::decode(e.payload.as_slice()) {
+            at_collector.push((f.rule, (f.time * 1000.0).round() as i64));
+        }
+    }
+    at_collector.sort();
+    let (raised, _) = clinicwatch_agent::report::read_findings(&fx.state_dir().join("findings.jsonl"), 0.0).unwrap();
+    let mut raised: Vec<(String, i64)> = raised
+        .into_iter()
+        .map(|f| (f.rule, (f.time * 1000.0).round() as i64))
+        .collect();
+    raised.sort();
+    assert_eq!(at_collector, raised, "each finding exactly once");
+    assert!(raised.iter().any(|(r, _)| r == "CW-SUSPICIOUS-CHILD"));
+    assert!(raised.iter().filter(|(r, _)| r == "CW-AGENT-RESTART").count() >= 1);
+    eprintln!(
+        "{name}: agent killed with {killed_with} records unacked; {stored_at_collector_kill} stored when the collector was killed; at the end {stored} records stored up to seq {stored_to}, {} findings; duplicates refused: {dups_after_agent_kill} after the agent's kill, {dups_after_collector_kill} in total",
+        raised.len()
+    );
+    assert!(
+        dups_after_collector_kill >= 0.0,
+        "the second collector answered metrics: {collector_log}"
+    );
+}
+
+/// The epoch of the agent's spool, from its file (the agent may be running).
+fn open_spool_epoch(fx: &Fixture) -> u64 {
+    std::fs::read_to_string(fx.state_dir().join("spool").join("epoch"))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no epoch file in the spool"))
+}
+
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
 }

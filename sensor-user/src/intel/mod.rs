@@ -55,6 +55,9 @@ pub struct Intel {
     readers: HashMap<u32, (f64, String, String)>,
     drops_seen: Option<u64>,
     startups: u64,
+    /// How the previous run on this state ended: `Some(true)` stopped cleanly, `Some(false)`
+    /// did not (killed, crashed, power lost), `None` no previous run.
+    previous_run: Option<bool>,
     clock: Option<(f64, f64)>,
     clock_jumped: bool,
     unsaved: u64,
@@ -113,6 +116,7 @@ impl Intel {
             };
             baselines.insert(app.clone(), b);
         }
+        let previous_run = persist.as_ref().and_then(|p| run_marker(&p.state_dir));
         Ok(Intel {
             rules,
             allow: dest::AllowList::new(&cfg.intel.vendor_allow),
@@ -127,6 +131,7 @@ impl Intel {
             readers: HashMap::new(),
             drops_seen: None,
             startups: 0,
+            previous_run,
             clock: None,
             clock_jumped: false,
             unsaved: 0,
@@ -243,15 +248,20 @@ impl Intel {
             } => {
                 self.startups += 1;
                 if let Some(r) = self.rule(|k| matches!(k, RuleKind::AgentRestart {})) {
-                    let previous =
-                        self.startups > 1 || self.baselines.values().any(|b| b.windows > 0);
+                    let previous = self.startups > 1
+                        || self.previous_run.is_some()
+                        || self.baselines.values().any(|b| b.windows > 0);
                     if previous {
+                        let clean = self.startups > 1 || self.previous_run != Some(false);
                         found.push(
                             Finding::new(&r.id, r.severity, "-", *time, "agent")
-                                .summary(
-                                    "the agent restarted: activity while it was down was not seen",
-                                )
-                                .with("startups_in_this_run", self.startups),
+                                .summary(if clean {
+                                    "the agent restarted: activity while it was down was not seen"
+                                } else {
+                                    "the agent restarted after it was killed or crashed: activity while it was down was not seen"
+                                })
+                                .with("startups_in_this_run", self.startups)
+                                .with("previous_stop_clean", clean),
                         );
                     }
                 }
@@ -425,6 +435,12 @@ impl Intel {
         let closed = self.windows.flush();
         self.closed(closed, &mut out);
         self.save();
+        if let Some(p) = &self.persist {
+            let path = p.state_dir.join(RUN_MARKER);
+            if let Err(e) = std::fs::write(&path, "stopped\n") {
+                tracing::warn!(path = %path.display(), error = %e, "cannot mark the clean stop");
+            }
+        }
         out
     }
 
@@ -506,6 +522,22 @@ fn load_or_start(
 }
 
 /// Reads a baseline file shipped by the collector (for `baseline import`).
+/// `state_dir/run`: `running` while an agent runs, `stopped` after a clean stop.
+const RUN_MARKER: &str = "run";
+
+/// Reads how the previous run ended, then marks this one as running.
+fn run_marker(state_dir: &std::path::Path) -> Option<bool> {
+    let path = state_dir.join(RUN_MARKER);
+    let previous = std::fs::read_to_string(&path)
+        .ok()
+        .map(|t| t.trim() == "stopped");
+    let _ = std::fs::create_dir_all(state_dir);
+    if let Err(e) = std::fs::write(&path, "running\n") {
+        tracing::warn!(path = %path.display(), error = %e, "cannot mark the run");
+    }
+    previous
+}
+
 pub fn read_baseline(path: &std::path::Path) -> anyhow::Result<Baseline> {
     Baseline::load(path).with_context(|| format!("cannot import `{}`", path.display()))
 }

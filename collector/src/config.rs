@@ -1,0 +1,209 @@
+//! The collector's configuration: `collector.toml` in its folder (or `--config FILE`). Every
+//! key is optional; the defaults are documented beside each field and in the README.
+
+use std::{net::SocketAddr, path::Path};
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read `{path}`: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("`{path}`: {source}")]
+    Parse {
+        path: String,
+        source: toml::de::Error,
+    },
+    #[error("`{path}`: `{key}` {why}")]
+    Invalid {
+        path: String,
+        key: &'static str,
+        why: String,
+    },
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub retention: RetentionConfig,
+    pub limits: LimitsConfig,
+    pub enroll: EnrollConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Where agents connect (gRPC with mutual TLS). Default `0.0.0.0:7443`.
+    pub listen: SocketAddr,
+    /// Prometheus metrics (`GET /metrics`) and `GET /healthz`, plain HTTP; empty: off.
+    /// Default `127.0.0.1:9464`.
+    pub metrics_listen: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 7443)),
+            metrics_listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// A SQLite file, or `postgres://user:password@host/db` for PostgreSQL (several
+    /// collectors sharing one database). Default: `collector.db` in the collector's folder.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Summaries and health records are kept this many days. Default 90.
+    pub summaries_days: f64,
+    /// Findings are kept this many days. Default 365.
+    pub findings_days: f64,
+    /// Seconds between retention passes (the first runs at start). Default 3600.
+    pub every_secs: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            summaries_days: 90.0,
+            findings_days: 365.0,
+            every_secs: 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Records per second one host may send, sustained. Default 2000 (an agent sends a few
+    /// records a minute; a backlog after an outage drains at this rate).
+    pub records_per_sec: u32,
+    /// Records one host may send at once above that rate. Default 40000.
+    pub burst_records: u32,
+    /// Streams open at once, all hosts together; more are refused with
+    /// `resource_exhausted`. Default 20000.
+    pub max_streams: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            records_per_sec: 2000,
+            burst_records: 40_000,
+            max_streams: 20_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnrollConfig {
+    /// Days an enrolled host's certificate is valid; the agent renews it when a third is
+    /// left. Default 30.
+    pub cert_days: u32,
+}
+
+impl Default for EnrollConfig {
+    fn default() -> Self {
+        Self { cert_days: 30 }
+    }
+}
+
+impl Config {
+    /// Reads `path`; a missing file gives the defaults only when `optional`.
+    pub fn load(path: &Path, optional: bool) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if optional && e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(source) => return Err(ConfigError::Read { path: shown, source }),
+        };
+        Config::parse(&text, &shown)
+    }
+
+    pub fn parse(text: &str, shown: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: shown.to_string(),
+            source,
+        })?;
+        let bad = |key, why: &str| {
+            Err(ConfigError::Invalid {
+                path: shown.to_string(),
+                key,
+                why: why.to_string(),
+            })
+        };
+        let r = &cfg.retention;
+        for (key, v) in [
+            ("retention.summaries_days", r.summaries_days),
+            ("retention.findings_days", r.findings_days),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(key, "must be a number of days > 0");
+            }
+        }
+        if r.every_secs == 0 {
+            return bad("retention.every_secs", "must be at least 1");
+        }
+        let l = &cfg.limits;
+        if l.records_per_sec == 0 {
+            return bad("limits.records_per_sec", "must be at least 1");
+        }
+        if (l.burst_records as usize) < crate::store::MAX_BATCH_RECORDS {
+            return bad(
+                "limits.burst_records",
+                &format!(
+                    "must be at least {} (one full batch)",
+                    crate::store::MAX_BATCH_RECORDS
+                ),
+            );
+        }
+        if l.max_streams == 0 {
+            return bad("limits.max_streams", "must be at least 1");
+        }
+        if cfg.enroll.cert_days == 0 || cfg.enroll.cert_days > 825 {
+            return bad("enroll.cert_days", "must be between 1 and 825");
+        }
+        let m = &cfg.server.metrics_listen;
+        if !m.is_empty() && m.parse::<SocketAddr>().is_err() {
+            return bad("server.metrics_listen", "must be ADDRESS:PORT or empty");
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_errors_that_name_the_key() {
+        let c = Config::parse("", "c.toml").unwrap();
+        assert_eq!(c.retention.summaries_days, 90.0);
+        assert_eq!(c.limits.records_per_sec, 2000);
+        let c = Config::parse("[store]\nurl = \"postgres://cw@db/cw\"\n[retention]\nfindings_days = 730\n", "c.toml").unwrap();
+        assert_eq!(c.retention.findings_days, 730.0);
+        assert_eq!(c.store.url, "postgres://cw@db/cw");
+        for (text, key) in [
+            ("[retention]\nsummaries_days = 0", "retention.summaries_days"),
+            ("[limits]\nburst_records = 10", "limits.burst_records"),
+            ("[server]\nmetrics_listen = \"nope\"", "server.metrics_listen"),
+            ("[enroll]\ncert_days = 0", "enroll.cert_days"),
+            ("[limits]\nrecords_per_second = 5", "records_per_second"),
+        ] {
+            let e = Config::parse(text, "c.toml").unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains("c.toml"), "{text}: {e}");
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! Enrollment: a host gets its client certificate without anyone handling keys.
+//!
+//! - `clinicwatch-collector enroll-token --clinic X` makes a per-clinic token: the clinic, an
+//!   expiry and a nonce, authenticated with HMAC-SHA-256 under the collector's `enroll.key`
+//!   (made at `ca init`, 0600). Tokens need no database, so every collector holding the key
+//!   accepts them; rotating the key revokes every token not yet used.
+//! - The agent makes its own key and a CSR and calls `Enroll` with the token and its host id.
+//!   The CA signs a short-lived certificate (`enroll.cert_days`) naming the token's clinic
+//!   (O) and that host (CN); the CSR's own subject is ignored, only its key is certified.
+//! - To renew, the agent calls `Enroll` without a token over mutual TLS: the certificate it
+//!   presents decides clinic and host, and the new one names the same.
+
+use hmac::{Hmac, Mac};
+use rcgen::{
+    CertificateSigningRequestParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, Issuer,
+    KeyPair,
+};
+use sha2::Sha256;
+use tonic::{Request, Response, Status};
+
+use clinicwatch_proto::v1::{enroll_server::Enroll, EnrollRequest, EnrollResponse};
+
+use crate::pki::Pem;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum TokenError {
+    #[error("the enrollment token is malformed")]
+    Malformed,
+    #[error("the enrollment token was not issued by this collector (or its key was rotated)")]
+    BadSignature,
+    #[error("the enrollment token expired")]
+    Expired,
+}
+
+const PREFIX: &str = "cwe1";
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+fn mac(key: &[u8], msg: &str) -> Hmac<Sha256> {
+    let mut m = match Hmac::<Sha256>::new_from_slice(key) {
+        Ok(m) => m,
+        Err(_) => unreachable!("HMAC takes keys of any length"),
+    };
+    m.update(msg.as_bytes());
+    m
+}
+
+/// A clinic or host id: 1 to 64 characters, letters, digits, `.`, `_`, `-`.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A token for `clinic`, valid until `expires` (unix seconds).
+pub fn make_token(key: &[u8], clinic: &str, expires: u64) -> String {
+    let mut nonce = [0u8; 8];
+    // SAFETY: writes 8 bytes into nonce.
+    unsafe { libc::getrandom(nonce.as_mut_ptr().cast(), nonce.len(), 0) };
+    let body = format!("{PREFIX}.{}.{expires}.{}", hex(clinic.as_bytes()), hex(&nonce));
+    let tag = mac(key, &body).finalize().into_bytes();
+    format!("{body}.{}", hex(&tag))
+}
+
+/// The clinic a token names, if it is ours and not expired at `now`.
+pub fn check_token(key: &[u8], token: &str, now: u64) -> Result<String, TokenError> {
+    let token = token.trim();
+    let (body, tag) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
+    let parts: Vec<&str> = body.split('.').collect();
+    let [prefix, clinic, expires, _nonce] = parts[..] else {
+        return Err(TokenError::Malformed);
+    };
+    if prefix != PREFIX {
+        return Err(TokenError::Malformed);
+    }
+    let tag = unhex(tag).ok_or(TokenError::Malformed)?;
+    mac(key, body)
+        .verify_slice(&tag)
+        .map_err(|_| TokenError::BadSignature)?;
+    let expires: u64 = expires.parse().map_err(|_| TokenError::Malformed)?;
+    if now >= expires {
+        return Err(TokenError::Expired);
+    }
+    let clinic = String::from_utf8(unhex(clinic).ok_or(TokenError::Malformed)?)
+        .map_err(|_| TokenError::Malformed)?;
+    Ok(clinic)
+}
+
+/// Signs the key of `csr_pem` into a client certificate for (clinic, host), valid `days`.
+pub fn sign_csr(
+    ca: &Pem,
+    csr_pem: &str,
+    clinic: &str,
+    host: &str,
+    days: u32,
+) -> Result<(String, f64), String> {
+    let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)
+        .map_err(|e| format!("the CSR does not parse or its signature is wrong: {e}"))?;
+    let p = &mut csr.params;
+    p.distinguished_name = DistinguishedName::new();
+    p.distinguished_name.push(DnType::OrganizationName, clinic);
+    p.distinguished_name.push(DnType::CommonName, host);
+    p.subject_alt_names.clear();
+    p.is_ca = rcgen::IsCa::ExplicitNoCa;
+    p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    p.custom_extensions.clear();
+    let now = std::time::SystemTime::now();
+    let not_after = now + std::time::Duration::from_secs(days as u64 * 86_400);
+    p.not_before = (now - std::time::Duration::from_secs(300)).into();
+    p.not_after = not_after.into();
+    let serial: [u8; 16] = {
+        let mut s = [0u8; 16];
+        // SAFETY: writes 16 bytes into s.
+        unsafe { libc::getrandom(s.as_mut_ptr().cast(), s.len(), 0) };
+        s[0] &= 0x7f;
+        s
+    };
+    p.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+    let ca_key = KeyPair::from_pem(&ca.key).map_err(|e| format!("the CA key: {e}"))?;
+    let issuer =
+        Issuer::from_ca_cert_pem(&ca.cert, ca_key).map_err(|e| format!("the CA: {e}"))?;
+    let cert = csr
+        .signed_by(&issuer)
+        .map_err(|e| format!("cannot sign: {e}"))?;
+    let secs = not_after
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    Ok((cert.pem(), secs))
+}
+
+pub struct EnrollService {
+    pub ca: Pem,
+    pub token_key: Vec<u8>,
+    pub cert_days: u32,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+}
+
+#[tonic::async_trait]
+impl Enroll for EnrollService {
+    async fn enroll(
+        &self,
+        req: Request<EnrollRequest>,
+    ) -> Result<Response<EnrollResponse>, Status> {
+        let renewing = req.get_ref().token.is_empty();
+        let (clinic, host) = if renewing {
+            let who = crate::ingest::host_of(&req)?;
+            (who.clinic, who.host)
+        } else {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let clinic = check_token(&self.token_key, &req.get_ref().token, now)
+                .map_err(|e| Status::unauthenticated(e.to_string()))?;
+            (clinic, req.get_ref().host_id.clone())
+        };
+        if !valid_id(&host) {
+            return Err(Status::invalid_argument(format!(
+                "host id `{}` must be 1 to 64 letters, digits, `.`, `_` or `-`",
+                host.escape_debug()
+            )));
+        }
+        if renewing && req.get_ref().host_id != host {
+            return Err(Status::permission_denied(format!(
+                "this certificate is for {clinic}/{host}, not {}",
+                req.get_ref().host_id.escape_debug()
+            )));
+        }
+        let (cert_pem, not_after) =
+            sign_csr(&self.ca, &req.get_ref().csr_pem, &clinic, &host, self.cert_days)
+                .map_err(Status::invalid_argument)?;
+        self.metrics
+            .enrolled
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(%clinic, %host, renewing, "certificate issued");
+        Ok(Response::new(EnrollResponse {
+            cert_pem,
+            ca_pem: self.ca.cert.clone(),
+            not_after,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_name_their_clinic_and_refuse_forgery_and_age() {
+        let key = b"0123456789abcdef0123456789abcdef";
+        let t = make_token(key, "clinic-42", 1000);
+        assert_eq!(check_token(key, &t, 999).unwrap(), "clinic-42");
+        assert_eq!(check_token(key, &t, 1000), Err(TokenError::Expired));
+        assert_eq!(
+            check_token(b"another key", &t, 10),
+            Err(TokenError::BadSignature)
+        );
+        // Another clinic pasted into a valid token.
+        let forged = t.replacen(&hex(b"clinic-42"), &hex(b"clinic-43"), 1);
+        assert_eq!(check_token(key, &forged, 10), Err(TokenError::BadSignature));
+        // A longer expiry pasted in.
+        let forged = t.replacen(".1000.", ".9999999999.", 1);
+        assert_eq!(check_token(key, &forged, 10), Err(TokenError::BadSignature));
+        for bad in ["", "cwe1", "x.y.z.w.v", "cwe1.zz.1.00.0g"] {
+            assert_eq!(check_token(key, bad, 10), Err(TokenError::Malformed), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_csr_is_signed_for_the_tokens_clinic_whatever_it_claims() {
+        let ca = crate::pki::new_ca("test CA").unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        p.distinguished_name.push(DnType::OrganizationName, "clinic-b");
+        p.distinguished_name.push(DnType::CommonName, "evil");
+        let csr = p.serialize_request(&key).unwrap().pem().unwrap();
+        let (cert, not_after) = sign_csr(&ca, &csr, "clinic-a", "ws1", 30).unwrap();
+        let der = rustls_pemfile_der(&cert);
+        assert_eq!(
+            crate::pki::identity(&der).unwrap(),
+            ("clinic-a".to_string(), "ws1".to_string())
+        );
+        assert!(not_after > 0.0);
+        let e = sign_csr(&ca, "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", "a", "b", 1)
+            .unwrap_err();
+        assert!(e.contains("CSR"), "{e}");
+    }
+
+    fn rustls_pemfile_der(pem: &str) -> Vec<u8> {
+        x509_parser::pem::parse_x509_pem(pem.as_bytes())
+            .unwrap()
+            .1
+            .contents
+    }
+}

@@ -1,0 +1,237 @@
+//! The collector's counters, rendered in the Prometheus text format, and a small HTTP
+//! endpoint that serves them (`GET /metrics`) with a liveness check (`GET /healthz`).
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Mutex,
+    },
+};
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::store::HostKey;
+
+/// Why a frame or stream was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    Invalid,
+    Permission,
+    Unauthenticated,
+    Throttled,
+    Storage,
+    TooManyStreams,
+}
+
+impl Rejection {
+    const ALL: [Rejection; 6] = [
+        Rejection::Invalid,
+        Rejection::Permission,
+        Rejection::Unauthenticated,
+        Rejection::Throttled,
+        Rejection::Storage,
+        Rejection::TooManyStreams,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Rejection::Invalid => "invalid",
+            Rejection::Permission => "permission",
+            Rejection::Unauthenticated => "unauthenticated",
+            Rejection::Throttled => "throttled",
+            Rejection::Storage => "storage",
+            Rejection::TooManyStreams => "too_many_streams",
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct HostStats {
+    accepted: u64,
+    duplicates: u64,
+    /// Receive time minus the newest record's own time, at the last batch.
+    lag_secs: f64,
+    spooled: u64,
+    last_seen: f64,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    pub accepted: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub batches: AtomicU64,
+    pub heartbeats: AtomicU64,
+    pub throttles: AtomicU64,
+    pub streams_active: AtomicU64,
+    pub streams_total: AtomicU64,
+    pub enrolled: AtomicU64,
+    pub pruned: AtomicU64,
+    /// Microseconds spent in store calls for batches, and their number.
+    pub store_micros: AtomicU64,
+    rejected: [AtomicU64; 6],
+    /// False after a store call failed, until one succeeds (drives the health service).
+    pub store_ok: AtomicBool,
+    hosts: Mutex<BTreeMap<HostKey, HostStats>>,
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let m = Metrics::default();
+        m.store_ok.store(true, Ordering::Relaxed);
+        m
+    }
+
+    pub fn reject(&self, why: Rejection) {
+        let i = Rejection::ALL.iter().position(|r| *r == why).unwrap_or(0);
+        self.rejected[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn rejected(&self, why: Rejection) -> u64 {
+        let i = Rejection::ALL.iter().position(|r| *r == why).unwrap_or(0);
+        self.rejected[i].load(Ordering::Relaxed)
+    }
+
+    /// A batch was stored.
+    pub fn batch(&self, host: &HostKey, stored: u64, duplicates: u64, newest: f64, now: f64) {
+        self.accepted.fetch_add(stored, Ordering::Relaxed);
+        self.duplicates.fetch_add(duplicates, Ordering::Relaxed);
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        let h = hosts.entry(host.clone()).or_default();
+        h.accepted += stored;
+        h.duplicates += duplicates;
+        h.lag_secs = (now - newest).max(0.0);
+        h.last_seen = now;
+    }
+
+    pub fn heartbeat(&self, host: &HostKey, spooled: u64, now: f64) {
+        self.heartbeats.fetch_add(1, Ordering::Relaxed);
+        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        let h = hosts.entry(host.clone()).or_default();
+        h.spooled = spooled;
+        h.last_seen = now;
+    }
+
+    pub fn seen(&self, host: &HostKey, now: f64) {
+        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        hosts.entry(host.clone()).or_default().last_seen = now;
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut o = String::new();
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut one = |name: &str, kind: &str, help: &str, v: u64| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        };
+        one("clinicwatch_collector_records_accepted_total", "counter", "Records stored (new).", g(&self.accepted));
+        one("clinicwatch_collector_records_duplicate_total", "counter", "Records received again and not stored twice.", g(&self.duplicates));
+        one("clinicwatch_collector_batches_total", "counter", "Batches stored and acked.", g(&self.batches));
+        one("clinicwatch_collector_heartbeats_total", "counter", "Heartbeats received.", g(&self.heartbeats));
+        one("clinicwatch_collector_throttles_total", "counter", "Throttle frames sent.", g(&self.throttles));
+        one("clinicwatch_collector_streams_active", "gauge", "Agent streams open now.", g(&self.streams_active));
+        one("clinicwatch_collector_streams_total", "counter", "Agent streams opened.", g(&self.streams_total));
+        one("clinicwatch_collector_enrolled_total", "counter", "Certificates issued by enrollment or renewal.", g(&self.enrolled));
+        one("clinicwatch_collector_pruned_rows_total", "counter", "Rows removed by retention.", g(&self.pruned));
+        let _ = writeln!(
+            o,
+            "# HELP clinicwatch_collector_store_batch_seconds_total Time spent storing batches.\n# TYPE clinicwatch_collector_store_batch_seconds_total counter\nclinicwatch_collector_store_batch_seconds_total {}",
+            g(&self.store_micros) as f64 / 1e6
+        );
+        let _ = writeln!(o, "# HELP clinicwatch_collector_rejected_total Frames or streams refused, by reason.\n# TYPE clinicwatch_collector_rejected_total counter");
+        for r in Rejection::ALL {
+            let _ = writeln!(o, "clinicwatch_collector_rejected_total{{reason=\"{}\"}} {}", r.label(), self.rejected(r));
+        }
+        let _ = writeln!(o, "# HELP clinicwatch_collector_store_up Whether the last store call succeeded.\n# TYPE clinicwatch_collector_store_up gauge\nclinicwatch_collector_store_up {}", self.store_ok.load(Ordering::Relaxed) as u8);
+        let hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        let per_host: [(&str, &str, &str, fn(&HostStats) -> String); 5] = [
+            ("clinicwatch_host_records_accepted_total", "counter", "Records stored from this host.", |h| h.accepted.to_string()),
+            ("clinicwatch_host_records_duplicate_total", "counter", "Records from this host received again.", |h| h.duplicates.to_string()),
+            ("clinicwatch_host_lag_seconds", "gauge", "At the host's last batch: receive time minus its newest record's time.", |h| format!("{:.3}", h.lag_secs)),
+            ("clinicwatch_host_spooled_records", "gauge", "Records waiting in the host's spool (last heartbeat).", |h| h.spooled.to_string()),
+            ("clinicwatch_host_last_seen_timestamp_seconds", "gauge", "When the host was last heard from (unix seconds).", |h| format!("{:.3}", h.last_seen)),
+        ];
+        for (name, kind, help, value) in per_host {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (k, h) in hosts.iter() {
+                let _ = writeln!(o, "{name}{{clinic=\"{}\",host=\"{}\"}} {}", escape(&k.clinic), escape(&k.host), value(h));
+            }
+        }
+        o
+    }
+}
+
+/// Serves `/metrics` and `/healthz` until the listener fails.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: std::sync::Arc<Metrics>) {
+    loop {
+        let (mut sock, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics listener");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut buf = Vec::with_capacity(1024);
+            let mut chunk = [0u8; 1024];
+            let read = async {
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            };
+            if tokio::time::timeout(std::time::Duration::from_secs(5), read).await.is_err() {
+                return;
+            }
+            let line = String::from_utf8_lossy(&buf);
+            let path = line.split_whitespace().nth(1).unwrap_or("");
+            let (status, ctype, body) = match (line.starts_with("GET "), path) {
+                (true, "/metrics") => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
+                (true, "/healthz") => {
+                    if metrics.store_ok.load(Ordering::Relaxed) {
+                        ("200 OK", "text/plain", "ok\n".to_string())
+                    } else {
+                        ("503 Service Unavailable", "text/plain", "store failing\n".to_string())
+                    }
+                }
+                _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
+            };
+            let head = format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+            let _ = sock.write_all(head.as_bytes()).await;
+            let _ = sock.write_all(body.as_bytes()).await;
+            let _ = sock.shutdown().await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_escaped_host_labels() {
+        let m = Metrics::new();
+        let h = HostKey {
+            clinic: "clinic \"A\"".into(),
+            host: "ws1".into(),
+        };
+        m.batch(&h, 10, 2, 100.0, 103.5);
+        m.reject(Rejection::Throttled);
+        m.store_micros.store(1_500_000, Ordering::Relaxed);
+        let t = m.render();
+        assert!(t.contains("clinicwatch_collector_records_accepted_total 10\n"), "{t}");
+        assert!(t.contains("clinicwatch_collector_rejected_total{reason=\"throttled\"} 1\n"), "{t}");
+        assert!(t.contains("clinicwatch_host_lag_seconds{clinic=\"clinic \\\"A\\\"\",host=\"ws1\"} 3.500\n"), "{t}");
+        assert!(t.contains("clinicwatch_collector_store_batch_seconds_total 1.5\n"), "{t}");
+    }
+}

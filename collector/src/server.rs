@@ -1,0 +1,142 @@
+//! The collector's gRPC server: Ingest (mutual TLS), Enroll (TLS; a token or a client
+//! certificate), the standard gRPC health service, and the background tasks (retention,
+//! health status, limiter upkeep). `clinicwatch-collector serve` and the tests run it alike.
+
+use std::{future::Future, path::Path, sync::Arc, time::Duration};
+
+use clinicwatch_proto::v1::{enroll_server::EnrollServer, ingest_server::IngestServer};
+use tonic::{
+    codec::CompressionEncoding,
+    transport::{Certificate, Identity, ServerTlsConfig},
+};
+
+use crate::{
+    config::Config,
+    enroll::EnrollService,
+    ingest::{on_store, IdentitySource, IngestService, SharedStore},
+    limit::Limiter,
+    metrics::Metrics,
+};
+
+/// TLS for the collector from its folder: `server.pem`/`server.key`, clients checked against
+/// `ca.pem`. A client certificate is optional at the handshake so that a host can enroll;
+/// Ingest refuses a stream without one.
+pub fn tls_from_dir(dir: &Path) -> anyhow::Result<ServerTlsConfig> {
+    let read = |name: &str| {
+        let p = dir.join(name);
+        std::fs::read_to_string(&p)
+            .map_err(|e| anyhow::anyhow!("cannot read `{}`: {e}", p.display()))
+    };
+    Ok(ServerTlsConfig::new()
+        .identity(Identity::from_pem(read("server.pem")?, read("server.key")?))
+        .client_ca_root(Certificate::from_pem(read("ca.pem")?))
+        .client_auth_optional(true))
+}
+
+pub struct Collector {
+    pub cfg: Config,
+    pub store: SharedStore,
+    pub metrics: Arc<Metrics>,
+    /// `None`: plaintext (benchmarks only, with metadata identity).
+    pub tls: Option<ServerTlsConfig>,
+    pub identity: IdentitySource,
+    pub enroll: Option<EnrollService>,
+}
+
+impl Collector {
+    pub fn new(cfg: Config, store: SharedStore, tls: ServerTlsConfig) -> Collector {
+        Collector {
+            cfg,
+            store,
+            metrics: Arc::new(Metrics::new()),
+            tls: Some(tls),
+            identity: IdentitySource::PeerCertificate,
+            enroll: None,
+        }
+    }
+
+    /// Serves on `listener` until `shutdown` completes.
+    pub async fn run(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
+        let cfg = self.cfg;
+        let limiter = Arc::new(Limiter::new(
+            cfg.limits.records_per_sec,
+            cfg.limits.burst_records,
+        ));
+        let ingest = IngestService {
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+            limiter: limiter.clone(),
+            max_streams: cfg.limits.max_streams,
+            identity: self.identity,
+        };
+        let (health, health_svc) = tonic_health::server::health_reporter();
+        health.set_serving::<IngestServer<IngestService>>().await;
+        let mut tasks = tokio::task::JoinSet::new();
+        {
+            let (metrics, health) = (self.metrics.clone(), health.clone());
+            tasks.spawn(async move {
+                let mut was = true;
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let ok = metrics.store_ok.load(std::sync::atomic::Ordering::Relaxed);
+                    if ok != was {
+                        if ok {
+                            health.set_serving::<IngestServer<IngestService>>().await;
+                        } else {
+                            health.set_not_serving::<IngestServer<IngestService>>().await;
+                        }
+                        was = ok;
+                    }
+                    limiter.sweep(std::time::Instant::now());
+                }
+            });
+        }
+        {
+            let (store, metrics, r) = (self.store.clone(), self.metrics.clone(), cfg.retention.clone());
+            tasks.spawn(async move {
+                loop {
+                    let now = crate::ingest::now();
+                    let (s, f) = (now - r.summaries_days * 86_400.0, now - r.findings_days * 86_400.0);
+                    match on_store(&store, &metrics, move |st| st.prune(s, f)).await {
+                        Ok(p) => {
+                            metrics.pruned.fetch_add(p.records + p.findings, std::sync::atomic::Ordering::Relaxed);
+                            if p.records + p.findings > 0 {
+                                tracing::info!(records = p.records, findings = p.findings, "retention: removed old rows");
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "retention pass failed; will retry"),
+                    }
+                    tokio::time::sleep(Duration::from_secs(r.every_secs)).await;
+                }
+            });
+        }
+        let mut builder = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(60)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+        if let Some(tls) = self.tls {
+            builder = builder.tls_config(tls)?;
+        }
+        let ingest = IngestServer::new(ingest)
+            .max_decoding_message_size(clinicwatch_proto::MAX_FRAME_BYTES)
+            .accept_compressed(CompressionEncoding::Zstd)
+            .send_compressed(CompressionEncoding::Zstd);
+        let mut router = builder.add_service(health_svc).add_service(ingest);
+        if let Some(e) = self.enroll {
+            router = router.add_service(EnrollServer::new(e).max_decoding_message_size(64 << 10));
+        }
+        let r = router
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                shutdown,
+            )
+            .await;
+        tasks.abort_all();
+        r?;
+        Ok(())
+    }
+}

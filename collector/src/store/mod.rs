@@ -1,0 +1,134 @@
+//! Where agents' records land, behind one trait with two backends:
+//! - [`SqliteStore`]: embedded SQLite in WAL mode with `synchronous = FULL` (the default; one
+//!   collector).
+//! - [`PgStore`]: PostgreSQL, for deployments where several collectors share one database.
+//!
+//! Records are keyed by (clinic, host, epoch, seq): a batch sent again after a lost ack is
+//! stored once and counted as duplicates. A batch is durable when `ingest` returns, which is
+//! when the collector acks it. Findings are also kept in their own table for queries;
+//! summaries and health stay as encoded records.
+
+mod postgres;
+mod sqlite;
+mod validate;
+
+pub use postgres::{redact as shown, PgStore};
+pub use sqlite::SqliteStore;
+pub use validate::{validate, MAX_BATCH_RECORDS};
+
+use clinicwatch_proto::v1::{record::Body, Batch, Heartbeat, Hello, Record};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The batch is malformed; nothing of it was stored (`invalid_argument`).
+    #[error("invalid batch: {0}")]
+    Invalid(String),
+    #[error("store `{path}`: {source}")]
+    Db {
+        path: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Who sent it: taken from the client certificate, never from the frames.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HostKey {
+    pub clinic: String,
+    pub host: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Ingested {
+    pub stored: u64,
+    pub duplicates: u64,
+    /// Every record of the epoch up to here is stored: what the collector acks.
+    pub up_to_seq: u64,
+}
+
+/// A finding as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredFinding {
+    pub clinic: String,
+    pub host: String,
+    pub rule: String,
+    pub severity: i32,
+    pub app: String,
+    pub time: f64,
+    pub subject: String,
+    pub summary: String,
+}
+
+/// A host as last heard from.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HostRow {
+    pub clinic: String,
+    pub host: String,
+    pub hostname: String,
+    pub agent_version: String,
+    pub kernel: String,
+    pub epoch: u64,
+    pub last_seen: f64,
+    /// From the last heartbeat: records waiting in its spool, summaries its spool dropped.
+    pub spooled: u64,
+    pub dropped: u64,
+}
+
+/// What a retention pass removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pruned {
+    pub records: u64,
+    pub findings: u64,
+}
+
+/// A record store. Every method is blocking (the ingest service calls them off the async
+/// threads); `ingest` returns only once the batch is durable.
+pub trait Store: Send {
+    /// Records a Hello; returns the highest seq stored for its epoch (the agent resumes
+    /// after it: it sends in order and resends from its last ack, so everything below is
+    /// stored, or was dropped by its full spool, which it reports).
+    fn hello(&mut self, host: &HostKey, hello: &Hello, now: f64) -> Result<u64, StoreError>;
+    /// The highest seq stored for the host's epoch (0 if none).
+    fn stored_up_to(&mut self, host: &HostKey, epoch: u64) -> Result<u64, StoreError>;
+    /// Notes a heartbeat: the host is alive, with this much waiting in its spool.
+    fn heartbeat(&mut self, host: &HostKey, hb: &Heartbeat, now: f64) -> Result<(), StoreError>;
+    /// Stores a batch in one transaction; a record already stored is a duplicate.
+    fn ingest(&mut self, host: &HostKey, batch: &Batch, now: f64) -> Result<Ingested, StoreError>;
+    fn findings_since(&mut self, since: f64) -> Result<Vec<StoredFinding>, StoreError>;
+    fn hosts(&mut self) -> Result<Vec<HostRow>, StoreError>;
+    /// Deletes summaries and health received before `summaries_before` and findings (raised)
+    /// before `findings_before`.
+    fn prune(&mut self, summaries_before: f64, findings_before: f64) -> Result<Pruned, StoreError>;
+    /// Rows in the record table.
+    fn record_count(&mut self) -> Result<u64, StoreError>;
+}
+
+/// How a record is filed.
+pub(crate) fn kind(r: &Record) -> &'static str {
+    match &r.body {
+        Some(Body::Summary(_)) => "summary",
+        Some(Body::Finding(_)) => "finding",
+        Some(Body::Health(_)) => "health",
+        None => "none",
+    }
+}
+
+/// The time a record speaks of (unix seconds): a summary's end, a finding's or health's time.
+pub fn record_time(r: &Record) -> f64 {
+    match &r.body {
+        Some(Body::Summary(s)) => s.end,
+        Some(Body::Finding(f)) => f.time,
+        Some(Body::Health(h)) => h.time,
+        None => 0.0,
+    }
+}
+
+/// Opens the store a URL names: `postgres://…` or `postgresql://…` (or a libpq key=value
+/// string starting with `host=`) for PostgreSQL, anything else is a SQLite file path.
+pub fn open(spec: &str) -> Result<Box<dyn Store>, StoreError> {
+    if spec.starts_with("postgres://") || spec.starts_with("postgresql://") || spec.starts_with("host=") {
+        Ok(Box::new(PgStore::connect(spec)?))
+    } else {
+        Ok(Box::new(SqliteStore::open(std::path::Path::new(spec))?))
+    }
+}

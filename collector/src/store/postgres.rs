@@ -1,0 +1,327 @@
+//! The shared backend: PostgreSQL, for deployments where several collectors (behind one
+//! address) share one database. Every collector may receive any host: dedup and resume work
+//! across them because both are decided by the database (primary keys, `ON CONFLICT`), and a
+//! batch is committed (durable, with PostgreSQL's default `synchronous_commit`) before it is
+//! acked. A lost connection is re-made on the next call; the failed call is `unavailable`,
+//! so the agent resends.
+
+use clinicwatch_proto::v1::{record::Body, Batch, Heartbeat, Hello};
+use postgres::{Client, NoTls};
+use prost::Message;
+
+use super::{
+    kind, validate, HostKey, HostRow, Ingested, Pruned, Store, StoreError, StoredFinding,
+};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS hosts (
+    clinic TEXT NOT NULL, host TEXT NOT NULL, hostname TEXT NOT NULL DEFAULT '',
+    agent_version TEXT NOT NULL DEFAULT '', kernel TEXT NOT NULL DEFAULT '',
+    epoch BIGINT NOT NULL DEFAULT 0, last_seen DOUBLE PRECISION NOT NULL DEFAULT 0,
+    spooled BIGINT NOT NULL DEFAULT 0, dropped BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (clinic, host)
+);
+CREATE TABLE IF NOT EXISTS records (
+    clinic TEXT NOT NULL, host TEXT NOT NULL, epoch BIGINT NOT NULL, seq BIGINT NOT NULL,
+    kind TEXT NOT NULL, received DOUBLE PRECISION NOT NULL, body BYTEA NOT NULL,
+    PRIMARY KEY (clinic, host, epoch, seq)
+);
+CREATE TABLE IF NOT EXISTS findings (
+    clinic TEXT NOT NULL, host TEXT NOT NULL, epoch BIGINT NOT NULL, seq BIGINT NOT NULL,
+    rule TEXT NOT NULL, severity INTEGER NOT NULL, app TEXT NOT NULL,
+    time DOUBLE PRECISION NOT NULL, subject TEXT NOT NULL, summary TEXT NOT NULL,
+    evidence TEXT NOT NULL,
+    PRIMARY KEY (clinic, host, epoch, seq)
+);
+CREATE INDEX IF NOT EXISTS findings_time ON findings (time);
+CREATE INDEX IF NOT EXISTS records_received ON records (kind, received);
+";
+
+/// Serialises schema creation between collectors starting together.
+const SCHEMA_LOCK: i64 = 0x636c_696e_6963; // "clinic"
+
+pub struct PgStore {
+    url: String,
+    /// Where errors say they came from: the URL without its password.
+    shown: String,
+    client: Option<Client>,
+}
+
+/// A store URL fit to show: without its password.
+pub fn redact(url: &str) -> String {
+    // postgres://user:password@host/db → postgres://user:***@host/db; key=value strings
+    // lose their password=… pair.
+    if let Some((scheme, rest)) = url.split_once("://") {
+        if let Some((cred, host)) = rest.split_once('@') {
+            let user = cred.split(':').next().unwrap_or("");
+            return format!("{scheme}://{user}:***@{host}");
+        }
+        return url.to_string();
+    }
+    url.split_whitespace()
+        .filter(|kv| !kv.starts_with("password="))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl PgStore {
+    /// Connects and makes the schema if needed.
+    pub fn connect(url: &str) -> Result<PgStore, StoreError> {
+        let mut s = PgStore {
+            url: url.to_string(),
+            shown: redact(url),
+            client: None,
+        };
+        s.client()?;
+        Ok(s)
+    }
+
+    fn err(&self) -> impl Fn(postgres::Error) -> StoreError + '_ {
+        |source| StoreError::Db {
+            path: self.shown.clone(),
+            source: Box::new(source),
+        }
+    }
+
+    /// The connection, made again if it was lost.
+    fn client(&mut self) -> Result<&mut Client, StoreError> {
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            let mut c = Client::connect(&self.url, NoTls).map_err(|source| StoreError::Db {
+                path: self.shown.clone(),
+                source: Box::new(source),
+            })?;
+            let mut tx = c.transaction().map_err(self.err())?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+                .map_err(self.err())?;
+            tx.batch_execute(SCHEMA).map_err(self.err())?;
+            tx.commit().map_err(self.err())?;
+            self.client = Some(c);
+        }
+        match self.client.as_mut() {
+            Some(c) => Ok(c),
+            None => unreachable!("just connected"),
+        }
+    }
+
+    /// Runs `f` on the connection; a failure drops the connection if it is broken.
+    fn with<T>(
+        &mut self,
+        f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, StoreError> {
+        let shown = self.shown.clone();
+        let c = self.client()?;
+        f(c).map_err(|source| StoreError::Db {
+            path: shown,
+            source: Box::new(source),
+        })
+    }
+}
+
+impl Drop for PgStore {
+    /// The client's own drop blocks on its runtime, which panics on an async thread: close
+    /// it on a plain thread there.
+    fn drop(&mut self) {
+        if let Some(c) = self.client.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                let _ = std::thread::Builder::new()
+                    .name("cw-pg-close".into())
+                    .spawn(move || drop(c));
+            }
+        }
+    }
+}
+
+fn i64_of(v: u64) -> i64 {
+    v.min(i64::MAX as u64) as i64
+}
+
+impl Store for PgStore {
+    fn hello(&mut self, host: &HostKey, hello: &Hello, now: f64) -> Result<u64, StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO hosts (clinic, host, hostname, agent_version, kernel, epoch, last_seen)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (clinic, host) DO UPDATE SET hostname = $3, agent_version = $4,
+                   kernel = $5, epoch = $6, last_seen = $7",
+                &[
+                    &host.clinic,
+                    &host.host,
+                    &hello.hostname,
+                    &hello.agent_version,
+                    &hello.kernel,
+                    &i64_of(hello.epoch),
+                    &now,
+                ],
+            )?;
+            Ok(())
+        })?;
+        self.stored_up_to(host, hello.epoch)
+    }
+
+    fn stored_up_to(&mut self, host: &HostKey, epoch: u64) -> Result<u64, StoreError> {
+        self.with(|c| {
+            let row = c.query_one(
+                "SELECT COALESCE(MAX(seq), 0) FROM records
+                 WHERE clinic = $1 AND host = $2 AND epoch = $3",
+                &[&host.clinic, &host.host, &i64_of(epoch)],
+            )?;
+            Ok(row.get::<_, i64>(0) as u64)
+        })
+    }
+
+    fn heartbeat(&mut self, host: &HostKey, hb: &Heartbeat, now: f64) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE hosts SET last_seen = $3, spooled = $4, dropped = $5
+                 WHERE clinic = $1 AND host = $2",
+                &[&host.clinic, &host.host, &now, &i64_of(hb.spooled), &i64_of(hb.dropped)],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn ingest(&mut self, host: &HostKey, batch: &Batch, now: f64) -> Result<Ingested, StoreError> {
+        validate(batch)?;
+        let seqs: Vec<i64> = batch.records.iter().map(|r| r.seq as i64).collect();
+        let kinds: Vec<&str> = batch.records.iter().map(kind).collect();
+        let bodies: Vec<Vec<u8>> = batch.records.iter().map(|r| r.encode_to_vec()).collect();
+        let epoch = i64_of(batch.epoch);
+        let mut out = self.with(|c| {
+            let mut tx = c.transaction()?;
+            // One statement for the batch; RETURNING names the records that were new.
+            let stored = tx.query(
+                "INSERT INTO records (clinic, host, epoch, seq, kind, received, body)
+                 SELECT $1, $2, $3, s, k, $4, b FROM UNNEST($5::BIGINT[], $6::TEXT[], $7::BYTEA[]) AS t(s, k, b)
+                 ON CONFLICT DO NOTHING RETURNING seq",
+                &[&host.clinic, &host.host, &epoch, &now, &seqs, &kinds, &bodies],
+            )?;
+            let new: std::collections::HashSet<i64> = stored.iter().map(|r| r.get(0)).collect();
+            let findings: Vec<_> = batch
+                .records
+                .iter()
+                .filter(|r| new.contains(&(r.seq as i64)))
+                .filter_map(|r| match &r.body {
+                    Some(Body::Finding(f)) => Some((r.seq as i64, f)),
+                    _ => None,
+                })
+                .collect();
+            if !findings.is_empty() {
+                let st = tx.prepare(
+                    "INSERT INTO findings (clinic, host, epoch, seq, rule, severity, app, time,
+                       subject, summary, evidence)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                     ON CONFLICT DO NOTHING",
+                )?;
+                for (seq, f) in findings {
+                    let evidence = serde_json::to_string(&f.evidence).unwrap_or_default();
+                    tx.execute(
+                        &st,
+                        &[
+                            &host.clinic, &host.host, &epoch, &seq, &f.rule, &f.severity, &f.app,
+                            &f.time, &f.subject, &f.summary, &evidence,
+                        ],
+                    )?;
+                }
+            }
+            tx.execute(
+                "UPDATE hosts SET last_seen = $3 WHERE clinic = $1 AND host = $2",
+                &[&host.clinic, &host.host, &now],
+            )?;
+            tx.commit()?;
+            Ok(Ingested {
+                stored: new.len() as u64,
+                duplicates: (batch.records.len() - new.len()) as u64,
+                up_to_seq: 0,
+            })
+        })?;
+        out.up_to_seq = batch.records.last().map_or(0, |r| r.seq);
+        Ok(out)
+    }
+
+    fn findings_since(&mut self, since: f64) -> Result<Vec<StoredFinding>, StoreError> {
+        self.with(|c| {
+            let rows = c.query(
+                "SELECT clinic, host, rule, severity, app, time, subject, summary FROM findings
+                 WHERE time >= $1 ORDER BY time, clinic, host",
+                &[&since],
+            )?;
+            Ok(rows
+                .iter()
+                .map(|r| StoredFinding {
+                    clinic: r.get(0),
+                    host: r.get(1),
+                    rule: r.get(2),
+                    severity: r.get(3),
+                    app: r.get(4),
+                    time: r.get(5),
+                    subject: r.get(6),
+                    summary: r.get(7),
+                })
+                .collect())
+        })
+    }
+
+    fn hosts(&mut self) -> Result<Vec<HostRow>, StoreError> {
+        self.with(|c| {
+            let rows = c.query(
+                "SELECT clinic, host, hostname, agent_version, kernel, epoch, last_seen, spooled,
+                   dropped FROM hosts ORDER BY clinic, host",
+                &[],
+            )?;
+            Ok(rows
+                .iter()
+                .map(|r| HostRow {
+                    clinic: r.get(0),
+                    host: r.get(1),
+                    hostname: r.get(2),
+                    agent_version: r.get(3),
+                    kernel: r.get(4),
+                    epoch: r.get::<_, i64>(5) as u64,
+                    last_seen: r.get(6),
+                    spooled: r.get::<_, i64>(7) as u64,
+                    dropped: r.get::<_, i64>(8) as u64,
+                })
+                .collect())
+        })
+    }
+
+    fn prune(&mut self, summaries_before: f64, findings_before: f64) -> Result<Pruned, StoreError> {
+        self.with(|c| {
+            let mut tx = c.transaction()?;
+            let mut records = tx.execute(
+                "DELETE FROM records WHERE kind <> 'finding' AND received < $1",
+                &[&summaries_before],
+            )?;
+            records += tx.execute(
+                "DELETE FROM records WHERE kind = 'finding' AND received < $1",
+                &[&findings_before],
+            )?;
+            let findings =
+                tx.execute("DELETE FROM findings WHERE time < $1", &[&findings_before])?;
+            tx.commit()?;
+            Ok(Pruned { records, findings })
+        })
+    }
+
+    fn record_count(&mut self) -> Result<u64, StoreError> {
+        self.with(|c| {
+            let r = c.query_one("SELECT COUNT(*) FROM records", &[])?;
+            Ok(r.get::<_, i64>(0) as u64)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_not_shown() {
+        assert_eq!(
+            super::redact("postgres://cw:s3cret@db.example:5432/cw"),
+            "postgres://cw:***@db.example:5432/cw"
+        );
+        assert_eq!(
+            super::redact("host=/run/pg user=cw password=s3cret dbname=cw"),
+            "host=/run/pg user=cw dbname=cw"
+        );
+    }
+}

@@ -1,0 +1,248 @@
+//! The embedded backend: SQLite in WAL mode with `synchronous = FULL`, so a batch is on disk
+//! when `ingest` returns (and is acked).
+
+use std::path::Path;
+
+use clinicwatch_proto::v1::{record::Body, Batch, Heartbeat, Hello};
+use prost::Message;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{
+    kind, validate, HostKey, HostRow, Ingested, Pruned, Store, StoreError, StoredFinding,
+};
+
+const SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = FULL;
+CREATE TABLE IF NOT EXISTS hosts (
+    clinic TEXT NOT NULL, host TEXT NOT NULL, hostname TEXT, agent_version TEXT,
+    kernel TEXT, epoch INTEGER, last_seen REAL, spooled INTEGER NOT NULL DEFAULT 0,
+    dropped INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (clinic, host)
+);
+CREATE TABLE IF NOT EXISTS records (
+    clinic TEXT NOT NULL, host TEXT NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT NULL,
+    kind TEXT NOT NULL, received REAL NOT NULL, body BLOB NOT NULL,
+    PRIMARY KEY (clinic, host, epoch, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS findings (
+    clinic TEXT NOT NULL, host TEXT NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT NULL,
+    rule TEXT NOT NULL, severity INTEGER NOT NULL, app TEXT NOT NULL, time REAL NOT NULL,
+    subject TEXT NOT NULL, summary TEXT NOT NULL, evidence TEXT NOT NULL,
+    PRIMARY KEY (clinic, host, epoch, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS findings_time ON findings (time);
+CREATE INDEX IF NOT EXISTS records_received ON records (kind, received);
+";
+
+pub struct SqliteStore {
+    path: String,
+    db: Connection,
+}
+
+fn db_err(path: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |source| StoreError::Db {
+        path: path.to_string(),
+        source: Box::new(source),
+    }
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let p = path.display().to_string();
+        let db = Connection::open(path).map_err(db_err(&p))?;
+        db.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(db_err(&p))?;
+        db.execute_batch(SCHEMA).map_err(db_err(&p))?;
+        Ok(SqliteStore { path: p, db })
+    }
+}
+
+impl Store for SqliteStore {
+    fn stored_up_to(&mut self, host: &HostKey, epoch: u64) -> Result<u64, StoreError> {
+        let max: Option<i64> = self
+            .db
+            .query_row(
+                "SELECT MAX(seq) FROM records WHERE clinic = ?1 AND host = ?2 AND epoch = ?3",
+                params![host.clinic, host.host, epoch as i64],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_err(&self.path))?
+            .flatten();
+        Ok(max.unwrap_or(0) as u64)
+    }
+
+    fn hello(&mut self, host: &HostKey, hello: &Hello, now: f64) -> Result<u64, StoreError> {
+        self.db
+            .execute(
+                "INSERT INTO hosts (clinic, host, hostname, agent_version, kernel, epoch, last_seen)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (clinic, host) DO UPDATE SET hostname = ?3, agent_version = ?4,
+                   kernel = ?5, epoch = ?6, last_seen = ?7",
+                params![host.clinic, host.host, hello.hostname, hello.agent_version, hello.kernel, hello.epoch as i64, now],
+            )
+            .map_err(db_err(&self.path))?;
+        self.stored_up_to(host, hello.epoch)
+    }
+
+    fn heartbeat(&mut self, host: &HostKey, hb: &Heartbeat, now: f64) -> Result<(), StoreError> {
+        self.db
+            .execute(
+                "UPDATE hosts SET last_seen = ?3, spooled = ?4, dropped = ?5
+                 WHERE clinic = ?1 AND host = ?2",
+                params![host.clinic, host.host, now, hb.spooled.min(i64::MAX as u64) as i64, hb.dropped.min(i64::MAX as u64) as i64],
+            )
+            .map_err(db_err(&self.path))?;
+        Ok(())
+    }
+
+    fn ingest(&mut self, host: &HostKey, batch: &Batch, now: f64) -> Result<Ingested, StoreError> {
+        validate(batch)?;
+        let err = db_err(&self.path);
+        let tx = self.db.transaction().map_err(&err)?;
+        let mut out = Ingested::default();
+        {
+            let mut put = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO records (clinic, host, epoch, seq, kind, received, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .map_err(&err)?;
+            let mut finding = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO findings (clinic, host, epoch, seq, rule, severity, app,
+                       time, subject, summary, evidence)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )
+                .map_err(&err)?;
+            for r in &batch.records {
+                let n = put
+                    .execute(params![
+                        host.clinic,
+                        host.host,
+                        batch.epoch as i64,
+                        r.seq as i64,
+                        kind(r),
+                        now,
+                        r.encode_to_vec()
+                    ])
+                    .map_err(&err)?;
+                if n == 0 {
+                    out.duplicates += 1;
+                    continue;
+                }
+                out.stored += 1;
+                if let Some(Body::Finding(f)) = &r.body {
+                    let evidence = serde_json::to_string(&f.evidence).unwrap_or_default();
+                    finding
+                        .execute(params![
+                            host.clinic,
+                            host.host,
+                            batch.epoch as i64,
+                            r.seq as i64,
+                            f.rule,
+                            f.severity,
+                            f.app,
+                            f.time,
+                            f.subject,
+                            f.summary,
+                            evidence
+                        ])
+                        .map_err(&err)?;
+                }
+            }
+            tx.execute(
+                "UPDATE hosts SET last_seen = ?3 WHERE clinic = ?1 AND host = ?2",
+                params![host.clinic, host.host, now],
+            )
+            .map_err(&err)?;
+        }
+        tx.commit().map_err(&err)?;
+        out.up_to_seq = batch.records.last().map_or(0, |r| r.seq);
+        Ok(out)
+    }
+
+    fn findings_since(&mut self, since: f64) -> Result<Vec<StoredFinding>, StoreError> {
+        let err = db_err(&self.path);
+        let mut q = self
+            .db
+            .prepare_cached(
+                "SELECT clinic, host, rule, severity, app, time, subject, summary FROM findings
+                 WHERE time >= ?1 ORDER BY time, clinic, host",
+            )
+            .map_err(&err)?;
+        let rows = q
+            .query_map(params![since], |r| {
+                Ok(StoredFinding {
+                    clinic: r.get(0)?,
+                    host: r.get(1)?,
+                    rule: r.get(2)?,
+                    severity: r.get(3)?,
+                    app: r.get(4)?,
+                    time: r.get(5)?,
+                    subject: r.get(6)?,
+                    summary: r.get(7)?,
+                })
+            })
+            .map_err(&err)?;
+        rows.collect::<Result<_, _>>().map_err(&err)
+    }
+
+    fn hosts(&mut self) -> Result<Vec<HostRow>, StoreError> {
+        let err = db_err(&self.path);
+        let mut q = self
+            .db
+            .prepare_cached(
+                "SELECT clinic, host, COALESCE(hostname, ''), COALESCE(agent_version, ''),
+                   COALESCE(kernel, ''), COALESCE(epoch, 0), COALESCE(last_seen, 0), spooled, dropped
+                 FROM hosts ORDER BY clinic, host",
+            )
+            .map_err(&err)?;
+        let rows = q
+            .query_map([], |r| {
+                Ok(HostRow {
+                    clinic: r.get(0)?,
+                    host: r.get(1)?,
+                    hostname: r.get(2)?,
+                    agent_version: r.get(3)?,
+                    kernel: r.get(4)?,
+                    epoch: r.get::<_, i64>(5)? as u64,
+                    last_seen: r.get(6)?,
+                    spooled: r.get::<_, i64>(7)? as u64,
+                    dropped: r.get::<_, i64>(8)? as u64,
+                })
+            })
+            .map_err(&err)?;
+        rows.collect::<Result<_, _>>().map_err(&err)
+    }
+
+    fn prune(&mut self, summaries_before: f64, findings_before: f64) -> Result<Pruned, StoreError> {
+        let err = db_err(&self.path);
+        let tx = self.db.transaction().map_err(&err)?;
+        let mut records = tx
+            .execute(
+                "DELETE FROM records WHERE kind != 'finding' AND received < ?1",
+                params![summaries_before],
+            )
+            .map_err(&err)? as u64;
+        records += tx
+            .execute(
+                "DELETE FROM records WHERE kind = 'finding' AND received < ?1",
+                params![findings_before],
+            )
+            .map_err(&err)? as u64;
+        let findings = tx
+            .execute("DELETE FROM findings WHERE time < ?1", params![findings_before])
+            .map_err(&err)? as u64;
+        tx.commit().map_err(&err)?;
+        Ok(Pruned { records, findings })
+    }
+
+    fn record_count(&mut self) -> Result<u64, StoreError> {
+        self.db
+            .query_row("SELECT COUNT(*) FROM records", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(db_err(&self.path))
+    }
+}

@@ -1,0 +1,146 @@
+//! The same behaviour from both store backends: SQLite always, PostgreSQL on a real server
+//! (a private one from the Debian packages; see `support/pg.rs`).
+
+mod support;
+
+use clinicwatch_collector::store::{
+    self, HostKey, Ingested, Pruned, Store, MAX_BATCH_RECORDS,
+};
+use clinicwatch_proto::v1::{Batch, Heartbeat, Hello};
+use support::raw_batch as batch;
+
+fn host(c: &str) -> HostKey {
+    HostKey {
+        clinic: c.into(),
+        host: "ws1".into(),
+    }
+}
+
+/// Dedup, resume, findings, heartbeats, retention; `reopen` gives the same store again (a
+/// collector restart).
+fn conformance(mut s: Box<dyn Store>, reopen: &dyn Fn() -> Box<dyn Store>) {
+    let a = host("clinic-a");
+    let hello = Hello {
+        epoch: 7,
+        hostname: "ws1".into(),
+        agent_version: "0.1.0".into(),
+        ..Default::default()
+    };
+    assert_eq!(s.hello(&a, &hello, 1.0).unwrap(), 0);
+    let got = s.ingest(&a, &batch(7, 1, 30), 2.0).unwrap();
+    assert_eq!(
+        got,
+        Ingested {
+            stored: 30,
+            duplicates: 0,
+            up_to_seq: 30
+        }
+    );
+    // The ack was lost: the agent resends an overlapping batch.
+    let again = s.ingest(&a, &batch(7, 21, 20), 3.0).unwrap();
+    assert_eq!(
+        again,
+        Ingested {
+            stored: 10,
+            duplicates: 10,
+            up_to_seq: 40
+        }
+    );
+    // Another clinic's host with the same name and seqs is its own.
+    let b = host("clinic-b");
+    s.hello(&b, &hello, 3.0).unwrap();
+    assert_eq!(s.ingest(&b, &batch(7, 1, 5), 3.0).unwrap().stored, 5);
+    s.heartbeat(&a, &Heartbeat { time: 3.5, spooled: 12, dropped: 2 }, 3.5)
+        .unwrap();
+    drop(s);
+    let mut s = reopen();
+    assert_eq!(s.record_count().unwrap(), 45);
+    assert_eq!(s.hello(&a, &hello, 4.0).unwrap(), 40, "resume after the stored records");
+    let other_epoch = Hello { epoch: 8, ..hello.clone() };
+    assert_eq!(s.hello(&a, &other_epoch, 4.0).unwrap(), 0, "a new epoch starts from 0");
+    let f = s.findings_since(0.0).unwrap();
+    assert_eq!(f.iter().filter(|f| f.clinic == "clinic-a").count(), 13);
+    assert_eq!(f.iter().filter(|f| f.clinic == "clinic-b").count(), 1);
+    assert!(f.windows(2).all(|w| w[0].time <= w[1].time), "ordered by time");
+    let hosts = s.hosts().unwrap();
+    assert_eq!(hosts.len(), 2);
+    assert_eq!((hosts[0].clinic.as_str(), hosts[0].spooled, hosts[0].dropped), ("clinic-a", 12, 2));
+    assert_eq!(hosts[0].agent_version, "0.1.0");
+    // Retention: summaries received before 10 go, findings (time < 0) stay.
+    assert_eq!(
+        s.prune(10.0, 0.0).unwrap(),
+        Pruned {
+            records: 45 - 14,
+            findings: 0
+        }
+    );
+    // Findings raised before 7 go, from both tables.
+    let p = s.prune(0.0, 7.0).unwrap();
+    assert_eq!(p.findings, 2 + 1, "clinic-a's 3 and 6, clinic-b's 3");
+    assert_eq!(s.findings_since(0.0).unwrap().len(), 14 - 3);
+    // A batch with gaps (summaries the agent's full spool dropped) is fine.
+    let mut gaps = batch(7, 41, 6);
+    gaps.records.retain(|r| r.seq % 2 == 1);
+    assert_eq!(s.ingest(&a, &gaps, 5.0).unwrap().up_to_seq, 45);
+
+    // Malformed batches are refused whole.
+    let mut back = batch(1, 1, 5);
+    back.records[3].seq = 2;
+    let mut wrong_first = batch(1, 1, 5);
+    wrong_first.first_seq = 2;
+    let mut no_body = batch(1, 1, 5);
+    no_body.records[2].body = None;
+    let mut huge_text = batch(1, 1, 3);
+    if let Some(clinicwatch_proto::v1::record::Body::Summary(w)) = &mut huge_text.records[0].body {
+        w.app = "x".repeat(5000);
+    }
+    let before = s.record_count().unwrap();
+    for (b, why) in [
+        (back, "must increase"),
+        (wrong_first, "first_seq"),
+        (no_body, "no body"),
+        (huge_text, "text field"),
+        (Batch::default(), "no records"),
+        (batch(1, 1, MAX_BATCH_RECORDS as u64 + 1), "at most"),
+    ] {
+        let e = s.ingest(&a, &b, 1.0).unwrap_err().to_string();
+        assert!(e.contains(why), "{e}");
+    }
+    assert_eq!(s.record_count().unwrap(), before, "nothing of a bad batch is stored");
+}
+
+#[test]
+fn sqlite_store() {
+    let dir = support::temp_dir("store-sqlite");
+    let path = dir.join("collector.db");
+    let open = || store::open(&path.display().to_string()).unwrap();
+    conformance(open(), &open);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn postgres_store() {
+    let Some(url) = support::pg::database("postgres_store") else {
+        return;
+    };
+    let open = || store::open(&url).unwrap();
+    conformance(open(), &open);
+    // Two collectors on one database: a batch stored through one is a duplicate through the
+    // other, and either tells the agent where to resume.
+    let (mut c1, mut c2) = (open(), open());
+    let h = host("clinic-z");
+    let hello = Hello { epoch: 1, ..Default::default() };
+    c1.hello(&h, &hello, 1.0).unwrap();
+    c1.ingest(&h, &batch(1, 1, 10), 1.0).unwrap();
+    assert_eq!(c2.hello(&h, &hello, 2.0).unwrap(), 10);
+    assert_eq!(c2.ingest(&h, &batch(1, 5, 10), 2.0).unwrap().duplicates, 6);
+}
+
+#[test]
+fn postgres_errors_name_the_server_not_the_password() {
+    let e = match store::open("postgres://cw:s3cret@127.0.0.1:1/cw") {
+        Ok(_) => panic!("connected to port 1"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("127.0.0.1:1") && !e.contains("s3cret"), "{e}");
+}

@@ -1,0 +1,247 @@
+//! Shared by the collector's integration tests: a real collector on a real socket with real
+//! mutual TLS, clients, frames, and a private PostgreSQL server.
+#![allow(dead_code)]
+
+pub mod pg;
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
+
+use clinicwatch_collector::{
+    config::Config,
+    enroll::EnrollService,
+    ingest::SharedStore,
+    metrics::Metrics,
+    pki,
+    server::Collector,
+    store::{self, Store},
+};
+use clinicwatch_proto::v1::{
+    agent_frame::Frame, ingest_client::IngestClient, record::Body, server_frame, AgentFrame,
+    Batch, Finding, Hello, Record, ServerFrame, WindowSummary,
+};
+use tonic::{
+    codec::CompressionEncoding,
+    transport::{Certificate, Channel, ClientTlsConfig, Identity, ServerTlsConfig},
+};
+
+pub struct Pki {
+    pub ca: pki::Pem,
+    pub server: pki::Pem,
+    pub token_key: Vec<u8>,
+}
+
+pub struct Running {
+    pub url: String,
+    pub store: SharedStore,
+    pub metrics: Arc<Metrics>,
+    pub stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Records stored (blocking: from a multi-threaded runtime's test or a plain thread).
+    pub fn records(&self) -> u64 {
+        blocking(|| self.store.lock().unwrap().record_count().unwrap())
+    }
+
+    /// Hosts as stored.
+    pub fn hosts(&self) -> Vec<clinicwatch_collector::store::HostRow> {
+        blocking(|| self.store.lock().unwrap().hosts().unwrap())
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = self.task.await;
+    }
+}
+
+/// Runs `f` on a plain thread: the PostgreSQL client blocks, which an async thread (a
+/// test's body included) must not do.
+pub fn blocking<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| s.spawn(f).join().unwrap())
+}
+
+/// A fresh folder for one test.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cw-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub fn new_pki() -> Pki {
+    let ca = pki::new_ca("test CA").unwrap();
+    let server = pki::server_cert(&ca, &["localhost".into()]).unwrap();
+    Pki {
+        ca,
+        server,
+        token_key: b"a test enrollment key of 32 byte".to_vec(),
+    }
+}
+
+pub fn server_tls(p: &Pki) -> ServerTlsConfig {
+    ServerTlsConfig::new()
+        .identity(Identity::from_pem(&p.server.cert, &p.server.key))
+        .client_ca_root(Certificate::from_pem(&p.ca.cert))
+        .client_auth_optional(true)
+}
+
+/// Starts a collector (Ingest, Enroll, health) over `store` on an ephemeral port.
+pub async fn serve_store(p: &Pki, cfg: Config, store: Box<dyn Store>) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let store: SharedStore = Arc::new(Mutex::new(store));
+    let mut c = Collector::new(cfg.clone(), store.clone(), server_tls(p));
+    c.enroll = Some(EnrollService {
+        ca: p.ca.clone(),
+        token_key: p.token_key.clone(),
+        cert_days: cfg.enroll.cert_days,
+        metrics: c.metrics.clone(),
+    });
+    let metrics = c.metrics.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(c.run(listener, async {
+        let _ = rx.await;
+    }));
+    Running {
+        url: format!("https://localhost:{}", addr.port()),
+        store,
+        metrics,
+        stop: Some(tx),
+        task,
+    }
+}
+
+pub async fn serve(p: &Pki, db: &std::path::Path) -> Running {
+    serve_with(p, db, Config::default()).await
+}
+
+pub async fn serve_with(p: &Pki, db: &std::path::Path, cfg: Config) -> Running {
+    let st = store::open(&db.display().to_string()).unwrap();
+    serve_store(p, cfg, st).await
+}
+
+pub async fn channel(
+    url: &str,
+    ca: &pki::Pem,
+    me: Option<&pki::Pem>,
+) -> Result<Channel, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&ca.cert))
+        .domain_name("localhost");
+    if let Some(me) = me {
+        tls = tls.identity(Identity::from_pem(&me.cert, &me.key));
+    }
+    Channel::from_shared(url.to_string())
+        .unwrap()
+        .tls_config(tls)?
+        .connect()
+        .await
+}
+
+pub async fn client(
+    url: &str,
+    ca: &pki::Pem,
+    me: Option<&pki::Pem>,
+) -> Result<IngestClient<Channel>, tonic::transport::Error> {
+    Ok(IngestClient::new(channel(url, ca, me).await?)
+        .send_compressed(CompressionEncoding::Zstd)
+        .accept_compressed(CompressionEncoding::Zstd)
+        .max_decoding_message_size(clinicwatch_proto::MAX_FRAME_BYTES)
+        .max_encoding_message_size(64 << 20))
+}
+
+pub fn hello(clinic: &str, host: &str, epoch: u64) -> AgentFrame {
+    AgentFrame {
+        frame: Some(Frame::Hello(Hello {
+            clinic_id: clinic.into(),
+            host_id: host.into(),
+            epoch,
+            ..Default::default()
+        })),
+    }
+}
+
+/// Records `first..first+n`: every third a finding, the others summaries.
+pub fn records(first: u64, n: u64) -> Vec<Record> {
+    (first..first + n)
+        .map(|seq| Record {
+            seq,
+            body: Some(if seq % 3 == 0 {
+                Body::Finding(Finding {
+                    rule: "CW-PM-BULK-READ".into(),
+                    time: seq as f64,
+                    app: "pm".into(),
+                    summary: format!("finding {seq}"),
+                    ..Default::default()
+                })
+            } else {
+                Body::Summary(WindowSummary {
+                    app: "pm".into(),
+                    start: seq as f64,
+                    end: seq as f64 + 60.0,
+                    ..Default::default()
+                })
+            }),
+        })
+        .collect()
+}
+
+pub fn raw_batch(epoch: u64, first: u64, n: u64) -> Batch {
+    Batch {
+        epoch,
+        first_seq: first,
+        records: records(first, n),
+    }
+}
+
+pub fn batch(epoch: u64, first: u64, n: u64) -> AgentFrame {
+    AgentFrame {
+        frame: Some(Frame::Batch(raw_batch(epoch, first, n))),
+    }
+}
+
+/// Sends the frames; returns every server frame until `n_acks` acks, or the status that
+/// ended the stream.
+pub async fn exchange_frames(
+    c: &mut IngestClient<Channel>,
+    frames: Vec<AgentFrame>,
+    n_acks: usize,
+) -> Result<Vec<ServerFrame>, tonic::Status> {
+    let mut replies = c.stream(tokio_stream::iter(frames)).await?.into_inner();
+    let mut got = Vec::new();
+    let mut acks = 0;
+    while acks < n_acks {
+        match replies.message().await? {
+            Some(f) => {
+                if matches!(f.frame, Some(server_frame::Frame::Ack(_))) {
+                    acks += 1;
+                }
+                got.push(f);
+            }
+            None => break,
+        }
+    }
+    Ok(got)
+}
+
+/// Sends the frames; returns the acked seqs, or the status that ended the stream.
+pub async fn exchange(
+    c: &mut IngestClient<Channel>,
+    frames: Vec<AgentFrame>,
+) -> Result<Vec<u64>, tonic::Status> {
+    let n = frames.len();
+    Ok(exchange_frames(c, frames, n)
+        .await?
+        .into_iter()
+        .filter_map(|f| match f.frame {
+            Some(server_frame::Frame::Ack(a)) => Some(a.up_to_seq),
+            _ => None,
+        })
+        .collect())
+}

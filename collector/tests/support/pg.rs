@@ -1,0 +1,160 @@
+//! A private PostgreSQL server from the machine's Debian packages (`postgresql`, installed by
+//! `cargo xtask setup`), or the one `CLINICWATCH_PG_URL` names. One server per test binary,
+//! on a Unix socket in a temporary folder, run as the `postgres` user when we are root; it
+//! dies with the test process. Each test gets its own database.
+
+use std::{
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        OnceLock,
+    },
+};
+
+fn pg_bin() -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("bin"))
+        .filter(|b| b.join("initdb").is_file() && b.join("postgres").is_file())
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+/// (uid, gid) to run the server as: ours, or `postgres`'s when we are root.
+fn run_as() -> Result<(u32, u32), String> {
+    // SAFETY: plain syscalls; getpwnam's result is read before any other call.
+    unsafe {
+        if libc::geteuid() != 0 {
+            return Ok((libc::geteuid(), libc::getegid()));
+        }
+        let pw = libc::getpwnam(c"postgres".as_ptr());
+        if pw.is_null() {
+            return Err("no `postgres` user to run PostgreSQL as".into());
+        }
+        Ok(((*pw).pw_uid, (*pw).pw_gid))
+    }
+}
+
+fn as_user(cmd: &mut Command, uid: u32, gid: u32) -> &mut Command {
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::getuid() == 0 {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            // After setuid (which clears it): the server dies with the test process.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGQUIT);
+            Ok(())
+        })
+    }
+}
+
+fn start() -> Result<String, String> {
+    if let Ok(url) = std::env::var("CLINICWATCH_PG_URL") {
+        return Ok(url);
+    }
+    let bin = pg_bin().ok_or("PostgreSQL is not installed (/usr/lib/postgresql/*/bin/initdb); `cargo xtask setup` installs it")?;
+    let (uid, gid) = run_as()?;
+    // Folders left by earlier test processes that are gone.
+    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("cw-pg-").and_then(|p| p.parse::<u32>().ok()) {
+                if !Path::new(&format!("/proc/{pid}")).exists() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("cw-pg-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).map_err(|e| e.to_string())?;
+    let data = dir.join("data");
+    let out = as_user(
+        Command::new(bin.join("initdb")).args(["-A", "trust", "-U", "cw", "-E", "UTF8", "--no-sync", "-D"]).arg(&data),
+        uid,
+        gid,
+    )
+    .output()
+    .map_err(|e| format!("initdb: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("initdb failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    let port = 50_000 + (std::process::id() % 10_000) as u16;
+    // The server is started from a thread that lives as long as the process, so that the
+    // parent-death signal fires only when the test process ends.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (d, s, b) = (data.clone(), dir.clone(), bin.clone());
+    std::thread::spawn(move || {
+        let child = as_user(
+            Command::new(b.join("postgres"))
+                .arg("-D")
+                .arg(&d)
+                .args(["-k"])
+                .arg(&s)
+                .args(["-c", "listen_addresses=", "-c", "fsync=on", "-p", &port.to_string()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(s.join("postgres.log")).map_or(std::process::Stdio::null(), Into::into)),
+            uid,
+            gid,
+        )
+        .spawn();
+        let _ = tx.send(child.map(|_| ()).map_err(|e| e.to_string()));
+        loop {
+            std::thread::park();
+        }
+    });
+    rx.recv().map_err(|e| e.to_string())??;
+    let socket = dir.join(format!(".s.PGSQL.{port}"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !socket.exists() {
+        if std::time::Instant::now() > deadline {
+            let log = std::fs::read_to_string(dir.join("postgres.log")).unwrap_or_default();
+            return Err(format!("PostgreSQL did not start: {log}"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok(format!("host={} port={port} user=cw", dir.display()))
+}
+
+static SERVER: OnceLock<Result<String, String>> = OnceLock::new();
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A URL of a fresh database, or why there is none. Missing PostgreSQL fails the test when
+/// `CLINICWATCH_EXPECT_PG=1` (as `cargo xtask test` sets), else the caller skips.
+pub fn database(test: &str) -> Option<String> {
+    let base = match SERVER.get_or_init(start) {
+        Ok(b) => b.clone(),
+        Err(why) => {
+            if std::env::var("CLINICWATCH_EXPECT_PG").as_deref() == Ok("1") {
+                panic!("{test}: PostgreSQL is needed: {why}");
+            }
+            eprintln!("SKIP {test}: {why}");
+            return None;
+        }
+    };
+    let name = format!("cw_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
+    let mut admin = postgres::Client::connect(&format!("{base} dbname=postgres"), postgres::NoTls)
+        .unwrap_or_else(|e| panic!("{test}: cannot connect to PostgreSQL at `{base}`: {e}"));
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .unwrap_or_else(|e| panic!("{test}: CREATE DATABASE: {e}"));
+    Some(format!("{base} dbname={name}"))
+}
+
+#[allow(dead_code)]
+pub fn socket_dir(url: &str) -> Option<&Path> {
+    url.split_whitespace()
+        .find_map(|kv| kv.strip_prefix("host="))
+        .map(Path::new)
+}

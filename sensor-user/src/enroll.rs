@@ -1,0 +1,173 @@
+//! Enrollment and renewal of the host's client certificate. The agent makes its own key
+//! (ECDSA P-256, never leaves the host) and a CSR; the collector's CA signs a short-lived
+//! certificate naming the clinic (from the per-clinic token, or from the current
+//! certificate when renewing) and this host.
+
+use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _, path::Path};
+
+use anyhow::Context as _;
+use clinicwatch_proto::v1::{enroll_client::EnrollClient, EnrollRequest};
+
+use crate::config::ExportConfig;
+
+/// (not_before, not_after) of a PEM certificate, unix seconds.
+pub fn lifetime(cert_pem: &str) -> anyhow::Result<(i64, i64)> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+        .map_err(|e| anyhow::anyhow!("not a PEM certificate: {e}"))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|e| anyhow::anyhow!("not a certificate: {e}"))?;
+    let v = cert.validity();
+    Ok((v.not_before.timestamp(), v.not_after.timestamp()))
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// True when less than a third of the certificate's life is left.
+pub fn due(not_before: i64, not_after: i64, now: i64) -> bool {
+    let life = (not_after - not_before).max(1);
+    not_after - now < life / 3
+}
+
+/// Writes `data` to `path` through a temporary file and a rename; `secret` makes it 0600.
+fn write_atomic(path: &Path, data: &str, secret: bool) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(if secret { 0o600 } else { 0o644 })
+        .open(&tmp)
+        .with_context(|| format!("cannot create `{}`", tmp.display()))?;
+    f.write_all(data.as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("cannot write `{}`", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot rename `{}` to `{}`", tmp.display(), path.display()))
+}
+
+/// A new key and a CSR for `host`.
+fn key_and_csr(host: &str) -> anyhow::Result<(String, String)> {
+    let key = rcgen::KeyPair::generate().context("cannot make a key")?;
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name.push(rcgen::DnType::CommonName, host);
+    let csr = p
+        .serialize_request(&key)
+        .and_then(|c| c.pem())
+        .context("cannot make the CSR")?;
+    Ok((key.serialize_pem(), csr))
+}
+
+/// Asks the collector for a certificate: with `token`, or (empty token) with the current one.
+async fn request(cfg: &ExportConfig, token: &str) -> anyhow::Result<(String, String, f64)> {
+    let ca = std::fs::read_to_string(&cfg.ca_file).with_context(|| {
+        format!(
+            "cannot read `{}`: copy the collector's ca.pem there first",
+            cfg.ca_file.display()
+        )
+    })?;
+    let current = if token.is_empty() {
+        Some((
+            std::fs::read_to_string(&cfg.cert_file)?,
+            std::fs::read_to_string(&cfg.key_file)?,
+        ))
+    } else {
+        None
+    };
+    let ep = crate::exporter::endpoint(
+        &cfg.collector,
+        &ca,
+        current.as_ref().map(|(c, k)| (c.as_str(), k.as_str())),
+    )?;
+    let ch = ep
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to `{}`", cfg.collector))?;
+    let (key, csr) = key_and_csr(&cfg.host)?;
+    let r = EnrollClient::new(ch)
+        .enroll(EnrollRequest {
+            token: token.trim().to_string(),
+            host_id: cfg.host.clone(),
+            csr_pem: csr,
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("the collector refused: {}", s.message()))?
+        .into_inner();
+    Ok((key, r.cert_pem, r.not_after))
+}
+
+/// Enrolls with a token; writes `export.key_file` (0600) and `export.cert_file`. Returns the
+/// certificate's end (unix seconds).
+pub async fn enroll(cfg: &ExportConfig, token: &str, force: bool) -> anyhow::Result<f64> {
+    if token.trim().is_empty() {
+        anyhow::bail!("the enrollment token is empty");
+    }
+    if cfg.key_file.exists() && !force {
+        anyhow::bail!(
+            "`{}` exists: this host is enrolled (use --force to enroll again)",
+            cfg.key_file.display()
+        );
+    }
+    let (key, cert, not_after) = request(cfg, token).await?;
+    store(cfg, &key, &cert)?;
+    Ok(not_after)
+}
+
+/// Key first, then certificate: each replaced whole.
+fn store(cfg: &ExportConfig, key: &str, cert: &str) -> anyhow::Result<()> {
+    for p in [&cfg.key_file, &cfg.cert_file] {
+        if let Some(dir) = p.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot make `{}`", dir.display()))?;
+        }
+    }
+    write_atomic(&cfg.key_file, key, true)?;
+    write_atomic(&cfg.cert_file, cert, false)
+}
+
+/// Renews the certificate when a third of its life is left (or it expired: the collector
+/// then refuses, and the host must enroll again).
+pub async fn renew_if_due(cfg: &ExportConfig) -> anyhow::Result<()> {
+    let pem = std::fs::read_to_string(&cfg.cert_file)
+        .with_context(|| format!("cannot read `{}`", cfg.cert_file.display()))?;
+    let (nb, na) = lifetime(&pem)?;
+    let t = now();
+    if !due(nb, na, t) {
+        return Ok(());
+    }
+    if t >= na {
+        anyhow::bail!(
+            "the certificate `{}` expired; enroll again with a token",
+            cfg.cert_file.display()
+        );
+    }
+    let (key, cert, not_after) = request(cfg, "").await?;
+    store(cfg, &key, &cert)?;
+    tracing::info!(not_after, "certificate renewed");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_is_due_in_the_last_third() {
+        assert!(!due(0, 30, 10));
+        assert!(!due(0, 30, 20));
+        assert!(due(0, 30, 21));
+        assert!(due(0, 30, 40));
+    }
+
+    #[test]
+    fn the_csr_names_the_host_and_the_key_is_pem() {
+        let (key, csr) = key_and_csr("ws1").unwrap();
+        assert!(key.contains("PRIVATE KEY"));
+        let p = rcgen::CertificateSigningRequestParams::from_pem(&csr).unwrap();
+        assert!(format!("{:?}", p.params.distinguished_name).contains("ws1"));
+    }
+}
