@@ -1,6 +1,6 @@
-//! Installs what a fresh machine lacks to build the eBPF programs: the toolchain's rust-src
-//! and bpf-linker linked against the toolchain's own libLLVM (../shared/BUILD.md). Quick and
-//! silent when everything is already there.
+//! Installs what a fresh machine lacks to build the eBPF programs (the toolchain's rust-src
+//! and bpf-linker linked against the toolchain's own libLLVM, ../shared/BUILD.md) and the
+//! Debian packages the tests use. Quick and silent when everything is already there.
 
 use std::{
     path::{Path, PathBuf},
@@ -133,22 +133,35 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Debian packages the tests use: btrfs-progs, to test matching on a btrfs subvolume.
-const DEBIAN_PACKAGES: &[(&str, &str)] = &[("mkfs.btrfs", "btrfs-progs")];
+/// Debian packages the tests use: btrfs-progs, to test matching on a btrfs subvolume;
+/// postgresql, for the collector's PostgreSQL backend (the tests start a private server from
+/// its binaries; the system service is not used).
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[
+    ("mkfs.btrfs", "btrfs-progs"),
+    ("/usr/lib/postgresql/*/bin/initdb", "postgresql"),
+];
+
+/// Whether `bin` is on the PATH (or in an sbin), or, given as a glob, matches a file.
+fn present(bin: &str) -> bool {
+    if bin.starts_with('/') {
+        let (dir, rest) = bin.split_once("/*/").unwrap_or((bin, ""));
+        return std::fs::read_dir(dir)
+            .map(|rd| rd.flatten().any(|e| e.path().join(rest).is_file()))
+            .unwrap_or(false);
+    }
+    std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+                .any(|d| d.join(bin).is_file())
+        })
+        .unwrap_or(false)
+}
 
 fn ensure_debian_packages() -> anyhow::Result<()> {
-    let on_path = |bin: &str| {
-        std::env::var_os("PATH")
-            .map(|p| {
-                std::env::split_paths(&p)
-                    .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
-                    .any(|d| d.join(bin).is_file())
-            })
-            .unwrap_or(false)
-    };
     let missing: Vec<&str> = DEBIAN_PACKAGES
         .iter()
-        .filter(|(bin, _)| !on_path(bin))
+        .filter(|(bin, _)| !present(bin))
         .map(|(_, pkg)| *pkg)
         .collect();
     if missing.is_empty() {

@@ -1,0 +1,227 @@
+//! The exporter against a real collector over mutual TLS with zstd: a backlog drains at the
+//! collector's pace (Throttle and the retry pushback obeyed, not hammered), heartbeats keep
+//! the host alive while idle, and a certificate in the last third of its life is renewed.
+
+use std::{
+    sync::{atomic::Ordering, Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use clinicwatch_agent::{
+    config::ExportConfig,
+    exporter::Exporter,
+    spool::{Kind, Spool, SpoolConfig},
+};
+use clinicwatch_collector::{config::Config, enroll::EnrollService, pki, server::Collector, store};
+use clinicwatch_proto::v1::{record::Body, Hello, Record, WindowSummary};
+use prost::Message as _;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("cw-exporter-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+struct Setup {
+    dir: std::path::PathBuf,
+    export: ExportConfig,
+    collector: Arc<clinicwatch_collector::metrics::Metrics>,
+    store: clinicwatch_collector::ingest::SharedStore,
+    _rt: tokio::runtime::Runtime,
+}
+
+/// A collector with `cfg` and a host certificate valid from `nb` to `na` (unix seconds).
+fn setup(name: &str, cfg: Config, nb: i64, na: i64) -> Setup {
+    let dir = temp_dir(name);
+    let ca = pki::new_ca("test CA").unwrap();
+    let server = pki::server_cert(&ca, &["localhost".into()]).unwrap();
+    // The host certificate, with the lifetime asked for.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name.push(rcgen::DnType::OrganizationName, "clinic-a");
+    p.distinguished_name.push(rcgen::DnType::CommonName, "ws1");
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let t = |s: i64| std::time::UNIX_EPOCH + Duration::from_secs(s as u64);
+    p.not_before = t(nb).into();
+    p.not_after = t(na).into();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca.cert, rcgen::KeyPair::from_pem(&ca.key).unwrap()).unwrap();
+    let cert = p.signed_by(&key, &issuer).unwrap();
+    std::fs::write(dir.join("ca.pem"), &ca.cert).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let st: clinicwatch_collector::ingest::SharedStore = Arc::new(Mutex::new(
+        store::open(&dir.join("c.db").display().to_string()).unwrap(),
+    ));
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(&server.cert, &server.key))
+        .client_ca_root(Certificate::from_pem(&ca.cert))
+        .client_auth_optional(true);
+    let mut c = Collector::new(cfg.clone(), st.clone(), tls);
+    c.enroll = Some(EnrollService {
+        ca: ca.clone(),
+        token_key: vec![7; 32],
+        cert_days: cfg.enroll.cert_days,
+        metrics: c.metrics.clone(),
+    });
+    let metrics = c.metrics.clone();
+    rt.spawn(c.run(listener, std::future::pending()));
+    let export = ExportConfig {
+        collector: format!("https://localhost:{port}"),
+        clinic: "clinic-a".into(),
+        host: "ws1".into(),
+        ca_file: dir.join("ca.pem"),
+        cert_file: dir.join("cert.pem"),
+        key_file: dir.join("key.pem"),
+        batch_records: 2000,
+        heartbeat_secs: 1,
+        ..Default::default()
+    };
+    Setup {
+        dir,
+        export,
+        collector: metrics,
+        store: st,
+        _rt: rt,
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn spool(dir: &std::path::Path, n: u64) -> Arc<Mutex<Spool>> {
+    let mut s = Spool::open(SpoolConfig {
+        dir: dir.join("spool"),
+        max_bytes: 256 << 20,
+        segment_bytes: 4 << 20,
+        fsync_each: false,
+    })
+    .unwrap();
+    for i in 0..n {
+        let r = Record {
+            seq: 0,
+            body: Some(Body::Summary(WindowSummary {
+                app: "pm".into(),
+                start: i as f64,
+                end: i as f64 + 60.0,
+                ..Default::default()
+            })),
+        };
+        s.append(Kind::Summary, &r.encode_to_vec()).unwrap();
+    }
+    s.sync().unwrap();
+    Arc::new(Mutex::new(s))
+}
+
+fn hello() -> Hello {
+    Hello {
+        clinic_id: "clinic-a".into(),
+        host_id: "ws1".into(),
+        ..Default::default()
+    }
+}
+
+fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_backlog_drains_at_the_collectors_pace_then_heartbeats_keep_the_host_alive() {
+    let mut cfg = Config::default();
+    cfg.limits.records_per_sec = 5000;
+    cfg.limits.burst_records = 10_000;
+    let s = setup("pace", cfg, now() - 60, now() + 30 * 86_400);
+    let n = 25_000;
+    let sp = spool(&s.dir, n);
+    let started = Instant::now();
+    let ex = Exporter::start(&s.export, sp.clone(), hello()).unwrap();
+    wait_until("the backlog at the collector", Duration::from_secs(60), || {
+        sp.lock().unwrap().acked() == n
+    });
+    let took = started.elapsed();
+    let m = &s.collector;
+    let (throttles, refused) = (
+        m.throttles.load(Ordering::Relaxed),
+        m.rejected(clinicwatch_collector::metrics::Rejection::Throttled),
+    );
+    eprintln!("{n} records in {took:?}: {throttles} throttles, {refused} refusals with pushback");
+    // 10,000 at once, then 15,000 at 5,000/s: at least about 3 s.
+    assert!(took >= Duration::from_millis(2500), "faster than the limit: {took:?}");
+    assert!(throttles >= 1, "the collector slowed the host down");
+    assert!(refused <= 3, "the exporter obeys rather than hammering: {refused} refusals");
+    assert_eq!(m.accepted.load(Ordering::Relaxed), n);
+    assert_eq!(m.duplicates.load(Ordering::Relaxed), 0);
+    // Idle: heartbeats say the spool is empty.
+    let hb = m.heartbeats.load(Ordering::Relaxed);
+    wait_until("heartbeats", Duration::from_secs(10), || {
+        m.heartbeats.load(Ordering::Relaxed) >= hb + 2
+    });
+    let hosts = s.store.lock().unwrap().hosts().unwrap();
+    assert_eq!(hosts[0].spooled, 0);
+    ex.stop();
+    std::fs::remove_dir_all(&s.dir).unwrap();
+}
+
+#[test]
+fn a_certificate_in_its_last_third_is_renewed_and_used() {
+    // Valid 30 days, 25 of them gone.
+    let s = setup("renew", Config::default(), now() - 25 * 86_400, now() + 5 * 86_400);
+    let before = std::fs::read_to_string(&s.export.cert_file).unwrap();
+    let sp = spool(&s.dir, 10);
+    let ex = Exporter::start(&s.export, sp.clone(), hello()).unwrap();
+    wait_until("the records at the collector", Duration::from_secs(30), || {
+        sp.lock().unwrap().acked() == 10
+    });
+    ex.stop();
+    let after = std::fs::read_to_string(&s.export.cert_file).unwrap();
+    assert_ne!(before, after, "renewed");
+    let (nb, na) = clinicwatch_agent::enroll::lifetime(&after).unwrap();
+    assert!(na - now() > 29 * 86_400 && nb <= now(), "a fresh 30-day certificate");
+    assert_eq!(s.collector.enrolled.load(Ordering::Relaxed), 1);
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&s.export.key_file).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    std::fs::remove_dir_all(&s.dir).unwrap();
+}
+
+#[test]
+fn a_refused_batch_waits_out_the_pushback_and_is_sent_again() {
+    // Full batches of 10,000 at 4,000/s: the second batch finds 2,500 tokens and is refused
+    // with a pushback of about 1.9 s; obeyed, that is the only refusal.
+    let mut cfg = Config::default();
+    cfg.limits.records_per_sec = 4000;
+    cfg.limits.burst_records = 10_000;
+    let mut s = setup("pushback", cfg, now() - 60, now() + 30 * 86_400);
+    s.export.batch_records = 10_000;
+    let n = 20_000;
+    let sp = spool(&s.dir, n);
+    let started = Instant::now();
+    let ex = Exporter::start(&s.export, sp.clone(), hello()).unwrap();
+    wait_until("the backlog at the collector", Duration::from_secs(60), || {
+        sp.lock().unwrap().acked() == n
+    });
+    let took = started.elapsed();
+    ex.stop();
+    let refused = s
+        .collector
+        .rejected(clinicwatch_collector::metrics::Rejection::Throttled);
+    eprintln!("{n} records in {took:?}: {refused} refusals");
+    assert_eq!(refused, 1, "one refusal, then the pushback was waited out");
+    assert!(took >= Duration::from_millis(2000), "{took:?}");
+    assert_eq!(s.collector.accepted.load(Ordering::Relaxed), n);
+    std::fs::remove_dir_all(&s.dir).unwrap();
+}
