@@ -5,7 +5,8 @@
 //! - `demo`: builds, then runs the agent against the demo workload and prints its events.
 //! - `test`: setup, build, then every test of the workspace, kernel tests included (root),
 //!   then the kernel tests again inside VMs booting Debian's 6.1 and 6.12 (`vm-test`).
-//! - `bench`: builds in release, then runs `cw-bench` (overhead ratios, burst, scale).
+//! - `bench`: builds in release, then runs `cw-bench` (overhead ratios, burst, scale);
+//!   `bench ingest` runs `cw-ingest-bench` (the collector's ingest cost).
 //! - `vm-test`: the kernel tests inside VMs booting Debian's 6.1 and 6.12 kernels (root).
 //! - `run -- ARGS`: builds and runs `clinicwatch-agent ARGS`.
 
@@ -44,9 +45,15 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Benchmarks: overhead ratios attached/detached, burst, scale (root; about 12 minutes).
+    /// Benchmarks. Without a suite: the sensor's overhead ratios attached/detached, burst,
+    /// scale (root; about 12 minutes). `ingest`: the collector's events per CPU-second,
+    /// batched against one per frame, TLS on and off, and 5,000 agents reconnecting at once
+    /// (about 15 s; no root needed).
     Bench {
-        /// Arguments for cw-bench, e.g. `-- --only pread16 --pairs 6`.
+        /// `ingest` for the collector's benchmark; none for the sensor's.
+        suite: Option<String>,
+        /// Arguments for the benchmark binary, e.g. `-- --only pread16 --pairs 6`, or for
+        /// ingest `-- --reconnect 10000`.
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -104,11 +111,16 @@ fn main() -> anyhow::Result<()> {
                 allow_skips: false,
             })
         }
-        Cmd::Bench { args } => {
+        Cmd::Bench { suite, args } => {
+            let bin = match suite.as_deref() {
+                None => "cw-bench",
+                Some("ingest") => "cw-ingest-bench",
+                Some(other) => anyhow::bail!("unknown benchmark suite `{other}` (known: ingest)"),
+            };
             setup::setup()?;
             util::build(true)?;
             util::run(
-                std::process::Command::new(util::target_dir().join("release/cw-bench")).args(&args),
+                std::process::Command::new(util::target_dir().join("release").join(bin)).args(&args),
             )
         }
         Cmd::VmTest {

@@ -1,0 +1,418 @@
+//! The load: agents as the real exporter behaves (one stream each, Hello, then one frame in
+//! flight until its ack), against a collector child process per scenario.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use clinicwatch_collector::pki;
+use clinicwatch_proto::v1::{
+    agent_frame::Frame, ingest_client::IngestClient, record::Body, server_frame, AgentFrame,
+    Batch, ClassStats, Destination, Finding, Hello, Record, WindowSummary,
+};
+use tonic::{
+    codec::CompressionEncoding,
+    transport::{Certificate, Channel, ClientTlsConfig, Identity},
+};
+
+pub struct Options {
+    pub agents: usize,
+    pub records: u64,
+    pub single_records: u64,
+    pub batch: u64,
+    pub reconnect: usize,
+}
+
+/// A record as an agent sends it: a window summary (one in 50 a finding).
+fn record(seq: u64) -> Record {
+    let body = if seq % 50 == 0 {
+        Body::Finding(Finding {
+            rule: "CW-NEW-DESTINATION".into(),
+            severity: 3,
+            app: "pm-client".into(),
+            time: 1.7e9 + seq as f64,
+            subject: "203.0.113.7:443".into(),
+            summary: "the app connected to a destination never seen in its baseline".into(),
+            evidence: [("bytes_sent".to_string(), "52341".to_string())].into(),
+        })
+    } else {
+        Body::Summary(WindowSummary {
+            app: "pm-client".into(),
+            start: 1.7e9 + seq as f64 * 60.0,
+            end: 1.7e9 + seq as f64 * 60.0 + 60.0,
+            hour_of_week: (seq % 168) as u32,
+            in_practice_hours: true,
+            classes: vec![
+                ClassStats {
+                    class: "pm_data".into(),
+                    bytes: 1 << 20,
+                    reads: 64,
+                    opens: 2,
+                    ..Default::default()
+                },
+                ClassStats {
+                    class: "other".into(),
+                    bytes: 4096,
+                    reads: 3,
+                    opens: 3,
+                    ..Default::default()
+                },
+            ],
+            destinations: vec![Destination {
+                ip: "198.51.100.20".into(),
+                port: 443,
+                protocol: "tcp".into(),
+                name: "api.vendor.example".into(),
+                bytes_sent: 20_000,
+                bytes_recv: 900_000,
+                connects: 4,
+            }],
+            processes: 3,
+            ..Default::default()
+        })
+    };
+    Record {
+        seq,
+        body: Some(body),
+    }
+}
+
+struct Agent {
+    clinic: String,
+    host: String,
+    /// `None`: plaintext.
+    tls: Option<(Arc<String>, pki::Pem)>,
+}
+
+type Client = IngestClient<
+    tonic::service::interceptor::InterceptedService<
+        Channel,
+        Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>,
+    >,
+>;
+
+async fn connect(a: &Agent, port: u16) -> anyhow::Result<Client> {
+    let ch = match &a.tls {
+        Some((ca, me)) => {
+            let tls = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(ca.as_str()))
+                .identity(Identity::from_pem(&me.cert, &me.key))
+                .domain_name("localhost");
+            Channel::from_shared(format!("https://localhost:{port}"))?
+                .tls_config(tls)?
+                .connect_timeout(Duration::from_secs(30))
+                .connect()
+                .await?
+        }
+        None => {
+            Channel::from_shared(format!("http://127.0.0.1:{port}"))?
+                .connect_timeout(Duration::from_secs(30))
+                .connect()
+                .await?
+        }
+    };
+    let (clinic, host) = (a.clinic.clone(), a.host.clone());
+    let meta: Box<
+        dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send,
+    > = Box::new(move |mut r: tonic::Request<()>| {
+        // Read only by the plaintext collector (identity from metadata); ignored with TLS.
+        if let (Ok(c), Ok(h)) = (clinic.parse(), host.parse()) {
+            r.metadata_mut().insert("x-clinicwatch-clinic", c);
+            r.metadata_mut().insert("x-clinicwatch-host", h);
+        }
+        Ok(r)
+    });
+    Ok(IngestClient::with_interceptor(ch, meta)
+        .send_compressed(CompressionEncoding::Zstd)
+        .accept_compressed(CompressionEncoding::Zstd)
+        .max_encoding_message_size(clinicwatch_proto::MAX_FRAME_BYTES))
+}
+
+/// One agent's session: Hello, then `total` records in batches of `per`, one frame in
+/// flight. Returns the records acked.
+async fn session(a: &Agent, port: u16, total: u64, per: u64) -> anyhow::Result<u64> {
+    let mut c = connect(a, port).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<AgentFrame>(2);
+    tx.send(AgentFrame {
+        frame: Some(Frame::Hello(Hello {
+            clinic_id: a.clinic.clone(),
+            host_id: a.host.clone(),
+            epoch: 1,
+            ..Default::default()
+        })),
+    })
+    .await?;
+    let mut replies = c
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let mut next = 1;
+    loop {
+        // Until the ack of the last frame.
+        let acked = loop {
+            match replies.message().await?.and_then(|f| f.frame) {
+                Some(server_frame::Frame::Ack(ack)) => break ack.up_to_seq,
+                Some(_) => {}
+                None => bail!("the collector closed the stream"),
+            }
+        };
+        if next > total {
+            return Ok(acked);
+        }
+        let n = per.min(total - next + 1);
+        tx.send(AgentFrame {
+            frame: Some(Frame::Batch(Batch {
+                epoch: 1,
+                first_seq: next,
+                records: (next..next + n).map(record).collect(),
+            })),
+        })
+        .await?;
+        next += n;
+    }
+}
+
+fn cpu_of_children() -> Duration {
+    // SAFETY: plain syscall into a local struct.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru);
+        ru
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+struct Server {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+fn start_server(root: &Path, name: &str, tls: bool) -> anyhow::Result<Server> {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir)?;
+    for f in ["ca.pem", "server.pem", "server.key"] {
+        std::fs::copy(root.join(f), dir.join(f))?;
+    }
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["serve", "--dir"]).arg(&dir);
+    if tls {
+        cmd.arg("--tls");
+    }
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .context("cannot start the collector")?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let port = loop {
+        if let Some(p) = std::fs::read_to_string(dir.join("port"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+        {
+            break p;
+        }
+        if Instant::now() > deadline {
+            bail!("the collector did not start");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Ok(Server { child, port, dir })
+}
+
+/// Stops the server; its CPU time (user + system) over its whole life.
+fn stop_server(mut s: Server) -> anyhow::Result<Duration> {
+    let before = cpu_of_children();
+    // SAFETY: plain syscall on our child.
+    unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
+    s.child.wait()?;
+    let _ = std::fs::remove_dir_all(&s.dir);
+    Ok(cpu_of_children() - before)
+}
+
+struct Throughput {
+    name: &'static str,
+    records: u64,
+    wall: Duration,
+    cpu: Duration,
+}
+
+fn throughput(
+    rt: &tokio::runtime::Runtime,
+    root: &Path,
+    name: &'static str,
+    tls: bool,
+    agents: &[Agent],
+    per_agent: u64,
+    per_batch: u64,
+    idle: Duration,
+) -> anyhow::Result<Throughput> {
+    let server = start_server(root, name, tls)?;
+    let port = server.port;
+    let started = Instant::now();
+    let acked: u64 = rt.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for a in agents {
+            let a = Agent {
+                clinic: a.clinic.clone(),
+                host: a.host.clone(),
+                tls: if tls { a.tls.clone() } else { None },
+            };
+            set.spawn(async move { session(&a, port, per_agent, per_batch).await });
+        }
+        let mut total = 0;
+        while let Some(r) = set.join_next().await {
+            total += r??;
+        }
+        anyhow::Ok(total)
+    })?;
+    let wall = started.elapsed();
+    let cpu = stop_server(server)?.saturating_sub(idle);
+    if acked != per_agent * agents.len() as u64 {
+        bail!("{name}: {acked} records acked, not {}", per_agent * agents.len() as u64);
+    }
+    Ok(Throughput {
+        name,
+        records: acked,
+        wall,
+        cpu,
+    })
+}
+
+pub fn run(o: &Options) -> anyhow::Result<()> {
+    let root = std::env::temp_dir().join(format!("cw-ingest-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root)?;
+    let ca = pki::new_ca("bench CA")?;
+    let server = pki::server_cert(&ca, &["localhost".into()])?;
+    std::fs::write(root.join("ca.pem"), &ca.cert)?;
+    std::fs::write(root.join("server.pem"), &server.cert)?;
+    std::fs::write(root.join("server.key"), &server.key)?;
+    let ca_pem = Arc::new(ca.cert.clone());
+    let n_certs = o.reconnect.max(o.agents);
+    let t = Instant::now();
+    let agents: Vec<Agent> = (0..n_certs)
+        .map(|i| {
+            let (clinic, host) = (format!("clinic-{:04}", i / 3), format!("ws{}", i % 3));
+            let me = pki::client_cert(&ca, &clinic, &host, 2)?;
+            Ok(Agent {
+                clinic,
+                host,
+                tls: Some((ca_pem.clone(), me)),
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    eprintln!("{} client certificates in {:.1?}", agents.len(), t.elapsed());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+
+    // An idle collector's CPU (start, nothing, stop), taken off each run's.
+    let idle = {
+        let s = start_server(&root, "idle", true)?;
+        std::thread::sleep(Duration::from_millis(500));
+        stop_server(s)?
+    };
+    let few = &agents[..o.agents];
+    let mut rows = Vec::new();
+    for (name, tls, per, batch) in [
+        ("batched, TLS", true, o.records, o.batch),
+        ("one per frame, TLS", true, o.single_records, 1),
+        ("batched, no TLS", false, o.records, o.batch),
+        ("one per frame, no TLS", false, o.single_records, 1),
+    ] {
+        let r = throughput(&rt, &root, name, tls, few, per, batch, idle)?;
+        eprintln!(
+            "  {:<24} {:>8} records in {:>6.2} s wall, {:>6.2} s collector CPU",
+            r.name,
+            r.records,
+            r.wall.as_secs_f64(),
+            r.cpu.as_secs_f64()
+        );
+        rows.push(r);
+    }
+
+    // 5,000 agents reconnecting at once (TLS, one certificate each).
+    let server = start_server(&root, "reconnect", true)?;
+    let port = server.port;
+    let all = Arc::new(agents);
+    let started = Instant::now();
+    let (latencies, retries) = rt.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..o.reconnect {
+            let all = all.clone();
+            set.spawn(async move {
+                let a = &all[i];
+                let t0 = Instant::now();
+                let mut retries = 0u32;
+                let mut backoff = Duration::from_millis(250);
+                loop {
+                    match session(a, port, 10, 10).await {
+                        Ok(_) => return Ok((t0.elapsed(), retries)),
+                        Err(_) if retries < 20 => {
+                            // As the exporter does: back off and try again.
+                            retries += 1;
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(30));
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            });
+        }
+        let mut lat = Vec::new();
+        let mut retries = 0u32;
+        while let Some(r) = set.join_next().await {
+            let (d, n) = r??;
+            lat.push(d);
+            retries += n;
+        }
+        anyhow::Ok((lat, retries))
+    })?;
+    let absorb = started.elapsed();
+    let reconnect_cpu = stop_server(server)?.saturating_sub(idle);
+    let mut lat = latencies;
+    lat.sort();
+    let pct = |p: f64| lat[((lat.len() - 1) as f64 * p) as usize].as_secs_f64();
+
+    let per_cpu = |r: &Throughput| r.records as f64 / r.cpu.as_secs_f64().max(1e-9);
+    println!("\ningest: collector events per CPU-second (SQLite, synchronous=FULL, zstd; {} agents at once, one frame in flight each)", o.agents);
+    println!("{:<24} {:>10} {:>10} {:>12} {:>16}", "scenario", "records", "wall s", "CPU s", "events/CPU-s");
+    for r in &rows {
+        println!(
+            "{:<24} {:>10} {:>10.2} {:>12.2} {:>16.0}",
+            r.name,
+            r.records,
+            r.wall.as_secs_f64(),
+            r.cpu.as_secs_f64(),
+            per_cpu(r)
+        );
+    }
+    let get = |n: &str| rows.iter().find(|r| r.name == n).map(per_cpu).unwrap_or(0.0);
+    println!(
+        "ratios: batched / one-per-frame = {:.1}x with TLS, {:.1}x without; TLS off / on = {:.2}x batched, {:.2}x one-per-frame",
+        get("batched, TLS") / get("one per frame, TLS").max(1e-9),
+        get("batched, no TLS") / get("one per frame, no TLS").max(1e-9),
+        get("batched, no TLS") / get("batched, TLS").max(1e-9),
+        get("one per frame, no TLS") / get("one per frame, TLS").max(1e-9),
+    );
+    println!(
+        "reconnect: {} agents at once (TLS handshake with a client certificate each, Hello, 10 records, ack): all acked in {:.2} s; per agent p50 {:.2} s, p99 {:.2} s, max {:.2} s; {} retries; collector CPU {:.2} s",
+        o.reconnect,
+        absorb.as_secs_f64(),
+        pct(0.5),
+        pct(0.99),
+        pct(1.0),
+        retries,
+        reconnect_cpu.as_secs_f64()
+    );
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}

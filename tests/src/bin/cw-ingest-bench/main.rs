@@ -1,0 +1,87 @@
+//! `cw-ingest-bench` (run by `cargo xtask bench ingest`): the collector's ingest cost,
+//! measured in one run, side by side:
+//!
+//! - **events per CPU-second** of the collector process (user + system time from
+//!   `getrusage(RUSAGE_CHILDREN)` after it exits, less an idle run's), for batched streaming
+//!   against one event per frame (each acked before the next), with TLS on and off;
+//! - **5,000 agents reconnecting at once**: each with its own client certificate opens a TLS
+//!   connection and a stream, says Hello and sends one batch; the time until every one is
+//!   acked, the per-agent latency (p50, p99) and the collector's CPU.
+//!
+//! The collector is this binary (`serve`) in a child process with the real server
+//! (`clinicwatch_collector::server::Collector`) and SQLite on disk with `synchronous =
+//! FULL`; the load comes from this process. TLS off (plaintext HTTP/2, identity from request
+//! metadata) exists only here, to price TLS.
+
+mod load;
+mod serve;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cw-ingest-bench")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    /// Agents streaming at once in the throughput runs.
+    #[arg(long, default_value_t = 8)]
+    agents: usize,
+    /// Records per agent in the batched runs.
+    #[arg(long, default_value_t = 25_000)]
+    records: u64,
+    /// Records per agent in the one-per-frame runs.
+    #[arg(long, default_value_t = 1_500)]
+    single_records: u64,
+    /// Records per batch in the batched runs.
+    #[arg(long, default_value_t = 500)]
+    batch: u64,
+    /// Agents reconnecting at once.
+    #[arg(long, default_value_t = 5_000)]
+    reconnect: usize,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The collector under test (started by the bench itself).
+    Serve {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        tls: bool,
+    },
+}
+
+/// Raises the open-file limit to the hard limit (5,000 sockets on each side).
+pub fn raise_nofile() {
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        let mut l = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    raise_nofile();
+    match cli.cmd {
+        Some(Cmd::Serve { dir, tls }) => serve::serve(&dir, tls),
+        None => {
+            let opts = load::Options {
+                agents: cli.agents,
+                records: cli.records,
+                single_records: cli.single_records,
+                batch: cli.batch,
+                reconnect: cli.reconnect,
+            };
+            load::run(&opts)
+        }
+    }
+}

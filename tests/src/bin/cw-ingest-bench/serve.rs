@@ -1,0 +1,39 @@
+//! The collector under test: the real server over SQLite, until SIGTERM.
+
+use std::{
+    path::Path,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::Context as _;
+use clinicwatch_collector::{
+    config::Config,
+    ingest::IdentitySource,
+    server::{tls_from_dir, Collector},
+    store,
+};
+
+pub fn serve(dir: &Path, tls: bool) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let mut cfg = Config::default();
+        cfg.limits.records_per_sec = u32::MAX;
+        cfg.limits.burst_records = u32::MAX;
+        cfg.retention.every_secs = 86_400;
+        let db = dir.join("collector.db").display().to_string();
+        let st = tokio::task::spawn_blocking(move || store::open(&db)).await??;
+        let mut c = Collector::new(cfg, Arc::new(Mutex::new(st)), tls_from_dir(dir)?);
+        if !tls {
+            c.tls = None;
+            c.identity = IdentitySource::TrustedMetadataForBenchmarks;
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        std::fs::write(dir.join("port"), port.to_string()).context("port file")?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        c.run(listener, async move {
+            term.recv().await;
+        })
+        .await
+    })
+}
