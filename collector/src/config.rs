@@ -127,7 +127,12 @@ impl Config {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if optional && e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(source) => return Err(ConfigError::Read { path: shown, source }),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: shown,
+                    source,
+                })
+            }
         };
         Config::parse(&text, &shown)
     }
@@ -192,13 +197,23 @@ mod tests {
         let c = Config::parse("", "c.toml").unwrap();
         assert_eq!(c.retention.summaries_days, 90.0);
         assert_eq!(c.limits.records_per_sec, 2000);
-        let c = Config::parse("[store]\nurl = \"postgres://cw@db/cw\"\n[retention]\nfindings_days = 730\n", "c.toml").unwrap();
+        let c = Config::parse(
+            "[store]\nurl = \"postgres://cw@db/cw\"\n[retention]\nfindings_days = 730\n",
+            "c.toml",
+        )
+        .unwrap();
         assert_eq!(c.retention.findings_days, 730.0);
         assert_eq!(c.store.url, "postgres://cw@db/cw");
         for (text, key) in [
-            ("[retention]\nsummaries_days = 0", "retention.summaries_days"),
+            (
+                "[retention]\nsummaries_days = 0",
+                "retention.summaries_days",
+            ),
             ("[limits]\nburst_records = 10", "limits.burst_records"),
-            ("[server]\nmetrics_listen = \"nope\"", "server.metrics_listen"),
+            (
+                "[server]\nmetrics_listen = \"nope\"",
+                "server.metrics_listen",
+            ),
             ("[enroll]\ncert_days = 0", "enroll.cert_days"),
             ("[limits]\nrecords_per_second = 5", "records_per_second"),
         ] {

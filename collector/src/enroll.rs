@@ -39,7 +39,7 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -71,7 +71,11 @@ pub fn make_token(key: &[u8], clinic: &str, expires: u64) -> String {
     let mut nonce = [0u8; 8];
     // SAFETY: writes 8 bytes into nonce.
     unsafe { libc::getrandom(nonce.as_mut_ptr().cast(), nonce.len(), 0) };
-    let body = format!("{PREFIX}.{}.{expires}.{}", hex(clinic.as_bytes()), hex(&nonce));
+    let body = format!(
+        "{PREFIX}.{}.{expires}.{}",
+        hex(clinic.as_bytes()),
+        hex(&nonce)
+    );
     let tag = mac(key, &body).finalize().into_bytes();
     format!("{body}.{}", hex(&tag))
 }
@@ -132,8 +136,7 @@ pub fn sign_csr(
     };
     p.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
     let ca_key = KeyPair::from_pem(&ca.key).map_err(|e| format!("the CA key: {e}"))?;
-    let issuer =
-        Issuer::from_ca_cert_pem(&ca.cert, ca_key).map_err(|e| format!("the CA: {e}"))?;
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert, ca_key).map_err(|e| format!("the CA: {e}"))?;
     let cert = csr
         .signed_by(&issuer)
         .map_err(|e| format!("cannot sign: {e}"))?;
@@ -180,9 +183,14 @@ impl Enroll for EnrollService {
                 req.get_ref().host_id.escape_debug()
             )));
         }
-        let (cert_pem, not_after) =
-            sign_csr(&self.ca, &req.get_ref().csr_pem, &clinic, &host, self.cert_days)
-                .map_err(Status::invalid_argument)?;
+        let (cert_pem, not_after) = sign_csr(
+            &self.ca,
+            &req.get_ref().csr_pem,
+            &clinic,
+            &host,
+            self.cert_days,
+        )
+        .map_err(Status::invalid_argument)?;
         self.metrics
             .enrolled
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -216,7 +224,11 @@ mod tests {
         let forged = t.replacen(".1000.", ".9999999999.", 1);
         assert_eq!(check_token(key, &forged, 10), Err(TokenError::BadSignature));
         for bad in ["", "cwe1", "x.y.z.w.v", "cwe1.zz.1.00.0g"] {
-            assert_eq!(check_token(key, bad, 10), Err(TokenError::Malformed), "{bad}");
+            assert_eq!(
+                check_token(key, bad, 10),
+                Err(TokenError::Malformed),
+                "{bad}"
+            );
         }
     }
 
@@ -225,7 +237,8 @@ mod tests {
         let ca = crate::pki::new_ca("test CA").unwrap();
         let key = KeyPair::generate().unwrap();
         let mut p = rcgen::CertificateParams::default();
-        p.distinguished_name.push(DnType::OrganizationName, "clinic-b");
+        p.distinguished_name
+            .push(DnType::OrganizationName, "clinic-b");
         p.distinguished_name.push(DnType::CommonName, "evil");
         let csr = p.serialize_request(&key).unwrap().pem().unwrap();
         let (cert, not_after) = sign_csr(&ca, &csr, "clinic-a", "ws1", 30).unwrap();
@@ -235,8 +248,14 @@ mod tests {
             ("clinic-a".to_string(), "ws1".to_string())
         );
         assert!(not_after > 0.0);
-        let e = sign_csr(&ca, "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", "a", "b", 1)
-            .unwrap_err();
+        let e = sign_csr(
+            &ca,
+            "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+            "a",
+            "b",
+            1,
+        )
+        .unwrap_err();
         assert!(e.contains("CSR"), "{e}");
     }
 

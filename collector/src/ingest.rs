@@ -11,8 +11,7 @@ use std::{
 };
 
 use clinicwatch_proto::v1::{
-    agent_frame::Frame, ingest_server::Ingest, server_frame, Ack, AgentFrame, ServerFrame,
-    Throttle,
+    agent_frame::Frame, ingest_server::Ingest, server_frame, Ack, AgentFrame, ServerFrame, Throttle,
 };
 use tokio_stream::{wrappers::ReceiverStream, Stream};
 use tonic::{Request, Response, Status, Streaming};
@@ -167,7 +166,11 @@ impl Ingest for IngestService {
         if open as usize > self.max_streams {
             metrics.reject(Rejection::TooManyStreams);
             return Err(exhausted(
-                format!("{} streams are open (at most {})", open - 1, self.max_streams),
+                format!(
+                    "{} streams are open (at most {})",
+                    open - 1,
+                    self.max_streams
+                ),
                 1000 + (open % 4000) as u32,
             ));
         }
@@ -190,8 +193,12 @@ impl Ingest for IngestService {
                         // tonic reports an oversized frame as out_of_range and one that does
                         // not decode as internal; anything else is the connection ending.
                         let refused = match e.code() {
-                            tonic::Code::OutOfRange => Some(format!("frame too large: {}", e.message())),
-                            tonic::Code::Internal => Some(format!("malformed frame: {}", e.message())),
+                            tonic::Code::OutOfRange => {
+                                Some(format!("frame too large: {}", e.message()))
+                            }
+                            tonic::Code::Internal => {
+                                Some(format!("malformed frame: {}", e.message()))
+                            }
                             _ => None,
                         };
                         match refused {
@@ -200,7 +207,9 @@ impl Ingest for IngestService {
                                 tracing::warn!(%clinic, host = %hostname, %why, "frame refused");
                                 let _ = tx.send(Err(Status::invalid_argument(why))).await;
                             }
-                            None => tracing::debug!(%clinic, host = %hostname, error = %e, "stream ended"),
+                            None => {
+                                tracing::debug!(%clinic, host = %hostname, error = %e, "stream ended")
+                            }
                         }
                         break;
                     }
@@ -212,7 +221,10 @@ impl Ingest for IngestService {
                             metrics.reject(Rejection::Permission);
                             Err(Status::permission_denied(format!(
                                 "this certificate is for {}/{}, not {}/{}",
-                                host.clinic, host.host, h.clinic_id.escape_debug(), h.host_id.escape_debug()
+                                host.clinic,
+                                host.host,
+                                h.clinic_id.escape_debug(),
+                                h.host_id.escape_debug()
                             )))
                         } else {
                             let (host2, e) = (host.clone(), h.epoch);
@@ -240,7 +252,11 @@ impl Ingest for IngestService {
                         }
                         Some(e) => {
                             let mut out = Vec::new();
-                            let admitted = match limiter.take(&host, b.records.len(), Instant::now()) {
+                            let admitted = match limiter.take(
+                                &host,
+                                b.records.len(),
+                                Instant::now(),
+                            ) {
                                 Decision::Accept => Ok(()),
                                 Decision::Slow { retry_after_ms } => {
                                     metrics.throttles.fetch_add(1, Ordering::Relaxed);
@@ -256,7 +272,10 @@ impl Ingest for IngestService {
                                     metrics.reject(Rejection::Throttled);
                                     tracing::info!(%clinic, host = %hostname, pushback_ms, records = b.records.len(), "host over its rate; batch refused");
                                     Err(exhausted(
-                                        format!("over {} records/s; retry in {pushback_ms} ms", limiter.rate()),
+                                        format!(
+                                            "over {} records/s; retry in {pushback_ms} ms",
+                                            limiter.rate()
+                                        ),
                                         pushback_ms,
                                     ))
                                 }
@@ -264,11 +283,18 @@ impl Ingest for IngestService {
                             match admitted {
                                 Err(s) => Err(s),
                                 Ok(()) => {
-                                    let newest = b.records.iter().map(record_time).fold(0.0, f64::max);
+                                    let newest =
+                                        b.records.iter().map(record_time).fold(0.0, f64::max);
                                     let host2 = host.clone();
                                     let started = Instant::now();
-                                    let r = on_store(&store, &metrics, move |s| s.ingest(&host2, &b, t)).await;
-                                    metrics.store_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                                    let r = on_store(&store, &metrics, move |s| {
+                                        s.ingest(&host2, &b, t)
+                                    })
+                                    .await;
+                                    metrics.store_micros.fetch_add(
+                                        started.elapsed().as_micros() as u64,
+                                        Ordering::Relaxed,
+                                    );
                                     r.map(|i| {
                                         metrics.batch(&host, i.stored, i.duplicates, newest, t);
                                         acked = acked.max(i.up_to_seq);

@@ -2,11 +2,7 @@
 //! streams. A host near its limit is told to slow down (Throttle); past it, its batch is
 //! refused with `resource_exhausted` and a retry pushback, and nothing of it is stored.
 
-use std::{
-    collections::HashMap,
-    sync::Mutex,
-    time::Instant,
-};
+use std::{collections::HashMap, sync::Mutex, time::Instant};
 
 use crate::store::HostKey;
 
@@ -15,9 +11,13 @@ use crate::store::HostKey;
 pub enum Decision {
     Accept,
     /// Accept, and tell the host to wait this long before its next batch.
-    Slow { retry_after_ms: u32 },
+    Slow {
+        retry_after_ms: u32,
+    },
     /// Refuse; the host may try again after this long.
-    Refuse { pushback_ms: u32 },
+    Refuse {
+        pushback_ms: u32,
+    },
 }
 
 struct Bucket {
@@ -54,7 +54,11 @@ impl Limiter {
         b.tokens = (b.tokens + dt * self.rate).min(self.burst);
         b.at = now;
         let n = n as f64;
-        let ms = |deficit: f64| ((deficit / self.rate) * 1000.0).ceil().clamp(1.0, 600_000.0) as u32;
+        let ms = |deficit: f64| {
+            ((deficit / self.rate) * 1000.0)
+                .ceil()
+                .clamp(1.0, 600_000.0) as u32
+        };
         if b.tokens < n {
             return Decision::Refuse {
                 pushback_ms: ms(n - b.tokens),
@@ -100,11 +104,20 @@ mod tests {
         };
         let t0 = Instant::now();
         assert_eq!(l.take(&h, 500, t0), Decision::Accept);
-        assert!(matches!(l.take(&h, 400, t0), Decision::Slow { retry_after_ms } if retry_after_ms == 1500));
+        assert!(
+            matches!(l.take(&h, 400, t0), Decision::Slow { retry_after_ms } if retry_after_ms == 1500)
+        );
         assert_eq!(l.take(&h, 500, t0), Decision::Refuse { pushback_ms: 4000 });
-        assert_eq!(l.take(&other, 500, t0), Decision::Accept, "buckets are per host");
+        assert_eq!(
+            l.take(&other, 500, t0),
+            Decision::Accept,
+            "buckets are per host"
+        );
         // Four seconds later 400 more tokens are there.
-        assert!(matches!(l.take(&h, 500, t0 + Duration::from_secs(4)), Decision::Slow { .. }));
+        assert!(matches!(
+            l.take(&h, 500, t0 + Duration::from_secs(4)),
+            Decision::Slow { .. }
+        ));
         l.sweep(t0 + Duration::from_secs(60));
         assert_eq!(l.buckets.lock().unwrap().len(), 0);
     }

@@ -103,9 +103,8 @@ fn ca(dir: &Path) -> anyhow::Result<pki::Pem> {
 
 fn token_key(dir: &Path) -> anyhow::Result<Vec<u8>> {
     let p = dir.join("enroll.key");
-    let key = std::fs::read(&p).with_context(|| {
-        format!("cannot read `{}` (made by `ca init`)", p.display())
-    })?;
+    let key = std::fs::read(&p)
+        .with_context(|| format!("cannot read `{}` (made by `ca init`)", p.display()))?;
     if key.len() < 32 {
         anyhow::bail!("`{}` is shorter than 32 bytes", p.display());
     }
@@ -117,8 +116,7 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let cli = Cli::parse();
@@ -153,7 +151,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::EnrollToken { clinic, days } => {
             if !enroll::valid_id(&clinic) {
-                anyhow::bail!("clinic id `{clinic}` must be 1 to 64 letters, digits, `.`, `_` or `-`");
+                anyhow::bail!(
+                    "clinic id `{clinic}` must be 1 to 64 letters, digits, `.`, `_` or `-`"
+                );
             }
             if days == 0 || days > 365 {
                 anyhow::bail!("--days must be between 1 and 365");
@@ -214,7 +214,12 @@ async fn main() -> anyhow::Result<()> {
             if !cfg.server.metrics_listen.is_empty() {
                 let l = tokio::net::TcpListener::bind(&cfg.server.metrics_listen)
                     .await
-                    .with_context(|| format!("cannot listen on `{}` for metrics", cfg.server.metrics_listen))?;
+                    .with_context(|| {
+                        format!(
+                            "cannot listen on `{}` for metrics",
+                            cfg.server.metrics_listen
+                        )
+                    })?;
                 tokio::spawn(clinicwatch_collector::metrics::serve(l, c.metrics.clone()));
             }
             let listener = tokio::net::TcpListener::bind(cfg.server.listen)
@@ -222,10 +227,12 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("cannot listen on `{}`", cfg.server.listen))?;
             tracing::info!(listen = %cfg.server.listen, metrics = %cfg.server.metrics_listen, store = %store::shown(&cfg.store.url), "serving");
             c.run(listener, async {
-                let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(_) => return std::future::pending().await,
-                };
+                let mut term =
+                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    {
+                        Ok(s) => s,
+                        Err(_) => return std::future::pending().await,
+                    };
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => {}
                     _ = term.recv() => {}

@@ -57,6 +57,14 @@ struct HostStats {
     last_seen: f64,
 }
 
+/// A per-host series: name, type, help, value.
+type HostSeries = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&HostStats) -> String,
+);
+
 #[derive(Default)]
 pub struct Metrics {
     pub accepted: AtomicU64,
@@ -77,7 +85,9 @@ pub struct Metrics {
 }
 
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 impl Metrics {
@@ -130,15 +140,60 @@ impl Metrics {
         let mut one = |name: &str, kind: &str, help: &str, v: u64| {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         };
-        one("clinicwatch_collector_records_accepted_total", "counter", "Records stored (new).", g(&self.accepted));
-        one("clinicwatch_collector_records_duplicate_total", "counter", "Records received again and not stored twice.", g(&self.duplicates));
-        one("clinicwatch_collector_batches_total", "counter", "Batches stored and acked.", g(&self.batches));
-        one("clinicwatch_collector_heartbeats_total", "counter", "Heartbeats received.", g(&self.heartbeats));
-        one("clinicwatch_collector_throttles_total", "counter", "Throttle frames sent.", g(&self.throttles));
-        one("clinicwatch_collector_streams_active", "gauge", "Agent streams open now.", g(&self.streams_active));
-        one("clinicwatch_collector_streams_total", "counter", "Agent streams opened.", g(&self.streams_total));
-        one("clinicwatch_collector_enrolled_total", "counter", "Certificates issued by enrollment or renewal.", g(&self.enrolled));
-        one("clinicwatch_collector_pruned_rows_total", "counter", "Rows removed by retention.", g(&self.pruned));
+        one(
+            "clinicwatch_collector_records_accepted_total",
+            "counter",
+            "Records stored (new).",
+            g(&self.accepted),
+        );
+        one(
+            "clinicwatch_collector_records_duplicate_total",
+            "counter",
+            "Records received again and not stored twice.",
+            g(&self.duplicates),
+        );
+        one(
+            "clinicwatch_collector_batches_total",
+            "counter",
+            "Batches stored and acked.",
+            g(&self.batches),
+        );
+        one(
+            "clinicwatch_collector_heartbeats_total",
+            "counter",
+            "Heartbeats received.",
+            g(&self.heartbeats),
+        );
+        one(
+            "clinicwatch_collector_throttles_total",
+            "counter",
+            "Throttle frames sent.",
+            g(&self.throttles),
+        );
+        one(
+            "clinicwatch_collector_streams_active",
+            "gauge",
+            "Agent streams open now.",
+            g(&self.streams_active),
+        );
+        one(
+            "clinicwatch_collector_streams_total",
+            "counter",
+            "Agent streams opened.",
+            g(&self.streams_total),
+        );
+        one(
+            "clinicwatch_collector_enrolled_total",
+            "counter",
+            "Certificates issued by enrollment or renewal.",
+            g(&self.enrolled),
+        );
+        one(
+            "clinicwatch_collector_pruned_rows_total",
+            "counter",
+            "Rows removed by retention.",
+            g(&self.pruned),
+        );
         let _ = writeln!(
             o,
             "# HELP clinicwatch_collector_store_batch_seconds_total Time spent storing batches.\n# TYPE clinicwatch_collector_store_batch_seconds_total counter\nclinicwatch_collector_store_batch_seconds_total {}",
@@ -146,21 +201,57 @@ impl Metrics {
         );
         let _ = writeln!(o, "# HELP clinicwatch_collector_rejected_total Frames or streams refused, by reason.\n# TYPE clinicwatch_collector_rejected_total counter");
         for r in Rejection::ALL {
-            let _ = writeln!(o, "clinicwatch_collector_rejected_total{{reason=\"{}\"}} {}", r.label(), self.rejected(r));
+            let _ = writeln!(
+                o,
+                "clinicwatch_collector_rejected_total{{reason=\"{}\"}} {}",
+                r.label(),
+                self.rejected(r)
+            );
         }
         let _ = writeln!(o, "# HELP clinicwatch_collector_store_up Whether the last store call succeeded.\n# TYPE clinicwatch_collector_store_up gauge\nclinicwatch_collector_store_up {}", self.store_ok.load(Ordering::Relaxed) as u8);
         let hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
-        let per_host: [(&str, &str, &str, fn(&HostStats) -> String); 5] = [
-            ("clinicwatch_host_records_accepted_total", "counter", "Records stored from this host.", |h| h.accepted.to_string()),
-            ("clinicwatch_host_records_duplicate_total", "counter", "Records from this host received again.", |h| h.duplicates.to_string()),
-            ("clinicwatch_host_lag_seconds", "gauge", "At the host's last batch: receive time minus its newest record's time.", |h| format!("{:.3}", h.lag_secs)),
-            ("clinicwatch_host_spooled_records", "gauge", "Records waiting in the host's spool (last heartbeat).", |h| h.spooled.to_string()),
-            ("clinicwatch_host_last_seen_timestamp_seconds", "gauge", "When the host was last heard from (unix seconds).", |h| format!("{:.3}", h.last_seen)),
+        let per_host: [HostSeries; 5] = [
+            (
+                "clinicwatch_host_records_accepted_total",
+                "counter",
+                "Records stored from this host.",
+                |h| h.accepted.to_string(),
+            ),
+            (
+                "clinicwatch_host_records_duplicate_total",
+                "counter",
+                "Records from this host received again.",
+                |h| h.duplicates.to_string(),
+            ),
+            (
+                "clinicwatch_host_lag_seconds",
+                "gauge",
+                "At the host's last batch: receive time minus its newest record's time.",
+                |h| format!("{:.3}", h.lag_secs),
+            ),
+            (
+                "clinicwatch_host_spooled_records",
+                "gauge",
+                "Records waiting in the host's spool (last heartbeat).",
+                |h| h.spooled.to_string(),
+            ),
+            (
+                "clinicwatch_host_last_seen_timestamp_seconds",
+                "gauge",
+                "When the host was last heard from (unix seconds).",
+                |h| format!("{:.3}", h.last_seen),
+            ),
         ];
         for (name, kind, help, value) in per_host {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for (k, h) in hosts.iter() {
-                let _ = writeln!(o, "{name}{{clinic=\"{}\",host=\"{}\"}} {}", escape(&k.clinic), escape(&k.host), value(h));
+                let _ = writeln!(
+                    o,
+                    "{name}{{clinic=\"{}\",host=\"{}\"}} {}",
+                    escape(&k.clinic),
+                    escape(&k.host),
+                    value(h)
+                );
             }
         }
         o
@@ -190,7 +281,10 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: std::sync::Arc<Me
                     }
                 }
             };
-            if tokio::time::timeout(std::time::Duration::from_secs(5), read).await.is_err() {
+            if tokio::time::timeout(std::time::Duration::from_secs(5), read)
+                .await
+                .is_err()
+            {
                 return;
             }
             let line = String::from_utf8_lossy(&buf);
@@ -201,7 +295,11 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: std::sync::Arc<Me
                     if metrics.store_ok.load(Ordering::Relaxed) {
                         ("200 OK", "text/plain", "ok\n".to_string())
                     } else {
-                        ("503 Service Unavailable", "text/plain", "store failing\n".to_string())
+                        (
+                            "503 Service Unavailable",
+                            "text/plain",
+                            "store failing\n".to_string(),
+                        )
                     }
                 }
                 _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
@@ -229,9 +327,23 @@ mod tests {
         m.reject(Rejection::Throttled);
         m.store_micros.store(1_500_000, Ordering::Relaxed);
         let t = m.render();
-        assert!(t.contains("clinicwatch_collector_records_accepted_total 10\n"), "{t}");
-        assert!(t.contains("clinicwatch_collector_rejected_total{reason=\"throttled\"} 1\n"), "{t}");
-        assert!(t.contains("clinicwatch_host_lag_seconds{clinic=\"clinic \\\"A\\\"\",host=\"ws1\"} 3.500\n"), "{t}");
-        assert!(t.contains("clinicwatch_collector_store_batch_seconds_total 1.5\n"), "{t}");
+        assert!(
+            t.contains("clinicwatch_collector_records_accepted_total 10\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("clinicwatch_collector_rejected_total{reason=\"throttled\"} 1\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "clinicwatch_host_lag_seconds{clinic=\"clinic \\\"A\\\"\",host=\"ws1\"} 3.500\n"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains("clinicwatch_collector_store_batch_seconds_total 1.5\n"),
+            "{t}"
+        );
     }
 }

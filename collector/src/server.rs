@@ -87,7 +87,9 @@ impl Collector {
                         if ok {
                             health.set_serving::<IngestServer<IngestService>>().await;
                         } else {
-                            health.set_not_serving::<IngestServer<IngestService>>().await;
+                            health
+                                .set_not_serving::<IngestServer<IngestService>>()
+                                .await;
                         }
                         was = ok;
                     }
@@ -96,16 +98,30 @@ impl Collector {
             });
         }
         {
-            let (store, metrics, r) = (self.store.clone(), self.metrics.clone(), cfg.retention.clone());
+            let (store, metrics, r) = (
+                self.store.clone(),
+                self.metrics.clone(),
+                cfg.retention.clone(),
+            );
             tasks.spawn(async move {
                 loop {
                     let now = crate::ingest::now();
-                    let (s, f) = (now - r.summaries_days * 86_400.0, now - r.findings_days * 86_400.0);
+                    let (s, f) = (
+                        now - r.summaries_days * 86_400.0,
+                        now - r.findings_days * 86_400.0,
+                    );
                     match on_store(&store, &metrics, move |st| st.prune(s, f)).await {
                         Ok(p) => {
-                            metrics.pruned.fetch_add(p.records + p.findings, std::sync::atomic::Ordering::Relaxed);
+                            metrics.pruned.fetch_add(
+                                p.records + p.findings,
+                                std::sync::atomic::Ordering::Relaxed,
+                            );
                             if p.records + p.findings > 0 {
-                                tracing::info!(records = p.records, findings = p.findings, "retention: removed old rows");
+                                tracing::info!(
+                                    records = p.records,
+                                    findings = p.findings,
+                                    "retention: removed old rows"
+                                );
                             }
                         }
                         Err(e) => tracing::warn!(error = %e, "retention pass failed; will retry"),

@@ -122,14 +122,23 @@ fn mutated_frames_never_panic_and_what_is_accepted_is_stored_exactly() {
                 assert!(!why.is_empty());
                 let before = st.record_count().unwrap();
                 assert!(st.ingest(&host, &b, 1.0).is_err());
-                assert_eq!(st.record_count().unwrap(), before, "nothing of a refused batch");
+                assert_eq!(
+                    st.record_count().unwrap(),
+                    before,
+                    "nothing of a refused batch"
+                );
                 refused += 1;
             }
             Err(e) => panic!("validation said {e}"),
         }
     }
-    eprintln!("3000 mutated frames: {decoded} decoded, {accepted} batches accepted, {refused} refused");
-    assert!(accepted > 0 && refused > 0, "the mutations reach both outcomes");
+    eprintln!(
+        "3000 mutated frames: {decoded} decoded, {accepted} batches accepted, {refused} refused"
+    );
+    assert!(
+        accepted > 0 && refused > 0,
+        "the mutations reach both outcomes"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -145,7 +154,10 @@ fn valid_batches_round_trip_and_order_violations_are_always_refused() {
             let mut bad = b.clone();
             let i = 1 + r.below(bad.records.len() as u64 - 1) as usize;
             bad.records[i].seq = bad.records[i - 1].seq - r.below(2); // equal or lower
-            assert!(matches!(validate(&bad), Err(StoreError::Invalid(_))), "{bad:?}");
+            assert!(
+                matches!(validate(&bad), Err(StoreError::Invalid(_))),
+                "{bad:?}"
+            );
         }
         let mut no_body = b.clone();
         let i = r.below(no_body.records.len() as u64) as usize;
@@ -196,9 +208,15 @@ async fn hostile_frames_over_tls_get_an_answer_and_the_collector_keeps_serving()
     eprintln!("150 hostile frames: {outcomes:?}");
     // Still serving, and still storing correctly.
     let mut c = support::client(&srv.url, &p.ca, Some(&me)).await.unwrap();
-    let acks = support::exchange(&mut c, vec![support::hello("clinic-a", "ws1", 2), support::batch(2, 1, 5)])
-        .await
-        .unwrap();
+    let acks = support::exchange(
+        &mut c,
+        vec![
+            support::hello("clinic-a", "ws1", 2),
+            support::batch(2, 1, 5),
+        ],
+    )
+    .await
+    .unwrap();
     assert_eq!(acks, vec![0, 5]);
     srv.shutdown().await;
     std::fs::remove_dir_all(&dir).unwrap();

@@ -36,7 +36,12 @@ async fn batches_are_acked_after_storage_and_a_resend_is_stored_once() {
     assert_eq!(srv.records(), 15, "each record once");
     let f = srv.store.lock().unwrap().findings_since(0.0).unwrap();
     assert_eq!(f[0].clinic, "clinic-a");
-    assert_eq!(srv.metrics.duplicates.load(std::sync::atomic::Ordering::Relaxed), 5);
+    assert_eq!(
+        srv.metrics
+            .duplicates
+            .load(std::sync::atomic::Ordering::Relaxed),
+        5
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -148,14 +153,38 @@ async fn enrollment_issues_a_certificate_for_the_tokens_clinic_and_renews_it() {
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
 
     // Refused: a token from another collector, an expired one, a bad host id, a bad CSR.
-    let other = clinicwatch_collector::enroll::make_token(b"another collector's key 32 bytes", "clinic-a", now + 3600);
+    let other = clinicwatch_collector::enroll::make_token(
+        b"another collector's key 32 bytes",
+        "clinic-a",
+        now + 3600,
+    );
     let expired = clinicwatch_collector::enroll::make_token(&p.token_key, "clinic-a", now - 1);
     for (r, code, says) in [
-        (req(&other, "ws8", &csr_pem), tonic::Code::Unauthenticated, "not issued"),
-        (req(&expired, "ws8", &csr_pem), tonic::Code::Unauthenticated, "expired"),
-        (req(&token, "ws 8/../x", &csr_pem), tonic::Code::InvalidArgument, "host id"),
-        (req(&token, "ws8", "not a csr"), tonic::Code::InvalidArgument, "CSR"),
-        (req("", "ws8", &csr_pem), tonic::Code::Unauthenticated, "client certificate"),
+        (
+            req(&other, "ws8", &csr_pem),
+            tonic::Code::Unauthenticated,
+            "not issued",
+        ),
+        (
+            req(&expired, "ws8", &csr_pem),
+            tonic::Code::Unauthenticated,
+            "expired",
+        ),
+        (
+            req(&token, "ws 8/../x", &csr_pem),
+            tonic::Code::InvalidArgument,
+            "host id",
+        ),
+        (
+            req(&token, "ws8", "not a csr"),
+            tonic::Code::InvalidArgument,
+            "CSR",
+        ),
+        (
+            req("", "ws8", &csr_pem),
+            tonic::Code::Unauthenticated,
+            "client certificate",
+        ),
     ] {
         let e = anon.enroll(r).await.unwrap_err();
         assert_eq!(e.code(), code, "{e}");
@@ -165,7 +194,11 @@ async fn enrollment_issues_a_certificate_for_the_tokens_clinic_and_renews_it() {
     // Renewal: the current certificate decides who; it cannot become another host.
     let mut mine = EnrollClient::new(channel(&srv.url, &p.ca, Some(&me)).await.unwrap());
     let (csr2, key2) = csr("whatever");
-    let renewed = mine.enroll(req("", "ws7", &csr2)).await.unwrap().into_inner();
+    let renewed = mine
+        .enroll(req("", "ws7", &csr2))
+        .await
+        .unwrap()
+        .into_inner();
     let e = mine.enroll(req("", "ws8", &csr2)).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
     let me2 = pki::Pem {
@@ -174,11 +207,18 @@ async fn enrollment_issues_a_certificate_for_the_tokens_clinic_and_renews_it() {
     };
     let mut c = client(&srv.url, &p.ca, Some(&me2)).await.unwrap();
     assert_eq!(
-        exchange(&mut c, vec![hello("clinic-a", "ws7", 1)]).await.unwrap(),
+        exchange(&mut c, vec![hello("clinic-a", "ws7", 1)])
+            .await
+            .unwrap(),
         vec![3],
         "the renewed certificate resumes the same host"
     );
-    assert_eq!(srv.metrics.enrolled.load(std::sync::atomic::Ordering::Relaxed), 2);
+    assert_eq!(
+        srv.metrics
+            .enrolled
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
     srv.shutdown().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -209,8 +249,14 @@ async fn a_flooding_host_is_slowed_then_refused_with_a_retry_pushback() {
             Err(s) => break s,
         }
     };
-    assert!(matches!(frames[1], Some(server_frame::Frame::Throttle(t)) if t.max_records_per_sec == 1000 && t.retry_after_ms > 0), "{frames:?}");
-    assert!(matches!(frames[2], Some(server_frame::Frame::Ack(a)) if a.up_to_seq == 8000), "{frames:?}");
+    assert!(
+        matches!(frames[1], Some(server_frame::Frame::Throttle(t)) if t.max_records_per_sec == 1000 && t.retry_after_ms > 0),
+        "{frames:?}"
+    );
+    assert!(
+        matches!(frames[2], Some(server_frame::Frame::Ack(a)) if a.up_to_seq == 8000),
+        "{frames:?}"
+    );
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status}");
     let pushback: u64 = status
         .metadata()
@@ -220,17 +266,29 @@ async fn a_flooding_host_is_slowed_then_refused_with_a_retry_pushback() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!((2_500..=3_000).contains(&pushback), "3000 records short at 1000/s: {pushback} ms");
-    assert_eq!(srv.records(), 8000, "nothing of the refused batch is stored");
+    assert!(
+        (2_500..=3_000).contains(&pushback),
+        "3000 records short at 1000/s: {pushback} ms"
+    );
+    assert_eq!(
+        srv.records(),
+        8000,
+        "nothing of the refused batch is stored"
+    );
     // Another host of the clinic has its own budget.
     let other = pki::client_cert(&p.ca, "clinic-a", "ws2", 30).unwrap();
     let mut c2 = client(&srv.url, &p.ca, Some(&other)).await.unwrap();
     assert_eq!(
-        exchange(&mut c2, vec![hello("clinic-a", "ws2", 1), batch(1, 1, 100)]).await.unwrap(),
+        exchange(&mut c2, vec![hello("clinic-a", "ws2", 1), batch(1, 1, 100)])
+            .await
+            .unwrap(),
         vec![0, 100]
     );
     let m = srv.metrics.render();
-    assert!(m.contains("clinicwatch_collector_rejected_total{reason=\"throttled\"} 1\n"), "{m}");
+    assert!(
+        m.contains("clinicwatch_collector_rejected_total{reason=\"throttled\"} 1\n"),
+        "{m}"
+    );
     srv.shutdown().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -246,7 +304,10 @@ async fn malformed_and_oversized_frames_are_invalid_argument() {
     // Field 2 (batch) with a length running past the end; then a frame of 5 MiB.
     for (frame, says) in [
         (vec![0x12, 0xff, 0xff, 0x03, 0x01], "malformed frame"),
-        (vec![0u8; clinicwatch_proto::MAX_FRAME_BYTES + 1], "too large"),
+        (
+            vec![0u8; clinicwatch_proto::MAX_FRAME_BYTES + 1],
+            "too large",
+        ),
     ] {
         let e = support::raw::send(ch().await.unwrap(), vec![hello.clone(), frame])
             .await
@@ -257,11 +318,16 @@ async fn malformed_and_oversized_frames_are_invalid_argument() {
     // The stream survived neither, but the host can connect again and send.
     let mut c = client(&srv.url, &p.ca, Some(&me)).await.unwrap();
     assert_eq!(
-        exchange(&mut c, vec![hello_frame(), batch(1, 1, 2)]).await.unwrap(),
+        exchange(&mut c, vec![hello_frame(), batch(1, 1, 2)])
+            .await
+            .unwrap(),
         vec![0, 2]
     );
     let m = srv.metrics.render();
-    assert!(m.contains("clinicwatch_collector_rejected_total{reason=\"invalid\"} 2\n"), "{m}");
+    assert!(
+        m.contains("clinicwatch_collector_rejected_total{reason=\"invalid\"} 2\n"),
+        "{m}"
+    );
     srv.shutdown().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -289,7 +355,9 @@ async fn heartbeats_health_metrics_and_scheduled_retention() {
     };
     // A heartbeat is answered with an ack of what is stored.
     assert_eq!(
-        exchange(&mut c, vec![hello_frame(), batch(1, 1, 9), hb]).await.unwrap(),
+        exchange(&mut c, vec![hello_frame(), batch(1, 1, 9), hb])
+            .await
+            .unwrap(),
         vec![0, 9, 9]
     );
     let hosts = srv.hosts();
@@ -306,12 +374,18 @@ async fn heartbeats_health_metrics_and_scheduled_retention() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(st.status(), tonic_health::pb::health_check_response::ServingStatus::Serving);
+    assert_eq!(
+        st.status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
 
     // Prometheus over HTTP.
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    tokio::spawn(clinicwatch_collector::metrics::serve(l, srv.metrics.clone()));
+    tokio::spawn(clinicwatch_collector::metrics::serve(
+        l,
+        srv.metrics.clone(),
+    ));
     let get = |path: &'static str| async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -324,19 +398,35 @@ async fn heartbeats_health_metrics_and_scheduled_retention() {
     };
     let m = get("/metrics").await;
     assert!(m.starts_with("HTTP/1.1 200"), "{m}");
-    assert!(m.contains("clinicwatch_collector_records_accepted_total 9\n"), "{m}");
-    assert!(m.contains("clinicwatch_host_spooled_records{clinic=\"clinic-a\",host=\"ws1\"} 42\n"), "{m}");
-    assert!(m.contains("clinicwatch_host_lag_seconds{clinic=\"clinic-a\",host=\"ws1\"}"), "{m}");
+    assert!(
+        m.contains("clinicwatch_collector_records_accepted_total 9\n"),
+        "{m}"
+    );
+    assert!(
+        m.contains("clinicwatch_host_spooled_records{clinic=\"clinic-a\",host=\"ws1\"} 42\n"),
+        "{m}"
+    );
+    assert!(
+        m.contains("clinicwatch_host_lag_seconds{clinic=\"clinic-a\",host=\"ws1\"}"),
+        "{m}"
+    );
     assert!(get("/healthz").await.starts_with("HTTP/1.1 200"));
     assert!(get("/nope").await.starts_with("HTTP/1.1 404"));
 
     // Retention: the 6 summaries go after 3 s; the 3 findings stay.
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while srv.records() != 3 {
-        assert!(std::time::Instant::now() < deadline, "retention did not run: {} records", srv.records());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "retention did not run: {} records",
+            srv.records()
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert_eq!(srv.store.lock().unwrap().findings_since(0.0).unwrap().len(), 3);
+    assert_eq!(
+        srv.store.lock().unwrap().findings_since(0.0).unwrap().len(),
+        3
+    );
     srv.shutdown().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -344,9 +434,9 @@ async fn heartbeats_health_metrics_and_scheduled_retention() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_collectors_on_one_postgres_share_dedup_and_resume() {
     // The PostgreSQL client blocks: off the async threads.
-    let Some(url) = blocking(|| {
-        support::pg::database("two_collectors_on_one_postgres_share_dedup_and_resume")
-    }) else {
+    let Some(url) =
+        blocking(|| support::pg::database("two_collectors_on_one_postgres_share_dedup_and_resume"))
+    else {
         return;
     };
     let p = new_pki();
@@ -358,17 +448,26 @@ async fn two_collectors_on_one_postgres_share_dedup_and_resume() {
     let me = pki::client_cert(&p.ca, "clinic-a", "ws1", 30).unwrap();
     let mut ca = client(&a.url, &p.ca, Some(&me)).await.unwrap();
     assert_eq!(
-        exchange(&mut ca, vec![hello_frame(), batch(1, 1, 50)]).await.unwrap(),
+        exchange(&mut ca, vec![hello_frame(), batch(1, 1, 50)])
+            .await
+            .unwrap(),
         vec![0, 50]
     );
     // The agent's next connection lands on the other collector, having lost the last ack.
     let mut cb = client(&b.url, &p.ca, Some(&me)).await.unwrap();
     assert_eq!(
-        exchange(&mut cb, vec![hello_frame(), batch(1, 41, 20)]).await.unwrap(),
+        exchange(&mut cb, vec![hello_frame(), batch(1, 41, 20)])
+            .await
+            .unwrap(),
         vec![50, 60],
         "collector b knows where a stopped"
     );
-    assert_eq!(b.metrics.duplicates.load(std::sync::atomic::Ordering::Relaxed), 10);
+    assert_eq!(
+        b.metrics
+            .duplicates
+            .load(std::sync::atomic::Ordering::Relaxed),
+        10
+    );
     assert_eq!(a.records(), 60);
     assert_eq!(b.records(), 60);
     a.shutdown().await;

@@ -3,9 +3,7 @@
 
 mod support;
 
-use clinicwatch_collector::store::{
-    self, HostKey, Ingested, Pruned, Store, MAX_BATCH_RECORDS,
-};
+use clinicwatch_collector::store::{self, HostKey, Ingested, Pruned, Store, MAX_BATCH_RECORDS};
 use clinicwatch_proto::v1::{Batch, Heartbeat, Hello};
 use support::raw_batch as batch;
 
@@ -50,21 +48,46 @@ fn conformance(mut s: Box<dyn Store>, reopen: &dyn Fn() -> Box<dyn Store>) {
     let b = host("clinic-b");
     s.hello(&b, &hello, 3.0).unwrap();
     assert_eq!(s.ingest(&b, &batch(7, 1, 5), 3.0).unwrap().stored, 5);
-    s.heartbeat(&a, &Heartbeat { time: 3.5, spooled: 12, dropped: 2 }, 3.5)
-        .unwrap();
+    s.heartbeat(
+        &a,
+        &Heartbeat {
+            time: 3.5,
+            spooled: 12,
+            dropped: 2,
+        },
+        3.5,
+    )
+    .unwrap();
     drop(s);
     let mut s = reopen();
     assert_eq!(s.record_count().unwrap(), 45);
-    assert_eq!(s.hello(&a, &hello, 4.0).unwrap(), 40, "resume after the stored records");
-    let other_epoch = Hello { epoch: 8, ..hello.clone() };
-    assert_eq!(s.hello(&a, &other_epoch, 4.0).unwrap(), 0, "a new epoch starts from 0");
+    assert_eq!(
+        s.hello(&a, &hello, 4.0).unwrap(),
+        40,
+        "resume after the stored records"
+    );
+    let other_epoch = Hello {
+        epoch: 8,
+        ..hello.clone()
+    };
+    assert_eq!(
+        s.hello(&a, &other_epoch, 4.0).unwrap(),
+        0,
+        "a new epoch starts from 0"
+    );
     let f = s.findings_since(0.0).unwrap();
     assert_eq!(f.iter().filter(|f| f.clinic == "clinic-a").count(), 13);
     assert_eq!(f.iter().filter(|f| f.clinic == "clinic-b").count(), 1);
-    assert!(f.windows(2).all(|w| w[0].time <= w[1].time), "ordered by time");
+    assert!(
+        f.windows(2).all(|w| w[0].time <= w[1].time),
+        "ordered by time"
+    );
     let hosts = s.hosts().unwrap();
     assert_eq!(hosts.len(), 2);
-    assert_eq!((hosts[0].clinic.as_str(), hosts[0].spooled, hosts[0].dropped), ("clinic-a", 12, 2));
+    assert_eq!(
+        (hosts[0].clinic.as_str(), hosts[0].spooled, hosts[0].dropped),
+        ("clinic-a", 12, 2)
+    );
     assert_eq!(hosts[0].agent_version, "0.1.0");
     // Retention: summaries received before 10 go, findings (time < 0) stay.
     assert_eq!(
@@ -106,7 +129,11 @@ fn conformance(mut s: Box<dyn Store>, reopen: &dyn Fn() -> Box<dyn Store>) {
         let e = s.ingest(&a, &b, 1.0).unwrap_err().to_string();
         assert!(e.contains(why), "{e}");
     }
-    assert_eq!(s.record_count().unwrap(), before, "nothing of a bad batch is stored");
+    assert_eq!(
+        s.record_count().unwrap(),
+        before,
+        "nothing of a bad batch is stored"
+    );
 }
 
 #[test]
@@ -129,7 +156,10 @@ fn postgres_store() {
     // other, and either tells the agent where to resume.
     let (mut c1, mut c2) = (open(), open());
     let h = host("clinic-z");
-    let hello = Hello { epoch: 1, ..Default::default() };
+    let hello = Hello {
+        epoch: 1,
+        ..Default::default()
+    };
     c1.hello(&h, &hello, 1.0).unwrap();
     c1.ingest(&h, &batch(1, 1, 10), 1.0).unwrap();
     assert_eq!(c2.hello(&h, &hello, 2.0).unwrap(), 10);

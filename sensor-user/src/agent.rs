@@ -310,7 +310,9 @@ impl Agent {
                 dir: cfg.agent.state_dir.join("spool"),
                 max_bytes: cfg.export.spool_max_mb << 20,
                 segment_bytes: 4 << 20,
-                fsync_each: false,
+                // Records are few (summaries per window, findings, health): each is on disk
+                // before the next, so a power loss loses none that was spooled.
+                fsync_each: true,
             })?;
             let spool = Arc::new(Mutex::new(spool));
             let hello = clinicwatch_proto::v1::Hello {

@@ -63,11 +63,7 @@ pub(crate) fn domain_of(url: &str) -> String {
 }
 
 /// An endpoint for the collector: TLS with the CA, and our identity when we have one.
-pub(crate) fn endpoint(
-    url: &str,
-    ca: &str,
-    me: Option<(&str, &str)>,
-) -> anyhow::Result<Endpoint> {
+pub(crate) fn endpoint(url: &str, ca: &str, me: Option<(&str, &str)>) -> anyhow::Result<Endpoint> {
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca))
         .domain_name(domain_of(url));
@@ -218,7 +214,11 @@ async fn until_ack(
             }
             Some(server_frame::Frame::Throttle(t)) => {
                 *pace = Duration::from_millis(t.retry_after_ms as u64);
-                tracing::debug!(retry_after_ms = t.retry_after_ms, max = t.max_records_per_sec, "throttled by the collector");
+                tracing::debug!(
+                    retry_after_ms = t.retry_after_ms,
+                    max = t.max_records_per_sec,
+                    "throttled by the collector"
+                );
             }
             Some(server_frame::Frame::Policy(_)) | None => {}
         }
@@ -330,7 +330,10 @@ async fn session(
 mod tests {
     #[test]
     fn the_domain_is_the_urls_host() {
-        assert_eq!(super::domain_of("https://collector.example:7443"), "collector.example");
+        assert_eq!(
+            super::domain_of("https://collector.example:7443"),
+            "collector.example"
+        );
         assert_eq!(super::domain_of("https://localhost"), "localhost");
         assert_eq!(super::domain_of("https://[::1]:7443/"), "::1");
     }

@@ -123,7 +123,9 @@ fn main() -> anyhow::Result<()> {
             }
             let token = if token == "-" {
                 let mut t = String::new();
-                std::io::stdin().read_line(&mut t).context("cannot read the token from stdin")?;
+                std::io::stdin()
+                    .read_line(&mut t)
+                    .context("cannot read the token from stdin")?;
                 t
             } else {
                 token
@@ -131,7 +133,11 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let not_after = rt.block_on(clinicwatch_agent::enroll::enroll(&cfg.export, &token, force))?;
+            let not_after = rt.block_on(clinicwatch_agent::enroll::enroll(
+                &cfg.export,
+                &token,
+                force,
+            ))?;
             println!(
                 "enrolled {}/{}: certificate in {} until {}",
                 cfg.export.clinic,

@@ -40,20 +40,25 @@ fn setup(name: &str, cfg: Config, nb: i64, na: i64) -> Setup {
     // The host certificate, with the lifetime asked for.
     let key = rcgen::KeyPair::generate().unwrap();
     let mut p = rcgen::CertificateParams::default();
-    p.distinguished_name.push(rcgen::DnType::OrganizationName, "clinic-a");
+    p.distinguished_name
+        .push(rcgen::DnType::OrganizationName, "clinic-a");
     p.distinguished_name.push(rcgen::DnType::CommonName, "ws1");
     p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     let t = |s: i64| std::time::UNIX_EPOCH + Duration::from_secs(s as u64);
     p.not_before = t(nb).into();
     p.not_after = t(na).into();
-    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca.cert, rcgen::KeyPair::from_pem(&ca.key).unwrap()).unwrap();
+    let issuer =
+        rcgen::Issuer::from_ca_cert_pem(&ca.cert, rcgen::KeyPair::from_pem(&ca.key).unwrap())
+            .unwrap();
     let cert = p.signed_by(&key, &issuer).unwrap();
     std::fs::write(dir.join("ca.pem"), &ca.cert).unwrap();
     std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
     std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
 
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
     let port = listener.local_addr().unwrap().port();
     let st: clinicwatch_collector::ingest::SharedStore = Arc::new(Mutex::new(
         store::open(&dir.join("c.db").display().to_string()).unwrap(),
@@ -148,9 +153,11 @@ fn a_backlog_drains_at_the_collectors_pace_then_heartbeats_keep_the_host_alive()
     let sp = spool(&s.dir, n);
     let started = Instant::now();
     let ex = Exporter::start(&s.export, sp.clone(), hello()).unwrap();
-    wait_until("the backlog at the collector", Duration::from_secs(60), || {
-        sp.lock().unwrap().acked() == n
-    });
+    wait_until(
+        "the backlog at the collector",
+        Duration::from_secs(60),
+        || sp.lock().unwrap().acked() == n,
+    );
     let took = started.elapsed();
     let m = &s.collector;
     let (throttles, refused) = (
@@ -159,9 +166,15 @@ fn a_backlog_drains_at_the_collectors_pace_then_heartbeats_keep_the_host_alive()
     );
     eprintln!("{n} records in {took:?}: {throttles} throttles, {refused} refusals with pushback");
     // 10,000 at once, then 15,000 at 5,000/s: at least about 3 s.
-    assert!(took >= Duration::from_millis(2500), "faster than the limit: {took:?}");
+    assert!(
+        took >= Duration::from_millis(2500),
+        "faster than the limit: {took:?}"
+    );
     assert!(throttles >= 1, "the collector slowed the host down");
-    assert!(refused <= 3, "the exporter obeys rather than hammering: {refused} refusals");
+    assert!(
+        refused <= 3,
+        "the exporter obeys rather than hammering: {refused} refusals"
+    );
     assert_eq!(m.accepted.load(Ordering::Relaxed), n);
     assert_eq!(m.duplicates.load(Ordering::Relaxed), 0);
     // Idle: heartbeats say the spool is empty.
@@ -178,18 +191,28 @@ fn a_backlog_drains_at_the_collectors_pace_then_heartbeats_keep_the_host_alive()
 #[test]
 fn a_certificate_in_its_last_third_is_renewed_and_used() {
     // Valid 30 days, 25 of them gone.
-    let s = setup("renew", Config::default(), now() - 25 * 86_400, now() + 5 * 86_400);
+    let s = setup(
+        "renew",
+        Config::default(),
+        now() - 25 * 86_400,
+        now() + 5 * 86_400,
+    );
     let before = std::fs::read_to_string(&s.export.cert_file).unwrap();
     let sp = spool(&s.dir, 10);
     let ex = Exporter::start(&s.export, sp.clone(), hello()).unwrap();
-    wait_until("the records at the collector", Duration::from_secs(30), || {
-        sp.lock().unwrap().acked() == 10
-    });
+    wait_until(
+        "the records at the collector",
+        Duration::from_secs(30),
+        || sp.lock().unwrap().acked() == 10,
+    );
     ex.stop();
     let after = std::fs::read_to_string(&s.export.cert_file).unwrap();
     assert_ne!(before, after, "renewed");
     let (nb, na) = clinicwatch_agent::enroll::lifetime(&after).unwrap();
-    assert!(na - now() > 29 * 86_400 && nb <= now(), "a fresh 30-day certificate");
+    assert!(
+        na - now() > 29 * 86_400 && nb <= now(),
+        "a fresh 30-day certificate"
+    );
     assert_eq!(s.collector.enrolled.load(Ordering::Relaxed), 1);
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(&s.export.key_file).unwrap().permissions(),
@@ -211,9 +234,11 @@ fn a_refused_batch_waits_out_the_pushback_and_is_sent_again() {
     let sp = spool(&s.dir, n);
     let started = Instant::now();
     let ex = Exporter::start(&s.export, sp.clone(), hello()).unwrap();
-    wait_until("the backlog at the collector", Duration::from_secs(60), || {
-        sp.lock().unwrap().acked() == n
-    });
+    wait_until(
+        "the backlog at the collector",
+        Duration::from_secs(60),
+        || sp.lock().unwrap().acked() == n,
+    );
     let took = started.elapsed();
     ex.stop();
     let refused = s

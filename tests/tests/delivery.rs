@@ -157,7 +157,11 @@ fn findings_reach_the_collector_once_through_an_outage_and_a_restart() {
 fn binary(name: &str) -> PathBuf {
     let me = std::env::current_exe().unwrap();
     let p = me.parent().and_then(Path::parent).unwrap().join(name);
-    assert!(p.is_file(), "`{}` is missing: build the workspace's binaries first (`cargo xtask build`)", p.display());
+    assert!(
+        p.is_file(),
+        "`{}` is missing: build the workspace's binaries first (`cargo xtask build`)",
+        p.display()
+    );
     p
 }
 
@@ -241,13 +245,22 @@ fn agent_kill_9_mid_stream_and_collector_kill_9_mid_batch_lose_and_duplicate_not
     // The collector's folder: CA, server certificate, enrollment key, config.
     let cdir = fx.dir.join("collector");
     let collector_bin = binary("clinicwatch-collector");
-    output(Command::new(&collector_bin).arg("--dir").arg(&cdir).args(["ca", "init", "--name", "localhost"]));
+    output(Command::new(&collector_bin).arg("--dir").arg(&cdir).args([
+        "ca",
+        "init",
+        "--name",
+        "localhost",
+    ]));
     std::fs::write(
         cdir.join("collector.toml"),
         format!("[server]\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n"),
     )
     .unwrap();
-    let token = output(Command::new(&collector_bin).arg("--dir").arg(&cdir).args(["enroll-token", "--clinic", "clinic-k"]));
+    let token = output(Command::new(&collector_bin).arg("--dir").arg(&cdir).args([
+        "enroll-token",
+        "--clinic",
+        "clinic-k",
+    ]));
     let start_collector = || {
         let c = Proc(
             Command::new(&collector_bin)
@@ -293,7 +306,9 @@ fn agent_kill_9_mid_stream_and_collector_kill_9_mid_batch_lose_and_duplicate_not
     );
     assert!(said.contains("enrolled clinic-k/ws9"), "{said}");
     let key_mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(fx.dir.join("tls/key.pem")).unwrap().permissions(),
+        &std::fs::metadata(fx.dir.join("tls/key.pem"))
+            .unwrap()
+            .permissions(),
     );
     assert_eq!(key_mode & 0o777, 0o600, "the key is the host's alone");
     let start_agent = |n: u32| {
@@ -322,7 +337,9 @@ fn agent_kill_9_mid_stream_and_collector_kill_9_mid_batch_lose_and_duplicate_not
     std::thread::sleep(Duration::from_secs(2));
     run(&fx.app, &["shell"]);
     busy(2);
-    wait_until("records at the collector", Duration::from_secs(30), || accepted() > 0.0);
+    wait_until("records at the collector", Duration::from_secs(30), || {
+        accepted() > 0.0
+    });
 
     // 2. The collector freezes with a batch in flight; the agent is killed -9 meanwhile.
     collector1.signal(libc::SIGSTOP);
@@ -361,9 +378,16 @@ fn agent_kill_9_mid_stream_and_collector_kill_9_mid_batch_lose_and_duplicate_not
     };
     {
         let mut s = open();
-        wait_until("the spool drained after the agent's restart", Duration::from_secs(40), || drained(&mut s));
+        wait_until(
+            "the spool drained after the agent's restart",
+            Duration::from_secs(40),
+            || drained(&mut s),
+        );
     }
-    let dups_after_agent_kill = metric(metrics_port, "clinicwatch_collector_records_duplicate_total");
+    let dups_after_agent_kill = metric(
+        metrics_port,
+        "clinicwatch_collector_records_duplicate_total",
+    );
 
     // 4. The collector freezes with a batch in flight and is killed -9; a new one starts.
     collector1.signal(libc::SIGSTOP);
@@ -374,9 +398,16 @@ fn agent_kill_9_mid_stream_and_collector_kill_9_mid_batch_lose_and_duplicate_not
     busy(1);
     {
         let mut s = open();
-        wait_until("the spool drained after the collector's restart", Duration::from_secs(60), || drained(&mut s));
+        wait_until(
+            "the spool drained after the collector's restart",
+            Duration::from_secs(60),
+            || drained(&mut s),
+        );
     }
-    let dups_after_collector_kill = metric(metrics_port, "clinicwatch_collector_records_duplicate_total");
+    let dups_after_collector_kill = metric(
+        metrics_port,
+        "clinicwatch_collector_records_duplicate_total",
+    );
     assert!(agent2.terminate().success());
     let collector_log = std::fs::read_to_string(fx.dir.join("collector.log")).unwrap_or_default();
     collector2.terminate();
@@ -386,14 +417,27 @@ fn agent_kill_9_mid_stream_and_collector_kill_9_mid_batch_lose_and_duplicate_not
     let spool = open_spool();
     assert_eq!(spool.dropped, 0);
     let last = spool.next_seq() - 1;
-    let waiting = spool.read_after(spool.acked(), 1_000_000, usize::MAX).unwrap();
+    let waiting = spool
+        .read_after(spool.acked(), 1_000_000, usize::MAX)
+        .unwrap();
     let mut s = open();
     let stored_to = s.stored_up_to(&host, spool.epoch()).unwrap();
     let stored = s.record_count().unwrap();
-    assert!(stored_to >= spool.acked(), "acked {} but stored only to {stored_to}", spool.acked());
-    assert_eq!(stored, stored_to, "no gap and no duplicate: {stored} rows up to seq {stored_to}");
+    assert!(
+        stored_to >= spool.acked(),
+        "acked {} but stored only to {stored_to}",
+        spool.acked()
+    );
+    assert_eq!(
+        stored, stored_to,
+        "no gap and no duplicate: {stored} rows up to seq {stored_to}"
+    );
     let unsent: Vec<_> = waiting.iter().filter(|e| e.seq > stored_to).collect();
-    assert_eq!(stored + unsent.len() as u64, last, "every spooled record is stored or waiting");
+    assert_eq!(
+        stored + unsent.len() as u64,
+        last,
+        "every spooled record is stored or waiting"
+    );
     assert!(
         stored_to > stored_at_collector_kill,
         "records made while the collector was frozen arrived after its restart"
@@ -407,12 +451,18 @@ fn agent_kill_9_mid_stream_and_collector_kill_9_mid_batch_lose_and_duplicate_not
     for e in unsent {
         use clinicwatch_proto::v1::{record::Body, Record};
         use prost::Message as _;
-        if let Ok(Record { body: Some(Body::Finding(f)), .. }) = Record::decode(e.payload.as_slice()) {
+        if let Ok(Record {
+            body: Some(Body::Finding(f)),
+            ..
+        }) = Record::decode(e.payload.as_slice())
+        {
             at_collector.push((f.rule, (f.time * 1000.0).round() as i64));
         }
     }
     at_collector.sort();
-    let (raised, _) = clinicwatch_agent::report::read_findings(&fx.state_dir().join("findings.jsonl"), 0.0).unwrap();
+    let (raised, _) =
+        clinicwatch_agent::report::read_findings(&fx.state_dir().join("findings.jsonl"), 0.0)
+            .unwrap();
     let mut raised: Vec<(String, i64)> = raised
         .into_iter()
         .map(|f| (f.rule, (f.time * 1000.0).round() as i64))
@@ -420,7 +470,13 @@ fn agent_kill_9_mid_stream_and_collector_kill_9_mid_batch_lose_and_duplicate_not
     raised.sort();
     assert_eq!(at_collector, raised, "each finding exactly once");
     assert!(raised.iter().any(|(r, _)| r == "CW-SUSPICIOUS-CHILD"));
-    assert!(raised.iter().filter(|(r, _)| r == "CW-AGENT-RESTART").count() >= 1);
+    assert!(
+        raised
+            .iter()
+            .filter(|(r, _)| r == "CW-AGENT-RESTART")
+            .count()
+            >= 1
+    );
     eprintln!(
         "{name}: agent killed with {killed_with} records unacked; {stored_at_collector_kill} stored when the collector was killed; at the end {stored} records stored up to seq {stored_to}, {} findings; duplicates refused: {dups_after_agent_kill} after the agent's kill, {dups_after_collector_kill} in total",
         raised.len()

@@ -120,7 +120,8 @@ fn main() -> anyhow::Result<()> {
             setup::setup()?;
             util::build(true)?;
             util::run(
-                std::process::Command::new(util::target_dir().join("release").join(bin)).args(&args),
+                std::process::Command::new(util::target_dir().join("release").join(bin))
+                    .args(&args),
             )
         }
         Cmd::VmTest {

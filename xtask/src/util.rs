@@ -57,7 +57,14 @@ pub fn test(extra: &[String]) -> anyhow::Result<()> {
         .current_dir(root())
         // As root, setup installed PostgreSQL: its tests must run, not skip.
         // SAFETY: plain syscall.
-        .env("CLINICWATCH_EXPECT_PG", if unsafe { libc::geteuid() } == 0 { "1" } else { "0" })
+        .env(
+            "CLINICWATCH_EXPECT_PG",
+            if unsafe { libc::geteuid() } == 0 {
+                "1"
+            } else {
+                "0"
+            },
+        )
         .args([
             "test",
             "--workspace",

@@ -126,7 +126,10 @@ pub fn record_time(r: &Record) -> f64 {
 /// Opens the store a URL names: `postgres://…` or `postgresql://…` (or a libpq key=value
 /// string starting with `host=`) for PostgreSQL, anything else is a SQLite file path.
 pub fn open(spec: &str) -> Result<Box<dyn Store>, StoreError> {
-    if spec.starts_with("postgres://") || spec.starts_with("postgresql://") || spec.starts_with("host=") {
+    if spec.starts_with("postgres://")
+        || spec.starts_with("postgresql://")
+        || spec.starts_with("host=")
+    {
         Ok(Box::new(PgStore::connect(spec)?))
     } else {
         Ok(Box::new(SqliteStore::open(std::path::Path::new(spec))?))

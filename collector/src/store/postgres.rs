@@ -9,9 +9,7 @@ use clinicwatch_proto::v1::{record::Body, Batch, Heartbeat, Hello};
 use postgres::{Client, NoTls};
 use prost::Message;
 
-use super::{
-    kind, validate, HostKey, HostRow, Ingested, Pruned, Store, StoreError, StoredFinding,
-};
+use super::{kind, validate, HostKey, HostRow, Ingested, Pruned, Store, StoreError, StoredFinding};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS hosts (
@@ -174,7 +172,13 @@ impl Store for PgStore {
             c.execute(
                 "UPDATE hosts SET last_seen = $3, spooled = $4, dropped = $5
                  WHERE clinic = $1 AND host = $2",
-                &[&host.clinic, &host.host, &now, &i64_of(hb.spooled), &i64_of(hb.dropped)],
+                &[
+                    &host.clinic,
+                    &host.host,
+                    &now,
+                    &i64_of(hb.spooled),
+                    &i64_of(hb.dropped),
+                ],
             )
             .map(|_| ())
         })

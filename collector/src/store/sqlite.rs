@@ -7,9 +7,7 @@ use clinicwatch_proto::v1::{record::Body, Batch, Heartbeat, Hello};
 use prost::Message;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{
-    kind, validate, HostKey, HostRow, Ingested, Pruned, Store, StoreError, StoredFinding,
-};
+use super::{kind, validate, HostKey, HostRow, Ingested, Pruned, Store, StoreError, StoredFinding};
 
 const SCHEMA: &str = "
 PRAGMA journal_mode = WAL;
@@ -91,7 +89,13 @@ impl Store for SqliteStore {
             .execute(
                 "UPDATE hosts SET last_seen = ?3, spooled = ?4, dropped = ?5
                  WHERE clinic = ?1 AND host = ?2",
-                params![host.clinic, host.host, now, hb.spooled.min(i64::MAX as u64) as i64, hb.dropped.min(i64::MAX as u64) as i64],
+                params![
+                    host.clinic,
+                    host.host,
+                    now,
+                    hb.spooled.min(i64::MAX as u64) as i64,
+                    hb.dropped.min(i64::MAX as u64) as i64
+                ],
             )
             .map_err(db_err(&self.path))?;
         Ok(())
@@ -233,7 +237,10 @@ impl Store for SqliteStore {
             )
             .map_err(&err)? as u64;
         let findings = tx
-            .execute("DELETE FROM findings WHERE time < ?1", params![findings_before])
+            .execute(
+                "DELETE FROM findings WHERE time < ?1",
+                params![findings_before],
+            )
             .map_err(&err)? as u64;
         tx.commit().map_err(&err)?;
         Ok(Pruned { records, findings })

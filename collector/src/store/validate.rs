@@ -63,7 +63,11 @@ pub fn validate(batch: &Batch) -> Result<(), StoreError> {
             }
             Some(Body::Summary(s)) => {
                 let mut t = vec![s.app.as_str()];
-                t.extend(s.destinations.iter().flat_map(|d| [d.ip.as_str(), &d.name, &d.protocol]));
+                t.extend(
+                    s.destinations
+                        .iter()
+                        .flat_map(|d| [d.ip.as_str(), &d.name, &d.protocol]),
+                );
                 t.extend(s.classes.iter().map(|c| c.class.as_str()));
                 t.extend(s.children.iter().map(|c| c.exe.as_str()));
                 t

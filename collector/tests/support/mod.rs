@@ -20,8 +20,8 @@ use clinicwatch_collector::{
     store::{self, Store},
 };
 use clinicwatch_proto::v1::{
-    agent_frame::Frame, ingest_client::IngestClient, record::Body, server_frame, AgentFrame,
-    Batch, Finding, Hello, Record, ServerFrame, WindowSummary,
+    agent_frame::Frame, ingest_client::IngestClient, record::Body, server_frame, AgentFrame, Batch,
+    Finding, Hello, Record, ServerFrame, WindowSummary,
 };
 use tonic::{
     codec::CompressionEncoding,

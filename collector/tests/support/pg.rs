@@ -43,13 +43,12 @@ fn as_user(cmd: &mut Command, uid: u32, gid: u32) -> &mut Command {
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::getuid() == 0 {
-                if libc::setgroups(0, std::ptr::null()) != 0
+            if libc::getuid() == 0
+                && (libc::setgroups(0, std::ptr::null()) != 0
                     || libc::setgid(gid) != 0
-                    || libc::setuid(uid) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
+                    || libc::setuid(uid) != 0)
+            {
+                return Err(std::io::Error::last_os_error());
             }
             // After setuid (which clears it): the server dies with the test process.
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGQUIT);
@@ -68,7 +67,10 @@ fn start() -> Result<String, String> {
     if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(pid) = name.strip_prefix("cw-pg-").and_then(|p| p.parse::<u32>().ok()) {
+            if let Some(pid) = name
+                .strip_prefix("cw-pg-")
+                .and_then(|p| p.parse::<u32>().ok())
+            {
                 if !Path::new(&format!("/proc/{pid}")).exists() {
                     let _ = std::fs::remove_dir_all(e.path());
                 }
@@ -81,14 +83,19 @@ fn start() -> Result<String, String> {
     std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).map_err(|e| e.to_string())?;
     let data = dir.join("data");
     let out = as_user(
-        Command::new(bin.join("initdb")).args(["-A", "trust", "-U", "cw", "-E", "UTF8", "--no-sync", "-D"]).arg(&data),
+        Command::new(bin.join("initdb"))
+            .args(["-A", "trust", "-U", "cw", "-E", "UTF8", "--no-sync", "-D"])
+            .arg(&data),
         uid,
         gid,
     )
     .output()
     .map_err(|e| format!("initdb: {e}"))?;
     if !out.status.success() {
-        return Err(format!("initdb failed: {}", String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
     let port = 50_000 + (std::process::id() % 10_000) as u16;
     // The server is started from a thread that lives as long as the process, so that the
@@ -102,9 +109,19 @@ fn start() -> Result<String, String> {
                 .arg(&d)
                 .args(["-k"])
                 .arg(&s)
-                .args(["-c", "listen_addresses=", "-c", "fsync=on", "-p", &port.to_string()])
+                .args([
+                    "-c",
+                    "listen_addresses=",
+                    "-c",
+                    "fsync=on",
+                    "-p",
+                    &port.to_string(),
+                ])
                 .stdout(std::process::Stdio::null())
-                .stderr(std::fs::File::create(s.join("postgres.log")).map_or(std::process::Stdio::null(), Into::into)),
+                .stderr(
+                    std::fs::File::create(s.join("postgres.log"))
+                        .map_or(std::process::Stdio::null(), Into::into),
+                ),
             uid,
             gid,
         )
@@ -143,7 +160,11 @@ pub fn database(test: &str) -> Option<String> {
             return None;
         }
     };
-    let name = format!("cw_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
+    let name = format!(
+        "cw_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    );
     let mut admin = postgres::Client::connect(&format!("{base} dbname=postgres"), postgres::NoTls)
         .unwrap_or_else(|e| panic!("{test}: cannot connect to PostgreSQL at `{base}`: {e}"));
     admin

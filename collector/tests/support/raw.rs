@@ -46,8 +46,11 @@ impl Decoder for Dec {
 /// Sends `frames` as they are; the status that ends the stream (Ok if it ends cleanly).
 pub async fn send(ch: tonic::transport::Channel, frames: Vec<Vec<u8>>) -> Result<usize, Status> {
     let mut g = tonic::client::Grpc::new(ch).max_encoding_message_size(64 << 20);
-    g.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/clinicwatch.v1.Ingest/Stream");
+    g.ready()
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    let path =
+        tonic::codegen::http::uri::PathAndQuery::from_static("/clinicwatch.v1.Ingest/Stream");
     let mut replies = g
         .streaming(tonic::Request::new(tokio_stream::iter(frames)), path, Raw)
         .await?

@@ -11,8 +11,8 @@ use std::{
 use anyhow::{bail, Context as _};
 use clinicwatch_collector::pki;
 use clinicwatch_proto::v1::{
-    agent_frame::Frame, ingest_client::IngestClient, record::Body, server_frame, AgentFrame,
-    Batch, ClassStats, Destination, Finding, Hello, Record, WindowSummary,
+    agent_frame::Frame, ingest_client::IngestClient, record::Body, server_frame, AgentFrame, Batch,
+    ClassStats, Destination, Finding, Hello, Record, WindowSummary,
 };
 use tonic::{
     codec::CompressionEncoding,
@@ -29,7 +29,7 @@ pub struct Options {
 
 /// A record as an agent sends it: a window summary (one in 50 a finding).
 fn record(seq: u64) -> Record {
-    let body = if seq % 50 == 0 {
+    let body = if seq.is_multiple_of(50) {
         Body::Finding(Finding {
             rule: "CW-NEW-DESTINATION".into(),
             severity: 3,
@@ -88,12 +88,9 @@ struct Agent {
     tls: Option<(Arc<String>, pki::Pem)>,
 }
 
-type Client = IngestClient<
-    tonic::service::interceptor::InterceptedService<
-        Channel,
-        Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>,
-    >,
->;
+/// Adds the identity metadata to each request.
+type Meta = Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
+type Client = IngestClient<tonic::service::interceptor::InterceptedService<Channel, Meta>>;
 
 async fn connect(a: &Agent, port: u16) -> anyhow::Result<Client> {
     let ch = match &a.tls {
@@ -116,9 +113,7 @@ async fn connect(a: &Agent, port: u16) -> anyhow::Result<Client> {
         }
     };
     let (clinic, host) = (a.clinic.clone(), a.host.clone());
-    let meta: Box<
-        dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send,
-    > = Box::new(move |mut r: tonic::Request<()>| {
+    let meta: Meta = Box::new(move |mut r: tonic::Request<()>| {
         // Read only by the plaintext collector (identity from metadata); ignored with TLS.
         if let (Ok(c), Ok(h)) = (clinic.parse(), host.parse()) {
             r.metadata_mut().insert("x-clinicwatch-clinic", c);
@@ -243,16 +238,27 @@ struct Throughput {
     cpu: Duration,
 }
 
+/// One throughput scenario.
+struct Scenario {
+    name: &'static str,
+    tls: bool,
+    per_agent: u64,
+    per_batch: u64,
+}
+
 fn throughput(
     rt: &tokio::runtime::Runtime,
     root: &Path,
-    name: &'static str,
-    tls: bool,
+    sc: Scenario,
     agents: &[Agent],
-    per_agent: u64,
-    per_batch: u64,
     idle: Duration,
 ) -> anyhow::Result<Throughput> {
+    let Scenario {
+        name,
+        tls,
+        per_agent,
+        per_batch,
+    } = sc;
     let server = start_server(root, name, tls)?;
     let port = server.port;
     let started = Instant::now();
@@ -275,7 +281,10 @@ fn throughput(
     let wall = started.elapsed();
     let cpu = stop_server(server)?.saturating_sub(idle);
     if acked != per_agent * agents.len() as u64 {
-        bail!("{name}: {acked} records acked, not {}", per_agent * agents.len() as u64);
+        bail!(
+            "{name}: {acked} records acked, not {}",
+            per_agent * agents.len() as u64
+        );
     }
     Ok(Throughput {
         name,
@@ -308,7 +317,11 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
             })
         })
         .collect::<anyhow::Result<_>>()?;
-    eprintln!("{} client certificates in {:.1?}", agents.len(), t.elapsed());
+    eprintln!(
+        "{} client certificates in {:.1?}",
+        agents.len(),
+        t.elapsed()
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -328,7 +341,13 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         ("batched, no TLS", false, o.records, o.batch),
         ("one per frame, no TLS", false, o.single_records, 1),
     ] {
-        let r = throughput(&rt, &root, name, tls, few, per, batch, idle)?;
+        let sc = Scenario {
+            name,
+            tls,
+            per_agent: per,
+            per_batch: batch,
+        };
+        let r = throughput(&rt, &root, sc, few, idle)?;
         eprintln!(
             "  {:<24} {:>8} records in {:>6.2} s wall, {:>6.2} s collector CPU",
             r.name,
@@ -384,7 +403,10 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
 
     let per_cpu = |r: &Throughput| r.records as f64 / r.cpu.as_secs_f64().max(1e-9);
     println!("\ningest: collector events per CPU-second (SQLite, synchronous=FULL, zstd; {} agents at once, one frame in flight each)", o.agents);
-    println!("{:<24} {:>10} {:>10} {:>12} {:>16}", "scenario", "records", "wall s", "CPU s", "events/CPU-s");
+    println!(
+        "{:<24} {:>10} {:>10} {:>12} {:>16}",
+        "scenario", "records", "wall s", "CPU s", "events/CPU-s"
+    );
     for r in &rows {
         println!(
             "{:<24} {:>10} {:>10.2} {:>12.2} {:>16.0}",
@@ -395,7 +417,12 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
             per_cpu(r)
         );
     }
-    let get = |n: &str| rows.iter().find(|r| r.name == n).map(per_cpu).unwrap_or(0.0);
+    let get = |n: &str| {
+        rows.iter()
+            .find(|r| r.name == n)
+            .map(per_cpu)
+            .unwrap_or(0.0)
+    };
     println!(
         "ratios: batched / one-per-frame = {:.1}x with TLS, {:.1}x without; TLS off / on = {:.2}x batched, {:.2}x one-per-frame",
         get("batched, TLS") / get("one per frame, TLS").max(1e-9),

@@ -14,7 +14,9 @@ use clinicwatch_collector::{
 };
 
 pub fn serve(dir: &Path, tls: bool) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let mut cfg = Config::default();
         cfg.limits.records_per_sec = u32::MAX;
