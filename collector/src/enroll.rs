@@ -20,7 +20,11 @@ use tonic::{Request, Response, Status};
 
 use clinicwatch_proto::v1::{enroll_server::Enroll, EnrollRequest, EnrollResponse};
 
-use crate::pki::Pem;
+use crate::{
+    ingest::{on_store, SharedStore},
+    pki::Pem,
+    store::{Enrollment, HostKey},
+};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum TokenError {
@@ -146,10 +150,27 @@ pub fn sign_csr(
     Ok((cert.pem(), secs))
 }
 
+/// Whether a certificate with this key may act for the host. A host that never enrolled
+/// (its certificate was made by hand with `issue`) passes; a revoked host, or a key that is
+/// not the one it last enrolled or renewed with, does not.
+pub fn check_key(e: Option<&Enrollment>, key_sha256: &str) -> Result<(), String> {
+    match e {
+        None => Ok(()),
+        Some(e) if e.revoked => {
+            Err("this host was unenrolled: enroll it again with a token".into())
+        }
+        Some(e) if e.key_sha256 != key_sha256 => {
+            Err("this certificate was replaced by a later enrollment or renewal of the host".into())
+        }
+        Some(_) => Ok(()),
+    }
+}
+
 pub struct EnrollService {
     pub ca: Pem,
     pub token_key: Vec<u8>,
     pub cert_days: u32,
+    pub store: SharedStore,
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
@@ -160,41 +181,73 @@ impl Enroll for EnrollService {
         req: Request<EnrollRequest>,
     ) -> Result<Response<EnrollResponse>, Status> {
         let renewing = req.get_ref().token.is_empty();
-        let (clinic, host) = if renewing {
-            let who = crate::ingest::host_of(&req)?;
-            (who.clinic, who.host)
+        let (host, presented) = if renewing {
+            let (who, key) = crate::ingest::peer_of(&req)?;
+            (who, Some(key))
         } else {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
             let clinic = check_token(&self.token_key, &req.get_ref().token, now)
                 .map_err(|e| Status::unauthenticated(e.to_string()))?;
-            (clinic, req.get_ref().host_id.clone())
+            let host = HostKey {
+                clinic,
+                host: req.get_ref().host_id.clone(),
+            };
+            (host, None)
         };
-        if !valid_id(&host) {
+        let (clinic, hostname) = (host.clinic.clone(), host.host.clone());
+        if !valid_id(&hostname) {
             return Err(Status::invalid_argument(format!(
                 "host id `{}` must be 1 to 64 letters, digits, `.`, `_` or `-`",
-                host.escape_debug()
+                hostname.escape_debug()
             )));
         }
-        if renewing && req.get_ref().host_id != host {
+        if renewing && req.get_ref().host_id != hostname {
             return Err(Status::permission_denied(format!(
-                "this certificate is for {clinic}/{host}, not {}",
+                "this certificate is for {clinic}/{hostname}, not {}",
                 req.get_ref().host_id.escape_debug()
             )));
+        }
+        let h = host.clone();
+        let existing = on_store(&self.store, &self.metrics, move |s| s.enrollment(&h)).await?;
+        match (&presented, &existing) {
+            // A token enrolls a new host, or one an operator unenrolled; it does not take
+            // over a host that is enrolled.
+            (None, Some(e)) if !e.revoked => {
+                return Err(Status::already_exists(format!(
+                    "{clinic}/{hostname} is already enrolled; to enroll it again (a reinstalled \
+                     host), run `clinicwatch-collector unenroll --clinic {clinic} --host {hostname}` first"
+                )));
+            }
+            (Some(key), e) => check_key(e.as_ref(), key).map_err(Status::permission_denied)?,
+            _ => {}
         }
         let (cert_pem, not_after) = sign_csr(
             &self.ca,
             &req.get_ref().csr_pem,
             &clinic,
-            &host,
+            &hostname,
             self.cert_days,
         )
         .map_err(Status::invalid_argument)?;
+        let key = crate::pki::pem_to_der(&cert_pem)
+            .and_then(|der| crate::pki::key_fingerprint(&der))
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let record = Enrollment {
+            key_sha256: key,
+            revoked: false,
+            updated: crate::ingest::now(),
+        };
+        let h = host.clone();
+        on_store(&self.store, &self.metrics, move |s| {
+            s.set_enrollment(&h, &record)
+        })
+        .await?;
         self.metrics
             .enrolled
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::info!(%clinic, %host, renewing, "certificate issued");
+        tracing::info!(%clinic, host = %hostname, renewing, "certificate issued");
         Ok(Response::new(EnrollResponse {
             cert_pem,
             ca_pem: self.ca.cert.clone(),

@@ -63,8 +63,9 @@ pub fn now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// The host a request comes from: its client certificate, or `unauthenticated`.
-pub(crate) fn host_of<T>(req: &Request<T>) -> Result<HostKey, Status> {
+/// The host a request comes from and its key's fingerprint: its client certificate, or
+/// `unauthenticated`.
+pub(crate) fn peer_of<T>(req: &Request<T>) -> Result<(HostKey, String), Status> {
     let certs = req
         .peer_certs()
         .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
@@ -73,7 +74,9 @@ pub(crate) fn host_of<T>(req: &Request<T>) -> Result<HostKey, Status> {
         .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
     let (clinic, host) =
         crate::pki::identity(der).map_err(|e| Status::unauthenticated(e.to_string()))?;
-    Ok(HostKey { clinic, host })
+    let key =
+        crate::pki::key_fingerprint(der).map_err(|e| Status::unauthenticated(e.to_string()))?;
+    Ok((HostKey { clinic, host }, key))
 }
 
 fn host_from_metadata<T>(req: &Request<T>) -> Result<HostKey, Status> {
@@ -156,9 +159,11 @@ impl Ingest for IngestService {
         req: Request<Streaming<AgentFrame>>,
     ) -> Result<Response<Frames>, Status> {
         let metrics = self.metrics.clone();
-        let host = match self.identity {
-            IdentitySource::PeerCertificate => host_of(&req),
-            IdentitySource::TrustedMetadataForBenchmarks => host_from_metadata(&req),
+        let (host, key) = match self.identity {
+            IdentitySource::PeerCertificate => peer_of(&req).map(|(h, k)| (h, Some(k))),
+            IdentitySource::TrustedMetadataForBenchmarks => {
+                host_from_metadata(&req).map(|h| (h, None))
+            }
         }
         .inspect_err(|_| metrics.reject(Rejection::Unauthenticated))?;
         let open = metrics.streams_active.fetch_add(1, Ordering::Relaxed) + 1;
@@ -217,7 +222,28 @@ impl Ingest for IngestService {
                 let t = now();
                 let reply: Result<Vec<ServerFrame>, Status> = match frame.frame {
                     Some(Frame::Hello(h)) => {
-                        if h.clinic_id != host.clinic || h.host_id != host.host {
+                        let h2 = host.clone();
+                        let enrolled = match &key {
+                            Some(_) => on_store(&store, &metrics, move |s| s.enrollment(&h2)).await,
+                            None => Ok(None),
+                        };
+                        let refused = match (&enrolled, &key) {
+                            (Err(s), _) => Some(s.clone()),
+                            (Ok(e), Some(k)) => crate::enroll::check_key(e.as_ref(), k)
+                                .err()
+                                .map(Status::permission_denied),
+                            _ => None,
+                        };
+                        if let Some(s) = refused {
+                            if s.code() == tonic::Code::PermissionDenied {
+                                metrics.reject(Rejection::Permission);
+                                tracing::warn!(%clinic, host = %hostname, why = %s.message(), "certificate refused");
+                            }
+                            Err(s)
+                        } else if let Err(e) = crate::store::validate_hello(&h) {
+                            metrics.reject(Rejection::Invalid);
+                            Err(Status::invalid_argument(e.to_string()))
+                        } else if h.clinic_id != host.clinic || h.host_id != host.host {
                             metrics.reject(Rejection::Permission);
                             Err(Status::permission_denied(format!(
                                 "this certificate is for {}/{}, not {}/{}",
@@ -287,10 +313,15 @@ impl Ingest for IngestService {
                                         b.records.iter().map(record_time).fold(0.0, f64::max);
                                     let host2 = host.clone();
                                     let started = Instant::now();
+                                    let n = b.records.len();
                                     let r = on_store(&store, &metrics, move |s| {
                                         s.ingest(&host2, &b, t)
                                     })
                                     .await;
+                                    if r.is_err() {
+                                        // Not stored: the resend should not pay twice.
+                                        limiter.refund(&host, n);
+                                    }
                                     metrics.store_micros.fetch_add(
                                         started.elapsed().as_micros() as u64,
                                         Ordering::Relaxed,

@@ -75,6 +75,19 @@ impl Limiter {
         }
     }
 
+    /// Gives back what a batch took when it was not stored after all (refused, or the store
+    /// failed), so that resends after an outage are not counted twice.
+    pub fn refund(&self, host: &HostKey, n: usize) {
+        if let Some(b) = self
+            .buckets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(host)
+        {
+            b.tokens = (b.tokens + n as f64).min(self.burst);
+        }
+    }
+
     /// Forgets hosts idle long enough to have a full bucket again (bounded memory).
     pub fn sweep(&self, now: Instant) {
         let full = std::time::Duration::from_secs_f64(self.burst / self.rate);

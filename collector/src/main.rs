@@ -1,5 +1,5 @@
-//! `clinicwatch-collector`: `ca init`, `enroll-token`, `issue` (a host certificate by hand),
-//! `serve`.
+//! `clinicwatch-collector`: `ca init`, `enroll-token`, `unenroll`, `issue` (a host
+//! certificate by hand), `serve`.
 
 use std::{
     io::Write as _,
@@ -49,6 +49,20 @@ enum Cmd {
         days: i64,
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Refuse every certificate of a host until it enrolls again with a token (a stolen key,
+    /// a decommissioned or reinstalled machine).
+    Unenroll {
+        #[arg(long)]
+        clinic: String,
+        #[arg(long)]
+        host: String,
+        /// Configuration (default: DIR/collector.toml if it exists).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Overrides `store.url`.
+        #[arg(long)]
+        db: Option<String>,
     },
     /// Serve Ingest (mutual TLS), Enroll and gRPC health; metrics over HTTP.
     Serve {
@@ -109,6 +123,22 @@ fn token_key(dir: &Path) -> anyhow::Result<Vec<u8>> {
         anyhow::bail!("`{}` is shorter than 32 bytes", p.display());
     }
     Ok(key)
+}
+
+/// The configuration: `--config FILE`, else DIR/collector.toml if it exists; `--db`
+/// overrides the store, which defaults to DIR/collector.db.
+fn load_config(dir: &Path, config: Option<&Path>, db: Option<String>) -> anyhow::Result<Config> {
+    let mut cfg = match config {
+        Some(p) => Config::load(p, false)?,
+        None => Config::load(&dir.join("collector.toml"), true)?,
+    };
+    if let Some(db) = db {
+        cfg.store.url = db;
+    }
+    if cfg.store.url.is_empty() {
+        cfg.store.url = dir.join("collector.db").display().to_string();
+    }
+    Ok(cfg)
 }
 
 #[tokio::main]
@@ -184,31 +214,48 @@ async fn main() -> anyhow::Result<()> {
             write(&out.join("ca.pem"), &ca.cert)?;
             println!("certificate for {clinic}/{host} in {}", out.display());
         }
-        Cmd::Serve { config, listen, db } => {
-            let mut cfg = match &config {
-                Some(p) => Config::load(p, false)?,
-                None => Config::load(&dir.join("collector.toml"), true)?,
+        Cmd::Unenroll {
+            clinic,
+            host,
+            config,
+            db,
+        } => {
+            let cfg = load_config(&dir, config.as_deref(), db)?;
+            let url = cfg.store.url.clone();
+            let key = store::HostKey {
+                clinic: clinic.clone(),
+                host: host.clone(),
             };
+            tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                let mut st = store::open(&url)?;
+                st.set_enrollment(
+                    &key,
+                    &store::Enrollment {
+                        key_sha256: String::new(),
+                        revoked: true,
+                        updated: clinicwatch_collector::ingest::now(),
+                    },
+                )?;
+                Ok(())
+            })
+            .await??;
+            println!("{clinic}/{host} unenrolled: its certificates are refused until it enrolls again with a token");
+        }
+        Cmd::Serve { config, listen, db } => {
+            let mut cfg = load_config(&dir, config.as_deref(), db)?;
             if let Some(l) = listen {
                 cfg.server.listen = l;
             }
-            if let Some(db) = db {
-                cfg.store.url = db;
-            }
-            if cfg.store.url.is_empty() {
-                cfg.store.url = dir.join("collector.db").display().to_string();
-            }
             let url = cfg.store.url.clone();
             let st = tokio::task::spawn_blocking(move || store::open(&url)).await??;
-            let mut c = server::Collector::new(
-                cfg.clone(),
-                Arc::new(Mutex::new(st)),
-                server::tls_from_dir(&dir)?,
-            );
+            let st = Arc::new(Mutex::new(st));
+            let mut c =
+                server::Collector::new(cfg.clone(), st.clone(), server::tls_from_dir(&dir)?);
             c.enroll = Some(enroll::EnrollService {
                 ca: ca(&dir)?,
                 token_key: token_key(&dir)?,
                 cert_days: cfg.enroll.cert_days,
+                store: st,
                 metrics: c.metrics.clone(),
             });
             if !cfg.server.metrics_listen.is_empty() {

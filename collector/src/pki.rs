@@ -71,6 +71,26 @@ pub fn client_cert(ca: &Pem, clinic: &str, host: &str, days: i64) -> Result<Pem,
     issue(ca, p)
 }
 
+/// SHA-256 (hex) of a certificate's public key: what the collector remembers of an enrolled
+/// host, so that a replaced or revoked key is refused.
+pub fn key_fingerprint(der: &[u8]) -> Result<String, PkiError> {
+    use sha2::Digest as _;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::Parse(e.to_string()))?;
+    let key = &cert.public_key().subject_public_key.data;
+    Ok(sha2::Sha256::digest(key)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// The DER of the first certificate in a PEM text.
+pub fn pem_to_der(pem: &str) -> Result<Vec<u8>, PkiError> {
+    x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map(|(_, p)| p.contents)
+        .map_err(|e| PkiError::Parse(e.to_string()))
+}
+
 /// (clinic, host) named by a client certificate (DER).
 pub fn identity(der: &[u8]) -> Result<(String, String), PkiError> {
     let (_, cert) =

@@ -77,11 +77,17 @@ impl Collector {
         health.set_serving::<IngestServer<IngestService>>().await;
         let mut tasks = tokio::task::JoinSet::new();
         {
-            let (metrics, health) = (self.metrics.clone(), health.clone());
+            let (metrics, health, store) =
+                (self.metrics.clone(), health.clone(), self.store.clone());
             tasks.spawn(async move {
                 let mut was = true;
                 loop {
                     tokio::time::sleep(Duration::from_secs(1)).await;
+                    if !metrics.store_ok.load(std::sync::atomic::Ordering::Relaxed) {
+                        // Failing: probe, so that health recovers without waiting for traffic
+                        // that a load balancer may have turned away.
+                        let _ = on_store(&store, &metrics, |s| s.ping()).await;
+                    }
                     let ok = metrics.store_ok.load(std::sync::atomic::Ordering::Relaxed);
                     if ok != was {
                         if ok {

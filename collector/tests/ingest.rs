@@ -80,27 +80,40 @@ async fn no_certificate_an_expired_one_or_another_cas_is_refused() {
     let (p, dir) = setup(&format!("ingest-{}", line!()));
     let srv = serve(&p, &dir.join("c.db")).await;
     let url = srv.url.clone();
-    let refused = |r: Result<Vec<u64>, tonic::Status>| match r {
-        Ok(acks) => panic!("accepted: {acks:?}"),
-        Err(e) => e,
+    // Hello and a batch with this certificate: the acks, or where it was refused.
+    let attempt = |me: Option<pki::Pem>| {
+        let (url, ca) = (url.clone(), p.ca.clone());
+        async move {
+            match client(&url, &ca, me.as_ref()).await {
+                Err(e) => Err(format!("connect: {e:?}")),
+                Ok(mut c) => exchange(&mut c, vec![hello("clinic-a", "ws1", 5), batch(5, 1, 3)])
+                    .await
+                    .map_err(|s| format!("{:?}: {}", s.code(), s.message())),
+            }
+        }
     };
-    // No client certificate: the handshake or the first call fails.
-    if let Ok(mut c) = client(&url, &p.ca, None).await {
-        refused(exchange(&mut c, vec![hello("clinic-a", "ws1", 5)]).await);
-    }
-    // A certificate from another CA.
     let other = pki::new_ca("someone else").unwrap();
     let forged = pki::client_cert(&other, "clinic-a", "ws1", 30).unwrap();
-    if let Ok(mut c) = client(&url, &p.ca, Some(&forged)).await {
-        refused(exchange(&mut c, vec![hello("clinic-a", "ws1", 5)]).await);
-    }
-    // An expired certificate (valid for 0 days: it ended before it was used).
+    // Valid for 0 days: it ended before it was used.
     let expired = pki::client_cert(&p.ca, "clinic-a", "ws1", 0).unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    if let Ok(mut c) = client(&url, &p.ca, Some(&expired)).await {
-        refused(exchange(&mut c, vec![hello("clinic-a", "ws1", 5)]).await);
+    for (what, me, says) in [
+        ("no certificate", None, "Unauthenticated"),
+        ("another CA's", Some(forged), ""),
+        ("an expired one", Some(expired), ""),
+    ] {
+        let r = attempt(me).await;
+        // Refused at the handshake (the TLS alert ends the connection or the call), or, with
+        // no certificate, by Ingest itself.
+        let why = r.expect_err(&format!("{what} was accepted"));
+        assert!(why.contains(says), "{what}: {why}");
+        eprintln!("{what}: refused: {why}");
     }
     assert_eq!(srv.records(), 0);
+    // The same attempt with a valid certificate is accepted: the refusals above are real.
+    let good = pki::client_cert(&p.ca, "clinic-a", "ws1", 30).unwrap();
+    assert_eq!(attempt(Some(good)).await.unwrap(), vec![0, 3]);
+    assert_eq!(srv.records(), 3);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -213,11 +226,63 @@ async fn enrollment_issues_a_certificate_for_the_tokens_clinic_and_renews_it() {
         vec![3],
         "the renewed certificate resumes the same host"
     );
+    // The certificate it replaced is refused from now on.
+    let mut old = client(&srv.url, &p.ca, Some(&me)).await.unwrap();
+    let e = exchange(&mut old, vec![hello("clinic-a", "ws7", 1)])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    assert!(e.message().contains("replaced"), "{e}");
+    // A token does not take over an enrolled host...
+    let (csr3, key3) = csr("clinic-a");
+    let e = anon.enroll(req(&token, "ws7", &csr3)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e}");
+    assert!(e.message().contains("unenroll"), "{e}");
+    // ...until an operator unenrolls it (`clinicwatch-collector unenroll`): then its
+    // certificates are refused, and the token enrolls it again.
+    blocking(|| {
+        srv.store
+            .lock()
+            .unwrap()
+            .set_enrollment(
+                &clinicwatch_collector::store::HostKey {
+                    clinic: "clinic-a".into(),
+                    host: "ws7".into(),
+                },
+                &clinicwatch_collector::store::Enrollment {
+                    key_sha256: String::new(),
+                    revoked: true,
+                    updated: 0.0,
+                },
+            )
+            .unwrap()
+    });
+    let e = exchange(&mut c, vec![hello("clinic-a", "ws7", 1)])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    assert!(e.message().contains("unenrolled"), "{e}");
+    let again = anon
+        .enroll(req(&token, "ws7", &csr3))
+        .await
+        .unwrap()
+        .into_inner();
+    let me3 = pki::Pem {
+        cert: again.cert_pem,
+        key: key3,
+    };
+    let mut c = client(&srv.url, &p.ca, Some(&me3)).await.unwrap();
+    assert_eq!(
+        exchange(&mut c, vec![hello("clinic-a", "ws7", 1)])
+            .await
+            .unwrap(),
+        vec![3]
+    );
     assert_eq!(
         srv.metrics
             .enrolled
             .load(std::sync::atomic::Ordering::Relaxed),
-        2
+        3
     );
     srv.shutdown().await;
     std::fs::remove_dir_all(&dir).unwrap();

@@ -155,7 +155,7 @@ pub struct ExportConfig {
     pub spool_max_mb: u64,
     /// Records per batch. Default 500.
     pub batch_records: usize,
-    /// Seconds without anything to send after which a heartbeat is sent. Default 30.
+    /// Seconds between heartbeats (spool depth, summaries dropped), busy or idle. Default 30.
     pub heartbeat_secs: u64,
     /// `zstd` (default) or `none`: compression of the stream, both ways.
     pub compression: String,

@@ -21,7 +21,7 @@ pub fn lifetime(cert_pem: &str) -> anyhow::Result<(i64, i64)> {
     Ok((v.not_before.timestamp(), v.not_after.timestamp()))
 }
 
-fn now() -> i64 {
+pub fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
@@ -113,8 +113,35 @@ pub async fn enroll(cfg: &ExportConfig, token: &str, force: bool) -> anyhow::Res
         );
     }
     let (key, cert, not_after) = request(cfg, token).await?;
+    names(cfg, &cert)?;
     store(cfg, &key, &cert)?;
     Ok(not_after)
+}
+
+/// Checks that the certificate names this clinic (O) and host (CN): a token of another
+/// clinic would give a certificate the collector then refuses for `export.clinic`.
+fn names(cfg: &ExportConfig, cert_pem: &str) -> anyhow::Result<()> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+        .map_err(|e| anyhow::anyhow!("the collector sent no PEM certificate: {e}"))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|e| anyhow::anyhow!("the collector sent no certificate: {e}"))?;
+    let first = |it: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue>| {
+        it.next()
+            .and_then(|a| a.as_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let o = first(&mut cert.subject().iter_organization());
+    let cn = first(&mut cert.subject().iter_common_name());
+    if o != cfg.clinic || cn != cfg.host {
+        anyhow::bail!(
+            "the certificate is for {o}/{cn}, but `export` says {}/{}: the token is for clinic `{o}`; fix `export.clinic` or use that clinic's token",
+            cfg.clinic,
+            cfg.host
+        );
+    }
+    Ok(())
 }
 
 /// Key first, then certificate: each replaced whole.
@@ -135,7 +162,7 @@ pub async fn renew_if_due(cfg: &ExportConfig) -> anyhow::Result<()> {
     let pem = std::fs::read_to_string(&cfg.cert_file)
         .with_context(|| format!("cannot read `{}`", cfg.cert_file.display()))?;
     let (nb, na) = lifetime(&pem)?;
-    let t = now();
+    let t = unix_now();
     if !due(nb, na, t) {
         return Ok(());
     }
@@ -146,6 +173,7 @@ pub async fn renew_if_due(cfg: &ExportConfig) -> anyhow::Result<()> {
         );
     }
     let (key, cert, not_after) = request(cfg, "").await?;
+    names(cfg, &cert)?;
     store(cfg, &key, &cert)?;
     tracing::info!(not_after, "certificate renewed");
     Ok(())
@@ -161,6 +189,31 @@ mod tests {
         assert!(!due(0, 30, 20));
         assert!(due(0, 30, 21));
         assert!(due(0, 30, 40));
+    }
+
+    #[test]
+    fn a_certificate_for_another_clinic_is_not_saved() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        p.distinguished_name
+            .push(rcgen::DnType::OrganizationName, "clinic-x");
+        p.distinguished_name.push(rcgen::DnType::CommonName, "ws1");
+        let cert = p.self_signed(&key).unwrap().pem();
+        let cfg = ExportConfig {
+            clinic: "clinic-a".into(),
+            host: "ws1".into(),
+            ..Default::default()
+        };
+        let e = names(&cfg, &cert).unwrap_err().to_string();
+        assert!(
+            e.contains("clinic-x/ws1") && e.contains("clinic-a/ws1"),
+            "{e}"
+        );
+        let ok = ExportConfig {
+            clinic: "clinic-x".into(),
+            ..cfg
+        };
+        names(&ok, &cert).unwrap();
     }
 
     #[test]

@@ -153,13 +153,21 @@ async fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
 
 async fn run(cfg: ExportConfig, spool: Arc<Mutex<Spool>>, hello: Hello, stop: Arc<AtomicBool>) {
     let mut backoff = Duration::from_millis(250);
+    // A failed renewal is tried again after 10 minutes, not at every reconnect.
+    let mut renew_failed: Option<std::time::Instant> = None;
     while !stop.load(Ordering::SeqCst) {
-        if cfg.renew {
-            if let Err(e) = crate::enroll::renew_if_due(&cfg).await {
-                tracing::warn!(error = %format!("{e:#}"), "certificate renewal failed; will retry");
+        let renew_allowed = renew_failed.is_none_or(|t| t.elapsed() >= Duration::from_secs(600));
+        if cfg.renew && renew_allowed {
+            match crate::enroll::renew_if_due(&cfg).await {
+                Ok(()) => renew_failed = None,
+                Err(e) => {
+                    renew_failed = Some(std::time::Instant::now());
+                    tracing::warn!(error = %format!("{e:#}"), "certificate renewal failed; will retry in 10 minutes");
+                }
             }
         }
-        match session(&cfg, &spool, &hello, &stop).await {
+        let renew_allowed = renew_failed.is_none_or(|t| t.elapsed() >= Duration::from_secs(600));
+        match session(&cfg, &spool, &hello, &stop, renew_allowed).await {
             Ok(()) => backoff = Duration::from_millis(250),
             Err(Ended {
                 error,
@@ -232,6 +240,7 @@ async fn session(
     spool: &Arc<Mutex<Spool>>,
     hello: &Hello,
     stop: &AtomicBool,
+    renew_allowed: bool,
 ) -> Result<(), Ended> {
     let m = read_material(cfg)?;
     let channel = endpoint(&cfg.collector, &m.ca, Some((&m.cert, &m.key)))?
@@ -263,15 +272,64 @@ async fn session(
         .await
         .context("the collector refused the stream")?
         .into_inner();
+    // The collector's answer to Hello: how far it has stored this epoch.
     let mut pace = Duration::ZERO;
-    until_ack(&mut replies, spool, epoch, &mut pace).await?;
+    let stored = loop {
+        let reply = tokio::time::timeout(Duration::from_secs(60), replies.message())
+            .await
+            .context("no answer to Hello from the collector in 60 s")??
+            .context("the collector closed the stream")?;
+        match reply.frame {
+            Some(server_frame::Frame::Ack(a)) if a.epoch == epoch => break a.up_to_seq,
+            Some(server_frame::Frame::Ack(_)) => break 0,
+            Some(server_frame::Frame::Throttle(t)) => {
+                pace = Duration::from_millis(t.retry_after_ms as u64)
+            }
+            _ => {}
+        }
+    };
+    {
+        let mut s = spool.lock().unwrap_or_else(|p| p.into_inner());
+        if stored >= s.next_seq() {
+            let e = s.new_epoch()?;
+            tracing::warn!(
+                stored,
+                written = s.next_seq() - 1,
+                new_epoch = e,
+                "the collector holds records this spool never wrote (state restored from an older copy?): new epoch"
+            );
+            return Err(anyhow::anyhow!(
+                "spool behind the collector; reconnecting with a new epoch"
+            )
+            .into());
+        }
+        s.ack(stored)?;
+    }
     let heartbeat = Duration::from_secs(cfg.heartbeat_secs);
+    // When the certificate enters its last third: end the session, so that `run` renews it
+    // and reconnects with the new one (a stream can outlive a certificate's renewal window).
+    let renew_at = if cfg.renew && renew_allowed {
+        crate::enroll::lifetime(&m.cert)
+            .ok()
+            .map(|(nb, na)| na - (na - nb).max(1) / 3)
+    } else {
+        None
+    };
+    let mut last_beat = tokio::time::Instant::now();
     loop {
-        // The next batch, once there is something to send; a heartbeat if nothing comes.
-        let idle_since = tokio::time::Instant::now();
+        if renew_at.is_some_and(|t| crate::enroll::unix_now() >= t) {
+            tracing::info!("certificate due for renewal: reconnecting");
+            return Ok(());
+        }
+        // The next batch, once there is something to send; a heartbeat every
+        // `heartbeat_secs` whatever the traffic, so the collector always knows the spool's
+        // depth (a backlog draining after an outage shows there).
         let records = loop {
             if stop.load(Ordering::SeqCst) {
                 return Ok(());
+            }
+            if last_beat.elapsed() >= heartbeat {
+                break None;
             }
             let entries = {
                 let s = spool.lock().unwrap_or_else(|p| p.into_inner());
@@ -284,9 +342,6 @@ async fn session(
             if !entries.is_empty() {
                 break Some(entries);
             }
-            if idle_since.elapsed() >= heartbeat {
-                break None;
-            }
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
         if !pace.is_zero() {
@@ -295,6 +350,7 @@ async fn session(
         }
         let frame = match records {
             None => {
+                last_beat = tokio::time::Instant::now();
                 let s = spool.lock().unwrap_or_else(|p| p.into_inner());
                 Frame::Heartbeat(Heartbeat {
                     time: std::time::SystemTime::now()

@@ -237,6 +237,20 @@ impl Spool {
         self.next_seq
     }
 
+    /// Starts a new epoch: the collector holds sequence numbers of this epoch beyond any the
+    /// spool has written (its state was restored from an older copy), so sending on would
+    /// reuse them and the collector would take new records for duplicates. Records waiting
+    /// keep their numbers, in the new epoch.
+    pub fn new_epoch(&mut self) -> Result<u64, SpoolError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let e = now.max(self.epoch + 1);
+        write_u64(&self.cfg.dir.join("epoch"), e)?;
+        self.epoch = e;
+        Ok(e)
+    }
+
     /// Records not yet acked.
     pub fn pending(&self) -> u64 {
         self.next_seq - 1 - self.acked

@@ -72,6 +72,7 @@ fn setup(name: &str, cfg: Config, nb: i64, na: i64) -> Setup {
         ca: ca.clone(),
         token_key: vec![7; 32],
         cert_days: cfg.enroll.cert_days,
+        store: st.clone(),
         metrics: c.metrics.clone(),
     });
     let metrics = c.metrics.clone();
@@ -248,5 +249,104 @@ fn a_refused_batch_waits_out_the_pushback_and_is_sent_again() {
     assert_eq!(refused, 1, "one refusal, then the pushback was waited out");
     assert!(took >= Duration::from_millis(2000), "{took:?}");
     assert_eq!(s.collector.accepted.load(Ordering::Relaxed), n);
+    std::fs::remove_dir_all(&s.dir).unwrap();
+}
+
+fn append(sp: &Arc<Mutex<Spool>>, n: u64, tag: &str) {
+    let mut s = sp.lock().unwrap();
+    for i in 0..n {
+        let r = Record {
+            seq: 0,
+            body: Some(Body::Summary(WindowSummary {
+                app: format!("{tag}-{i}"),
+                ..Default::default()
+            })),
+        };
+        s.append(Kind::Summary, &r.encode_to_vec()).unwrap();
+    }
+    s.sync().unwrap();
+}
+
+#[test]
+fn a_certificate_that_becomes_due_during_a_stream_is_renewed_and_the_old_one_retired() {
+    // Valid 30 s, 15 gone: due in 5 s, while the stream is up.
+    let s = setup("renew-live", Config::default(), now() - 15, now() + 15);
+    let before = std::fs::read_to_string(&s.export.cert_file).unwrap();
+    let sp = spool(&s.dir, 5);
+    let ex = Exporter::start(&s.export, sp.clone(), hello()).unwrap();
+    wait_until("the first records", Duration::from_secs(10), || {
+        sp.lock().unwrap().acked() == 5
+    });
+    wait_until("the renewal", Duration::from_secs(20), || {
+        std::fs::read_to_string(&s.export.cert_file).unwrap() != before
+    });
+    // Records after the renewal travel on the new certificate (the collector now refuses
+    // the old key: it remembers the host's current one).
+    append(&sp, 5, "after");
+    wait_until("the records after renewal", Duration::from_secs(15), || {
+        sp.lock().unwrap().acked() == 10
+    });
+    ex.stop();
+    let (_, na) =
+        clinicwatch_agent::enroll::lifetime(&std::fs::read_to_string(&s.export.cert_file).unwrap())
+            .unwrap();
+    assert!(na - now() > 29 * 86_400);
+    assert_eq!(s.collector.enrolled.load(Ordering::Relaxed), 1);
+    std::fs::remove_dir_all(&s.dir).unwrap();
+}
+
+#[test]
+fn a_spool_restored_from_an_older_copy_starts_a_new_epoch_and_loses_nothing() {
+    let s = setup(
+        "rollback",
+        Config::default(),
+        now() - 60,
+        now() + 30 * 86_400,
+    );
+    let sp = spool(&s.dir, 20);
+    let epoch = sp.lock().unwrap().epoch();
+    // A backup of the state after 20 records.
+    let backup = s.dir.join("spool-backup");
+    std::fs::create_dir_all(&backup).unwrap();
+    for e in std::fs::read_dir(s.dir.join("spool")).unwrap().flatten() {
+        std::fs::copy(e.path(), backup.join(e.file_name())).unwrap();
+    }
+    append(&sp, 30, "before");
+    let ex = Exporter::start(&s.export, sp.clone(), hello()).unwrap();
+    wait_until("50 records", Duration::from_secs(15), || {
+        sp.lock().unwrap().acked() == 50
+    });
+    ex.stop();
+    drop(sp);
+    // The host's state is restored from the backup: same epoch, 20 records, none acked.
+    std::fs::remove_dir_all(s.dir.join("spool")).unwrap();
+    std::fs::rename(&backup, s.dir.join("spool")).unwrap();
+    let sp = spool(&s.dir, 0);
+    assert_eq!(sp.lock().unwrap().epoch(), epoch);
+    append(&sp, 10, "new"); // seqs 21..30, which the collector already holds for this epoch
+    let ex = Exporter::start(&s.export, sp.clone(), hello()).unwrap();
+    wait_until(
+        "the restored spool drained",
+        Duration::from_secs(20),
+        || {
+            let s = sp.lock().unwrap();
+            s.epoch() != epoch && s.acked() == 30
+        },
+    );
+    ex.stop();
+    let new_epoch = sp.lock().unwrap().epoch();
+    let host = clinicwatch_collector::store::HostKey {
+        clinic: "clinic-a".into(),
+        host: "ws1".into(),
+    };
+    let mut st = s.store.lock().unwrap();
+    assert_eq!(st.stored_up_to(&host, epoch).unwrap(), 50);
+    assert_eq!(
+        st.stored_up_to(&host, new_epoch).unwrap(),
+        30,
+        "the new records were stored, not taken for duplicates"
+    );
+    assert_eq!(st.record_count().unwrap(), 80);
+    drop(st);
     std::fs::remove_dir_all(&s.dir).unwrap();
 }

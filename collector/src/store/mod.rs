@@ -12,9 +12,9 @@ mod postgres;
 mod sqlite;
 mod validate;
 
-pub use postgres::{redact as shown, PgStore};
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
-pub use validate::{validate, MAX_BATCH_RECORDS};
+pub use validate::{validate, validate_hello, MAX_BATCH_RECORDS};
 
 use clinicwatch_proto::v1::{record::Body, Batch, Heartbeat, Hello, Record};
 
@@ -74,6 +74,17 @@ pub struct HostRow {
     pub dropped: u64,
 }
 
+/// What the collector remembers of an enrolled host.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Enrollment {
+    /// SHA-256 (hex) of the public key of its current certificate; empty when revoked.
+    pub key_sha256: String,
+    /// `clinicwatch-collector unenroll`: every certificate of the host is refused until it
+    /// enrolls again with a token.
+    pub revoked: bool,
+    pub updated: f64,
+}
+
 /// What a retention pass removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Pruned {
@@ -90,6 +101,11 @@ pub trait Store: Send {
     fn hello(&mut self, host: &HostKey, hello: &Hello, now: f64) -> Result<u64, StoreError>;
     /// The highest seq stored for the host's epoch (0 if none).
     fn stored_up_to(&mut self, host: &HostKey, epoch: u64) -> Result<u64, StoreError>;
+    /// The host's enrollment, if it ever enrolled (hosts given a certificate by hand with
+    /// `issue` have none).
+    fn enrollment(&mut self, host: &HostKey) -> Result<Option<Enrollment>, StoreError>;
+    /// Records the host's current key (or its revocation).
+    fn set_enrollment(&mut self, host: &HostKey, e: &Enrollment) -> Result<(), StoreError>;
     /// Notes a heartbeat: the host is alive, with this much waiting in its spool.
     fn heartbeat(&mut self, host: &HostKey, hb: &Heartbeat, now: f64) -> Result<(), StoreError>;
     /// Stores a batch in one transaction; a record already stored is a duplicate.
@@ -99,6 +115,8 @@ pub trait Store: Send {
     /// Deletes summaries and health received before `summaries_before` and findings (raised)
     /// before `findings_before`.
     fn prune(&mut self, summaries_before: f64, findings_before: f64) -> Result<Pruned, StoreError>;
+    /// A cheap round trip: is the store answering?
+    fn ping(&mut self) -> Result<(), StoreError>;
     /// Rows in the record table.
     fn record_count(&mut self) -> Result<u64, StoreError>;
 }
@@ -123,13 +141,31 @@ pub fn record_time(r: &Record) -> f64 {
     }
 }
 
+fn is_postgres(spec: &str) -> bool {
+    let key_value = spec.split_whitespace().any(|kv| {
+        kv.split_once('=').is_some_and(|(k, _)| {
+            matches!(
+                k.trim(),
+                "host" | "hostaddr" | "port" | "dbname" | "user" | "password"
+            )
+        })
+    });
+    spec.starts_with("postgres://") || spec.starts_with("postgresql://") || key_value
+}
+
+/// The store's URL fit to log: a SQLite path as it is, a PostgreSQL URL without password.
+pub fn shown(spec: &str) -> String {
+    if is_postgres(spec) {
+        postgres::shown(spec)
+    } else {
+        spec.to_string()
+    }
+}
+
 /// Opens the store a URL names: `postgres://…` or `postgresql://…` (or a libpq key=value
-/// string starting with `host=`) for PostgreSQL, anything else is a SQLite file path.
+/// string: `host=… dbname=…`) for PostgreSQL, anything else is a SQLite file path.
 pub fn open(spec: &str) -> Result<Box<dyn Store>, StoreError> {
-    if spec.starts_with("postgres://")
-        || spec.starts_with("postgresql://")
-        || spec.starts_with("host=")
-    {
+    if is_postgres(spec) {
         Ok(Box::new(PgStore::connect(spec)?))
     } else {
         Ok(Box::new(SqliteStore::open(std::path::Path::new(spec))?))

@@ -9,7 +9,10 @@ use clinicwatch_proto::v1::{record::Body, Batch, Heartbeat, Hello};
 use postgres::{Client, NoTls};
 use prost::Message;
 
-use super::{kind, validate, HostKey, HostRow, Ingested, Pruned, Store, StoreError, StoredFinding};
+use super::{
+    kind, validate, Enrollment, HostKey, HostRow, Ingested, Pruned, Store, StoreError,
+    StoredFinding,
+};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS hosts (
@@ -28,10 +31,16 @@ CREATE TABLE IF NOT EXISTS findings (
     clinic TEXT NOT NULL, host TEXT NOT NULL, epoch BIGINT NOT NULL, seq BIGINT NOT NULL,
     rule TEXT NOT NULL, severity INTEGER NOT NULL, app TEXT NOT NULL,
     time DOUBLE PRECISION NOT NULL, subject TEXT NOT NULL, summary TEXT NOT NULL,
-    evidence TEXT NOT NULL,
+    evidence TEXT NOT NULL, received DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (clinic, host, epoch, seq)
 );
 CREATE INDEX IF NOT EXISTS findings_time ON findings (time);
+CREATE INDEX IF NOT EXISTS findings_received ON findings (received);
+CREATE TABLE IF NOT EXISTS enrollments (
+    clinic TEXT NOT NULL, host TEXT NOT NULL, key_sha256 TEXT NOT NULL,
+    revoked BOOLEAN NOT NULL, updated DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (clinic, host)
+);
 CREATE INDEX IF NOT EXISTS records_received ON records (kind, received);
 ";
 
@@ -39,35 +48,62 @@ CREATE INDEX IF NOT EXISTS records_received ON records (kind, received);
 const SCHEMA_LOCK: i64 = 0x636c_696e_6963; // "clinic"
 
 pub struct PgStore {
-    url: String,
-    /// Where errors say they came from: the URL without its password.
+    config: postgres::Config,
+    /// Where errors say they came from: the server, user and database, never the password.
     shown: String,
     client: Option<Client>,
 }
 
-/// A store URL fit to show: without its password.
-pub fn redact(url: &str) -> String {
-    // postgres://user:password@host/db → postgres://user:***@host/db; key=value strings
-    // lose their password=… pair.
-    if let Some((scheme, rest)) = url.split_once("://") {
-        if let Some((cred, host)) = rest.split_once('@') {
-            let user = cred.split(':').next().unwrap_or("");
-            return format!("{scheme}://{user}:***@{host}");
+/// A PostgreSQL URL fit to show: `postgres://user@host:port/db`, without the password
+/// (whichever form it was given in).
+pub fn shown(url: &str) -> String {
+    match url.parse::<postgres::Config>() {
+        Ok(c) => {
+            let hosts: Vec<String> = c
+                .get_hosts()
+                .iter()
+                .map(|h| match h {
+                    postgres::config::Host::Tcp(n) => n.clone(),
+                    postgres::config::Host::Unix(p) => p.display().to_string(),
+                })
+                .collect();
+            let ports: Vec<String> = c.get_ports().iter().map(u16::to_string).collect();
+            let port = if ports.is_empty() {
+                String::new()
+            } else {
+                format!(":{}", ports.join(","))
+            };
+            format!(
+                "postgres://{}@{}{port}/{}",
+                c.get_user().unwrap_or(""),
+                hosts.join(","),
+                c.get_dbname().unwrap_or("")
+            )
         }
-        return url.to_string();
+        Err(_) => "(a PostgreSQL URL that does not parse)".into(),
     }
-    url.split_whitespace()
-        .filter(|kv| !kv.starts_with("password="))
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 impl PgStore {
-    /// Connects and makes the schema if needed.
+    /// Connects and makes the schema if needed. The connection times out after 10 s, TCP
+    /// keepalives and a 30 s user timeout notice a dead server, and statements are cut
+    /// after 60 s, so that a stalled database fails calls (`unavailable`, the agent resends)
+    /// rather than hanging every stream behind the store's lock.
     pub fn connect(url: &str) -> Result<PgStore, StoreError> {
+        let shown = shown(url);
+        let mut config: postgres::Config = url.parse().map_err(|source| StoreError::Db {
+            path: shown.clone(),
+            source: Box::new(source),
+        })?;
+        config
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .keepalives(true)
+            .keepalives_idle(std::time::Duration::from_secs(30))
+            .tcp_user_timeout(std::time::Duration::from_secs(30))
+            .options("-c statement_timeout=60000");
         let mut s = PgStore {
-            url: url.to_string(),
-            shown: redact(url),
+            config,
+            shown,
             client: None,
         };
         s.client()?;
@@ -84,10 +120,13 @@ impl PgStore {
     /// The connection, made again if it was lost.
     fn client(&mut self) -> Result<&mut Client, StoreError> {
         if self.client.as_ref().is_none_or(|c| c.is_closed()) {
-            let mut c = Client::connect(&self.url, NoTls).map_err(|source| StoreError::Db {
-                path: self.shown.clone(),
-                source: Box::new(source),
-            })?;
+            let mut c = self
+                .config
+                .connect(NoTls)
+                .map_err(|source| StoreError::Db {
+                    path: self.shown.clone(),
+                    source: Box::new(source),
+                })?;
             let mut tx = c.transaction().map_err(self.err())?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
                 .map_err(self.err())?;
@@ -167,6 +206,32 @@ impl Store for PgStore {
         })
     }
 
+    fn enrollment(&mut self, host: &HostKey) -> Result<Option<Enrollment>, StoreError> {
+        self.with(|c| {
+            let row = c.query_opt(
+                "SELECT key_sha256, revoked, updated FROM enrollments WHERE clinic = $1 AND host = $2",
+                &[&host.clinic, &host.host],
+            )?;
+            Ok(row.map(|r| Enrollment {
+                key_sha256: r.get(0),
+                revoked: r.get(1),
+                updated: r.get(2),
+            }))
+        })
+    }
+
+    fn set_enrollment(&mut self, host: &HostKey, e: &Enrollment) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO enrollments (clinic, host, key_sha256, revoked, updated)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (clinic, host) DO UPDATE SET key_sha256 = $3, revoked = $4, updated = $5",
+                &[&host.clinic, &host.host, &e.key_sha256, &e.revoked, &e.updated],
+            )
+            .map(|_| ())
+        })
+    }
+
     fn heartbeat(&mut self, host: &HostKey, hb: &Heartbeat, now: f64) -> Result<(), StoreError> {
         self.with(|c| {
             c.execute(
@@ -212,8 +277,8 @@ impl Store for PgStore {
             if !findings.is_empty() {
                 let st = tx.prepare(
                     "INSERT INTO findings (clinic, host, epoch, seq, rule, severity, app, time,
-                       subject, summary, evidence)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                       subject, summary, evidence, received)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
                      ON CONFLICT DO NOTHING",
                 )?;
                 for (seq, f) in findings {
@@ -222,7 +287,7 @@ impl Store for PgStore {
                         &st,
                         &[
                             &host.clinic, &host.host, &epoch, &seq, &f.rule, &f.severity, &f.app,
-                            &f.time, &f.subject, &f.summary, &evidence,
+                            &f.time, &f.subject, &f.summary, &evidence, &now,
                         ],
                     )?;
                 }
@@ -300,11 +365,17 @@ impl Store for PgStore {
                 "DELETE FROM records WHERE kind = 'finding' AND received < $1",
                 &[&findings_before],
             )?;
-            let findings =
-                tx.execute("DELETE FROM findings WHERE time < $1", &[&findings_before])?;
+            let findings = tx.execute(
+                "DELETE FROM findings WHERE received < $1",
+                &[&findings_before],
+            )?;
             tx.commit()?;
             Ok(Pruned { records, findings })
         })
+    }
+
+    fn ping(&mut self) -> Result<(), StoreError> {
+        self.with(|c| c.simple_query("SELECT 1").map(|_| ()))
     }
 
     fn record_count(&mut self) -> Result<u64, StoreError> {
@@ -318,14 +389,29 @@ impl Store for PgStore {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn passwords_are_not_shown() {
-        assert_eq!(
-            super::redact("postgres://cw:s3cret@db.example:5432/cw"),
-            "postgres://cw:***@db.example:5432/cw"
-        );
-        assert_eq!(
-            super::redact("host=/run/pg user=cw password=s3cret dbname=cw"),
-            "host=/run/pg user=cw dbname=cw"
-        );
+    fn passwords_are_not_shown_in_any_form() {
+        for (url, want) in [
+            (
+                "postgres://cw:s3cret@db.example:5432/cw",
+                "postgres://cw@db.example:5432/cw",
+            ),
+            (
+                "postgres://cw@db.example/cw?password=s3cret",
+                "postgres://cw@db.example:5432/cw",
+            ),
+            (
+                "host=/run/pg user=cw password=s3cret dbname=cw",
+                "postgres://cw@/run/pg/cw",
+            ),
+            (
+                "host=db user=cw password = 's3 cret' dbname=cw",
+                "postgres://cw@db/cw",
+            ),
+        ] {
+            let got = super::shown(url);
+            assert_eq!(got, want, "{url}");
+            assert!(!got.contains("s3"));
+        }
+        assert!(!super::shown("postgres://cw:s3cret@[bad").contains("s3cret"));
     }
 }

@@ -7,7 +7,10 @@ use clinicwatch_proto::v1::{record::Body, Batch, Heartbeat, Hello};
 use prost::Message;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{kind, validate, HostKey, HostRow, Ingested, Pruned, Store, StoreError, StoredFinding};
+use super::{
+    kind, validate, Enrollment, HostKey, HostRow, Ingested, Pruned, Store, StoreError,
+    StoredFinding,
+};
 
 const SCHEMA: &str = "
 PRAGMA journal_mode = WAL;
@@ -27,9 +30,16 @@ CREATE TABLE IF NOT EXISTS findings (
     clinic TEXT NOT NULL, host TEXT NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT NULL,
     rule TEXT NOT NULL, severity INTEGER NOT NULL, app TEXT NOT NULL, time REAL NOT NULL,
     subject TEXT NOT NULL, summary TEXT NOT NULL, evidence TEXT NOT NULL,
+    received REAL NOT NULL,
     PRIMARY KEY (clinic, host, epoch, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS enrollments (
+    clinic TEXT NOT NULL, host TEXT NOT NULL, key_sha256 TEXT NOT NULL,
+    revoked INTEGER NOT NULL, updated REAL NOT NULL,
+    PRIMARY KEY (clinic, host)
+);
 CREATE INDEX IF NOT EXISTS findings_time ON findings (time);
+CREATE INDEX IF NOT EXISTS findings_received ON findings (received);
 CREATE INDEX IF NOT EXISTS records_received ON records (kind, received);
 ";
 
@@ -84,6 +94,35 @@ impl Store for SqliteStore {
         self.stored_up_to(host, hello.epoch)
     }
 
+    fn enrollment(&mut self, host: &HostKey) -> Result<Option<Enrollment>, StoreError> {
+        self.db
+            .query_row(
+                "SELECT key_sha256, revoked, updated FROM enrollments WHERE clinic = ?1 AND host = ?2",
+                params![host.clinic, host.host],
+                |r| {
+                    Ok(Enrollment {
+                        key_sha256: r.get(0)?,
+                        revoked: r.get::<_, i64>(1)? != 0,
+                        updated: r.get(2)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(db_err(&self.path))
+    }
+
+    fn set_enrollment(&mut self, host: &HostKey, e: &Enrollment) -> Result<(), StoreError> {
+        self.db
+            .execute(
+                "INSERT INTO enrollments (clinic, host, key_sha256, revoked, updated)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (clinic, host) DO UPDATE SET key_sha256 = ?3, revoked = ?4, updated = ?5",
+                params![host.clinic, host.host, e.key_sha256, e.revoked as i64, e.updated],
+            )
+            .map_err(db_err(&self.path))?;
+        Ok(())
+    }
+
     fn heartbeat(&mut self, host: &HostKey, hb: &Heartbeat, now: f64) -> Result<(), StoreError> {
         self.db
             .execute(
@@ -116,8 +155,8 @@ impl Store for SqliteStore {
             let mut finding = tx
                 .prepare_cached(
                     "INSERT OR IGNORE INTO findings (clinic, host, epoch, seq, rule, severity, app,
-                       time, subject, summary, evidence)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                       time, subject, summary, evidence, received)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 )
                 .map_err(&err)?;
             for r in &batch.records {
@@ -151,7 +190,8 @@ impl Store for SqliteStore {
                             f.time,
                             f.subject,
                             f.summary,
-                            evidence
+                            evidence,
+                            now
                         ])
                         .map_err(&err)?;
                 }
@@ -238,12 +278,18 @@ impl Store for SqliteStore {
             .map_err(&err)? as u64;
         let findings = tx
             .execute(
-                "DELETE FROM findings WHERE time < ?1",
+                "DELETE FROM findings WHERE received < ?1",
                 params![findings_before],
             )
             .map_err(&err)? as u64;
         tx.commit().map_err(&err)?;
         Ok(Pruned { records, findings })
+    }
+
+    fn ping(&mut self) -> Result<(), StoreError> {
+        self.db
+            .query_row("SELECT 1", [], |_| Ok(()))
+            .map_err(db_err(&self.path))
     }
 
     fn record_count(&mut self) -> Result<u64, StoreError> {

@@ -1,6 +1,6 @@
 //! Checks a batch before any of it is stored: a malformed one is refused whole.
 
-use clinicwatch_proto::v1::Batch;
+use clinicwatch_proto::v1::{Batch, Hello};
 
 use super::StoreError;
 
@@ -9,6 +9,36 @@ pub const MAX_BATCH_RECORDS: usize = 10_000;
 
 /// The longest text field accepted in a record (rule, app, subject, summary, names).
 const MAX_TEXT: usize = 4096;
+
+/// Checks a Hello's fields (identity is checked against the certificate elsewhere).
+pub fn validate_hello(h: &Hello) -> Result<(), StoreError> {
+    let bad = |why: String| Err(StoreError::Invalid(why));
+    if h.epoch == 0 || h.epoch > i64::MAX as u64 {
+        return bad(format!("epoch {} is out of range", h.epoch));
+    }
+    for (name, v) in [
+        ("hostname", &h.hostname),
+        ("agent_version", &h.agent_version),
+        ("kernel", &h.kernel),
+    ] {
+        if v.len() > 256 {
+            return bad(format!("hello.{name} is {} bytes (at most 256)", v.len()));
+        }
+    }
+    if h.capabilities.len() > 64 {
+        return bad(format!(
+            "{} capabilities (at most 64)",
+            h.capabilities.len()
+        ));
+    }
+    if h.capabilities
+        .iter()
+        .any(|c| c.capability.len() + c.hook.len() + c.scope.len() > 256)
+    {
+        return bad("a capability longer than 256 bytes".into());
+    }
+    Ok(())
+}
 
 pub fn validate(batch: &Batch) -> Result<(), StoreError> {
     let bad = |why: String| Err(StoreError::Invalid(why));

@@ -102,6 +102,7 @@ pub async fn serve_store(p: &Pki, cfg: Config, store: Box<dyn Store>) -> Running
         ca: p.ca.clone(),
         token_key: p.token_key.clone(),
         cert_days: cfg.enroll.cert_days,
+        store: store.clone(),
         metrics: c.metrics.clone(),
     });
     let metrics = c.metrics.clone();
