@@ -1,0 +1,95 @@
+//! The `clinicwatch-collector` binary: `ca init` makes the CA, server certificate and
+//! enrollment key (keys 0600) and refuses to run twice; `enroll-token` makes tokens the
+//! collector accepts and refuses bad clinic ids; `unenroll` marks a host revoked in the
+//! store; `serve` refuses a bad configuration with an error naming the key.
+
+use std::{os::unix::fs::PermissionsExt as _, process::Command};
+
+use clinicwatch_collector::store::{self, HostKey};
+
+const BIN: &str = env!("CARGO_BIN_EXE_clinicwatch-collector");
+
+fn run(dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn ca_init_tokens_unenroll_and_config_errors() {
+    let dir = std::env::temp_dir().join(format!("cw-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (ok, out, err) = run(&dir, &["ca", "init", "--name", "collector.example"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("collector.example"), "{out}");
+    for key in ["ca.key", "server.key", "enroll.key"] {
+        let mode = std::fs::metadata(dir.join(key))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{key}");
+    }
+    let (ok, _, err) = run(&dir, &["ca", "init"]);
+    assert!(!ok && err.contains("already has a CA"), "{err}");
+
+    let (ok, token, err) = run(&dir, &["enroll-token", "--clinic", "cab-dupont"]);
+    assert!(ok, "{err}");
+    let key = std::fs::read(dir.join("enroll.key")).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert_eq!(
+        clinicwatch_collector::enroll::check_token(&key, token.trim(), now).unwrap(),
+        "cab-dupont"
+    );
+    assert!(
+        clinicwatch_collector::enroll::check_token(&key, token.trim(), now + 8 * 86_400).is_err(),
+        "valid 7 days by default"
+    );
+    let (ok, _, err) = run(&dir, &["enroll-token", "--clinic", "bad clinic/.."]);
+    assert!(!ok && err.contains("clinic id"), "{err}");
+
+    let (ok, out, err) = run(
+        &dir,
+        &["unenroll", "--clinic", "cab-dupont", "--host", "ws1"],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("unenrolled"), "{out}");
+    let mut st = store::open(&dir.join("collector.db").display().to_string()).unwrap();
+    let e = st
+        .enrollment(&HostKey {
+            clinic: "cab-dupont".into(),
+            host: "ws1".into(),
+        })
+        .unwrap()
+        .unwrap();
+    assert!(e.revoked);
+
+    std::fs::write(
+        dir.join("collector.toml"),
+        "[limits]\nrecords_per_sec = 0\n",
+    )
+    .unwrap();
+    let (ok, _, err) = run(&dir, &["serve", "--listen", "127.0.0.1:0"]);
+    assert!(!ok && err.contains("limits.records_per_sec"), "{err}");
+    std::fs::write(
+        dir.join("collector.toml"),
+        "[store]\nurl = \"postgres://cw:pw@127.0.0.1:1/cw\"\n",
+    )
+    .unwrap();
+    let (ok, _, err) = run(&dir, &["serve", "--listen", "127.0.0.1:0"]);
+    assert!(
+        !ok && err.contains("127.0.0.1:1") && !err.contains("pw@"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
