@@ -40,6 +40,9 @@ struct Cli {
     /// Agents reconnecting at once.
     #[arg(long, default_value_t = 5_000)]
     reconnect: usize,
+    /// Rounds of the throughput scenarios (each figure is the median).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 #[derive(Subcommand)]
@@ -80,6 +83,7 @@ fn main() -> anyhow::Result<()> {
                 single_records: cli.single_records,
                 batch: cli.batch,
                 reconnect: cli.reconnect,
+                rounds: cli.rounds.max(1),
             };
             load::run(&opts)
         }
