@@ -33,6 +33,33 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub limits: LimitsConfig,
     pub enroll: EnrollConfig,
+    pub correlation: CorrelationConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorrelationConfig {
+    /// Seconds between correlation passes. Default 30.
+    pub every_secs: u64,
+    /// How late (event time) records may arrive and still be correlated, seconds. Default
+    /// 7200: an agent back from two hours offline still counts.
+    pub lateness_secs: u64,
+    /// The practice-management vendor's domains (and their subdomains), for
+    /// `vendor_domains_only` rules. Default none.
+    pub vendor_domains: Vec<String>,
+    /// Site rule file merged over the shipped rules by `id`. Default none.
+    pub rules_file: String,
+}
+
+impl Default for CorrelationConfig {
+    fn default() -> Self {
+        Self {
+            every_secs: 30,
+            lateness_secs: 7200,
+            vendor_domains: Vec::new(),
+            rules_file: String::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -179,6 +206,16 @@ impl Config {
         }
         if cfg.enroll.cert_days == 0 || cfg.enroll.cert_days > 825 {
             return bad("enroll.cert_days", "must be between 1 and 825");
+        }
+        if cfg.correlation.every_secs == 0 {
+            return bad("correlation.every_secs", "must be at least 1");
+        }
+        if let Err(e) = crate::correlate::rules::load(&cfg.correlation.rules_file) {
+            return Err(ConfigError::Invalid {
+                path: shown.to_string(),
+                key: "correlation.rules_file",
+                why: e.to_string(),
+            });
         }
         let m = &cfg.server.metrics_listen;
         if !m.is_empty() && m.parse::<SocketAddr>().is_err() {

@@ -10,6 +10,7 @@
 //! Correlation across clinics and the SOC surface come next; see ARCHITECTURE.md.
 
 pub mod config;
+pub mod correlate;
 pub mod enroll;
 pub mod ingest;
 pub mod limit;

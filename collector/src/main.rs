@@ -64,6 +64,27 @@ enum Cmd {
         #[arg(long)]
         db: Option<String>,
     },
+    /// Incidents (campaigns across clinics) from correlation.
+    Incidents {
+        #[command(subcommand)]
+        cmd: IncidentsCmd,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Hosts: clinic, host, last seen, agent, kernel, spool depth.
+    Hosts {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Indicators (destinations, child executables) seen by the most clinics.
+    Indicators {
+        #[command(subcommand)]
+        cmd: IndicatorsCmd,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Serve Ingest (mutual TLS), Enroll and gRPC health; metrics over HTTP.
     Serve {
         /// Configuration (default: DIR/collector.toml if it exists, else the defaults).
@@ -75,6 +96,46 @@ enum Cmd {
         /// Overrides `store.url` (a SQLite file or a postgres:// URL).
         #[arg(long)]
         db: Option<String>,
+    },
+}
+
+/// Which store the offline commands read.
+#[derive(clap::Args)]
+struct StoreArgs {
+    /// Configuration (default: DIR/collector.toml if it exists).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Overrides `store.url`.
+    #[arg(long, global = true)]
+    db: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum IncidentsCmd {
+    /// Newest first.
+    List {
+        /// new, acknowledged, closed or all.
+        #[arg(long, default_value = "all")]
+        state: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One incident with its clinics, hosts and evidence.
+    Show { id: i64 },
+    /// Mark as acknowledged (it keeps being updated).
+    Ack { id: i64 },
+    /// Close: the next sighting opens a new incident.
+    Close { id: i64 },
+}
+
+#[derive(Subcommand)]
+enum IndicatorsCmd {
+    /// By distinct clinics over the last `--hours`.
+    Top {
+        #[arg(long, default_value_t = 24.0)]
+        hours: f64,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
     },
 }
 
@@ -123,6 +184,95 @@ fn token_key(dir: &Path) -> anyhow::Result<Vec<u8>> {
         anyhow::bail!("`{}` is shorter than 32 bytes", p.display());
     }
     Ok(key)
+}
+
+async fn open_store(dir: &Path, sa: StoreArgs) -> anyhow::Result<Box<dyn store::Store>> {
+    let cfg = load_config(dir, sa.config.as_deref(), sa.db)?;
+    let url = cfg.store.url;
+    Ok(tokio::task::spawn_blocking(move || store::open(&url)).await??)
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC) of unix seconds.
+fn utc(t: f64) -> String {
+    let secs = t.max(0.0) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn incidents(st: &mut dyn store::Store, cmd: IncidentsCmd) -> anyhow::Result<()> {
+    let now = clinicwatch_collector::ingest::now();
+    match cmd {
+        IncidentsCmd::List { state, json } => {
+            let filter = match state.as_str() {
+                "all" => None,
+                "new" | "acknowledged" | "closed" => Some(state.as_str()),
+                other => anyhow::bail!("--state `{other}`: new, acknowledged, closed or all"),
+            };
+            for i in st.incidents(filter)? {
+                if json {
+                    println!("{}", serde_json::to_string(&i)?);
+                } else {
+                    println!(
+                        "#{:<5} {:<12} {:<8} {:<36} {:>4} clinics  {} .. {}  {}",
+                        i.id,
+                        i.state,
+                        i.severity,
+                        i.rule,
+                        i.clinics.len(),
+                        utc(i.first_seen),
+                        utc(i.last_seen),
+                        i.key
+                    );
+                }
+            }
+        }
+        IncidentsCmd::Show { id } => {
+            let i = st
+                .incident(id)?
+                .ok_or_else(|| anyhow::anyhow!("no incident #{id}"))?;
+            println!("incident #{} [{}] {} {}", i.id, i.state, i.severity, i.rule);
+            println!("  {}", i.title);
+            println!("  group: {}", i.key);
+            println!(
+                "  seen: {} .. {} (event time)",
+                utc(i.first_seen),
+                utc(i.last_seen)
+            );
+            println!("  opened {}, updated {}", utc(i.created), utc(i.updated));
+            println!("  clinics ({}): {}", i.clinics.len(), i.clinics.join(", "));
+            println!("  hosts ({}): {}", i.hosts.len(), i.hosts.join(", "));
+            for (k, v) in &i.evidence {
+                println!("  {k}: {v}");
+            }
+        }
+        IncidentsCmd::Ack { id } | IncidentsCmd::Close { id } => {
+            let state = if matches!(cmd, IncidentsCmd::Ack { .. }) {
+                "acknowledged"
+            } else {
+                "closed"
+            };
+            if !st.set_incident_state(id, state, now)? {
+                anyhow::bail!("no incident #{id}");
+            }
+            println!("incident #{id}: {state}");
+        }
+    }
+    Ok(())
 }
 
 /// The configuration: `--config FILE`, else DIR/collector.toml if it exists; `--db`
@@ -240,6 +390,56 @@ async fn main() -> anyhow::Result<()> {
             })
             .await??;
             println!("{clinic}/{host} unenrolled: its certificates are refused until it enrolls again with a token");
+        }
+        Cmd::Incidents { cmd, store: sa } => {
+            let mut st = open_store(&dir, sa).await?;
+            tokio::task::spawn_blocking(move || incidents(st.as_mut(), cmd)).await??;
+        }
+        Cmd::Hosts { json, store: sa } => {
+            let mut st = open_store(&dir, sa).await?;
+            let hosts = tokio::task::spawn_blocking(move || st.hosts()).await??;
+            let now = clinicwatch_collector::ingest::now();
+            for h in hosts {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"clinic": h.clinic, "host": h.host, "hostname": h.hostname,
+                            "agent_version": h.agent_version, "kernel": h.kernel, "last_seen": h.last_seen,
+                            "spooled": h.spooled, "dropped": h.dropped})
+                    );
+                } else {
+                    println!(
+                        "{:<20} {:<16} last seen {} ({:.0} s ago)  agent {}  kernel {}  spooled {}  dropped {}",
+                        h.clinic,
+                        h.host,
+                        utc(h.last_seen),
+                        (now - h.last_seen).max(0.0),
+                        h.agent_version,
+                        h.kernel,
+                        h.spooled,
+                        h.dropped
+                    );
+                }
+            }
+        }
+        Cmd::Indicators {
+            cmd: IndicatorsCmd::Top { hours, limit },
+            store: sa,
+        } => {
+            let mut st = open_store(&dir, sa).await?;
+            let since = clinicwatch_collector::ingest::now() - hours * 3600.0;
+            let top =
+                tokio::task::spawn_blocking(move || st.top_indicators(since, limit)).await??;
+            for i in top {
+                println!(
+                    "{:>6} clinics  {:<10} {:<40} {} .. {}",
+                    i.clinics,
+                    i.kind,
+                    i.value,
+                    utc(i.first_seen),
+                    utc(i.last_seen)
+                );
+            }
         }
         Cmd::Serve { config, listen, db } => {
             let mut cfg = load_config(&dir, config.as_deref(), db)?;

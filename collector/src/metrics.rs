@@ -76,6 +76,8 @@ pub struct Metrics {
     pub streams_total: AtomicU64,
     pub enrolled: AtomicU64,
     pub pruned: AtomicU64,
+    pub incidents_opened: AtomicU64,
+    pub correlation_passes: AtomicU64,
     /// Microseconds spent in store calls for batches, and their number.
     pub store_micros: AtomicU64,
     rejected: [AtomicU64; 6],
@@ -187,6 +189,18 @@ impl Metrics {
             "counter",
             "Certificates issued by enrollment or renewal.",
             g(&self.enrolled),
+        );
+        one(
+            "clinicwatch_collector_incidents_opened_total",
+            "counter",
+            "Incidents opened by correlation.",
+            g(&self.incidents_opened),
+        );
+        one(
+            "clinicwatch_collector_correlation_passes_total",
+            "counter",
+            "Correlation passes run by this collector (the leader).",
+            g(&self.correlation_passes),
         );
         one(
             "clinicwatch_collector_pruned_rows_total",

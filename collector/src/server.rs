@@ -136,6 +136,39 @@ impl Collector {
                 }
             });
         }
+        {
+            let (store, metrics, c) = (
+                self.store.clone(),
+                self.metrics.clone(),
+                cfg.correlation.clone(),
+            );
+            let engine = crate::correlate::Engine {
+                rules: crate::correlate::rules::load(&c.rules_file)?,
+                lateness_secs: c.lateness_secs as f64,
+                vendor_domains: c.vendor_domains.clone(),
+            };
+            let engine = Arc::new(engine);
+            tasks.spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(c.every_secs)).await;
+                    let e = engine.clone();
+                    let now = crate::ingest::now();
+                    match on_store(&store, &metrics, move |s| e.pass(s, now)).await {
+                        Ok(r) if r.led => {
+                            metrics
+                                .correlation_passes
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            metrics.incidents_opened.fetch_add(
+                                r.opened.len() as u64,
+                                std::sync::atomic::Ordering::Relaxed,
+                            );
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "correlation pass failed; will retry"),
+                    }
+                }
+            });
+        }
         let mut builder = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(60)))

@@ -74,6 +74,43 @@ fn ca_init_tokens_unenroll_and_config_errors() {
         .unwrap();
     assert!(e.revoked);
 
+    // Incidents through the CLI: one as a correlation pass would save it.
+    let inc = clinicwatch_collector::store::Incident {
+        rule: "CW-FLEET-RARE-DESTINATION".into(),
+        key: "dest_name:exfil.example".into(),
+        state: "new".into(),
+        severity: "critical".into(),
+        title: "t".into(),
+        first_seen: 1_795_000_000.0,
+        last_seen: 1_795_000_600.0,
+        clinics: vec!["c1".into(), "c2".into()],
+        hosts: vec!["c1/ws1".into(), "c2/ws1".into()],
+        ..Default::default()
+    };
+    let id = st.save_incident(&inc).unwrap();
+    drop(st);
+    let (ok, out, err) = run(&dir, &["incidents", "list"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("#{id}"))
+            && out.contains("dest_name:exfil.example")
+            && out.contains("2026-11-18 11:06:40"),
+        "{out}"
+    );
+    let (ok, out, _) = run(&dir, &["incidents", "show", &id.to_string()]);
+    assert!(ok && out.contains("c1/ws1, c2/ws1"), "{out}");
+    let (ok, out, _) = run(&dir, &["incidents", "ack", &id.to_string()]);
+    assert!(ok && out.contains("acknowledged"), "{out}");
+    let (ok, out, _) = run(
+        &dir,
+        &["incidents", "list", "--state", "acknowledged", "--json"],
+    );
+    assert!(ok && out.contains("\"state\":\"acknowledged\""), "{out}");
+    let (ok, _, err) = run(&dir, &["incidents", "show", "999"]);
+    assert!(!ok && err.contains("no incident #999"), "{err}");
+    let (ok, out, err) = run(&dir, &["hosts"]);
+    assert!(ok, "{err}{out}");
+
     std::fs::write(
         dir.join("collector.toml"),
         "[limits]\nrecords_per_sec = 0\n",

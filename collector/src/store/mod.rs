@@ -57,6 +57,55 @@ pub struct StoredFinding {
     pub time: f64,
     pub subject: String,
     pub summary: String,
+    /// Evidence values as JSON text, by key.
+    pub evidence: std::collections::BTreeMap<String, String>,
+}
+
+/// Where an indicator was seen: one row per (kind, value, clinic, host, app, hour).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SightingRow {
+    pub kind: String,
+    pub value: String,
+    pub clinic: String,
+    pub host: String,
+    pub app: String,
+    /// Event time (the records' own), first and last in that hour.
+    pub first_time: f64,
+    pub last_time: f64,
+}
+
+/// An indicator fleet-wide: first seen (event time) and how many clinics ever saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndicatorStat {
+    pub kind: String,
+    pub value: String,
+    pub first_seen: f64,
+    pub last_seen: f64,
+    pub clinics: u64,
+}
+
+/// A campaign as the SOC sees it: one correlation rule, one group (an indicator, or the
+/// fleet), the clinics and hosts involved.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
+pub struct Incident {
+    /// 0 before it is first saved.
+    pub id: i64,
+    pub rule: String,
+    /// What the rule grouped by, e.g. `dest_name:evil.example`.
+    pub key: String,
+    /// `new`, `acknowledged` or `closed`.
+    pub state: String,
+    pub severity: String,
+    pub title: String,
+    /// Event time of the first and last evidence.
+    pub first_seen: f64,
+    pub last_seen: f64,
+    pub clinics: Vec<String>,
+    /// `clinic/host`.
+    pub hosts: Vec<String>,
+    pub evidence: std::collections::BTreeMap<String, String>,
+    pub created: f64,
+    pub updated: f64,
 }
 
 /// A host as last heard from.
@@ -115,10 +164,50 @@ pub trait Store: Send {
     /// Deletes summaries and health received before `summaries_before` and findings (raised)
     /// before `findings_before`.
     fn prune(&mut self, summaries_before: f64, findings_before: f64) -> Result<Pruned, StoreError>;
+    /// Sightings whose last time is at or after `since`.
+    fn sightings_since(&mut self, since: f64) -> Result<Vec<SightingRow>, StoreError>;
+    /// Fleet-wide first seen and prevalence of these (kind, value) pairs (unknown ones are
+    /// left out).
+    fn indicator_stats(
+        &mut self,
+        keys: &[(String, String)],
+    ) -> Result<Vec<IndicatorStat>, StoreError>;
+    /// Indicators seen by the most clinics since `since` (event time).
+    fn top_indicators(
+        &mut self,
+        since: f64,
+        limit: usize,
+    ) -> Result<Vec<IndicatorStat>, StoreError>;
+    /// Whether this collector runs correlation passes: with several collectors on one
+    /// PostgreSQL, one holds an advisory lock (taken over if its connection ends); alone, yes.
+    fn lead_correlation(&mut self) -> Result<bool, StoreError>;
+    /// The open (not closed) incident of this rule and key.
+    fn open_incident(&mut self, rule: &str, key: &str) -> Result<Option<Incident>, StoreError>;
+    /// Inserts (id 0) or updates an incident; returns its id.
+    fn save_incident(&mut self, inc: &Incident) -> Result<i64, StoreError>;
+    /// Incidents, newest first; `state` filters.
+    fn incidents(&mut self, state: Option<&str>) -> Result<Vec<Incident>, StoreError>;
+    fn incident(&mut self, id: i64) -> Result<Option<Incident>, StoreError>;
+    /// Sets an incident's state; false if there is no such incident.
+    fn set_incident_state(&mut self, id: i64, state: &str, now: f64) -> Result<bool, StoreError>;
     /// A cheap round trip: is the store answering?
     fn ping(&mut self) -> Result<(), StoreError>;
     /// Rows in the record table.
     fn record_count(&mut self) -> Result<u64, StoreError>;
+}
+
+/// The columns an incident is read from, in `Incident` order.
+pub(crate) const INCIDENT_COLUMNS: &str = "id, rule, key, state, severity, title, first_seen, \
+    last_seen, clinics, hosts, evidence, created, updated";
+
+/// An incident's lists and evidence as JSON text.
+pub(crate) fn incident_json(i: &Incident) -> (String, String, String) {
+    let j = |v: serde_json::Result<String>| v.unwrap_or_else(|_| "[]".into());
+    (
+        j(serde_json::to_string(&i.clinics)),
+        j(serde_json::to_string(&i.hosts)),
+        serde_json::to_string(&i.evidence).unwrap_or_else(|_| "{}".into()),
+    )
 }
 
 /// How a record is filed.

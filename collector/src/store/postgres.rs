@@ -10,9 +10,30 @@ use postgres::{Client, NoTls};
 use prost::Message;
 
 use super::{
-    kind, validate, Enrollment, HostKey, HostRow, Ingested, Pruned, Store, StoreError,
-    StoredFinding,
+    kind, validate, Enrollment, HostKey, HostRow, Incident, IndicatorStat, Ingested, Pruned,
+    SightingRow, Store, StoreError, StoredFinding, INCIDENT_COLUMNS,
 };
+
+/// Held by the collector that runs correlation passes ("correl").
+const CORRELATION_LOCK: i64 = 0x636f_7272_656c;
+
+fn incident_row(r: &postgres::Row) -> Incident {
+    Incident {
+        id: r.get(0),
+        rule: r.get(1),
+        key: r.get(2),
+        state: r.get(3),
+        severity: r.get(4),
+        title: r.get(5),
+        first_seen: r.get(6),
+        last_seen: r.get(7),
+        clinics: serde_json::from_str(r.get::<_, &str>(8)).unwrap_or_default(),
+        hosts: serde_json::from_str(r.get::<_, &str>(9)).unwrap_or_default(),
+        evidence: serde_json::from_str(r.get::<_, &str>(10)).unwrap_or_default(),
+        created: r.get(11),
+        updated: r.get(12),
+    }
+}
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS hosts (
@@ -36,6 +57,32 @@ CREATE TABLE IF NOT EXISTS findings (
 );
 CREATE INDEX IF NOT EXISTS findings_time ON findings (time);
 CREATE INDEX IF NOT EXISTS findings_received ON findings (received);
+CREATE TABLE IF NOT EXISTS sightings (
+    kind TEXT NOT NULL, value TEXT NOT NULL, clinic TEXT NOT NULL, host TEXT NOT NULL,
+    app TEXT NOT NULL, bucket BIGINT NOT NULL, first_time DOUBLE PRECISION NOT NULL,
+    last_time DOUBLE PRECISION NOT NULL, windows BIGINT NOT NULL,
+    received DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (kind, value, clinic, host, app, bucket)
+);
+CREATE INDEX IF NOT EXISTS sightings_last ON sightings (last_time);
+CREATE TABLE IF NOT EXISTS indicators (
+    kind TEXT NOT NULL, value TEXT NOT NULL, first_seen DOUBLE PRECISION NOT NULL,
+    last_seen DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (kind, value)
+);
+CREATE TABLE IF NOT EXISTS indicator_clinics (
+    kind TEXT NOT NULL, value TEXT NOT NULL, clinic TEXT NOT NULL,
+    first_seen DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (kind, value, clinic)
+);
+CREATE TABLE IF NOT EXISTS incidents (
+    id BIGSERIAL PRIMARY KEY, rule TEXT NOT NULL, key TEXT NOT NULL, state TEXT NOT NULL,
+    severity TEXT NOT NULL, title TEXT NOT NULL, first_seen DOUBLE PRECISION NOT NULL,
+    last_seen DOUBLE PRECISION NOT NULL, clinics TEXT NOT NULL, hosts TEXT NOT NULL,
+    evidence TEXT NOT NULL, created DOUBLE PRECISION NOT NULL,
+    updated DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS incidents_open ON incidents (rule, key, state);
 CREATE TABLE IF NOT EXISTS enrollments (
     clinic TEXT NOT NULL, host TEXT NOT NULL, key_sha256 TEXT NOT NULL,
     revoked BOOLEAN NOT NULL, updated DOUBLE PRECISION NOT NULL,
@@ -52,6 +99,8 @@ pub struct PgStore {
     /// Where errors say they came from: the server, user and database, never the password.
     shown: String,
     client: Option<Client>,
+    /// This connection holds the correlation lock.
+    leading: bool,
 }
 
 /// A PostgreSQL URL fit to show: `postgres://user@host:port/db`, without the password
@@ -105,6 +154,7 @@ impl PgStore {
             config,
             shown,
             client: None,
+            leading: false,
         };
         s.client()?;
         Ok(s)
@@ -292,6 +342,45 @@ impl Store for PgStore {
                     )?;
                 }
             }
+            let sightings: Vec<_> = batch
+                .records
+                .iter()
+                .filter(|r| new.contains(&(r.seq as i64)))
+                .flat_map(crate::correlate::indicators::sightings)
+                .collect();
+            if !sightings.is_empty() {
+                let put = tx.prepare(
+                    "INSERT INTO sightings (kind, value, clinic, host, app, bucket, first_time,
+                       last_time, windows, received)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7, 1, $8)
+                     ON CONFLICT (kind, value, clinic, host, app, bucket) DO UPDATE SET
+                       first_time = LEAST(sightings.first_time, excluded.first_time),
+                       last_time = GREATEST(sightings.last_time, excluded.last_time),
+                       windows = sightings.windows + 1, received = excluded.received",
+                )?;
+                let ind = tx.prepare(
+                    "INSERT INTO indicators (kind, value, first_seen, last_seen) VALUES ($1, $2, $3, $3)
+                     ON CONFLICT (kind, value) DO UPDATE SET
+                       first_seen = LEAST(indicators.first_seen, excluded.first_seen),
+                       last_seen = GREATEST(indicators.last_seen, excluded.last_seen)",
+                )?;
+                let ind_clinic = tx.prepare(
+                    "INSERT INTO indicator_clinics (kind, value, clinic, first_seen)
+                     VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (kind, value, clinic) DO UPDATE SET
+                       first_seen = LEAST(indicator_clinics.first_seen, excluded.first_seen)",
+                )?;
+                for s in &sightings {
+                    let kind = s.kind.to_string();
+                    let b = crate::correlate::indicators::bucket(s.time);
+                    tx.execute(
+                        &put,
+                        &[&kind, &s.value, &host.clinic, &host.host, &s.app, &b, &s.time, &now],
+                    )?;
+                    tx.execute(&ind, &[&kind, &s.value, &s.time])?;
+                    tx.execute(&ind_clinic, &[&kind, &s.value, &host.clinic, &s.time])?;
+                }
+            }
             tx.execute(
                 "UPDATE hosts SET last_seen = $3 WHERE clinic = $1 AND host = $2",
                 &[&host.clinic, &host.host, &now],
@@ -310,8 +399,8 @@ impl Store for PgStore {
     fn findings_since(&mut self, since: f64) -> Result<Vec<StoredFinding>, StoreError> {
         self.with(|c| {
             let rows = c.query(
-                "SELECT clinic, host, rule, severity, app, time, subject, summary FROM findings
-                 WHERE time >= $1 ORDER BY time, clinic, host",
+                "SELECT clinic, host, rule, severity, app, time, subject, summary, evidence
+                 FROM findings WHERE time >= $1 ORDER BY time, clinic, host",
                 &[&since],
             )?;
             Ok(rows
@@ -325,6 +414,7 @@ impl Store for PgStore {
                     time: r.get(5),
                     subject: r.get(6),
                     summary: r.get(7),
+                    evidence: serde_json::from_str(r.get::<_, &str>(8)).unwrap_or_default(),
                 })
                 .collect())
         })
@@ -369,8 +459,191 @@ impl Store for PgStore {
                 "DELETE FROM findings WHERE received < $1",
                 &[&findings_before],
             )?;
+            records += tx.execute(
+                "DELETE FROM sightings WHERE received < $1",
+                &[&summaries_before],
+            )?;
             tx.commit()?;
             Ok(Pruned { records, findings })
+        })
+    }
+
+    fn sightings_since(&mut self, since: f64) -> Result<Vec<SightingRow>, StoreError> {
+        self.with(|c| {
+            let rows = c.query(
+                "SELECT kind, value, clinic, host, app, first_time, last_time FROM sightings
+                 WHERE last_time >= $1",
+                &[&since],
+            )?;
+            Ok(rows
+                .iter()
+                .map(|r| SightingRow {
+                    kind: r.get(0),
+                    value: r.get(1),
+                    clinic: r.get(2),
+                    host: r.get(3),
+                    app: r.get(4),
+                    first_time: r.get(5),
+                    last_time: r.get(6),
+                })
+                .collect())
+        })
+    }
+
+    fn indicator_stats(
+        &mut self,
+        keys: &[(String, String)],
+    ) -> Result<Vec<IndicatorStat>, StoreError> {
+        self.with(|c| {
+            let st = c.prepare(
+                "SELECT i.first_seen, i.last_seen,
+                   (SELECT COUNT(*) FROM indicator_clinics k WHERE k.kind = i.kind AND k.value = i.value)
+                 FROM indicators i WHERE i.kind = $1 AND i.value = $2",
+            )?;
+            let mut out = Vec::new();
+            for (kind, value) in keys {
+                if let Some(r) = c.query_opt(&st, &[kind, value])? {
+                    out.push(IndicatorStat {
+                        kind: kind.clone(),
+                        value: value.clone(),
+                        first_seen: r.get(0),
+                        last_seen: r.get(1),
+                        clinics: r.get::<_, i64>(2) as u64,
+                    });
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn top_indicators(
+        &mut self,
+        since: f64,
+        limit: usize,
+    ) -> Result<Vec<IndicatorStat>, StoreError> {
+        self.with(|c| {
+            let rows = c.query(
+                "SELECT kind, value, MIN(first_time), MAX(last_time), COUNT(DISTINCT clinic)
+                 FROM sightings WHERE last_time >= $1
+                 GROUP BY kind, value ORDER BY 5 DESC, 1, 2 LIMIT $2",
+                &[&since, &(limit as i64)],
+            )?;
+            Ok(rows
+                .iter()
+                .map(|r| IndicatorStat {
+                    kind: r.get(0),
+                    value: r.get(1),
+                    first_seen: r.get(2),
+                    last_seen: r.get(3),
+                    clinics: r.get::<_, i64>(4) as u64,
+                })
+                .collect())
+        })
+    }
+
+    fn lead_correlation(&mut self) -> Result<bool, StoreError> {
+        if self.leading && self.client.as_ref().is_some_and(|c| !c.is_closed()) {
+            return Ok(true);
+        }
+        self.leading = false;
+        let got = self.with(|c| {
+            c.query_one("SELECT pg_try_advisory_lock($1)", &[&CORRELATION_LOCK])
+                .map(|r| r.get::<_, bool>(0))
+        })?;
+        self.leading = got;
+        Ok(got)
+    }
+
+    fn open_incident(&mut self, rule: &str, key: &str) -> Result<Option<Incident>, StoreError> {
+        self.with(|c| {
+            let r = c.query_opt(
+                &format!(
+                    "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE rule = $1 AND key = $2
+                     AND state <> 'closed' ORDER BY id DESC LIMIT 1"
+                ),
+                &[&rule, &key],
+            )?;
+            Ok(r.as_ref().map(incident_row))
+        })
+    }
+
+    fn save_incident(&mut self, i: &Incident) -> Result<i64, StoreError> {
+        let (clinics, hosts, evidence) = super::incident_json(i);
+        self.with(|c| {
+            if i.id == 0 {
+                let r = c.query_one(
+                    "INSERT INTO incidents (rule, key, state, severity, title, first_seen,
+                       last_seen, clinics, hosts, evidence, created, updated)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
+                    &[
+                        &i.rule,
+                        &i.key,
+                        &i.state,
+                        &i.severity,
+                        &i.title,
+                        &i.first_seen,
+                        &i.last_seen,
+                        &clinics,
+                        &hosts,
+                        &evidence,
+                        &i.created,
+                        &i.updated,
+                    ],
+                )?;
+                Ok(r.get(0))
+            } else {
+                c.execute(
+                    "UPDATE incidents SET state = $2, severity = $3, title = $4, first_seen = $5,
+                       last_seen = $6, clinics = $7, hosts = $8, evidence = $9, updated = $10
+                     WHERE id = $1",
+                    &[
+                        &i.id,
+                        &i.state,
+                        &i.severity,
+                        &i.title,
+                        &i.first_seen,
+                        &i.last_seen,
+                        &clinics,
+                        &hosts,
+                        &evidence,
+                        &i.updated,
+                    ],
+                )?;
+                Ok(i.id)
+            }
+        })
+    }
+
+    fn incidents(&mut self, state: Option<&str>) -> Result<Vec<Incident>, StoreError> {
+        self.with(|c| {
+            let rows = c.query(
+                &format!(
+                    "SELECT {INCIDENT_COLUMNS} FROM incidents
+                     WHERE $1::TEXT IS NULL OR state = $1 ORDER BY id DESC"
+                ),
+                &[&state],
+            )?;
+            Ok(rows.iter().map(incident_row).collect())
+        })
+    }
+
+    fn incident(&mut self, id: i64) -> Result<Option<Incident>, StoreError> {
+        self.with(|c| {
+            let r = c.query_opt(
+                &format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = $1"),
+                &[&id],
+            )?;
+            Ok(r.as_ref().map(incident_row))
+        })
+    }
+
+    fn set_incident_state(&mut self, id: i64, state: &str, now: f64) -> Result<bool, StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE incidents SET state = $2, updated = $3 WHERE id = $1",
+                &[&id, &state, &now],
+            )
+            .map(|n| n > 0)
         })
     }
 

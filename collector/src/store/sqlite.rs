@@ -8,9 +8,28 @@ use prost::Message;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
-    kind, validate, Enrollment, HostKey, HostRow, Ingested, Pruned, Store, StoreError,
-    StoredFinding,
+    kind, validate, Enrollment, HostKey, HostRow, Incident, IndicatorStat, Ingested, Pruned,
+    SightingRow, Store, StoreError, StoredFinding, INCIDENT_COLUMNS,
 };
+
+fn incident_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Incident> {
+    let json = |i: usize| r.get::<_, String>(i);
+    Ok(Incident {
+        id: r.get(0)?,
+        rule: r.get(1)?,
+        key: r.get(2)?,
+        state: r.get(3)?,
+        severity: r.get(4)?,
+        title: r.get(5)?,
+        first_seen: r.get(6)?,
+        last_seen: r.get(7)?,
+        clinics: serde_json::from_str(&json(8)?).unwrap_or_default(),
+        hosts: serde_json::from_str(&json(9)?).unwrap_or_default(),
+        evidence: serde_json::from_str(&json(10)?).unwrap_or_default(),
+        created: r.get(11)?,
+        updated: r.get(12)?,
+    })
+}
 
 const SCHEMA: &str = "
 PRAGMA journal_mode = WAL;
@@ -38,6 +57,28 @@ CREATE TABLE IF NOT EXISTS enrollments (
     revoked INTEGER NOT NULL, updated REAL NOT NULL,
     PRIMARY KEY (clinic, host)
 );
+CREATE TABLE IF NOT EXISTS sightings (
+    kind TEXT NOT NULL, value TEXT NOT NULL, clinic TEXT NOT NULL, host TEXT NOT NULL,
+    app TEXT NOT NULL, bucket INTEGER NOT NULL, first_time REAL NOT NULL,
+    last_time REAL NOT NULL, windows INTEGER NOT NULL, received REAL NOT NULL,
+    PRIMARY KEY (kind, value, clinic, host, app, bucket)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sightings_last ON sightings (last_time);
+CREATE TABLE IF NOT EXISTS indicators (
+    kind TEXT NOT NULL, value TEXT NOT NULL, first_seen REAL NOT NULL, last_seen REAL NOT NULL,
+    PRIMARY KEY (kind, value)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS indicator_clinics (
+    kind TEXT NOT NULL, value TEXT NOT NULL, clinic TEXT NOT NULL, first_seen REAL NOT NULL,
+    PRIMARY KEY (kind, value, clinic)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS incidents (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, rule TEXT NOT NULL, key TEXT NOT NULL,
+    state TEXT NOT NULL, severity TEXT NOT NULL, title TEXT NOT NULL,
+    first_seen REAL NOT NULL, last_seen REAL NOT NULL, clinics TEXT NOT NULL,
+    hosts TEXT NOT NULL, evidence TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS incidents_open ON incidents (rule, key, state);
 CREATE INDEX IF NOT EXISTS findings_time ON findings (time);
 CREATE INDEX IF NOT EXISTS findings_received ON findings (received);
 CREATE INDEX IF NOT EXISTS records_received ON records (kind, received);
@@ -159,6 +200,33 @@ impl Store for SqliteStore {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 )
                 .map_err(&err)?;
+            let mut sighting = tx
+                .prepare_cached(
+                    "INSERT INTO sightings (kind, value, clinic, host, app, bucket, first_time,
+                       last_time, windows, received)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, 1, ?8)
+                     ON CONFLICT (kind, value, clinic, host, app, bucket) DO UPDATE SET
+                       first_time = MIN(first_time, excluded.first_time),
+                       last_time = MAX(last_time, excluded.last_time),
+                       windows = windows + 1, received = excluded.received",
+                )
+                .map_err(&err)?;
+            let mut indicator = tx
+                .prepare_cached(
+                    "INSERT INTO indicators (kind, value, first_seen, last_seen) VALUES (?1, ?2, ?3, ?3)
+                     ON CONFLICT (kind, value) DO UPDATE SET
+                       first_seen = MIN(first_seen, excluded.first_seen),
+                       last_seen = MAX(last_seen, excluded.last_seen)",
+                )
+                .map_err(&err)?;
+            let mut indicator_clinic = tx
+                .prepare_cached(
+                    "INSERT INTO indicator_clinics (kind, value, clinic, first_seen)
+                     VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (kind, value, clinic) DO UPDATE SET
+                       first_seen = MIN(first_seen, excluded.first_seen)",
+                )
+                .map_err(&err)?;
             for r in &batch.records {
                 let n = put
                     .execute(params![
@@ -176,6 +244,26 @@ impl Store for SqliteStore {
                     continue;
                 }
                 out.stored += 1;
+                for s in crate::correlate::indicators::sightings(r) {
+                    sighting
+                        .execute(params![
+                            s.kind,
+                            s.value,
+                            host.clinic,
+                            host.host,
+                            s.app,
+                            crate::correlate::indicators::bucket(s.time),
+                            s.time,
+                            now
+                        ])
+                        .map_err(&err)?;
+                    indicator
+                        .execute(params![s.kind, s.value, s.time])
+                        .map_err(&err)?;
+                    indicator_clinic
+                        .execute(params![s.kind, s.value, host.clinic, s.time])
+                        .map_err(&err)?;
+                }
                 if let Some(Body::Finding(f)) = &r.body {
                     let evidence = serde_json::to_string(&f.evidence).unwrap_or_default();
                     finding
@@ -212,8 +300,8 @@ impl Store for SqliteStore {
         let mut q = self
             .db
             .prepare_cached(
-                "SELECT clinic, host, rule, severity, app, time, subject, summary FROM findings
-                 WHERE time >= ?1 ORDER BY time, clinic, host",
+                "SELECT clinic, host, rule, severity, app, time, subject, summary, evidence
+                 FROM findings WHERE time >= ?1 ORDER BY time, clinic, host",
             )
             .map_err(&err)?;
         let rows = q
@@ -227,6 +315,7 @@ impl Store for SqliteStore {
                     time: r.get(5)?,
                     subject: r.get(6)?,
                     summary: r.get(7)?,
+                    evidence: serde_json::from_str(&r.get::<_, String>(8)?).unwrap_or_default(),
                 })
             })
             .map_err(&err)?;
@@ -282,8 +371,202 @@ impl Store for SqliteStore {
                 params![findings_before],
             )
             .map_err(&err)? as u64;
+        // Sightings go with the summaries they came from; fleet-wide first seen stays.
+        records += tx
+            .execute(
+                "DELETE FROM sightings WHERE received < ?1",
+                params![summaries_before],
+            )
+            .map_err(&err)? as u64;
         tx.commit().map_err(&err)?;
         Ok(Pruned { records, findings })
+    }
+
+    fn sightings_since(&mut self, since: f64) -> Result<Vec<SightingRow>, StoreError> {
+        let err = db_err(&self.path);
+        let mut q = self
+            .db
+            .prepare_cached(
+                "SELECT kind, value, clinic, host, app, first_time, last_time FROM sightings
+                 WHERE last_time >= ?1",
+            )
+            .map_err(&err)?;
+        let rows = q
+            .query_map(params![since], |r| {
+                Ok(SightingRow {
+                    kind: r.get(0)?,
+                    value: r.get(1)?,
+                    clinic: r.get(2)?,
+                    host: r.get(3)?,
+                    app: r.get(4)?,
+                    first_time: r.get(5)?,
+                    last_time: r.get(6)?,
+                })
+            })
+            .map_err(&err)?;
+        rows.collect::<Result<_, _>>().map_err(&err)
+    }
+
+    fn indicator_stats(
+        &mut self,
+        keys: &[(String, String)],
+    ) -> Result<Vec<IndicatorStat>, StoreError> {
+        let err = db_err(&self.path);
+        let mut q = self
+            .db
+            .prepare_cached(
+                "SELECT i.first_seen, i.last_seen,
+                   (SELECT COUNT(*) FROM indicator_clinics c WHERE c.kind = i.kind AND c.value = i.value)
+                 FROM indicators i WHERE i.kind = ?1 AND i.value = ?2",
+            )
+            .map_err(&err)?;
+        let mut out = Vec::new();
+        for (kind, value) in keys {
+            let row = q
+                .query_row(params![kind, value], |r| {
+                    Ok((
+                        r.get::<_, f64>(0)?,
+                        r.get::<_, f64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
+                .optional()
+                .map_err(&err)?;
+            if let Some((first_seen, last_seen, clinics)) = row {
+                out.push(IndicatorStat {
+                    kind: kind.clone(),
+                    value: value.clone(),
+                    first_seen,
+                    last_seen,
+                    clinics: clinics as u64,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn top_indicators(
+        &mut self,
+        since: f64,
+        limit: usize,
+    ) -> Result<Vec<IndicatorStat>, StoreError> {
+        let err = db_err(&self.path);
+        let mut q = self
+            .db
+            .prepare_cached(
+                "SELECT s.kind, s.value, MIN(s.first_time), MAX(s.last_time), COUNT(DISTINCT s.clinic)
+                 FROM sightings s WHERE s.last_time >= ?1
+                 GROUP BY s.kind, s.value ORDER BY 5 DESC, 1, 2 LIMIT ?2",
+            )
+            .map_err(&err)?;
+        let rows = q
+            .query_map(params![since, limit as i64], |r| {
+                Ok(IndicatorStat {
+                    kind: r.get(0)?,
+                    value: r.get(1)?,
+                    first_seen: r.get(2)?,
+                    last_seen: r.get(3)?,
+                    clinics: r.get::<_, i64>(4)? as u64,
+                })
+            })
+            .map_err(&err)?;
+        rows.collect::<Result<_, _>>().map_err(&err)
+    }
+
+    fn lead_correlation(&mut self) -> Result<bool, StoreError> {
+        // SQLite is one collector's own file.
+        Ok(true)
+    }
+
+    fn open_incident(&mut self, rule: &str, key: &str) -> Result<Option<Incident>, StoreError> {
+        let err = db_err(&self.path);
+        let mut q = self
+            .db
+            .prepare_cached(&format!(
+                "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE rule = ?1 AND key = ?2
+                 AND state != 'closed' ORDER BY id DESC LIMIT 1"
+            ))
+            .map_err(&err)?;
+        q.query_row(params![rule, key], incident_row)
+            .optional()
+            .map_err(&err)
+    }
+
+    fn save_incident(&mut self, i: &Incident) -> Result<i64, StoreError> {
+        let err = db_err(&self.path);
+        let (clinics, hosts, evidence) = super::incident_json(i);
+        if i.id == 0 {
+            self.db
+                .execute(
+                    "INSERT INTO incidents (rule, key, state, severity, title, first_seen, last_seen,
+                       clinics, hosts, evidence, created, updated)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                    params![
+                        i.rule, i.key, i.state, i.severity, i.title, i.first_seen, i.last_seen,
+                        clinics, hosts, evidence, i.created, i.updated
+                    ],
+                )
+                .map_err(&err)?;
+            Ok(self.db.last_insert_rowid())
+        } else {
+            self.db
+                .execute(
+                    "UPDATE incidents SET state = ?2, severity = ?3, title = ?4, first_seen = ?5,
+                       last_seen = ?6, clinics = ?7, hosts = ?8, evidence = ?9, updated = ?10
+                     WHERE id = ?1",
+                    params![
+                        i.id,
+                        i.state,
+                        i.severity,
+                        i.title,
+                        i.first_seen,
+                        i.last_seen,
+                        clinics,
+                        hosts,
+                        evidence,
+                        i.updated
+                    ],
+                )
+                .map_err(&err)?;
+            Ok(i.id)
+        }
+    }
+
+    fn incidents(&mut self, state: Option<&str>) -> Result<Vec<Incident>, StoreError> {
+        let err = db_err(&self.path);
+        let mut q = self
+            .db
+            .prepare_cached(&format!(
+                "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE ?1 IS NULL OR state = ?1
+                 ORDER BY id DESC"
+            ))
+            .map_err(&err)?;
+        let rows = q.query_map(params![state], incident_row).map_err(&err)?;
+        rows.collect::<Result<_, _>>().map_err(&err)
+    }
+
+    fn incident(&mut self, id: i64) -> Result<Option<Incident>, StoreError> {
+        let err = db_err(&self.path);
+        let mut q = self
+            .db
+            .prepare_cached(&format!(
+                "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = ?1"
+            ))
+            .map_err(&err)?;
+        q.query_row(params![id], incident_row)
+            .optional()
+            .map_err(&err)
+    }
+
+    fn set_incident_state(&mut self, id: i64, state: &str, now: f64) -> Result<bool, StoreError> {
+        let n = self
+            .db
+            .execute(
+                "UPDATE incidents SET state = ?2, updated = ?3 WHERE id = ?1",
+                params![id, state, now],
+            )
+            .map_err(db_err(&self.path))?;
+        Ok(n > 0)
     }
 
     fn ping(&mut self) -> Result<(), StoreError> {

@@ -21,6 +21,7 @@ fn base(rule: &Rule, w: &WindowSummary, subject: &str) -> Finding {
         .with("window_start", w.start)
         .with("window_secs", w.end - w.start)
         .with("hour_of_week", w.hour_of_week)
+        .with("in_practice_hours", w.in_practice_hours)
 }
 
 /// Whether a child executable matches the rule's names (by file name) or prefixes.

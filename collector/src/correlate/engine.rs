@@ -1,0 +1,373 @@
+//! A correlation pass: every rule over the recent past of the whole fleet (event time, with
+//! `lateness_secs` of slack so spooled data arriving late is still counted), turned into
+//! incidents. Passes are idempotent: an open incident of the same rule and group is updated,
+//! never doubled, so several collectors on one database (only the leader runs passes) or a
+//! pass run twice give the same incidents.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use super::rules::{Rule, RuleType};
+use crate::store::{Incident, Store, StoreError, StoredFinding};
+
+/// What a pass did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct PassReport {
+    /// False when another collector leads: nothing was evaluated.
+    pub led: bool,
+    pub opened: Vec<i64>,
+    pub updated: Vec<i64>,
+}
+
+/// One piece of evidence: who, when.
+#[derive(Debug, Clone)]
+struct Hit {
+    time: f64,
+    clinic: String,
+    host: String,
+}
+
+/// A group that met its rule: everything seen for it in the look-back.
+struct Group {
+    key: String,
+    hits: Vec<Hit>,
+    evidence: BTreeMap<String, String>,
+    severity: Option<String>,
+}
+
+/// Whether some window of `span` seconds holds hits from at least `min` clinics.
+pub fn window_reaches(times_clinics: &mut [(f64, &str)], span: f64, min: usize) -> bool {
+    times_clinics.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    let mut lo = 0;
+    for hi in 0..times_clinics.len() {
+        *counts.entry(times_clinics[hi].1).or_default() += 1;
+        while times_clinics[hi].0 - times_clinics[lo].0 > span {
+            let c = times_clinics[lo].1;
+            if let Some(n) = counts.get_mut(c) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.remove(c);
+                }
+            }
+            lo += 1;
+        }
+        if counts.len() >= min {
+            return true;
+        }
+    }
+    false
+}
+
+fn domain_matches(name: &str, domains: &[String]) -> bool {
+    domains.iter().any(|d| {
+        let d = d
+            .trim_start_matches("*.")
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        name == d || name.ends_with(&format!(".{d}"))
+    })
+}
+
+pub struct Engine {
+    pub rules: Vec<Rule>,
+    pub lateness_secs: f64,
+    pub vendor_domains: Vec<String>,
+}
+
+impl Engine {
+    /// Runs every enabled rule at `now` (unix seconds).
+    pub fn pass(&self, store: &mut dyn Store, now: f64) -> Result<PassReport, StoreError> {
+        let mut report = PassReport::default();
+        if !store.lead_correlation()? {
+            return Ok(report);
+        }
+        report.led = true;
+        let rules: Vec<&Rule> = self.rules.iter().filter(|r| r.enabled).collect();
+        let span_max = rules.iter().map(|r| r.timespan_secs).max().unwrap_or(0) as f64;
+        let since = now - span_max - self.lateness_secs;
+        let sightings = store.sightings_since(since)?;
+        let findings = store.findings_since(since)?;
+        for rule in rules {
+            let lookback = now - rule.timespan_secs as f64 - self.lateness_secs;
+            let groups = match rule.kind {
+                RuleType::ValueCount => self.value_count(store, rule, &sightings, lookback, now)?,
+                RuleType::FindingCount => finding_count(rule, &findings, lookback),
+                RuleType::Silence => silence(store, rule, now)?,
+            };
+            for g in groups {
+                self.record(store, rule, g, now, &mut report)?;
+            }
+        }
+        Ok(report)
+    }
+
+    fn value_count(
+        &self,
+        store: &mut dyn Store,
+        rule: &Rule,
+        sightings: &[crate::store::SightingRow],
+        lookback: f64,
+        now: f64,
+    ) -> Result<Vec<Group>, StoreError> {
+        let mut by_value: BTreeMap<(String, String), Vec<Hit>> = BTreeMap::new();
+        for s in sightings {
+            if s.last_time < lookback
+                || !rule.kinds.contains(&s.kind)
+                || (!rule.apps.is_empty() && !rule.apps.contains(&s.app))
+                || rule.exclude_apps.contains(&s.app)
+                || (rule.vendor_domains_only && !domain_matches(&s.value, &self.vendor_domains))
+            {
+                continue;
+            }
+            by_value
+                .entry((s.kind.clone(), s.value.clone()))
+                .or_default()
+                .push(Hit {
+                    time: s.first_time.max(lookback),
+                    clinic: s.clinic.clone(),
+                    host: s.host.clone(),
+                });
+        }
+        let mut met: Vec<((String, String), Vec<Hit>)> = by_value
+            .into_iter()
+            .filter(|(_, hits)| {
+                let mut tc: Vec<(f64, &str)> =
+                    hits.iter().map(|h| (h.time, h.clinic.as_str())).collect();
+                window_reaches(&mut tc, rule.timespan_secs as f64, rule.min_clinics)
+            })
+            .collect();
+        if let Some(within) = rule.first_seen_within_secs {
+            let keys: Vec<(String, String)> = met.iter().map(|(k, _)| k.clone()).collect();
+            let stats = store.indicator_stats(&keys)?;
+            met.retain(|(k, _)| {
+                stats
+                    .iter()
+                    .find(|s| (&s.kind, &s.value) == (&k.0, &k.1))
+                    .is_some_and(|s| s.first_seen >= now - within as f64)
+            });
+        }
+        let stats =
+            store.indicator_stats(&met.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>())?;
+        Ok(met
+            .into_iter()
+            .map(|((kind, value), hits)| {
+                let mut evidence = BTreeMap::new();
+                evidence.insert("indicator".into(), format!("{kind}:{value}"));
+                if let Some(s) = stats.iter().find(|s| s.kind == kind && s.value == value) {
+                    evidence.insert("fleet_first_seen".into(), format!("{:.0}", s.first_seen));
+                    evidence.insert("clinics_ever".into(), s.clinics.to_string());
+                }
+                Group {
+                    key: format!("{kind}:{value}"),
+                    hits,
+                    evidence,
+                    severity: None,
+                }
+            })
+            .collect())
+    }
+
+    /// Opens or updates the incident of this rule and group.
+    fn record(
+        &self,
+        store: &mut dyn Store,
+        rule: &Rule,
+        g: Group,
+        now: f64,
+        report: &mut PassReport,
+    ) -> Result<(), StoreError> {
+        let clinics: BTreeSet<String> = g.hits.iter().map(|h| h.clinic.clone()).collect();
+        let hosts: BTreeSet<String> = g
+            .hits
+            .iter()
+            .map(|h| format!("{}/{}", h.clinic, h.host))
+            .collect();
+        let first = g.hits.iter().map(|h| h.time).fold(f64::MAX, f64::min);
+        let last = g.hits.iter().map(|h| h.time).fold(f64::MIN, f64::max);
+        let mut evidence = g.evidence;
+        evidence.insert("clinics".into(), clinics.len().to_string());
+        let severity = g.severity.unwrap_or_else(|| rule.severity.clone());
+        match store.open_incident(&rule.id, &g.key)? {
+            Some(mut inc) => {
+                let before = (inc.clinics.clone(), inc.hosts.clone(), inc.last_seen);
+                let c: BTreeSet<String> = inc.clinics.drain(..).chain(clinics).collect();
+                let h: BTreeSet<String> = inc.hosts.drain(..).chain(hosts).collect();
+                inc.clinics = c.into_iter().collect();
+                inc.hosts = h.into_iter().collect();
+                inc.first_seen = inc.first_seen.min(first);
+                inc.last_seen = inc.last_seen.max(last);
+                if (inc.clinics.clone(), inc.hosts.clone(), inc.last_seen) != before {
+                    evidence.insert("clinics".into(), inc.clinics.len().to_string());
+                    inc.evidence = evidence;
+                    inc.severity = severity;
+                    inc.updated = now;
+                    report.updated.push(store.save_incident(&inc)?);
+                }
+            }
+            None => {
+                let inc = Incident {
+                    id: 0,
+                    rule: rule.id.clone(),
+                    key: g.key,
+                    state: "new".into(),
+                    severity,
+                    title: rule.title.clone(),
+                    first_seen: first,
+                    last_seen: last,
+                    clinics: clinics.into_iter().collect(),
+                    hosts: hosts.into_iter().collect(),
+                    evidence,
+                    created: now,
+                    updated: now,
+                };
+                let id = store.save_incident(&inc)?;
+                tracing::warn!(id, rule = %inc.rule, key = %inc.key, clinics = inc.clinics.len(), "incident opened");
+                report.opened.push(id);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The group a finding falls in for `group_by`, if it has that field.
+fn group_of(f: &StoredFinding, by: &str) -> Option<String> {
+    match by {
+        "fleet" => Some("fleet".into()),
+        "rule" => Some(format!("rule:{}", f.rule)),
+        "subject" => Some(format!("subject:{}", f.subject)),
+        _ => {
+            let key = by.strip_prefix("evidence.")?;
+            let v = f.evidence.get(key)?;
+            // Evidence values are JSON text: a string's quotes go.
+            let v = serde_json::from_str::<String>(v).unwrap_or_else(|_| v.clone());
+            Some(format!("{key}:{v}"))
+        }
+    }
+}
+
+fn finding_count(rule: &Rule, findings: &[StoredFinding], lookback: f64) -> Vec<Group> {
+    let mut groups: BTreeMap<String, Vec<&StoredFinding>> = BTreeMap::new();
+    for f in findings {
+        if f.time < lookback || !rule.findings.contains(&f.rule) {
+            continue;
+        }
+        for by in &rule.group_by {
+            if let Some(g) = group_of(f, by) {
+                groups.entry(g).or_default().push(f);
+            }
+        }
+    }
+    groups
+        .into_iter()
+        .filter_map(|(key, fs)| {
+            let mut tc: Vec<(f64, &str)> = fs.iter().map(|f| (f.time, f.clinic.as_str())).collect();
+            if !window_reaches(&mut tc, rule.timespan_secs as f64, rule.min_clinics) {
+                return None;
+            }
+            // Evidence values are JSON text: `false` or `"false"`.
+            let off_hours = fs
+                .iter()
+                .filter(|f| {
+                    f.evidence
+                        .get("in_practice_hours")
+                        .is_some_and(|v| v.trim_matches('"') == "false")
+                })
+                .count();
+            let severity = rule
+                .off_hours_severity
+                .clone()
+                .filter(|_| off_hours * 2 > fs.len());
+            let mut evidence = BTreeMap::new();
+            evidence.insert("findings".into(), fs.len().to_string());
+            let rules: BTreeSet<&str> = fs.iter().map(|f| f.rule.as_str()).collect();
+            evidence.insert(
+                "rules".into(),
+                rules.into_iter().collect::<Vec<_>>().join(","),
+            );
+            if severity.is_some() {
+                evidence.insert("outside_practice_hours".into(), off_hours.to_string());
+            }
+            Some(Group {
+                key,
+                hits: fs
+                    .iter()
+                    .map(|f| Hit {
+                        time: f.time,
+                        clinic: f.clinic.clone(),
+                        host: f.host.clone(),
+                    })
+                    .collect(),
+                evidence,
+                severity,
+            })
+        })
+        .collect()
+}
+
+/// Hosts that were reporting and stopped within the window: at least
+/// max(min_hosts, min(fraction × hosts seen in the last day, max_hosts)).
+fn silence(store: &mut dyn Store, rule: &Rule, now: f64) -> Result<Vec<Group>, StoreError> {
+    let hosts = store.hosts()?;
+    let active = hosts
+        .iter()
+        .filter(|h| h.last_seen >= now - 86_400.0)
+        .count();
+    let until = now - rule.silent_after_secs as f64;
+    let from = until - rule.timespan_secs as f64;
+    let silent: Vec<Hit> = hosts
+        .iter()
+        .filter(|h| h.last_seen >= from && h.last_seen < until)
+        .map(|h| Hit {
+            time: h.last_seen,
+            clinic: h.clinic.clone(),
+            host: h.host.clone(),
+        })
+        .collect();
+    let need = ((rule.fraction * active as f64).ceil() as usize)
+        .min(rule.max_hosts)
+        .max(rule.min_hosts.max(1));
+    if silent.len() < need {
+        return Ok(Vec::new());
+    }
+    let mut evidence = BTreeMap::new();
+    evidence.insert("silent_hosts".into(), silent.len().to_string());
+    evidence.insert("active_hosts".into(), active.to_string());
+    evidence.insert("threshold".into(), need.to_string());
+    // One incident per silent spell: keyed by the window's start, to the 10 minutes.
+    let spell = (silent.iter().map(|h| h.time).fold(f64::MAX, f64::min) / 600.0).floor() as i64;
+    Ok(vec![Group {
+        key: format!("silence:{spell}"),
+        hits: silent,
+        evidence,
+        severity: None,
+    }])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_must_hold_enough_distinct_clinics() {
+        let mut v = vec![(0.0, "a"), (10.0, "a"), (20.0, "b"), (5000.0, "c")];
+        assert!(
+            !window_reaches(&mut v.clone(), 3600.0, 3),
+            "c is outside a's and b's hour"
+        );
+        assert!(window_reaches(&mut v, 3600.0, 2));
+        let mut v = vec![(100.0, "c"), (0.0, "a"), (3500.0, "b")];
+        assert!(window_reaches(&mut v, 3600.0, 3), "order does not matter");
+    }
+
+    #[test]
+    fn vendor_domains_match_the_domain_and_its_subdomains() {
+        let d = vec![
+            "vendor.example".to_string(),
+            "*.pm-cloud.example.".to_string(),
+        ];
+        assert!(domain_matches("vendor.example", &d));
+        assert!(domain_matches("api.vendor.example", &d));
+        assert!(domain_matches("eu.pm-cloud.example", &d));
+        assert!(!domain_matches("evilvendor.example", &d));
+    }
+}

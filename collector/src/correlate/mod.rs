@@ -1,0 +1,14 @@
+//! Correlation across clinics: one practice's finding is a lead; the same indicator, the
+//! same finding or the same surge in many practices at once is a campaign, and becomes one
+//! incident listing the clinics and hosts.
+//!
+//! - [`indicators`]: what a stored record says about indicators (destinations, children);
+//!   the store keeps them per clinic and hour, with fleet-wide first seen and prevalence.
+//! - [`rules`]: correlation rules as data (`default_rules.toml`).
+//! - [`engine`]: a pass over the recent past, idempotent, run by one collector at a time.
+
+pub mod engine;
+pub mod indicators;
+pub mod rules;
+
+pub use engine::{Engine, PassReport};

@@ -1,0 +1,218 @@
+//! Correlation rules as data (`default_rules.toml`, merged with a site file by `id`).
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuleError {
+    #[error("cannot read `{path}`: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("correlation rules `{path}`: {why}")]
+    Invalid { path: String, why: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleType {
+    ValueCount,
+    FindingCount,
+    Silence,
+}
+
+/// One rule; which keys matter depends on `type` (unknown keys are errors).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: RuleType,
+    #[serde(default)]
+    pub title: String,
+    pub severity: String,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    pub timespan_secs: u64,
+    // value_count
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    #[serde(default)]
+    pub apps: Vec<String>,
+    #[serde(default)]
+    pub exclude_apps: Vec<String>,
+    #[serde(default)]
+    pub first_seen_within_secs: Option<u64>,
+    #[serde(default)]
+    pub vendor_domains_only: bool,
+    // value_count, finding_count
+    #[serde(default)]
+    pub min_clinics: usize,
+    // finding_count
+    #[serde(default)]
+    pub findings: Vec<String>,
+    #[serde(default)]
+    pub group_by: Vec<String>,
+    #[serde(default)]
+    pub off_hours_severity: Option<String>,
+    // silence
+    #[serde(default)]
+    pub silent_after_secs: u64,
+    #[serde(default)]
+    pub fraction: f64,
+    #[serde(default)]
+    pub max_hosts: usize,
+    #[serde(default)]
+    pub min_hosts: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    rule: Vec<toml::Table>,
+}
+
+const DEFAULT: &str = include_str!("default_rules.toml");
+const SEVERITIES: &[&str] = &["info", "low", "medium", "high", "critical"];
+const KINDS: &[&str] = &["dest_ip", "dest_name", "child_exe"];
+
+fn parse_tables(text: &str, path: &str) -> Result<Vec<toml::Table>, RuleError> {
+    toml::from_str::<File>(text)
+        .map(|f| f.rule)
+        .map_err(|e| RuleError::Invalid {
+            path: path.into(),
+            why: e.to_string(),
+        })
+}
+
+/// The shipped rules, with `site` (a file's path, or empty) merged over them by `id`.
+pub fn load(site: &str) -> Result<Vec<Rule>, RuleError> {
+    let mut tables = parse_tables(DEFAULT, "default_rules.toml")?;
+    if !site.is_empty() {
+        let text = std::fs::read_to_string(site).map_err(|source| RuleError::Read {
+            path: site.into(),
+            source,
+        })?;
+        for t in parse_tables(&text, site)? {
+            let id = t.get("id").and_then(|v| v.as_str()).map(str::to_string);
+            match tables
+                .iter_mut()
+                .find(|d| d.get("id").and_then(|v| v.as_str()) == id.as_deref())
+            {
+                Some(d) => d.extend(t),
+                None => tables.push(t),
+            }
+        }
+    }
+    let path = if site.is_empty() {
+        "default_rules.toml"
+    } else {
+        site
+    };
+    let mut rules = Vec::new();
+    for t in tables {
+        let id = t
+            .get("id")
+            .and_then(|v| v.as_str())
+            .unwrap_or("(no id)")
+            .to_string();
+        let bad = |why: String| RuleError::Invalid {
+            path: path.into(),
+            why: format!("rule `{id}`: {why}"),
+        };
+        let r: Rule = toml::Value::Table(t)
+            .try_into()
+            .map_err(|e: toml::de::Error| bad(e.to_string()))?;
+        if !SEVERITIES.contains(&r.severity.as_str())
+            || r.off_hours_severity
+                .as_deref()
+                .is_some_and(|s| !SEVERITIES.contains(&s))
+        {
+            return Err(bad(format!("severity must be one of {SEVERITIES:?}")));
+        }
+        if r.timespan_secs == 0 {
+            return Err(bad("timespan_secs must be at least 1".into()));
+        }
+        match r.kind {
+            RuleType::ValueCount => {
+                if r.kinds.is_empty() || r.kinds.iter().any(|k| !KINDS.contains(&k.as_str())) {
+                    return Err(bad(format!("kinds must be some of {KINDS:?}")));
+                }
+                if r.min_clinics == 0 {
+                    return Err(bad("min_clinics must be at least 1".into()));
+                }
+            }
+            RuleType::FindingCount => {
+                if r.findings.is_empty() || r.min_clinics == 0 {
+                    return Err(bad("findings and min_clinics are required".into()));
+                }
+                if r.group_by.is_empty()
+                    || r.group_by.iter().any(|g| {
+                        !matches!(g.as_str(), "fleet" | "rule" | "subject")
+                            && !g.starts_with("evidence.")
+                    })
+                {
+                    return Err(bad(
+                        "group_by must list `fleet`, `rule`, `subject` or `evidence.KEY`".into(),
+                    ));
+                }
+            }
+            RuleType::Silence => {
+                if !(0.0..=1.0).contains(&r.fraction) || r.max_hosts == 0 {
+                    return Err(bad("fraction (0 to 1) and max_hosts are required".into()));
+                }
+            }
+        }
+        rules.push(r);
+    }
+    Ok(rules)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_rules_load_and_a_site_file_overrides_by_id() {
+        let rules = load("").unwrap();
+        assert_eq!(rules.len(), 6);
+        let dir = std::env::temp_dir().join(format!("cw-corr-rules-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let site = dir.join("site.toml");
+        std::fs::write(
+            &site,
+            "[[rule]]\nid = \"CW-FLEET-SURGE\"\nmin_clinics = 20\n\n[[rule]]\nid = \"CW-FLEET-SENSORS-SILENT\"\nenabled = false\n",
+        )
+        .unwrap();
+        let rules = load(site.to_str().unwrap()).unwrap();
+        let surge = rules.iter().find(|r| r.id == "CW-FLEET-SURGE").unwrap();
+        assert_eq!(surge.min_clinics, 20);
+        assert_eq!(surge.timespan_secs, 1800, "other keys kept");
+        assert!(
+            !rules
+                .iter()
+                .find(|r| r.id == "CW-FLEET-SENSORS-SILENT")
+                .unwrap()
+                .enabled
+        );
+        std::fs::write(
+            &site,
+            "[[rule]]\nid = \"CW-FLEET-SURGE\"\nmin_clinic = 20\n",
+        )
+        .unwrap();
+        let e = load(site.to_str().unwrap()).unwrap_err().to_string();
+        assert!(
+            e.contains("CW-FLEET-SURGE") && e.contains("min_clinic"),
+            "{e}"
+        );
+        std::fs::write(&site, "[[rule]]\nid = \"X\"\ntype = \"value_count\"\nseverity = \"urgent\"\ntimespan_secs = 1\nkinds = [\"dest_ip\"]\nmin_clinics = 1\n").unwrap();
+        let e = load(site.to_str().unwrap()).unwrap_err().to_string();
+        assert!(e.contains("rule `X`") && e.contains("severity"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
