@@ -538,3 +538,63 @@ async fn two_collectors_on_one_postgres_share_dedup_and_resume() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_streamed_by_agents_becomes_an_incident_at_the_collector() {
+    use clinicwatch_proto::v1::{record::Body, Destination, Record, WindowSummary};
+    let (p, dir) = setup("campaign");
+    let mut cfg = Config::default();
+    cfg.correlation.every_secs = 1;
+    let srv = serve_with(&p, &dir.join("c.db"), cfg).await;
+    let now = clinicwatch_collector::ingest::now();
+    // Six clinics' PM apps contact a destination nobody had seen, minutes apart.
+    for c in 0..6 {
+        let clinic = format!("clinic-{c}");
+        let me = pki::client_cert(&p.ca, &clinic, "ws1", 30).unwrap();
+        let mut client = client(&srv.url, &p.ca, Some(&me)).await.unwrap();
+        let summary = Record {
+            seq: 1,
+            body: Some(Body::Summary(WindowSummary {
+                app: "pm-client".into(),
+                start: now - 600.0 + c as f64 * 60.0 - 60.0,
+                end: now - 600.0 + c as f64 * 60.0,
+                destinations: vec![Destination {
+                    ip: "203.0.113.9".into(),
+                    port: 443,
+                    protocol: "tcp".into(),
+                    name: "exfil.example".into(),
+                    bytes_sent: 50 << 20,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })),
+        };
+        let frames = vec![
+            hello(&clinic, "ws1", 1),
+            AgentFrame {
+                frame: Some(Frame::Batch(clinicwatch_proto::v1::Batch {
+                    epoch: 1,
+                    first_seq: 1,
+                    records: vec![summary],
+                })),
+            },
+        ];
+        assert_eq!(exchange(&mut client, frames).await.unwrap(), vec![0, 1]);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let incident = loop {
+        let found = blocking(|| srv.store.lock().unwrap().incidents(None).unwrap())
+            .into_iter()
+            .find(|i| i.key == "dest_name:exfil.example");
+        if let Some(i) = found {
+            break i;
+        }
+        assert!(std::time::Instant::now() < deadline, "no incident");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(incident.rule, "CW-FLEET-RARE-DESTINATION");
+    assert_eq!(incident.clinics.len(), 6);
+    assert!(srv.metrics.render().contains("clinicwatch_collector_incidents_opened_total 2\n"));
+    srv.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
