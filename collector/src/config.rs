@@ -34,6 +34,33 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub enroll: EnrollConfig,
     pub correlation: CorrelationConfig,
+    pub siem: SiemConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SiemConfig {
+    /// Append OCSF JSON lines here: agents' findings and incidents (Detection Finding 2004),
+    /// window summaries (Network 4001, File System 1001, Process 1007). Default: off.
+    pub ocsf_file: String,
+    /// CEF over syslog for findings and incidents: `udp://host:514` or `tcp://host:514`.
+    /// Default: off.
+    pub cef_syslog: String,
+    /// POST each new incident as JSON to this `http://` URL. Default: off.
+    pub webhook_url: String,
+    /// Items waiting for export; beyond it they are dropped and counted. Default 10000.
+    pub queue: usize,
+}
+
+impl Default for SiemConfig {
+    fn default() -> Self {
+        Self {
+            ocsf_file: String::new(),
+            cef_syslog: String::new(),
+            webhook_url: String::new(),
+            queue: 10_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -207,6 +234,22 @@ impl Config {
         if cfg.enroll.cert_days == 0 || cfg.enroll.cert_days > 825 {
             return bad("enroll.cert_days", "must be between 1 and 825");
         }
+        let s = &cfg.siem;
+        if !(s.cef_syslog.is_empty()
+            || s.cef_syslog.starts_with("udp://")
+            || s.cef_syslog.starts_with("tcp://"))
+        {
+            return bad(
+                "siem.cef_syslog",
+                "must be udp://HOST:PORT or tcp://HOST:PORT",
+            );
+        }
+        if !s.webhook_url.is_empty() && !s.webhook_url.starts_with("http://") {
+            return bad(
+                "siem.webhook_url",
+                "must be an http:// URL (put a TLS proxy in front of an https:// endpoint)",
+            );
+        }
         if cfg.correlation.every_secs == 0 {
             return bad("correlation.every_secs", "must be at least 1");
         }
@@ -252,6 +295,15 @@ mod tests {
                 "server.metrics_listen",
             ),
             ("[enroll]\ncert_days = 0", "enroll.cert_days"),
+            ("[siem]\ncef_syslog = \"10.0.0.5:514\"", "siem.cef_syslog"),
+            (
+                "[siem]\nwebhook_url = \"https://soc.example/hook\"",
+                "siem.webhook_url",
+            ),
+            (
+                "[correlation]\nrules_file = \"/nonexistent.toml\"",
+                "correlation.rules_file",
+            ),
             ("[limits]\nrecords_per_second = 5", "records_per_second"),
         ] {
             let e = Config::parse(text, "c.toml").unwrap_err().to_string();

@@ -41,6 +41,8 @@ pub struct IngestService {
     pub limiter: Arc<Limiter>,
     pub max_streams: usize,
     pub identity: IdentitySource,
+    /// Exports of what is stored (OCSF, CEF), when configured.
+    pub siem: Option<crate::siem::Siem>,
 }
 
 impl IngestService {
@@ -53,6 +55,7 @@ impl IngestService {
             limiter: Arc::new(Limiter::new(l.records_per_sec, l.burst_records)),
             max_streams: l.max_streams,
             identity: IdentitySource::PeerCertificate,
+            siem: None,
         }
     }
 }
@@ -183,6 +186,7 @@ impl Ingest for IngestService {
         let mut inbound = req.into_inner();
         let store = self.store.clone();
         let limiter = self.limiter.clone();
+        let siem = self.siem.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             let _guard = guard;
@@ -315,7 +319,7 @@ impl Ingest for IngestService {
                                     let started = Instant::now();
                                     let n = b.records.len();
                                     let r = on_store(&store, &metrics, move |s| {
-                                        s.ingest(&host2, &b, t)
+                                        s.ingest(&host2, &b, t).map(|i| (i, b))
                                     })
                                     .await;
                                     if r.is_err() {
@@ -326,7 +330,22 @@ impl Ingest for IngestService {
                                         started.elapsed().as_micros() as u64,
                                         Ordering::Relaxed,
                                     );
-                                    r.map(|i| {
+                                    r.map(|(i, b)| {
+                                        if let Some(siem) = &siem {
+                                            let new: std::collections::HashSet<u64> =
+                                                i.new_seqs.iter().copied().collect();
+                                            let records: Vec<_> = b
+                                                .records
+                                                .into_iter()
+                                                .filter(|r| new.contains(&r.seq))
+                                                .collect();
+                                            if !records.is_empty() {
+                                                siem.send(crate::siem::Item::Records {
+                                                    host: host.clone(),
+                                                    records,
+                                                });
+                                            }
+                                        }
                                         metrics.batch(&host, i.stored, i.duplicates, newest, t);
                                         acked = acked.max(i.up_to_seq);
                                         out.push(ack(e, i.up_to_seq));

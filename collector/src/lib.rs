@@ -17,4 +17,5 @@ pub mod limit;
 pub mod metrics;
 pub mod pki;
 pub mod server;
+pub mod siem;
 pub mod store;

@@ -77,6 +77,9 @@ pub struct Metrics {
     pub enrolled: AtomicU64,
     pub pruned: AtomicU64,
     pub incidents_opened: AtomicU64,
+    pub siem_exported: AtomicU64,
+    pub siem_errors: AtomicU64,
+    pub siem_dropped: AtomicU64,
     pub correlation_passes: AtomicU64,
     /// Microseconds spent in store calls for batches, and their number.
     pub store_micros: AtomicU64,
@@ -195,6 +198,24 @@ impl Metrics {
             "counter",
             "Incidents opened by correlation.",
             g(&self.incidents_opened),
+        );
+        one(
+            "clinicwatch_collector_siem_exported_total",
+            "counter",
+            "Items exported (OCSF file, CEF syslog, webhook) without error.",
+            g(&self.siem_exported),
+        );
+        one(
+            "clinicwatch_collector_siem_errors_total",
+            "counter",
+            "Items whose export failed somewhere (see the log).",
+            g(&self.siem_errors),
+        );
+        one(
+            "clinicwatch_collector_siem_dropped_total",
+            "counter",
+            "Items dropped because the export queue was full.",
+            g(&self.siem_dropped),
         );
         one(
             "clinicwatch_collector_correlation_passes_total",

@@ -66,12 +66,14 @@ impl Collector {
             cfg.limits.records_per_sec,
             cfg.limits.burst_records,
         ));
+        let siem = crate::siem::Siem::start(&cfg.siem, self.metrics.clone());
         let ingest = IngestService {
             store: self.store.clone(),
             metrics: self.metrics.clone(),
             limiter: limiter.clone(),
             max_streams: cfg.limits.max_streams,
             identity: self.identity,
+            siem: siem.clone(),
         };
         let (health, health_svc) = tonic_health::server::health_reporter();
         health.set_serving::<IngestServer<IngestService>>().await;
@@ -148,13 +150,27 @@ impl Collector {
                 vendor_domains: c.vendor_domains.clone(),
             };
             let engine = Arc::new(engine);
+            let siem = siem.clone();
             tasks.spawn(async move {
                 loop {
                     tokio::time::sleep(Duration::from_secs(c.every_secs)).await;
                     let e = engine.clone();
                     let now = crate::ingest::now();
-                    match on_store(&store, &metrics, move |s| e.pass(s, now)).await {
-                        Ok(r) if r.led => {
+                    // The pass, then the incidents it opened or updated (for the exports).
+                    let pass = on_store(&store, &metrics, move |s| {
+                        let r = e.pass(s, now)?;
+                        let mut changed = Vec::new();
+                        for (ids, opened) in [(&r.opened, true), (&r.updated, false)] {
+                            for id in ids {
+                                if let Some(i) = s.incident(*id)? {
+                                    changed.push((i, opened));
+                                }
+                            }
+                        }
+                        Ok((r, changed))
+                    });
+                    match pass.await {
+                        Ok((r, changed)) if r.led => {
                             metrics
                                 .correlation_passes
                                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -162,6 +178,11 @@ impl Collector {
                                 r.opened.len() as u64,
                                 std::sync::atomic::Ordering::Relaxed,
                             );
+                            if let Some(siem) = &siem {
+                                for (incident, opened) in changed {
+                                    siem.send(crate::siem::Item::Incident { incident, opened });
+                                }
+                            }
                         }
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "correlation pass failed; will retry"),

@@ -543,8 +543,52 @@ async fn two_collectors_on_one_postgres_share_dedup_and_resume() {
 async fn a_campaign_streamed_by_agents_becomes_an_incident_at_the_collector() {
     use clinicwatch_proto::v1::{record::Body, Destination, Record, WindowSummary};
     let (p, dir) = setup("campaign");
+    // The SOC's tools: a syslog server (UDP) and a webhook receiver.
+    let syslog = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let hook = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_addr = hook.local_addr().unwrap();
+    let hook_bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    {
+        let bodies = hook_bodies.clone();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut s, _)) = hook.accept().await {
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                // Headers, then Content-Length bytes of body.
+                loop {
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    req.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&req).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("Content-Length: "))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            bodies
+                                .lock()
+                                .unwrap()
+                                .push(format!("{}\n{body}", head.lines().next().unwrap_or("")));
+                            break;
+                        }
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+                    .await;
+            }
+        });
+    }
     let mut cfg = Config::default();
     cfg.correlation.every_secs = 1;
+    cfg.siem.ocsf_file = dir.join("ocsf.jsonl").display().to_string();
+    cfg.siem.cef_syslog = format!("udp://{}", syslog.local_addr().unwrap());
+    cfg.siem.webhook_url = format!("http://{hook_addr}/soc/hook");
     let srv = serve_with(&p, &dir.join("c.db"), cfg).await;
     let now = clinicwatch_collector::ingest::now();
     // Six clinics' PM apps contact a destination nobody had seen, minutes apart.
@@ -594,7 +638,67 @@ async fn a_campaign_streamed_by_agents_becomes_an_incident_at_the_collector() {
     };
     assert_eq!(incident.rule, "CW-FLEET-RARE-DESTINATION");
     assert_eq!(incident.clinics.len(), 6);
-    assert!(srv.metrics.render().contains("clinicwatch_collector_incidents_opened_total 2\n"));
+    // Exported: OCSF lines for the summaries and the incident, CEF to syslog, the webhook.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let ocsf = loop {
+        let text = std::fs::read_to_string(dir.join("ocsf.jsonl")).unwrap_or_default();
+        if text.contains("incident-") || std::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let lines: Vec<serde_json::Value> = ocsf
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let network = lines.iter().filter(|v| v["class_uid"] == 4001).count();
+    assert_eq!(
+        network, 6,
+        "one Network Activity per summary destination: {ocsf}"
+    );
+    let found = lines
+        .iter()
+        .find(|v| {
+            v["class_uid"] == 2004
+                && v["finding_info"]["uid"] == format!("incident-{}", incident.id)
+        })
+        .unwrap_or_else(|| panic!("no Detection Finding for the incident: {ocsf}"));
+    assert_eq!(found["severity_id"], 5);
+    assert_eq!(found["unmapped"]["clinics"].as_array().unwrap().len(), 6);
+    assert_eq!(found["type_uid"], 200401);
+    let mut buf = vec![0u8; 4096];
+    let mut cef = Vec::new();
+    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(3), syslog.recv(&mut buf)).await
+    {
+        cef.push(String::from_utf8_lossy(&buf[..n]).to_string());
+        if cef.iter().any(|l| l.contains("CW-FLEET-RARE-DESTINATION")) {
+            break;
+        }
+    }
+    assert!(
+        cef.iter().any(|l| l.starts_with("<165>1 ")
+            && l.contains("CEF:0|clinicwatch|collector|")
+            && l.contains("|CW-FLEET-RARE-DESTINATION|")
+            && l.contains("cnt=6")),
+        "{cef:?}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while hook_bodies.lock().unwrap().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let bodies = hook_bodies.lock().unwrap().clone();
+    assert!(
+        bodies
+            .iter()
+            .any(|b| b.starts_with("POST /soc/hook HTTP/1.1")
+                && b.contains("\"event\":\"incident_opened\"")
+                && b.contains("exfil.example")),
+        "{bodies:?}"
+    );
+    assert!(srv
+        .metrics
+        .render()
+        .contains("clinicwatch_collector_incidents_opened_total 2\n"));
     srv.shutdown().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -31,7 +31,8 @@ fn conformance(mut s: Box<dyn Store>, reopen: &dyn Fn() -> Box<dyn Store>) {
         Ingested {
             stored: 30,
             duplicates: 0,
-            up_to_seq: 30
+            up_to_seq: 30,
+            new_seqs: (1..=30).collect(),
         }
     );
     // The ack was lost: the agent resends an overlapping batch.
@@ -41,7 +42,8 @@ fn conformance(mut s: Box<dyn Store>, reopen: &dyn Fn() -> Box<dyn Store>) {
         Ingested {
             stored: 10,
             duplicates: 10,
-            up_to_seq: 40
+            up_to_seq: 40,
+            new_seqs: (31..=40).collect(),
         }
     );
     // Another clinic's host with the same name and seqs is its own.

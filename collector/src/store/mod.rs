@@ -38,12 +38,14 @@ pub struct HostKey {
     pub host: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Ingested {
     pub stored: u64,
     pub duplicates: u64,
     /// Every record of the epoch up to here is stored: what the collector acks.
     pub up_to_seq: u64,
+    /// The sequence numbers stored by this call (not duplicates), in order.
+    pub new_seqs: Vec<u64>,
 }
 
 /// A finding as stored.

@@ -390,6 +390,12 @@ impl Store for PgStore {
                 stored: new.len() as u64,
                 duplicates: (batch.records.len() - new.len()) as u64,
                 up_to_seq: 0,
+                new_seqs: batch
+                    .records
+                    .iter()
+                    .map(|r| r.seq)
+                    .filter(|s| new.contains(&(*s as i64)))
+                    .collect(),
             })
         })?;
         out.up_to_seq = batch.records.last().map_or(0, |r| r.seq);

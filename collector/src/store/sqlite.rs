@@ -244,6 +244,7 @@ impl Store for SqliteStore {
                     continue;
                 }
                 out.stored += 1;
+                out.new_seqs.push(r.seq);
                 for s in crate::correlate::indicators::sightings(r) {
                     sighting
                         .execute(params![

@@ -1,0 +1,218 @@
+//! OCSF 1.1 mappings: agents' findings and the collector's incidents are Detection Findings
+//! (class 2004); window summaries become Network Activity (4001) per destination, File
+//! System Activity (1001) per file class and Process Activity (1007) per child executable,
+//! with the window's counts (no paths, no contents: what the agent sent).
+
+use clinicwatch_proto::v1::{record::Body, Finding, Record};
+use serde_json::{json, Value};
+
+use crate::store::{HostKey, Incident};
+
+fn ms(t: f64) -> i64 {
+    (t * 1000.0) as i64
+}
+
+/// OCSF severity: 1 informational .. 5 critical (the proto's numbering too).
+pub fn severity_id(name: &str) -> i64 {
+    match name {
+        "info" | "informational" => 1,
+        "low" => 2,
+        "medium" => 3,
+        "high" => 4,
+        "critical" => 5,
+        _ => 0,
+    }
+}
+
+fn severity_name(id: i64) -> &'static str {
+    [
+        "Unknown",
+        "Informational",
+        "Low",
+        "Medium",
+        "High",
+        "Critical",
+    ]
+    .get(id as usize)
+    .copied()
+    .unwrap_or("Unknown")
+}
+
+fn metadata() -> Value {
+    json!({
+        "version": "1.1.0",
+        "product": {"name": "clinicwatch", "vendor_name": "clinicwatch", "version": env!("CARGO_PKG_VERSION")}
+    })
+}
+
+fn device(h: &HostKey) -> Value {
+    json!({"hostname": h.host, "org": {"name": h.clinic}})
+}
+
+fn base(
+    class_uid: i64,
+    class_name: &str,
+    category: (i64, &str),
+    activity: (i64, &str),
+    time: f64,
+) -> Value {
+    json!({
+        "class_uid": class_uid,
+        "class_name": class_name,
+        "category_uid": category.0,
+        "category_name": category.1,
+        "activity_id": activity.0,
+        "activity_name": activity.1,
+        "type_uid": class_uid * 100 + activity.0,
+        "time": ms(time),
+        "metadata": metadata(),
+    })
+}
+
+fn merge(mut a: Value, b: Value) -> Value {
+    if let (Some(a), Value::Object(b)) = (a.as_object_mut(), b) {
+        a.extend(b);
+    }
+    a
+}
+
+/// An agent's finding.
+pub fn finding(h: &HostKey, seq: u64, f: &Finding) -> Value {
+    let sev = f.severity as i64;
+    let evidence: serde_json::Map<String, Value> = f
+        .evidence
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                serde_json::from_str(v).unwrap_or(Value::String(v.clone())),
+            )
+        })
+        .collect();
+    merge(
+        base(
+            2004,
+            "Detection Finding",
+            (2, "Findings"),
+            (1, "Create"),
+            f.time,
+        ),
+        json!({
+            "severity_id": sev,
+            "severity": severity_name(sev),
+            "status_id": 1,
+            "status": "New",
+            "message": f.summary,
+            "finding_info": {
+                "uid": format!("{}/{}/{seq}", h.clinic, h.host),
+                "title": f.rule,
+                "types": [f.rule],
+                "analytic": {"name": f.rule, "type_id": 1, "type": "Rule"},
+                "first_seen_time": ms(f.time),
+                "last_seen_time": ms(f.time),
+            },
+            "device": device(h),
+            "unmapped": {"app": f.app, "subject": f.subject, "evidence": evidence},
+        }),
+    )
+}
+
+/// A collector incident (a campaign across clinics); `opened` false for an update.
+pub fn incident(i: &Incident, opened: bool) -> Value {
+    let sev = severity_id(&i.severity);
+    let activity = if opened { (1, "Create") } else { (2, "Update") };
+    let (status_id, status) = match i.state.as_str() {
+        "acknowledged" => (2, "In Progress"),
+        "closed" => (4, "Resolved"),
+        _ => (1, "New"),
+    };
+    merge(
+        base(
+            2004,
+            "Detection Finding",
+            (2, "Findings"),
+            activity,
+            i.updated,
+        ),
+        json!({
+            "severity_id": sev,
+            "severity": severity_name(sev),
+            "status_id": status_id,
+            "status": status,
+            "message": format!("{} ({} clinics): {}", i.title, i.clinics.len(), i.key),
+            "finding_info": {
+                "uid": format!("incident-{}", i.id),
+                "title": i.title,
+                "types": [i.rule, "campaign"],
+                "analytic": {"name": i.rule, "type_id": 5, "type": "Correlation"},
+                "first_seen_time": ms(i.first_seen),
+                "last_seen_time": ms(i.last_seen),
+            },
+            "unmapped": {"key": i.key, "clinics": i.clinics, "hosts": i.hosts, "evidence": i.evidence},
+        }),
+    )
+}
+
+/// Everything a stored record maps to.
+pub fn record(h: &HostKey, r: &Record) -> Vec<Value> {
+    match &r.body {
+        Some(Body::Finding(f)) => vec![finding(h, r.seq, f)],
+        Some(Body::Summary(s)) => {
+            let mut out = Vec::new();
+            let window = json!({"app": s.app, "window_start": ms(s.start), "window_end": ms(s.end),
+                "in_practice_hours": s.in_practice_hours});
+            for d in &s.destinations {
+                out.push(merge(
+                    base(
+                        4001,
+                        "Network Activity",
+                        (4, "Network Activity"),
+                        (6, "Traffic"),
+                        s.end,
+                    ),
+                    json!({
+                        "severity_id": 1,
+                        "device": device(h),
+                        "dst_endpoint": {"ip": d.ip, "port": d.port, "hostname": d.name},
+                        "connection_info": {"protocol_name": d.protocol},
+                        "traffic": {"bytes_out": d.bytes_sent, "bytes_in": d.bytes_recv},
+                        "count": d.connects,
+                        "unmapped": window,
+                    }),
+                ));
+            }
+            for c in &s.classes {
+                out.push(merge(
+                    base(1001, "File System Activity", (1, "System Activity"), (2, "Read"), s.end),
+                    json!({
+                        "severity_id": 1,
+                        "device": device(h),
+                        "file": {"name": c.class, "type_id": 99, "type": "class"},
+                        "count": c.reads,
+                        "unmapped": merge(window.clone(), json!({"bytes": c.bytes, "opens": c.opens, "mmaps": c.mmaps, "files": c.files})),
+                    }),
+                ));
+            }
+            for c in &s.children {
+                out.push(merge(
+                    base(
+                        1007,
+                        "Process Activity",
+                        (1, "System Activity"),
+                        (1, "Launch"),
+                        s.end,
+                    ),
+                    json!({
+                        "severity_id": 1,
+                        "device": device(h),
+                        "process": {"file": {"path": c.exe}},
+                        "count": c.count,
+                        "unmapped": window,
+                    }),
+                ));
+            }
+            out
+        }
+        _ => Vec::new(),
+    }
+}
