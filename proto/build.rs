@@ -2,13 +2,18 @@
 //! no system `protoc`).
 
 fn main() {
-    let proto = "proto/clinicwatch/v1/ingest.proto";
-    println!("cargo:rerun-if-changed={proto}");
-    let fds = match protox::compile([proto], ["proto"]) {
+    let protos = [
+        "proto/clinicwatch/v1/ingest.proto",
+        "proto/clinicwatch/v1/soc.proto",
+    ];
+    for p in protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    let fds = match protox::compile(protos, ["proto"]) {
         Ok(f) => f,
-        Err(e) => panic!("cannot compile `{proto}`: {e}"),
+        Err(e) => panic!("cannot compile {protos:?}: {e}"),
     };
     if let Err(e) = tonic_prost_build::configure().compile_fds(fds) {
-        panic!("cannot generate code for `{proto}`: {e}");
+        panic!("cannot generate code for {protos:?}: {e}");
     }
 }

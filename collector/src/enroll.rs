@@ -197,6 +197,11 @@ impl Enroll for EnrollService {
             (host, None)
         };
         let (clinic, hostname) = (host.clinic.clone(), host.host.clone());
+        if clinic == crate::soc::SOC_ORG {
+            return Err(Status::permission_denied(
+                "analyst certificates are issued by hand (`issue --soc`), not enrolled",
+            ));
+        }
         if !valid_id(&hostname) {
             return Err(Status::invalid_argument(format!(
                 "host id `{}` must be 1 to 64 letters, digits, `.`, `_` or `-`",

@@ -169,6 +169,12 @@ impl Ingest for IngestService {
             }
         }
         .inspect_err(|_| metrics.reject(Rejection::Unauthenticated))?;
+        if host.clinic == crate::soc::SOC_ORG {
+            metrics.reject(Rejection::Permission);
+            return Err(Status::permission_denied(
+                "an analyst certificate cannot send records",
+            ));
+        }
         let open = metrics.streams_active.fetch_add(1, Ordering::Relaxed) + 1;
         let guard = StreamGuard(metrics.clone());
         if open as usize > self.max_streams {

@@ -18,4 +18,5 @@ pub mod metrics;
 pub mod pki;
 pub mod server;
 pub mod siem;
+pub mod soc;
 pub mod store;

@@ -41,10 +41,17 @@ enum Cmd {
     /// Issue a host's client certificate by hand into OUT (cert.pem, key.pem, ca.pem);
     /// enrollment does this without moving keys.
     Issue {
+        /// The clinic (with `--host`).
+        #[arg(long, required_unless_present = "soc")]
+        clinic: Option<String>,
+        #[arg(long, required_unless_present = "soc")]
+        host: Option<String>,
+        /// An analyst's certificate for the SOC service instead (with `--name`).
+        #[arg(long, requires = "name", conflicts_with_all = ["clinic", "host"])]
+        soc: bool,
+        /// The analyst's name (with `--soc`).
         #[arg(long)]
-        clinic: String,
-        #[arg(long)]
-        host: String,
+        name: Option<String>,
         #[arg(long, default_value_t = 30)]
         days: i64,
         #[arg(long)]
@@ -335,6 +342,9 @@ async fn main() -> anyhow::Result<()> {
                     "clinic id `{clinic}` must be 1 to 64 letters, digits, `.`, `_` or `-`"
                 );
             }
+            if clinic == clinicwatch_collector::soc::SOC_ORG {
+                anyhow::bail!("`{clinic}` is reserved for analysts' certificates (`issue --soc`)");
+            }
             if days == 0 || days > 365 {
                 anyhow::bail!("--days must be between 1 and 365");
             }
@@ -348,9 +358,23 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Issue {
             clinic,
             host,
+            soc,
+            name,
             days,
             out,
         } => {
+            let (clinic, host) = if soc {
+                (
+                    clinicwatch_collector::soc::SOC_ORG.to_string(),
+                    name.unwrap_or_default(),
+                )
+            } else {
+                let clinic = clinic.unwrap_or_default();
+                if clinic == clinicwatch_collector::soc::SOC_ORG {
+                    anyhow::bail!("`{clinic}` is reserved for analysts' certificates (`--soc`)");
+                }
+                (clinic, host.unwrap_or_default())
+            };
             for id in [&clinic, &host] {
                 if !enroll::valid_id(id) {
                     anyhow::bail!("`{id}` must be 1 to 64 letters, digits, `.`, `_` or `-`");

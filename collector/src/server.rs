@@ -201,7 +201,14 @@ impl Collector {
             .max_decoding_message_size(clinicwatch_proto::MAX_FRAME_BYTES)
             .accept_compressed(CompressionEncoding::Zstd)
             .send_compressed(CompressionEncoding::Zstd);
-        let mut router = builder.add_service(health_svc).add_service(ingest);
+        let soc = clinicwatch_proto::v1::soc_server::SocServer::new(crate::soc::SocService {
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+        });
+        let mut router = builder
+            .add_service(health_svc)
+            .add_service(ingest)
+            .add_service(soc);
         if let Some(e) = self.enroll {
             router = router.add_service(EnrollServer::new(e).max_decoding_message_size(64 << 10));
         }
