@@ -20,3 +20,4 @@ pub mod server;
 pub mod siem;
 pub mod soc;
 pub mod store;
+pub mod web;

@@ -491,7 +491,11 @@ async fn main() -> anyhow::Result<()> {
                             cfg.server.metrics_listen
                         )
                     })?;
-                tokio::spawn(clinicwatch_collector::metrics::serve(l, c.metrics.clone()));
+                tokio::spawn(clinicwatch_collector::web::serve(
+                    l,
+                    c.metrics.clone(),
+                    Some(c.store.clone()),
+                ));
             }
             let listener = tokio::net::TcpListener::bind(cfg.server.listen)
                 .await

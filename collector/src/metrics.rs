@@ -10,8 +10,6 @@ use std::{
     },
 };
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-
 use crate::store::HostKey;
 
 /// Why a frame or stream was refused.
@@ -293,58 +291,10 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics` and `/healthz` until the listener fails.
+/// Serves `/metrics` and `/healthz` until the listener fails (the SOC page needs the store:
+/// [`crate::web::serve`]).
 pub async fn serve(listener: tokio::net::TcpListener, metrics: std::sync::Arc<Metrics>) {
-    loop {
-        let (mut sock, _) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics listener");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let mut buf = Vec::with_capacity(1024);
-            let mut chunk = [0u8; 1024];
-            let read = async {
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
-                    match sock.read(&mut chunk).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-            };
-            if tokio::time::timeout(std::time::Duration::from_secs(5), read)
-                .await
-                .is_err()
-            {
-                return;
-            }
-            let line = String::from_utf8_lossy(&buf);
-            let path = line.split_whitespace().nth(1).unwrap_or("");
-            let (status, ctype, body) = match (line.starts_with("GET "), path) {
-                (true, "/metrics") => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
-                (true, "/healthz") => {
-                    if metrics.store_ok.load(Ordering::Relaxed) {
-                        ("200 OK", "text/plain", "ok\n".to_string())
-                    } else {
-                        (
-                            "503 Service Unavailable",
-                            "text/plain",
-                            "store failing\n".to_string(),
-                        )
-                    }
-                }
-                _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
-            };
-            let head = format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
-            let _ = sock.write_all(head.as_bytes()).await;
-            let _ = sock.write_all(body.as_bytes()).await;
-            let _ = sock.shutdown().await;
-        });
-    }
+    crate::web::serve(listener, metrics, None).await
 }
 
 #[cfg(test)]

@@ -135,10 +135,11 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
 
 /// Debian packages the tests use: btrfs-progs, to test matching on a btrfs subvolume;
 /// postgresql, for the collector's PostgreSQL backend (the tests start a private server from
-/// its binaries; the system service is not used).
+/// its binaries; the system service is not used); chromium, to load the SOC page headless.
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("mkfs.btrfs", "btrfs-progs"),
     ("/usr/lib/postgresql/*/bin/initdb", "postgresql"),
+    ("chromium", "chromium"),
 ];
 
 /// Whether `bin` is on the PATH (or in an sbin), or, given as a glob, matches a file.

@@ -1,0 +1,106 @@
+//! The SOC page in a real browser: headless Chromium (Debian's `chromium`) loads `/` from
+//! the collector, the page fetches `/api/incidents` and `/api/hosts`, and the rendered DOM
+//! shows the incident, its clinics, the timeline and host health.
+
+mod support;
+
+use std::process::Command;
+
+use clinicwatch_collector::store::Incident;
+use support::*;
+
+fn chromium() -> Option<&'static str> {
+    ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| {
+            Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_shows_the_incident_in_a_headless_browser() {
+    let Some(browser) = chromium() else {
+        if std::env::var("CLINICWATCH_EXPECT_CHROMIUM").as_deref() == Ok("1") {
+            panic!("Chromium is needed (`cargo xtask setup` installs Debian's `chromium`)");
+        }
+        eprintln!("SKIP the_page_shows_the_incident_in_a_headless_browser: no Chromium");
+        return;
+    };
+    let p = new_pki();
+    let dir = temp_dir("web");
+    let srv = serve(&p, &dir.join("c.db")).await;
+    let me = clinicwatch_collector::pki::client_cert(&p.ca, "clinic-a", "ws1", 30).unwrap();
+    let mut c = client(&srv.url, &p.ca, Some(&me)).await.unwrap();
+    exchange(&mut c, vec![hello("clinic-a", "ws1", 1), batch(1, 1, 2)])
+        .await
+        .unwrap();
+    let now = clinicwatch_collector::ingest::now();
+    blocking(|| {
+        srv.store
+            .lock()
+            .unwrap()
+            .save_incident(&Incident {
+                rule: "CW-FLEET-RARE-DESTINATION".into(),
+                key: "dest_name:exfil.example".into(),
+                state: "new".into(),
+                severity: "critical".into(),
+                title: "A destination new to the fleet".into(),
+                first_seen: now - 3000.0,
+                last_seen: now - 600.0,
+                clinics: vec!["clinic-a".into(), "clinic-<b>".into()],
+                hosts: vec!["clinic-a/ws1".into()],
+                created: now,
+                updated: now,
+                ..Default::default()
+            })
+            .unwrap()
+    });
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(clinicwatch_collector::web::serve(
+        l,
+        srv.metrics.clone(),
+        Some(srv.store.clone()),
+    ));
+    let profile = dir.join("chromium-profile");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(browser)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--virtual-time-budget=10000",
+                "--dump-dom",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(format!("http://{addr}/"))
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dom.contains("data-loaded=\"yes\""),
+        "the page did not finish loading: {}\n{dom}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "CW-FLEET-RARE-DESTINATION",
+        "dest_name:exfil.example",
+        "1 open incidents",
+        "clinic-&lt;b&gt;",
+        "incident-bar",
+        "<td>ws1</td>",
+    ] {
+        assert!(dom.contains(want), "`{want}` is not on the page:\n{dom}");
+    }
+    assert!(!dom.contains("<b>"), "text is not markup: {dom}");
+    srv.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
