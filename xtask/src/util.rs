@@ -53,18 +53,17 @@ pub fn build(release: bool) -> anyhow::Result<()> {
 /// line totalling every test binary's result, so the last line speaks for the whole run.
 pub fn test(extra: &[String]) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // SAFETY: plain syscall.
+    let expect = if unsafe { libc::geteuid() } == 0 {
+        "1"
+    } else {
+        "0"
+    };
     let mut child = Command::new(cargo)
         .current_dir(root())
-        // As root, setup installed PostgreSQL: its tests must run, not skip.
-        // SAFETY: plain syscall.
-        .env(
-            "CLINICWATCH_EXPECT_PG",
-            if unsafe { libc::geteuid() } == 0 {
-                "1"
-            } else {
-                "0"
-            },
-        )
+        // As root, setup installed PostgreSQL and Chromium: their tests must run, not skip.
+        .env("CLINICWATCH_EXPECT_PG", expect)
+        .env("CLINICWATCH_EXPECT_CHROMIUM", expect)
         .args([
             "test",
             "--workspace",
