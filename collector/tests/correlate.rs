@@ -143,6 +143,16 @@ fn scenarios(st: Box<dyn Store>) {
             NOW - 100.0,
         );
     }
+    // A new edge of the vendor's CDN, new today, in 10 clinics: the vendor, not a campaign.
+    for c in 0..10 {
+        f.contact(
+            &format!("c{c:02}"),
+            "pm-client",
+            "198.51.100.99",
+            "cdn2.vendor.example",
+            NOW - 150.0,
+        );
+    }
     // A new destination: 6 clinics within 40 minutes.
     for c in 0..6 {
         f.contact(

@@ -110,7 +110,37 @@ impl Engine {
         now: f64,
     ) -> Result<Vec<Group>, StoreError> {
         let mut by_value: BTreeMap<(String, String), Vec<Hit>> = BTreeMap::new();
+        // The vendor's names, and the IPs they resolved to: an IP filed from the same window
+        // (same clinic, host, app and time) as a vendor name. A new edge of the vendor's CDN
+        // is not a campaign.
+        let vendor = |s: &crate::store::SightingRow| {
+            rule.exclude_vendor_domains
+                && s.kind == "dest_name"
+                && domain_matches(&s.value, &self.vendor_domains)
+        };
+        let vendor_windows: BTreeSet<(&str, &str, &str, u64)> = sightings
+            .iter()
+            .filter(|s| vendor(s))
+            .map(|s| {
+                (
+                    s.clinic.as_str(),
+                    s.host.as_str(),
+                    s.app.as_str(),
+                    s.first_time.to_bits(),
+                )
+            })
+            .collect();
         for s in sightings {
+            let vendor_ip = s.kind == "dest_ip"
+                && vendor_windows.contains(&(
+                    s.clinic.as_str(),
+                    s.host.as_str(),
+                    s.app.as_str(),
+                    s.first_time.to_bits(),
+                ));
+            if vendor(s) || vendor_ip {
+                continue;
+            }
             if s.last_time < lookback
                 || !rule.kinds.contains(&s.kind)
                 || (!rule.apps.is_empty() && !rule.apps.contains(&s.app))

@@ -45,6 +45,9 @@ pub struct Rule {
     pub first_seen_within_secs: Option<u64>,
     #[serde(default)]
     pub vendor_domains_only: bool,
+    /// Leave out names under the vendor's domains (and IPs only ever seen with them).
+    #[serde(default)]
+    pub exclude_vendor_domains: bool,
     // value_count, finding_count
     #[serde(default)]
     pub min_clinics: usize,
