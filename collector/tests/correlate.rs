@@ -153,6 +153,16 @@ fn scenarios(st: Box<dyn Store>) {
             NOW - 150.0,
         );
     }
+    // Every clinic's own server under the same local name: private, not shared.
+    for c in 0..10 {
+        f.contact(
+            &format!("c{c:02}"),
+            "pm-client",
+            &format!("10.0.{c}.5"),
+            "pm-server.lan",
+            NOW - 140.0,
+        );
+    }
     // A new destination: 6 clinics within 40 minutes.
     for c in 0..6 {
         f.contact(

@@ -6,7 +6,8 @@
 //! - `test`: setup, build, then every test of the workspace, kernel tests included (root),
 //!   then the kernel tests again inside VMs booting Debian's 6.1 and 6.12 (`vm-test`).
 //! - `bench`: builds in release, then runs `cw-bench` (overhead ratios, burst, scale);
-//!   `bench ingest` runs `cw-ingest-bench` (the collector's ingest cost).
+//!   `bench ingest` runs `cw-ingest-bench` (the collector's ingest cost), `bench fleet` its
+//!   fleet simulation (5,000 clinics, a normal day, a campaign).
 //! - `vm-test`: the kernel tests inside VMs booting Debian's 6.1 and 6.12 kernels (root).
 //! - `run -- ARGS`: builds and runs `clinicwatch-agent ARGS`.
 
@@ -50,7 +51,8 @@ enum Cmd {
     /// batched against one per frame, TLS on and off, and 5,000 agents reconnecting at once
     /// (about 15 s; no root needed).
     Bench {
-        /// `ingest` for the collector's benchmark; none for the sensor's.
+        /// `ingest` for the collector's ingest benchmark, `fleet` for the simulated fleet of
+        /// 5,000 clinics (a normal day, then a campaign); none for the sensor's.
         suite: Option<String>,
         /// Arguments for the benchmark binary, e.g. `-- --only pread16 --pairs 6`, or for
         /// ingest `-- --reconnect 10000`.
@@ -114,9 +116,15 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench { suite, args } => {
             let bin = match suite.as_deref() {
                 None => "cw-bench",
-                Some("ingest") => "cw-ingest-bench",
-                Some(other) => anyhow::bail!("unknown benchmark suite `{other}` (known: ingest)"),
+                Some("ingest") | Some("fleet") => "cw-ingest-bench",
+                Some(other) => {
+                    anyhow::bail!("unknown benchmark suite `{other}` (known: ingest, fleet)")
+                }
             };
+            let mut args = args;
+            if suite.as_deref() == Some("fleet") {
+                args.insert(0, "fleet".into());
+            }
             setup::setup()?;
             util::build(true)?;
             util::run(

@@ -83,14 +83,29 @@ impl Engine {
         }
         report.led = true;
         let rules: Vec<&Rule> = self.rules.iter().filter(|r| r.enabled).collect();
-        let span_max = rules.iter().map(|r| r.timespan_secs).max().unwrap_or(0) as f64;
-        let since = now - span_max - self.lateness_secs;
-        let sightings = store.sightings_since(since)?;
-        let findings = store.findings_since(since)?;
+        let span_max = rules
+            .iter()
+            .filter(|r| r.kind == RuleType::FindingCount)
+            .map(|r| r.timespan_secs)
+            .max()
+            .unwrap_or(0) as f64;
+        let findings = store.findings_since(now - span_max - self.lateness_secs)?;
         for rule in rules {
             let lookback = now - rule.timespan_secs as f64 - self.lateness_secs;
             let groups = match rule.kind {
-                RuleType::ValueCount => self.value_count(store, rule, &sightings, lookback, now)?,
+                RuleType::ValueCount => {
+                    // Each rule reads only its own look-back (and its apps): a day of the
+                    // whole fleet's sightings is not held in memory for a one-hour rule.
+                    let mut sightings = Vec::new();
+                    if rule.apps.is_empty() {
+                        sightings = store.sightings_since(lookback, None)?;
+                    } else {
+                        for app in &rule.apps {
+                            sightings.extend(store.sightings_since(lookback, Some(app))?);
+                        }
+                    }
+                    self.value_count(store, rule, &sightings, lookback, now)?
+                }
                 RuleType::FindingCount => finding_count(rule, &findings, lookback),
                 RuleType::Silence => silence(store, rule, now)?,
             };
@@ -110,38 +125,35 @@ impl Engine {
         now: f64,
     ) -> Result<Vec<Group>, StoreError> {
         let mut by_value: BTreeMap<(String, String), Vec<Hit>> = BTreeMap::new();
-        // The vendor's names, and the IPs they resolved to: an IP filed from the same window
-        // (same clinic, host, app and time) as a vendor name. A new edge of the vendor's CDN
-        // is not a campaign.
-        let vendor = |s: &crate::store::SightingRow| {
-            rule.exclude_vendor_domains
-                && s.kind == "dest_name"
-                && domain_matches(&s.value, &self.vendor_domains)
-        };
-        let vendor_windows: BTreeSet<(&str, &str, &str, u64)> = sightings
-            .iter()
-            .filter(|s| vendor(s))
-            .map(|s| {
-                (
-                    s.clinic.as_str(),
-                    s.host.as_str(),
-                    s.app.as_str(),
-                    s.first_time.to_bits(),
-                )
-            })
-            .collect();
-        for s in sightings {
-            let vendor_ip = s.kind == "dest_ip"
-                && vendor_windows.contains(&(
-                    s.clinic.as_str(),
-                    s.host.as_str(),
-                    s.app.as_str(),
-                    s.first_time.to_bits(),
-                ));
-            if vendor(s) || vendor_ip {
+        // What the names stood for (`dest_pair` sightings): the vendor's IPs (a new edge of
+        // its CDN is not a campaign), and names that only ever meant private addresses
+        // (`pm-server.lan` in every clinic is not a shared destination).
+        let mut vendor_ips: BTreeSet<&str> = BTreeSet::new();
+        let mut name_public: BTreeMap<&str, bool> = BTreeMap::new();
+        for s in sightings.iter().filter(|s| s.kind == "dest_pair") {
+            let Some((ip, name)) = s.value.split_once(' ') else {
                 continue;
+            };
+            if domain_matches(name, &self.vendor_domains) {
+                vendor_ips.insert(ip);
             }
-            if s.last_time < lookback
+            *name_public.entry(name).or_default() |= !super::indicators::private(ip);
+        }
+        for s in sightings {
+            let skip = match s.kind.as_str() {
+                "dest_name" => {
+                    (rule.exclude_vendor_domains && domain_matches(&s.value, &self.vendor_domains))
+                        || (rule.exclude_private
+                            && name_public.get(s.value.as_str()) == Some(&false))
+                }
+                "dest_ip" => {
+                    (rule.exclude_vendor_domains && vendor_ips.contains(s.value.as_str()))
+                        || (rule.exclude_private && super::indicators::private(&s.value))
+                }
+                _ => false,
+            };
+            if skip
+                || s.last_time < lookback
                 || !rule.kinds.contains(&s.kind)
                 || (!rule.apps.is_empty() && !rule.apps.contains(&s.app))
                 || rule.exclude_apps.contains(&s.app)

@@ -45,9 +45,12 @@ pub struct Rule {
     pub first_seen_within_secs: Option<u64>,
     #[serde(default)]
     pub vendor_domains_only: bool,
-    /// Leave out names under the vendor's domains (and IPs only ever seen with them).
+    /// Leave out names under the vendor's domains and the IPs they stood for.
     #[serde(default)]
     pub exclude_vendor_domains: bool,
+    /// Leave out private addresses and names that only stood for private addresses.
+    #[serde(default)]
+    pub exclude_private: bool,
     // value_count, finding_count
     #[serde(default)]
     pub min_clinics: usize,
@@ -82,7 +85,7 @@ struct File {
 
 const DEFAULT: &str = include_str!("default_rules.toml");
 const SEVERITIES: &[&str] = &["info", "low", "medium", "high", "critical"];
-const KINDS: &[&str] = &["dest_ip", "dest_name", "child_exe"];
+const KINDS: &[&str] = &["dest_ip", "dest_name", "dest_pair", "child_exe"];
 
 fn parse_tables(text: &str, path: &str) -> Result<Vec<toml::Table>, RuleError> {
     toml::from_str::<File>(text)

@@ -166,8 +166,12 @@ pub trait Store: Send {
     /// Deletes summaries and health received before `summaries_before` and findings (raised)
     /// before `findings_before`.
     fn prune(&mut self, summaries_before: f64, findings_before: f64) -> Result<Pruned, StoreError>;
-    /// Sightings whose last time is at or after `since`.
-    fn sightings_since(&mut self, since: f64) -> Result<Vec<SightingRow>, StoreError>;
+    /// Sightings whose last time is at or after `since`, of one app or of all.
+    fn sightings_since(
+        &mut self,
+        since: f64,
+        app: Option<&str>,
+    ) -> Result<Vec<SightingRow>, StoreError>;
     /// Fleet-wide first seen and prevalence of these (kind, value) pairs (unknown ones are
     /// left out).
     fn indicator_stats(

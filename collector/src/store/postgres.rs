@@ -342,24 +342,24 @@ impl Store for PgStore {
                     )?;
                 }
             }
-            let sightings: Vec<_> = batch
-                .records
-                .iter()
-                .filter(|r| new.contains(&(r.seq as i64)))
-                .flat_map(crate::correlate::indicators::sightings)
-                .collect();
-            if !sightings.is_empty() {
+            let folded = crate::correlate::indicators::fold(
+                batch
+                    .records
+                    .iter()
+                    .filter(|r| new.contains(&(r.seq as i64))),
+            );
+            if !folded.sightings.is_empty() {
                 let put = tx.prepare(
                     "INSERT INTO sightings (kind, value, clinic, host, app, bucket, first_time,
                        last_time, windows, received)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7, 1, $8)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                      ON CONFLICT (kind, value, clinic, host, app, bucket) DO UPDATE SET
                        first_time = LEAST(sightings.first_time, excluded.first_time),
                        last_time = GREATEST(sightings.last_time, excluded.last_time),
-                       windows = sightings.windows + 1, received = excluded.received",
+                       windows = sightings.windows + excluded.windows, received = excluded.received",
                 )?;
                 let ind = tx.prepare(
-                    "INSERT INTO indicators (kind, value, first_seen, last_seen) VALUES ($1, $2, $3, $3)
+                    "INSERT INTO indicators (kind, value, first_seen, last_seen) VALUES ($1, $2, $3, $4)
                      ON CONFLICT (kind, value) DO UPDATE SET
                        first_seen = LEAST(indicators.first_seen, excluded.first_seen),
                        last_seen = GREATEST(indicators.last_seen, excluded.last_seen)",
@@ -370,15 +370,17 @@ impl Store for PgStore {
                      ON CONFLICT (kind, value, clinic) DO UPDATE SET
                        first_seen = LEAST(indicator_clinics.first_seen, excluded.first_seen)",
                 )?;
-                for s in &sightings {
-                    let kind = s.kind.to_string();
-                    let b = crate::correlate::indicators::bucket(s.time);
+                for ((kind, value, app, bucket), (first, last, n)) in &folded.sightings {
+                    let kind = kind.to_string();
                     tx.execute(
                         &put,
-                        &[&kind, &s.value, &host.clinic, &host.host, &s.app, &b, &s.time, &now],
+                        &[&kind, value, &host.clinic, &host.host, app, bucket, first, last, n, &now],
                     )?;
-                    tx.execute(&ind, &[&kind, &s.value, &s.time])?;
-                    tx.execute(&ind_clinic, &[&kind, &s.value, &host.clinic, &s.time])?;
+                }
+                for ((kind, value), (first, last)) in &folded.indicators {
+                    let kind = kind.to_string();
+                    tx.execute(&ind, &[&kind, value, first, last])?;
+                    tx.execute(&ind_clinic, &[&kind, value, &host.clinic, first])?;
                 }
             }
             tx.execute(
@@ -474,12 +476,16 @@ impl Store for PgStore {
         })
     }
 
-    fn sightings_since(&mut self, since: f64) -> Result<Vec<SightingRow>, StoreError> {
+    fn sightings_since(
+        &mut self,
+        since: f64,
+        app: Option<&str>,
+    ) -> Result<Vec<SightingRow>, StoreError> {
         self.with(|c| {
             let rows = c.query(
                 "SELECT kind, value, clinic, host, app, first_time, last_time FROM sightings
-                 WHERE last_time >= $1",
-                &[&since],
+                 WHERE last_time >= $1 AND ($2::TEXT IS NULL OR app = $2)",
+                &[&since, &app],
             )?;
             Ok(rows
                 .iter()

@@ -204,16 +204,16 @@ impl Store for SqliteStore {
                 .prepare_cached(
                     "INSERT INTO sightings (kind, value, clinic, host, app, bucket, first_time,
                        last_time, windows, received)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, 1, ?8)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
                      ON CONFLICT (kind, value, clinic, host, app, bucket) DO UPDATE SET
                        first_time = MIN(first_time, excluded.first_time),
                        last_time = MAX(last_time, excluded.last_time),
-                       windows = windows + 1, received = excluded.received",
+                       windows = windows + excluded.windows, received = excluded.received",
                 )
                 .map_err(&err)?;
             let mut indicator = tx
                 .prepare_cached(
-                    "INSERT INTO indicators (kind, value, first_seen, last_seen) VALUES (?1, ?2, ?3, ?3)
+                    "INSERT INTO indicators (kind, value, first_seen, last_seen) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (kind, value) DO UPDATE SET
                        first_seen = MIN(first_seen, excluded.first_seen),
                        last_seen = MAX(last_seen, excluded.last_seen)",
@@ -245,26 +245,6 @@ impl Store for SqliteStore {
                 }
                 out.stored += 1;
                 out.new_seqs.push(r.seq);
-                for s in crate::correlate::indicators::sightings(r) {
-                    sighting
-                        .execute(params![
-                            s.kind,
-                            s.value,
-                            host.clinic,
-                            host.host,
-                            s.app,
-                            crate::correlate::indicators::bucket(s.time),
-                            s.time,
-                            now
-                        ])
-                        .map_err(&err)?;
-                    indicator
-                        .execute(params![s.kind, s.value, s.time])
-                        .map_err(&err)?;
-                    indicator_clinic
-                        .execute(params![s.kind, s.value, host.clinic, s.time])
-                        .map_err(&err)?;
-                }
                 if let Some(Body::Finding(f)) = &r.body {
                     let evidence = serde_json::to_string(&f.evidence).unwrap_or_default();
                     finding
@@ -284,6 +264,34 @@ impl Store for SqliteStore {
                         ])
                         .map_err(&err)?;
                 }
+            }
+            let new: std::collections::HashSet<u64> = out.new_seqs.iter().copied().collect();
+            let folded = crate::correlate::indicators::fold(
+                batch.records.iter().filter(|r| new.contains(&r.seq)),
+            );
+            for ((kind, value, app, bucket), (first, last, n)) in &folded.sightings {
+                sighting
+                    .execute(params![
+                        kind,
+                        value,
+                        host.clinic,
+                        host.host,
+                        app,
+                        bucket,
+                        first,
+                        last,
+                        n,
+                        now
+                    ])
+                    .map_err(&err)?;
+            }
+            for ((kind, value), (first, last)) in &folded.indicators {
+                indicator
+                    .execute(params![kind, value, first, last])
+                    .map_err(&err)?;
+                indicator_clinic
+                    .execute(params![kind, value, host.clinic, first])
+                    .map_err(&err)?;
             }
             tx.execute(
                 "UPDATE hosts SET last_seen = ?3 WHERE clinic = ?1 AND host = ?2",
@@ -383,17 +391,21 @@ impl Store for SqliteStore {
         Ok(Pruned { records, findings })
     }
 
-    fn sightings_since(&mut self, since: f64) -> Result<Vec<SightingRow>, StoreError> {
+    fn sightings_since(
+        &mut self,
+        since: f64,
+        app: Option<&str>,
+    ) -> Result<Vec<SightingRow>, StoreError> {
         let err = db_err(&self.path);
         let mut q = self
             .db
             .prepare_cached(
                 "SELECT kind, value, clinic, host, app, first_time, last_time FROM sightings
-                 WHERE last_time >= ?1",
+                 WHERE last_time >= ?1 AND (?2 IS NULL OR app = ?2)",
             )
             .map_err(&err)?;
         let rows = q
-            .query_map(params![since], |r| {
+            .query_map(params![since, app], |r| {
                 Ok(SightingRow {
                     kind: r.get(0)?,
                     value: r.get(1)?,

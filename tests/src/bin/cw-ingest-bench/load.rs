@@ -82,18 +82,20 @@ fn record(seq: u64) -> Record {
     }
 }
 
-struct Agent {
-    clinic: String,
-    host: String,
+pub(crate) struct Agent {
+    pub clinic: String,
+    pub host: String,
     /// `None`: plaintext.
-    tls: Option<(Arc<String>, pki::Pem)>,
+    pub tls: Option<(Arc<String>, pki::Pem)>,
 }
 
 /// Adds the identity metadata to each request.
-type Meta = Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
-type Client = IngestClient<tonic::service::interceptor::InterceptedService<Channel, Meta>>;
+pub(crate) type Meta =
+    Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
+pub(crate) type Client =
+    IngestClient<tonic::service::interceptor::InterceptedService<Channel, Meta>>;
 
-async fn connect(a: &Agent, port: u16) -> anyhow::Result<Client> {
+pub(crate) async fn connect(a: &Agent, port: u16) -> anyhow::Result<Client> {
     let ch = match &a.tls {
         Some((ca, me)) => {
             let tls = ClientTlsConfig::new()
@@ -172,7 +174,7 @@ async fn session(a: &Agent, port: u16, total: u64, per: u64) -> anyhow::Result<u
     }
 }
 
-fn cpu_of_children() -> Duration {
+pub(crate) fn cpu_of_children() -> Duration {
     // SAFETY: plain syscall into a local struct.
     let ru = unsafe {
         let mut ru: libc::rusage = std::mem::zeroed();
@@ -183,15 +185,26 @@ fn cpu_of_children() -> Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
-struct Server {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
+pub(crate) struct Server {
+    pub child: Child,
+    pub port: u16,
+    pub dir: PathBuf,
 }
 
-fn start_server(root: &Path, name: &str, tls: bool) -> anyhow::Result<Server> {
+pub(crate) fn start_server(root: &Path, name: &str, tls: bool) -> anyhow::Result<Server> {
+    start_server_with(root, name, tls, "")
+}
+
+/// A collector with `config` as its collector.toml.
+pub(crate) fn start_server_with(
+    root: &Path,
+    name: &str,
+    tls: bool,
+    config: &str,
+) -> anyhow::Result<Server> {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("collector.toml"), config)?;
     for f in ["ca.pem", "server.pem", "server.key"] {
         std::fs::copy(root.join(f), dir.join(f))?;
     }
@@ -223,7 +236,7 @@ fn start_server(root: &Path, name: &str, tls: bool) -> anyhow::Result<Server> {
 }
 
 /// Stops the server; its CPU time (user + system) over its whole life.
-fn stop_server(mut s: Server) -> anyhow::Result<Duration> {
+pub(crate) fn stop_server(mut s: Server) -> anyhow::Result<Duration> {
     let before = cpu_of_children();
     // SAFETY: plain syscall on our child.
     unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };

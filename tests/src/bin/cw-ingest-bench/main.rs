@@ -13,6 +13,7 @@
 //! FULL`; the load comes from this process. TLS off (plaintext HTTP/2, identity from request
 //! metadata) exists only here, to price TLS.
 
+mod fleet;
 mod load;
 mod serve;
 
@@ -47,6 +48,24 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// A simulated fleet: a normal day, then a campaign (see fleet.rs).
+    Fleet {
+        #[arg(long, default_value_t = 5_000)]
+        clinics: usize,
+        #[arg(long, default_value_t = 3)]
+        agents_per_clinic: usize,
+        /// Clinics the campaign hits.
+        #[arg(long, default_value_t = 300)]
+        campaign: usize,
+        #[arg(long, default_value_t = 2.0)]
+        campaign_hours: f64,
+        /// Simulated time runs this many times faster than the wall clock in the campaign.
+        #[arg(long, default_value_t = 60.0)]
+        accel: f64,
+        /// Agents delivering at once.
+        #[arg(long, default_value_t = 300)]
+        concurrency: usize,
+    },
     /// The collector under test (started by the bench itself).
     Serve {
         #[arg(long)]
@@ -76,6 +95,21 @@ fn main() -> anyhow::Result<()> {
     raise_nofile();
     match cli.cmd {
         Some(Cmd::Serve { dir, tls }) => serve::serve(&dir, tls),
+        Some(Cmd::Fleet {
+            clinics,
+            agents_per_clinic,
+            campaign,
+            campaign_hours,
+            accel,
+            concurrency,
+        }) => fleet::run(&fleet::FleetOptions {
+            clinics: clinics.max(1),
+            agents_per_clinic: agents_per_clinic.max(1),
+            campaign: campaign.clamp(5, clinics.max(5)),
+            campaign_hours,
+            accel: accel.max(1.0),
+            concurrency: concurrency.max(1),
+        }),
         None => {
             let opts = load::Options {
                 agents: cli.agents,

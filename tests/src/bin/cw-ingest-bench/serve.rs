@@ -18,7 +18,8 @@ pub fn serve(dir: &Path, tls: bool) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let mut cfg = Config::default();
+        // The bench's own settings (correlation, for the fleet), then no rate limits.
+        let mut cfg = Config::load(&dir.join("collector.toml"), true)?;
         cfg.limits.records_per_sec = u32::MAX;
         cfg.limits.burst_records = u32::MAX;
         cfg.retention.every_secs = 86_400;
