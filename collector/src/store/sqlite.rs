@@ -34,6 +34,7 @@ fn incident_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Incident> {
 const SCHEMA: &str = "
 PRAGMA journal_mode = WAL;
 PRAGMA synchronous = FULL;
+PRAGMA cache_size = -131072;
 CREATE TABLE IF NOT EXISTS hosts (
     clinic TEXT NOT NULL, host TEXT NOT NULL, hostname TEXT, agent_version TEXT,
     kernel TEXT, epoch INTEGER, last_seen REAL, spooled INTEGER NOT NULL DEFAULT 0,
