@@ -24,12 +24,9 @@ use clinicwatch_collector::{
     correlate::{rules, Engine},
     pki, store,
 };
-use clinicwatch_proto::v1::{
-    agent_frame::Frame, record::Body, server_frame, AgentFrame, Batch, Destination, Finding, Hello,
-    Record, WindowSummary,
-};
+use clinicwatch_proto::v1::{record::Body, Destination, Finding, WindowSummary};
 
-use super::load::{connect, cpu_of_children, start_server_with, Agent};
+use super::load::{cpu_of_children, deliver, start_server_with, Agent};
 
 pub struct FleetOptions {
     pub clinics: usize,
@@ -125,61 +122,6 @@ fn day(c: usize, a: usize, day_end: f64) -> Vec<Body> {
     out
 }
 
-/// Hello, one batch of everything, its ack; the records acked.
-async fn deliver(a: &Agent, port: u16, bodies: Vec<Body>) -> anyhow::Result<u64> {
-    let mut c = connect(a, port).await?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<AgentFrame>(2);
-    tx.send(AgentFrame {
-        frame: Some(Frame::Hello(Hello {
-            clinic_id: a.clinic.clone(),
-            host_id: a.host.clone(),
-            epoch: 1,
-            ..Default::default()
-        })),
-    })
-    .await?;
-    let mut replies = c
-        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    let mut next = 0u64;
-    let mut acked = 0;
-    let mut bodies = bodies.into_iter().peekable();
-    loop {
-        let up = loop {
-            match replies.message().await?.and_then(|f| f.frame) {
-                Some(server_frame::Frame::Ack(ack)) => break ack.up_to_seq,
-                Some(_) => {}
-                None => anyhow::bail!("stream closed"),
-            }
-        };
-        acked = acked.max(up);
-        next = next.max(up);
-        if bodies.peek().is_none() {
-            return Ok(acked);
-        }
-        let records: Vec<Record> = bodies
-            .by_ref()
-            .take(2000)
-            .map(|b| {
-                next += 1;
-                Record {
-                    seq: next,
-                    body: Some(b),
-                }
-            })
-            .collect();
-        tx.send(AgentFrame {
-            frame: Some(Frame::Batch(Batch {
-                epoch: 1,
-                first_seq: records[0].seq,
-                records,
-            })),
-        })
-        .await?;
-    }
-}
-
 fn peak_rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -260,7 +202,7 @@ pub fn run(o: &FleetOptions) -> anyhow::Result<()> {
                 let bodies = day(i / per, i % per, day_end);
                 let mut tries = 0;
                 loop {
-                    match deliver(a, port, bodies.clone()).await {
+                    match deliver(a, port, bodies.clone(), 2000).await {
                         Ok(n) => return anyhow::Ok(n),
                         Err(e) if tries < 5 => {
                             tries += 1;
@@ -335,7 +277,7 @@ pub fn run(o: &FleetOptions) -> anyhow::Result<()> {
                     }),
                 ];
                 // A second session of this agent: its epoch goes on after the day's records.
-                deliver_more(&agents[idx], port, bodies).await?;
+                deliver(&agents[idx], port, bodies, 2000).await?;
                 anyhow::Ok((k, wall()))
             });
         }
@@ -435,9 +377,4 @@ pub fn run(o: &FleetOptions) -> anyhow::Result<()> {
     );
     let _ = std::fs::remove_dir_all(&root).context("cleanup");
     Ok(())
-}
-
-/// Another session: Hello, the collector says where it stopped, the records follow on.
-async fn deliver_more(a: &Agent, port: u16, bodies: Vec<Body>) -> anyhow::Result<u64> {
-    deliver(a, port, bodies).await
 }

@@ -130,9 +130,14 @@ pub(crate) async fn connect(a: &Agent, port: u16) -> anyhow::Result<Client> {
         .max_encoding_message_size(clinicwatch_proto::MAX_FRAME_BYTES))
 }
 
-/// One agent's session: Hello, then `total` records in batches of `per`, one frame in
-/// flight. Returns the records acked.
-async fn session(a: &Agent, port: u16, total: u64, per: u64) -> anyhow::Result<u64> {
+/// One agent's session: Hello, then `bodies` as records in batches of `per`, one frame in
+/// flight, numbered on from where the collector says it stopped. Returns the last seq acked.
+pub(crate) async fn deliver(
+    a: &Agent,
+    port: u16,
+    bodies: Vec<Body>,
+    per: usize,
+) -> anyhow::Result<u64> {
     let mut c = connect(a, port).await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<AgentFrame>(2);
     tx.send(AgentFrame {
@@ -148,9 +153,10 @@ async fn session(a: &Agent, port: u16, total: u64, per: u64) -> anyhow::Result<u
         .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await?
         .into_inner();
-    let mut next = 1;
+    let mut next = 0u64;
+    let mut bodies = bodies.into_iter().peekable();
     loop {
-        // Until the ack of the last frame.
+        // Until the ack of the last frame (the first: of Hello, where to go on from).
         let acked = loop {
             match replies.message().await?.and_then(|f| f.frame) {
                 Some(server_frame::Frame::Ack(ack)) => break ack.up_to_seq,
@@ -158,20 +164,35 @@ async fn session(a: &Agent, port: u16, total: u64, per: u64) -> anyhow::Result<u
                 None => bail!("the collector closed the stream"),
             }
         };
-        if next > total {
+        next = next.max(acked);
+        if bodies.peek().is_none() {
             return Ok(acked);
         }
-        let n = per.min(total - next + 1);
+        let records: Vec<Record> = bodies
+            .by_ref()
+            .take(per.max(1))
+            .map(|body| {
+                next += 1;
+                Record {
+                    seq: next,
+                    body: Some(body),
+                }
+            })
+            .collect();
         tx.send(AgentFrame {
             frame: Some(Frame::Batch(Batch {
                 epoch: 1,
-                first_seq: next,
-                records: (next..next + n).map(record).collect(),
+                first_seq: records[0].seq,
+                records,
             })),
         })
         .await?;
-        next += n;
     }
+}
+
+/// `total` records as the throughput scenarios send them.
+fn bodies(total: u64) -> Vec<Body> {
+    (1..=total).filter_map(|seq| record(seq).body).collect()
 }
 
 pub(crate) fn cpu_of_children() -> Duration {
@@ -284,7 +305,9 @@ fn throughput(
                 host: a.host.clone(),
                 tls: if tls { a.tls.clone() } else { None },
             };
-            set.spawn(async move { session(&a, port, per_agent, per_batch).await });
+            set.spawn(
+                async move { deliver(&a, port, bodies(per_agent), per_batch as usize).await },
+            );
         }
         let mut total = 0;
         while let Some(r) = set.join_next().await {
@@ -392,7 +415,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
                 let mut retries = 0u32;
                 let mut backoff = Duration::from_millis(250);
                 loop {
-                    match session(a, port, 10, 10).await {
+                    match deliver(a, port, bodies(10), 10).await {
                         Ok(_) => return Ok((t0.elapsed(), retries)),
                         Err(_) if retries < 20 => {
                             // As the exporter does: back off and try again.
