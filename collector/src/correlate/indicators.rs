@@ -98,13 +98,16 @@ mod tests {
     }
 }
 
+/// (kind, value, app, hour bucket).
+pub type SightingKey = (&'static str, String, String, i64);
+
 /// A batch's sightings folded together before they are written: one row per (kind, value,
 /// app, hour) with its first and last time and how many windows; one per (kind, value) for
 /// the fleet-wide first and last seen. A day of one agent's windows is ~20 rows, not ~900.
 #[derive(Debug, Default)]
 pub struct Folded {
     /// (kind, value, app, bucket) → (first, last, windows).
-    pub sightings: std::collections::BTreeMap<(&'static str, String, String, i64), (f64, f64, i64)>,
+    pub sightings: std::collections::BTreeMap<SightingKey, (f64, f64, i64)>,
     /// (kind, value) → (first, last).
     pub indicators: std::collections::BTreeMap<(&'static str, String), (f64, f64)>,
 }
