@@ -75,7 +75,7 @@ fn day(c: usize, a: usize, day_end: f64) -> Vec<Body> {
     while end <= day_end {
         let hour = ((end - start) / 3600.0) as usize;
         // The vendor: api.vendor.example on edge 1-4, and from noon a new edge (.9).
-        let edge = if hour >= 12 && (c + a + n) % 2 == 0 {
+        let edge = if hour >= 12 && (c + a + n).is_multiple_of(2) {
             9
         } else {
             1 + (c + n) % 4
@@ -89,12 +89,12 @@ fn day(c: usize, a: usize, day_end: f64) -> Vec<Body> {
             ),
         ];
         // Now and then a destination of this clinic alone.
-        if (c * 7 + n) % 97 == 0 {
+        if (c * 7 + n).is_multiple_of(97) {
             d.push(dest(format!("198.18.{}.{}", c / 250, c % 250), "", 5_000));
         }
         out.push(summary("pm-client", end, d));
         // A few findings: a new destination here and there, an isolated surge.
-        if (c * 13 + a * 5 + n) % 2000 == 0 {
+        if (c * 13 + a * 5 + n).is_multiple_of(2000) {
             out.push(Body::Finding(Finding {
                 rule: "CW-NEW-DESTINATION".into(),
                 severity: 3,
@@ -105,7 +105,7 @@ fn day(c: usize, a: usize, day_end: f64) -> Vec<Body> {
                 ..Default::default()
             }));
         }
-        if a == 0 && (c * 31 + n) % 5000 == 0 {
+        if a == 0 && (c * 31 + n).is_multiple_of(5000) {
             out.push(Body::Finding(Finding {
                 rule: "CW-EGRESS-SURGE".into(),
                 severity: 4,
