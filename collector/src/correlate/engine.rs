@@ -178,9 +178,10 @@ impl Engine {
                 window_reaches(&mut tc, rule.timespan_secs as f64, rule.min_clinics)
             })
             .collect();
+        // Fleet-wide first seen and prevalence, read once: for the age limit and the evidence.
+        let stats =
+            store.indicator_stats(&met.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>())?;
         if let Some(within) = rule.first_seen_within_secs {
-            let keys: Vec<(String, String)> = met.iter().map(|(k, _)| k.clone()).collect();
-            let stats = store.indicator_stats(&keys)?;
             met.retain(|(k, _)| {
                 stats
                     .iter()
@@ -188,8 +189,6 @@ impl Engine {
                     .is_some_and(|s| s.first_seen >= now - within as f64)
             });
         }
-        let stats =
-            store.indicator_stats(&met.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>())?;
         Ok(met
             .into_iter()
             .map(|((kind, value), hits)| {

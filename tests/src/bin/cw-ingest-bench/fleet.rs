@@ -26,7 +26,8 @@ use clinicwatch_collector::{
 };
 use clinicwatch_proto::v1::{record::Body, Destination, Finding, WindowSummary};
 
-use super::load::{cpu_of_children, deliver, start_server_with, Agent};
+use super::load::{bench_root, cpu_of_children, deliver, start_server_with, Agent};
+use clinicwatch_collector::ingest::now as wall;
 
 pub struct FleetOptions {
     pub clinics: usize,
@@ -131,21 +132,8 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn wall() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
 pub fn run(o: &FleetOptions) -> anyhow::Result<()> {
-    let root = std::env::temp_dir().join(format!("cw-fleet-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(&root)?;
-    let ca = pki::new_ca("fleet CA")?;
-    let server = pki::server_cert(&ca, &["localhost".into()])?;
-    std::fs::write(root.join("ca.pem"), &ca.cert)?;
-    std::fs::write(root.join("server.pem"), &server.cert)?;
-    std::fs::write(root.join("server.key"), &server.key)?;
+    let (root, ca) = bench_root("cw-fleet")?;
     let ca_pem = Arc::new(ca.cert.clone());
     let t = Instant::now();
     let agents: Vec<Agent> = (0..o.clinics * o.agents_per_clinic)

@@ -331,15 +331,23 @@ fn throughput(
     })
 }
 
-pub fn run(o: &Options) -> anyhow::Result<()> {
-    let root = std::env::temp_dir().join(format!("cw-ingest-bench-{}", std::process::id()));
+/// A fresh folder `/tmp/NAME-PID` holding a new CA and the collector's certificate
+/// (`ca.pem`, `server.pem`, `server.key`, as `start_server` copies them); the CA, to sign
+/// the agents' certificates.
+pub(crate) fn bench_root(name: &str) -> anyhow::Result<(PathBuf, pki::Pem)> {
+    let root = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root)?;
-    let ca = pki::new_ca("bench CA")?;
+    let ca = pki::new_ca(&format!("{name} CA"))?;
     let server = pki::server_cert(&ca, &["localhost".into()])?;
     std::fs::write(root.join("ca.pem"), &ca.cert)?;
     std::fs::write(root.join("server.pem"), &server.cert)?;
     std::fs::write(root.join("server.key"), &server.key)?;
+    Ok((root, ca))
+}
+
+pub fn run(o: &Options) -> anyhow::Result<()> {
+    let (root, ca) = bench_root("cw-ingest-bench")?;
     let ca_pem = Arc::new(ca.cert.clone());
     let n_certs = o.reconnect.max(o.agents);
     let t = Instant::now();
