@@ -46,7 +46,9 @@ pub struct FileStats {
 }
 
 /// Per-flow counters (key: socket cookie). Bytes are transport payload bytes (IP and
-/// TCP/UDP headers excluded), counted per packet in the cgroup socket-buffer hooks.
+/// TCP/UDP headers excluded), counted in the cgroup socket-buffer hooks. For TCP they are
+/// the bytes of the stream, each counted once: a retransmitted segment counts as a packet
+/// but adds no bytes (tracked by sequence number). For UDP every datagram counts.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowStats {
@@ -57,6 +59,57 @@ pub struct FlowStats {
     pub packets_sent: u64,
     pub packets_recv: u64,
     pub remote: crate::event::FlowAddr,
+    /// TCP: the sequence number after the highest byte sent so far.
+    pub snd_next: u32,
+    /// TCP: the sequence number after the highest byte received so far.
+    pub rcv_next: u32,
+    /// TCP: which of `snd_next` ([`FLOW_SEQ_SENT`]) and `rcv_next` ([`FLOW_SEQ_RECV`]) hold
+    /// a sequence number yet.
+    pub seq_seen: u32,
+    pub _pad: u32,
+}
+
+/// [`FlowStats::seq_seen`] bits.
+pub const FLOW_SEQ_SENT: u32 = 1;
+pub const FLOW_SEQ_RECV: u32 = 2;
+
+impl FlowStats {
+    /// Counts a TCP segment of `len` payload bytes starting at sequence number `seq` and
+    /// returns how many of its bytes extend the stream past the highest byte counted so far
+    /// in that direction (also added to `bytes_sent`/`bytes_recv`). A retransmission adds
+    /// nothing; a segment that arrives ahead of a missing one counts the gap, which the late
+    /// segment then does not count again. A SYN (or the first segment seen, for a flow whose
+    /// SYN was missed) sets where the stream starts. Sequence numbers wrap.
+    #[inline(always)]
+    pub fn count_segment(&mut self, egress: bool, seq: u32, syn: bool, len: u32) -> u64 {
+        let (next, bit) = if egress {
+            (&mut self.snd_next, FLOW_SEQ_SENT)
+        } else {
+            (&mut self.rcv_next, FLOW_SEQ_RECV)
+        };
+        let mut start = seq;
+        if syn {
+            start = seq.wrapping_add(1); // the SYN takes one sequence number
+            *next = start;
+            self.seq_seen |= bit;
+        } else if self.seq_seen & bit == 0 {
+            *next = start;
+            self.seq_seen |= bit;
+        }
+        let end = start.wrapping_add(len);
+        let ahead = end.wrapping_sub(*next) as i32;
+        if ahead <= 0 {
+            return 0;
+        }
+        *next = end;
+        let added = ahead as u64;
+        if egress {
+            self.bytes_sent += added;
+        } else {
+            self.bytes_recv += added;
+        }
+        added
+    }
 }
 
 /// Per-hook health counters (per-CPU array indexed by [`hook`]).
@@ -118,7 +171,7 @@ const _: () = assert!(size_of::<WatchedProc>() == 16);
 const _: () = assert!(size_of::<InodeKey>() == 16);
 const _: () = assert!(size_of::<FileKey>() == 16);
 const _: () = assert!(size_of::<FileStats>() == 32);
-const _: () = assert!(size_of::<FlowStats>() == 64);
+const _: () = assert!(size_of::<FlowStats>() == 80);
 const _: () = assert!(size_of::<HookCounters>() == 32);
 
 #[cfg(feature = "user")]
@@ -132,4 +185,47 @@ mod pod {
     unsafe impl aya::Pod for FlowStats {}
     unsafe impl aya::Pod for HookCounters {}
     unsafe impl aya::Pod for crate::offsets::KernelOffsets {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retransmitted_and_reordered_segments_count_once() {
+        let mut f = FlowStats::default();
+        assert_eq!(f.count_segment(true, 1000, true, 0), 0, "SYN");
+        assert_eq!(f.count_segment(true, 1001, false, 100), 100);
+        assert_eq!(f.count_segment(true, 1101, false, 50), 50);
+        assert_eq!(f.count_segment(true, 1001, false, 100), 0, "retransmission");
+        assert_eq!(
+            f.count_segment(true, 1101, false, 80),
+            30,
+            "overlap counts the new part"
+        );
+        assert_eq!(f.count_segment(true, 1181, false, 0), 0, "FIN");
+        assert_eq!(f.bytes_sent, 180);
+        // Receive side: a gap is counted when the later segment arrives, not again after.
+        assert_eq!(f.count_segment(false, 7, true, 0), 0);
+        assert_eq!(f.count_segment(false, 18, false, 10), 20);
+        assert_eq!(f.count_segment(false, 8, false, 10), 0);
+        assert_eq!(f.count_segment(false, 28, false, 5), 5);
+        assert_eq!(
+            (f.bytes_recv, f.bytes_sent),
+            (25, 180),
+            "directions are apart"
+        );
+    }
+
+    #[test]
+    fn sequence_numbers_wrap_and_a_missed_syn_starts_at_the_first_segment() {
+        let mut f = FlowStats::default();
+        assert_eq!(f.count_segment(true, u32::MAX - 10, true, 0), 0);
+        assert_eq!(f.count_segment(true, u32::MAX - 9, false, 30), 30);
+        assert_eq!(f.count_segment(true, 20, false, 5), 5, "past the wrap");
+        assert_eq!(f.count_segment(true, u32::MAX - 9, false, 30), 0);
+        let mut g = FlowStats::default();
+        assert_eq!(g.count_segment(false, 500, false, 40), 40);
+        assert_eq!(g.count_segment(false, 500, false, 40), 0);
+    }
 }

@@ -3,7 +3,8 @@
 //! - `cgroup/connect4`, `cgroup/connect6` (4.17+): the connect, its destination, and the
 //!   socket cookie that names the flow from then on.
 //! - `cgroup_skb/egress`, `cgroup_skb/ingress` (4.10+): payload bytes per flow, counted only
-//!   for cookies registered at connect; on a UDP flow to port 53, each answer's payload
+//!   for cookies registered at connect (TCP by sequence number, so a retransmission is not
+//!   counted twice); on a UDP flow to port 53, each answer's payload
 //!   (up to 512 bytes) goes to userspace, which reads the names in it.
 //! - `cgroup/sock_release` (5.9+): the flow's close, with its final counters.
 
@@ -110,17 +111,34 @@ fn on_connect(ctx: &SockAddrContext, family: u16) -> HookResult {
 const IPV6_EXT_HEADERS: [u8; 4] = [0, 43, 44, 60];
 const MAX_IPV6_EXT: usize = 4;
 
-/// Transport payload of the packet (IP, IPv6 extension and TCP/UDP headers excluded): its
-/// offset and length.
+/// Where a packet's transport header and payload are.
+struct Packet {
+    /// IP protocol of the transport header (after IPv6 extension headers).
+    proto: u8,
+    /// Offset of the transport header.
+    l4: u64,
+    /// Offset and length of the transport payload.
+    off: u64,
+    len: u64,
+}
+
+/// Transport payload of the packet (IP, IPv6 extension and TCP/UDP headers excluded).
 #[inline(always)]
-fn payload(ctx: &SkBuffContext) -> Result<(u64, u64), Counter> {
+fn payload(ctx: &SkBuffContext) -> Result<Packet, Counter> {
     let len = ctx.len() as u64;
     let load = |off: u64| ctx.load::<u8>(off as usize).map_err(|_| Counter::ReadError);
     let b0 = load(0)?;
     let (mut l3, mut proto) = match b0 >> 4 {
         4 => ((b0 & 0x0f) as u64 * 4, load(9)?),
         6 => (40u64, load(6)?),
-        _ => return Ok((0, 0)),
+        _ => {
+            return Ok(Packet {
+                proto: 0,
+                l4: 0,
+                off: 0,
+                len: 0,
+            })
+        }
     };
     if b0 >> 4 == 6 {
         for _ in 0..MAX_IPV6_EXT {
@@ -142,7 +160,39 @@ fn payload(ctx: &SkBuffContext) -> Result<(u64, u64), Counter> {
         IPPROTO_UDP => 8,
         _ => 0,
     };
-    Ok((l3 + l4, len.saturating_sub(l3 + l4)))
+    Ok(Packet {
+        proto,
+        l4: l3,
+        off: l3 + l4,
+        len: len.saturating_sub(l3 + l4),
+    })
+}
+
+const TCP_SYN: u8 = 0x02;
+
+/// Counts a TCP segment by sequence number (see [`FlowStats::count_segment`]).
+///
+/// # Safety
+/// `s` is a map value pointer from a successful lookup.
+#[inline(always)]
+unsafe fn count_tcp(
+    ctx: &SkBuffContext,
+    s: *mut FlowStats,
+    p: &Packet,
+    egress: bool,
+) -> HookResult {
+    let seq = u32::from_be(
+        ctx.load::<u32>((p.l4 + 4) as usize)
+            .map_err(|_| Counter::ReadError)?,
+    );
+    let flags = ctx
+        .load::<u8>((p.l4 + 13) as usize)
+        .map_err(|_| Counter::ReadError)?;
+    // SAFETY: the caller's pointer. Not atomic: segments of one direction of a flow are
+    // nearly always handled one at a time (socket lock on egress, the flow's receive CPU on
+    // ingress); a rare race could miscount one segment, never corrupt the map.
+    unsafe { (*s).count_segment(egress, seq, flags & TCP_SYN != 0, p.len as u32) };
+    Ok(())
 }
 
 const DNS_PORT: u16 = 53;
@@ -208,21 +258,29 @@ fn on_packet(ctx: &SkBuffContext, egress: bool) -> HookResult {
     let Some(s) = FLOWS.get_ptr_mut(cookie) else {
         return Ok(());
     };
-    let (off, bytes) = payload(ctx)?;
+    let p = payload(ctx)?;
+    if p.proto == IPPROTO_TCP {
+        // SAFETY: a map value pointer from a successful lookup.
+        unsafe { count_tcp(ctx, s, &p, egress)? };
+    }
     // SAFETY: a map value pointer; the adds are atomic.
     unsafe {
         if egress {
-            add(&mut (*s).bytes_sent, bytes);
+            if p.proto != IPPROTO_TCP {
+                add(&mut (*s).bytes_sent, p.len);
+            }
             add(&mut (*s).packets_sent, 1);
         } else {
-            add(&mut (*s).bytes_recv, bytes);
+            if p.proto != IPPROTO_TCP {
+                add(&mut (*s).bytes_recv, p.len);
+            }
             add(&mut (*s).packets_recv, 1);
         }
     }
     // SAFETY: a map value pointer from a successful lookup.
     let (remote, tgid) = unsafe { ((*s).remote, (*s).tgid) };
     if !egress && remote.protocol == IPPROTO_UDP as u16 && remote.port == DNS_PORT {
-        capture_dns(ctx, cookie, tgid, off, bytes)?;
+        capture_dns(ctx, cookie, tgid, p.off, p.len)?;
     }
     Ok(())
 }
