@@ -4,7 +4,7 @@
 mod support;
 
 use clinicwatch_collector::store::{self, HostKey, Ingested, Pruned, Store, MAX_BATCH_RECORDS};
-use clinicwatch_proto::v1::{Batch, Heartbeat, Hello};
+use clinicwatch_proto::v1::{record::Body, Batch, Destination, Heartbeat, Hello, Record, WindowSummary};
 use support::raw_batch as batch;
 
 fn host(c: &str) -> HostKey {
@@ -139,12 +139,74 @@ fn conformance(mut s: Box<dyn Store>, reopen: &dyn Fn() -> Box<dyn Store>) {
     );
 }
 
+/// A summary from `clinic` at time `t` with one destination.
+fn contact(s: &mut dyn Store, clinic: &str, seq: u64, ip: &str, t: f64) {
+    let b = Batch {
+        epoch: 1,
+        first_seq: seq,
+        records: vec![Record {
+            seq,
+            body: Some(Body::Summary(WindowSummary {
+                app: "pm-client".into(),
+                start: t - 60.0,
+                end: t,
+                destinations: vec![Destination {
+                    ip: ip.into(),
+                    port: 443,
+                    protocol: "tcp".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })),
+        }],
+    };
+    assert_eq!(s.ingest(&host(clinic), &b, t).unwrap().stored, 1);
+}
+
+fn clinics_ever(s: &mut dyn Store, ip: &str) -> (u64, bool) {
+    let st = s
+        .indicator_stats(&[("dest_ip".into(), ip.into())])
+        .unwrap();
+    (st[0].clinics, st[0].clinics_estimated)
+}
+
+/// Fleet prevalence: exact up to `EXACT_CLINICS`, then a sketch; `stores` take turns (one
+/// store, or several collectors on one database).
+fn prevalence(stores: &mut [Box<dyn Store>], ip: &str) {
+    let exact = store::prevalence::EXACT_CLINICS as u64;
+    let n = stores.len();
+    for i in 0..exact {
+        contact(stores[i as usize % n].as_mut(), &format!("pc-{ip}-{i}"), 1, ip, 100.0);
+    }
+    contact(stores[0].as_mut(), &format!("pc-{ip}-0"), 2, ip, 150.0);
+    assert_eq!(clinics_ever(stores[0].as_mut(), ip), (exact, false), "exact");
+    for i in exact..1_000 {
+        contact(stores[i as usize % n].as_mut(), &format!("pc-{ip}-{i}"), 1, ip, 200.0);
+    }
+    // Clinics seen again, through either collector, are not counted again.
+    for i in 0..300 {
+        contact(stores[(i + 1) % n].as_mut(), &format!("pc-{ip}-{i}"), 3, ip, 300.0);
+    }
+    for s in stores.iter_mut() {
+        let (clinics, estimated) = clinics_ever(s.as_mut(), ip);
+        assert!(
+            estimated && (970..=1_030).contains(&clinics),
+            "1,000 clinics estimated as {clinics} (estimated: {estimated})"
+        );
+    }
+    let st = stores[0]
+        .indicator_stats(&[("dest_ip".into(), ip.into())])
+        .unwrap();
+    assert_eq!((st[0].first_seen, st[0].last_seen), (100.0, 300.0));
+}
+
 #[test]
 fn sqlite_store() {
     let dir = support::temp_dir("store-sqlite");
     let path = dir.join("collector.db");
     let open = || store::open(&path.display().to_string()).unwrap();
     conformance(open(), &open);
+    prevalence(&mut [open()], "203.0.113.9");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -167,6 +229,9 @@ fn postgres_store() {
     c1.ingest(&h, &batch(1, 1, 10), 1.0).unwrap();
     assert_eq!(c2.hello(&h, &hello, 2.0).unwrap(), 10);
     assert_eq!(c2.ingest(&h, &batch(1, 5, 10), 2.0).unwrap().duplicates, 6);
+    prevalence(&mut [open()], "203.0.113.9");
+    // Three collectors share the count; each caches sketches of its own.
+    prevalence(&mut [open(), open(), open()], "203.0.113.10");
 }
 
 #[test]

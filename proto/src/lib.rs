@@ -1,6 +1,8 @@
 //! clinicwatch protobuf contract (`clinicwatch.v1`, `proto/clinicwatch/v1/ingest.proto`),
 //! generated with protox and tonic-prost-build into `OUT_DIR`.
 
+pub mod hll;
+
 pub mod v1 {
     tonic::include_proto!("clinicwatch.v1");
 }

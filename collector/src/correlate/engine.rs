@@ -196,7 +196,9 @@ impl Engine {
                 evidence.insert("indicator".into(), format!("{kind}:{value}"));
                 if let Some(s) = stats.iter().find(|s| s.kind == kind && s.value == value) {
                     evidence.insert("fleet_first_seen".into(), format!("{:.0}", s.first_seen));
-                    evidence.insert("clinics_ever".into(), s.clinics.to_string());
+                    // A sketch's estimate past `prevalence::EXACT_CLINICS` clinics: "~N".
+                    let approx = if s.clinics_estimated { "~" } else { "" };
+                    evidence.insert("clinics_ever".into(), format!("{approx}{}", s.clinics));
                 }
                 Group {
                     key: format!("{kind}:{value}"),

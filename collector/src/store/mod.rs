@@ -9,6 +9,7 @@
 //! summaries and health stay as encoded records.
 
 mod postgres;
+pub mod prevalence;
 mod sqlite;
 mod validate;
 
@@ -76,7 +77,8 @@ pub struct SightingRow {
     pub last_time: f64,
 }
 
-/// An indicator fleet-wide: first seen (event time) and how many clinics ever saw it.
+/// An indicator fleet-wide: first seen (event time) and how many clinics ever saw it (or,
+/// for `top_indicators`, saw it since the time asked).
 #[derive(Debug, Clone, PartialEq)]
 pub struct IndicatorStat {
     pub kind: String,
@@ -84,6 +86,8 @@ pub struct IndicatorStat {
     pub first_seen: f64,
     pub last_seen: f64,
     pub clinics: u64,
+    /// `clinics` is a sketch's estimate (more than [`prevalence::EXACT_CLINICS`] clinics).
+    pub clinics_estimated: bool,
 }
 
 /// A campaign as the SOC sees it: one correlation rule, one group (an indicator, or the

@@ -9,6 +9,7 @@ use clinicwatch_proto::v1::{record::Body, Batch, Heartbeat, Hello};
 use postgres::{Client, NoTls};
 use prost::Message;
 
+use super::prevalence::{self, SketchCache};
 use super::{
     kind, validate, Enrollment, HostKey, HostRow, Incident, IndicatorStat, Ingested, Pruned,
     SightingRow, Store, StoreError, StoredFinding, INCIDENT_COLUMNS,
@@ -70,6 +71,7 @@ CREATE TABLE IF NOT EXISTS indicators (
     last_seen DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (kind, value)
 );
+ALTER TABLE indicators ADD COLUMN IF NOT EXISTS clinics_sketch BYTEA;
 CREATE TABLE IF NOT EXISTS indicator_clinics (
     kind TEXT NOT NULL, value TEXT NOT NULL, clinic TEXT NOT NULL,
     first_seen DOUBLE PRECISION NOT NULL,
@@ -101,6 +103,7 @@ pub struct PgStore {
     client: Option<Client>,
     /// This connection holds the correlation lock.
     leading: bool,
+    sketches: SketchCache,
 }
 
 /// A PostgreSQL URL fit to show: `postgres://user@host:port/db`, without the password
@@ -155,6 +158,7 @@ impl PgStore {
             shown,
             client: None,
             leading: false,
+            sketches: SketchCache::default(),
         };
         s.client()?;
         Ok(s)
@@ -305,7 +309,9 @@ impl Store for PgStore {
         let kinds: Vec<&str> = batch.records.iter().map(kind).collect();
         let bodies: Vec<Vec<u8>> = batch.records.iter().map(|r| r.encode_to_vec()).collect();
         let epoch = i64_of(batch.epoch);
-        let mut out = self.with(|c| {
+        let sketches = std::mem::take(&mut self.sketches);
+        let mut sketched_now = Vec::new();
+        let result = self.with(|c| {
             let mut tx = c.transaction()?;
             // One statement for the batch; RETURNING names the records that were new.
             let stored = tx.query(
@@ -362,13 +368,12 @@ impl Store for PgStore {
                     "INSERT INTO indicators (kind, value, first_seen, last_seen) VALUES ($1, $2, $3, $4)
                      ON CONFLICT (kind, value) DO UPDATE SET
                        first_seen = LEAST(indicators.first_seen, excluded.first_seen),
-                       last_seen = GREATEST(indicators.last_seen, excluded.last_seen)",
+                       last_seen = GREATEST(indicators.last_seen, excluded.last_seen)
+                     RETURNING clinics_sketch IS NOT NULL",
                 )?;
                 let ind_clinic = tx.prepare(
                     "INSERT INTO indicator_clinics (kind, value, clinic, first_seen)
-                     VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (kind, value, clinic) DO UPDATE SET
-                       first_seen = LEAST(indicator_clinics.first_seen, excluded.first_seen)",
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (kind, value, clinic) DO NOTHING",
                 )?;
                 for ((kind, value, app, bucket), (first, last, n)) in &folded.sightings {
                     let kind = kind.to_string();
@@ -377,10 +382,52 @@ impl Store for PgStore {
                         &[&kind, value, &host.clinic, &host.host, app, bucket, first, last, n, &now],
                     )?;
                 }
+                // The upsert locks the indicator's row until commit: another collector's
+                // fold or sketch update of the same indicator waits (see `prevalence`).
                 for ((kind, value), (first, last)) in &folded.indicators {
                     let kind = kind.to_string();
-                    tx.execute(&ind, &[&kind, value, first, last])?;
-                    tx.execute(&ind_clinic, &[&kind, value, &host.clinic, first])?;
+                    let sketched: bool = tx.query_one(&ind, &[&kind, value, first, last])?.get(0);
+                    if sketched {
+                        if sketches.covers(&kind, value, &host.clinic) {
+                            continue;
+                        }
+                        let stored: Option<Vec<u8>> = tx
+                            .query_one(
+                                "SELECT clinics_sketch FROM indicators WHERE kind = $1 AND value = $2",
+                                &[&kind, value],
+                            )?
+                            .get(0);
+                        let mut h = prevalence::sketch_for_update(&kind, value, stored.as_deref());
+                        if h.insert_hash(prevalence::clinic_hash(&host.clinic)) {
+                            tx.execute(
+                                "UPDATE indicators SET clinics_sketch = $3 WHERE kind = $1 AND value = $2",
+                                &[&kind, value, &h.to_bytes()],
+                            )?;
+                        }
+                        sketched_now.push((kind, value.clone(), h));
+                    } else if tx.execute(&ind_clinic, &[&kind, value, &host.clinic, first])? == 1 {
+                        let clinics: Vec<String> = tx
+                            .query(
+                                "SELECT clinic FROM indicator_clinics WHERE kind = $1 AND value = $2
+                                 LIMIT $3",
+                                &[&kind, value, &(prevalence::EXACT_CLINICS + 1)],
+                            )?
+                            .iter()
+                            .map(|r| r.get(0))
+                            .collect();
+                        if clinics.len() as i64 > prevalence::EXACT_CLINICS {
+                            let h = prevalence::fold(&clinics);
+                            tx.execute(
+                                "UPDATE indicators SET clinics_sketch = $3 WHERE kind = $1 AND value = $2",
+                                &[&kind, value, &h.to_bytes()],
+                            )?;
+                            tx.execute(
+                                "DELETE FROM indicator_clinics WHERE kind = $1 AND value = $2",
+                                &[&kind, value],
+                            )?;
+                            sketched_now.push((kind, value.clone(), h));
+                        }
+                    }
                 }
             }
             tx.execute(
@@ -399,7 +446,16 @@ impl Store for PgStore {
                     .filter(|s| new.contains(&(*s as i64)))
                     .collect(),
             })
-        })?;
+        });
+        // Sketches enter the cache only once their batch committed; a failed batch drops
+        // the cache (it may hold what was rolled back).
+        if result.is_ok() {
+            self.sketches = sketches;
+            for (kind, value, h) in sketched_now {
+                self.sketches.put(&kind, &value, h);
+            }
+        }
+        let mut out = result?;
         out.up_to_seq = batch.records.last().map_or(0, |r| r.seq);
         Ok(out)
     }
@@ -508,24 +564,34 @@ impl Store for PgStore {
     ) -> Result<Vec<IndicatorStat>, StoreError> {
         self.with(|c| {
             let st = c.prepare(
-                "SELECT i.first_seen, i.last_seen,
-                   (SELECT COUNT(*) FROM indicator_clinics k WHERE k.kind = i.kind AND k.value = i.value)
+                "SELECT first_seen, last_seen, clinics_sketch,
+                   ARRAY(SELECT k.clinic FROM indicator_clinics k WHERE k.kind = i.kind AND k.value = i.value)
                  FROM indicators i WHERE i.kind = $1 AND i.value = $2",
             )?;
             let mut out = Vec::new();
             for (kind, value) in keys {
                 if let Some(r) = c.query_opt(&st, &[kind, value])? {
-                    out.push(IndicatorStat {
-                        kind: kind.clone(),
-                        value: value.clone(),
-                        first_seen: r.get(0),
-                        last_seen: r.get(1),
-                        clinics: r.get::<_, i64>(2) as u64,
-                    });
+                    let row: (f64, f64, Option<Vec<u8>>, Vec<String>) =
+                        (r.get(0), r.get(1), r.get(2), r.get(3));
+                    out.push((kind, value, row));
                 }
             }
             Ok(out)
+        })?
+        .into_iter()
+        .map(|(kind, value, (first_seen, last_seen, sketch, rows))| {
+            let (clinics, clinics_estimated) =
+                prevalence::count(kind, value, sketch.as_deref(), &rows)?;
+            Ok(IndicatorStat {
+                kind: kind.clone(),
+                value: value.clone(),
+                first_seen,
+                last_seen,
+                clinics,
+                clinics_estimated,
+            })
         })
+        .collect()
     }
 
     fn top_indicators(
@@ -548,6 +614,7 @@ impl Store for PgStore {
                     first_seen: r.get(2),
                     last_seen: r.get(3),
                     clinics: r.get::<_, i64>(4) as u64,
+                    clinics_estimated: false,
                 })
                 .collect())
         })

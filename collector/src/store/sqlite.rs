@@ -7,6 +7,7 @@ use clinicwatch_proto::v1::{record::Body, Batch, Heartbeat, Hello};
 use prost::Message;
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::prevalence::{self, SketchCache};
 use super::{
     kind, validate, Enrollment, HostKey, HostRow, Incident, IndicatorStat, Ingested, Pruned,
     SightingRow, Store, StoreError, StoredFinding, INCIDENT_COLUMNS,
@@ -67,6 +68,7 @@ CREATE TABLE IF NOT EXISTS sightings (
 CREATE INDEX IF NOT EXISTS sightings_last ON sightings (last_time);
 CREATE TABLE IF NOT EXISTS indicators (
     kind TEXT NOT NULL, value TEXT NOT NULL, first_seen REAL NOT NULL, last_seen REAL NOT NULL,
+    clinics_sketch BLOB,
     PRIMARY KEY (kind, value)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS indicator_clinics (
@@ -88,6 +90,7 @@ CREATE INDEX IF NOT EXISTS records_received ON records (kind, received);
 pub struct SqliteStore {
     path: String,
     db: Connection,
+    sketches: SketchCache,
 }
 
 fn db_err(path: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
@@ -104,7 +107,23 @@ impl SqliteStore {
         db.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(db_err(&p))?;
         db.execute_batch(SCHEMA).map_err(db_err(&p))?;
-        Ok(SqliteStore { path: p, db })
+        // Files from before prevalence sketches: add the column.
+        let has_sketch: i64 = db
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('indicators') WHERE name = 'clinics_sketch'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(db_err(&p))?;
+        if has_sketch == 0 {
+            db.execute_batch("ALTER TABLE indicators ADD COLUMN clinics_sketch BLOB")
+                .map_err(db_err(&p))?;
+        }
+        Ok(SqliteStore {
+            path: p,
+            db,
+            sketches: SketchCache::default(),
+        })
     }
 }
 
@@ -187,6 +206,8 @@ impl Store for SqliteStore {
         let err = db_err(&self.path);
         let tx = self.db.transaction().map_err(&err)?;
         let mut out = Ingested::default();
+        // Sketches written by this batch: cached only once it commits.
+        let mut sketched_now = Vec::new();
         {
             let mut put = tx
                 .prepare_cached(
@@ -217,15 +238,14 @@ impl Store for SqliteStore {
                     "INSERT INTO indicators (kind, value, first_seen, last_seen) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (kind, value) DO UPDATE SET
                        first_seen = MIN(first_seen, excluded.first_seen),
-                       last_seen = MAX(last_seen, excluded.last_seen)",
+                       last_seen = MAX(last_seen, excluded.last_seen)
+                     RETURNING clinics_sketch IS NOT NULL",
                 )
                 .map_err(&err)?;
             let mut indicator_clinic = tx
                 .prepare_cached(
                     "INSERT INTO indicator_clinics (kind, value, clinic, first_seen)
-                     VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (kind, value, clinic) DO UPDATE SET
-                       first_seen = MIN(first_seen, excluded.first_seen)",
+                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT (kind, value, clinic) DO NOTHING",
                 )
                 .map_err(&err)?;
             for r in &batch.records {
@@ -287,12 +307,62 @@ impl Store for SqliteStore {
                     .map_err(&err)?;
             }
             for ((kind, value), (first, last)) in &folded.indicators {
-                indicator
-                    .execute(params![kind, value, first, last])
+                let sketched: bool = indicator
+                    .query_row(params![kind, value, first, last], |r| r.get(0))
                     .map_err(&err)?;
-                indicator_clinic
+                if sketched {
+                    if self.sketches.covers(kind, value, &host.clinic) {
+                        continue;
+                    }
+                    let stored: Option<Vec<u8>> = tx
+                        .query_row(
+                            "SELECT clinics_sketch FROM indicators WHERE kind = ?1 AND value = ?2",
+                            params![kind, value],
+                            |r| r.get(0),
+                        )
+                        .map_err(&err)?;
+                    let mut h = prevalence::sketch_for_update(kind, value, stored.as_deref());
+                    if h.insert_hash(prevalence::clinic_hash(&host.clinic)) {
+                        tx.execute(
+                            "UPDATE indicators SET clinics_sketch = ?3 WHERE kind = ?1 AND value = ?2",
+                            params![kind, value, h.to_bytes()],
+                        )
+                        .map_err(&err)?;
+                    }
+                    sketched_now.push((kind.to_string(), value.clone(), h));
+                } else if indicator_clinic
                     .execute(params![kind, value, host.clinic, first])
-                    .map_err(&err)?;
+                    .map_err(&err)?
+                    == 1
+                {
+                    let clinics: Vec<String> = tx
+                        .prepare_cached(
+                            "SELECT clinic FROM indicator_clinics WHERE kind = ?1 AND value = ?2
+                             LIMIT ?3",
+                        )
+                        .map_err(&err)?
+                        .query_map(
+                            params![kind, value, prevalence::EXACT_CLINICS + 1],
+                            |r| r.get(0),
+                        )
+                        .map_err(&err)?
+                        .collect::<Result<_, _>>()
+                        .map_err(&err)?;
+                    if clinics.len() as i64 > prevalence::EXACT_CLINICS {
+                        let h = prevalence::fold(&clinics);
+                        tx.execute(
+                            "UPDATE indicators SET clinics_sketch = ?3 WHERE kind = ?1 AND value = ?2",
+                            params![kind, value, h.to_bytes()],
+                        )
+                        .map_err(&err)?;
+                        tx.execute(
+                            "DELETE FROM indicator_clinics WHERE kind = ?1 AND value = ?2",
+                            params![kind, value],
+                        )
+                        .map_err(&err)?;
+                        sketched_now.push((kind.to_string(), value.clone(), h));
+                    }
+                }
             }
             tx.execute(
                 "UPDATE hosts SET last_seen = ?3 WHERE clinic = ?1 AND host = ?2",
@@ -301,6 +371,9 @@ impl Store for SqliteStore {
             .map_err(&err)?;
         }
         tx.commit().map_err(&err)?;
+        for (kind, value, h) in sketched_now {
+            self.sketches.put(&kind, &value, h);
+        }
         out.up_to_seq = batch.records.last().map_or(0, |r| r.seq);
         Ok(out)
     }
@@ -429,10 +502,13 @@ impl Store for SqliteStore {
         let mut q = self
             .db
             .prepare_cached(
-                "SELECT i.first_seen, i.last_seen,
-                   (SELECT COUNT(*) FROM indicator_clinics c WHERE c.kind = i.kind AND c.value = i.value)
-                 FROM indicators i WHERE i.kind = ?1 AND i.value = ?2",
+                "SELECT first_seen, last_seen, clinics_sketch FROM indicators
+                 WHERE kind = ?1 AND value = ?2",
             )
+            .map_err(&err)?;
+        let mut rows_q = self
+            .db
+            .prepare_cached("SELECT clinic FROM indicator_clinics WHERE kind = ?1 AND value = ?2")
             .map_err(&err)?;
         let mut out = Vec::new();
         for (kind, value) in keys {
@@ -441,18 +517,26 @@ impl Store for SqliteStore {
                     Ok((
                         r.get::<_, f64>(0)?,
                         r.get::<_, f64>(1)?,
-                        r.get::<_, i64>(2)?,
+                        r.get::<_, Option<Vec<u8>>>(2)?,
                     ))
                 })
                 .optional()
                 .map_err(&err)?;
-            if let Some((first_seen, last_seen, clinics)) = row {
+            if let Some((first_seen, last_seen, sketch)) = row {
+                let rows: Vec<String> = rows_q
+                    .query_map(params![kind, value], |r| r.get(0))
+                    .map_err(&err)?
+                    .collect::<Result<_, _>>()
+                    .map_err(&err)?;
+                let (clinics, clinics_estimated) =
+                    prevalence::count(kind, value, sketch.as_deref(), &rows)?;
                 out.push(IndicatorStat {
                     kind: kind.clone(),
                     value: value.clone(),
                     first_seen,
                     last_seen,
-                    clinics: clinics as u64,
+                    clinics,
+                    clinics_estimated,
                 });
             }
         }
@@ -481,6 +565,7 @@ impl Store for SqliteStore {
                     first_seen: r.get(2)?,
                     last_seen: r.get(3)?,
                     clinics: r.get::<_, i64>(4)? as u64,
+                    clinics_estimated: false,
                 })
             })
             .map_err(&err)?;
