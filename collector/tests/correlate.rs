@@ -88,6 +88,17 @@ impl Fleet {
     }
 
     fn finding(&mut self, clinic: &str, rule: &str, t: f64, evidence: &[(&str, &str)]) {
+        self.finding_on(clinic, "ws1", rule, t, evidence);
+    }
+
+    fn finding_on(
+        &mut self,
+        clinic: &str,
+        host: &str,
+        rule: &str,
+        t: f64,
+        evidence: &[(&str, &str)],
+    ) {
         let body = Body::Finding(Finding {
             rule: rule.into(),
             severity: 4,
@@ -100,7 +111,7 @@ impl Fleet {
                 .map(|(k, v)| (k.to_string(), serde_json::to_string(v).unwrap()))
                 .collect(),
         });
-        self.send(clinic, "ws1", body, t);
+        self.send(clinic, host, body, t);
     }
 }
 
@@ -231,9 +242,41 @@ fn scenarios(st: Box<dyn Store>) {
             NOW - 250.0,
         );
     }
+    // A shell under the app, then a new destination, on one host: in clinics t0 (ws1) and
+    // t1 (ws2, hours later). Near misses: the wrong order (t2); the two on different hosts
+    // (t3); more than an hour apart (t4); the shell alone (t5).
+    let (shell, new_dest) = ("CW-SUSPICIOUS-CHILD", "CW-NEW-DESTINATION");
+    for (clinic, host, rule, t) in [
+        ("t0", "ws1", shell, NOW - 30_000.0),
+        ("t0", "ws1", new_dest, NOW - 29_000.0),
+        ("t1", "ws2", shell, NOW - 5_000.0),
+        ("t1", "ws2", new_dest, NOW - 4_000.0),
+        ("t2", "ws1", new_dest, NOW - 5_000.0),
+        ("t2", "ws1", shell, NOW - 4_000.0),
+        ("t3", "ws1", shell, NOW - 5_000.0),
+        ("t3", "ws2", new_dest, NOW - 4_000.0),
+        ("t4", "ws1", shell, NOW - 9_000.0),
+        ("t4", "ws1", new_dest, NOW - 4_000.0),
+        ("t5", "ws1", shell, NOW - 4_000.0),
+    ] {
+        f.finding_on(clinic, host, rule, t, &[]);
+    }
 
     let r = e.pass(f.st.as_mut(), NOW).unwrap();
     assert!(r.led);
+    let staged = open(f.st.as_mut(), "CW-FLEET-SHELL-THEN-NEW-DESTINATION");
+    assert_eq!(staged.len(), 1, "{staged:#?}");
+    assert_eq!(staged[0].clinics, ["t0", "t1"]);
+    assert_eq!(staged[0].hosts, ["t0/ws1", "t1/ws2"]);
+    assert_eq!(
+        staged[0].evidence["sequence"],
+        "CW-SUSPICIOUS-CHILD then CW-NEW-DESTINATION"
+    );
+    assert_eq!(
+        staged[0].first_seen,
+        NOW - 29_000.0,
+        "when t0's sequence completed"
+    );
     let rare = open(f.st.as_mut(), "CW-FLEET-RARE-DESTINATION");
     let keys: Vec<&str> = rare.iter().map(|i| i.key.as_str()).collect();
     assert_eq!(
@@ -260,7 +303,7 @@ fn scenarios(st: Box<dyn Store>) {
     assert_eq!(vendor.len(), 1);
     assert_eq!(vendor[0].key, "dest_name:login.vendor.example");
     let total = f.st.incidents(None).unwrap().len();
-    assert_eq!(total, 6, "{:#?}", f.st.incidents(None).unwrap());
+    assert_eq!(total, 7, "{:#?}", f.st.incidents(None).unwrap());
 
     // Idempotent: the same pass again changes nothing.
     let again = e.pass(f.st.as_mut(), NOW).unwrap();

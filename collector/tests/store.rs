@@ -4,7 +4,9 @@
 mod support;
 
 use clinicwatch_collector::store::{self, HostKey, Ingested, Pruned, Store, MAX_BATCH_RECORDS};
-use clinicwatch_proto::v1::{record::Body, Batch, Destination, Heartbeat, Hello, Record, WindowSummary};
+use clinicwatch_proto::v1::{
+    record::Body, Batch, Destination, Heartbeat, Hello, Record, WindowSummary,
+};
 use support::raw_batch as batch;
 
 fn host(c: &str) -> HostKey {
@@ -164,9 +166,7 @@ fn contact(s: &mut dyn Store, clinic: &str, seq: u64, ip: &str, t: f64) {
 }
 
 fn clinics_ever(s: &mut dyn Store, ip: &str) -> (u64, bool) {
-    let st = s
-        .indicator_stats(&[("dest_ip".into(), ip.into())])
-        .unwrap();
+    let st = s.indicator_stats(&[("dest_ip".into(), ip.into())]).unwrap();
     (st[0].clinics, st[0].clinics_estimated)
 }
 
@@ -176,16 +176,38 @@ fn prevalence(stores: &mut [Box<dyn Store>], ip: &str) {
     let exact = store::prevalence::EXACT_CLINICS as u64;
     let n = stores.len();
     for i in 0..exact {
-        contact(stores[i as usize % n].as_mut(), &format!("pc-{ip}-{i}"), 1, ip, 100.0);
+        contact(
+            stores[i as usize % n].as_mut(),
+            &format!("pc-{ip}-{i}"),
+            1,
+            ip,
+            100.0,
+        );
     }
     contact(stores[0].as_mut(), &format!("pc-{ip}-0"), 2, ip, 150.0);
-    assert_eq!(clinics_ever(stores[0].as_mut(), ip), (exact, false), "exact");
+    assert_eq!(
+        clinics_ever(stores[0].as_mut(), ip),
+        (exact, false),
+        "exact"
+    );
     for i in exact..1_000 {
-        contact(stores[i as usize % n].as_mut(), &format!("pc-{ip}-{i}"), 1, ip, 200.0);
+        contact(
+            stores[i as usize % n].as_mut(),
+            &format!("pc-{ip}-{i}"),
+            1,
+            ip,
+            200.0,
+        );
     }
     // Clinics seen again, through either collector, are not counted again.
     for i in 0..300 {
-        contact(stores[(i + 1) % n].as_mut(), &format!("pc-{ip}-{i}"), 3, ip, 300.0);
+        contact(
+            stores[(i + 1) % n].as_mut(),
+            &format!("pc-{ip}-{i}"),
+            3,
+            ip,
+            300.0,
+        );
     }
     for s in stores.iter_mut() {
         let (clinics, estimated) = clinics_ever(s.as_mut(), ip);

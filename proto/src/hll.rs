@@ -131,11 +131,15 @@ impl Hll {
         }
         let mut h = Hll::new(*precision)?;
         if registers.len() != h.registers.len() {
-            return Err(SketchError::Malformed("register count does not match precision"));
+            return Err(SketchError::Malformed(
+                "register count does not match precision",
+            ));
         }
         let max_rank = 64 - *precision + 1;
         if registers.iter().any(|&r| r > max_rank) {
-            return Err(SketchError::Malformed("a register is above the largest rank"));
+            return Err(SketchError::Malformed(
+                "a register is above the largest rank",
+            ));
         }
         h.registers.copy_from_slice(registers);
         Ok(h)
@@ -198,7 +202,11 @@ mod tests {
                     h.insert_hash(mix(i + ((p as u64) << 40))); // duplicates count once
                 }
                 let e = h.estimate();
-                let err = if n == 0 { e } else { (e - n as f64).abs() / n as f64 };
+                let err = if n == 0 {
+                    e
+                } else {
+                    (e - n as f64).abs() / n as f64
+                };
                 eprintln!("p={p} n={n}: {e:.1} ({:.2}%)", err * 100.0);
                 assert!(err <= tolerance, "p={p} n={n}: estimate {e:.1}");
             }
@@ -235,7 +243,9 @@ mod tests {
         bytes[5] = 62;
         assert_eq!(
             Hll::from_bytes(&bytes),
-            Err(SketchError::Malformed("a register is above the largest rank"))
+            Err(SketchError::Malformed(
+                "a register is above the largest rank"
+            ))
         );
         bytes[0] = b'X';
         assert!(Hll::from_bytes(&bytes).is_err());

@@ -85,8 +85,8 @@ impl Engine {
         let rules: Vec<&Rule> = self.rules.iter().filter(|r| r.enabled).collect();
         let span_max = rules
             .iter()
-            .filter(|r| r.kind == RuleType::FindingCount)
-            .map(|r| r.timespan_secs)
+            .filter(|r| matches!(r.kind, RuleType::FindingCount | RuleType::Temporal))
+            .map(|r| r.timespan_secs + r.within_secs)
             .max()
             .unwrap_or(0) as f64;
         let findings = store.findings_since(now - span_max - self.lateness_secs)?;
@@ -107,6 +107,7 @@ impl Engine {
                     self.value_count(store, rule, &sightings, lookback, now)?
                 }
                 RuleType::FindingCount => finding_count(rule, &findings, lookback),
+                RuleType::Temporal => temporal(rule, &findings, lookback),
                 RuleType::Silence => silence(store, rule, now)?,
             };
             for g in groups {
@@ -347,6 +348,102 @@ fn finding_count(rule: &Rule, findings: &[StoredFinding], lookback: f64) -> Vec<
         .collect()
 }
 
+/// When one place's findings (time, rule), in time order, complete the rule's sequence:
+/// every rule of `rules` within `within` seconds, in the listed order when `ordered`. Each
+/// completion is the time of the finding that completed it.
+pub fn completions(
+    findings: &[(f64, &str)],
+    rules: &[String],
+    within: f64,
+    ordered: bool,
+) -> Vec<f64> {
+    // Latest time each rule was seen (unordered), or the latest start of a chain covering
+    // rules[..=k] (ordered): the tightest occurrence ending now.
+    let mut latest: Vec<Option<f64>> = vec![None; rules.len()];
+    let mut out = Vec::new();
+    for &(t, rule) in findings {
+        let Some(k) = rules.iter().position(|r| r == rule) else {
+            continue;
+        };
+        let start = if ordered {
+            if k == 0 {
+                latest[0] = Some(t);
+            } else if let Some(prev) = latest[k - 1] {
+                latest[k] = Some(latest[k].map_or(prev, |s| s.max(prev)));
+            }
+            if k + 1 == rules.len() {
+                latest[k]
+            } else {
+                None
+            }
+        } else {
+            latest[k] = Some(t);
+            latest.iter().try_fold(f64::MAX, |m, l| l.map(|l| m.min(l)))
+        };
+        if start.is_some_and(|s| t - s <= within) {
+            out.push(t);
+        }
+    }
+    out
+}
+
+fn temporal(rule: &Rule, findings: &[StoredFinding], lookback: f64) -> Vec<Group> {
+    let per_clinic = rule.per.as_deref() == Some("clinic");
+    // Findings arrive ordered by time (`findings_since`).
+    let mut places: BTreeMap<(&str, &str), Vec<(f64, &str)>> = BTreeMap::new();
+    for f in findings {
+        // An occurrence may start up to `within_secs` before the look-back.
+        if f.time < lookback - rule.within_secs as f64 || !rule.findings.contains(&f.rule) {
+            continue;
+        }
+        let host = if per_clinic { "" } else { f.host.as_str() };
+        places
+            .entry((f.clinic.as_str(), host))
+            .or_default()
+            .push((f.time, f.rule.as_str()));
+    }
+    let mut hits = Vec::new();
+    for ((clinic, host), mut fs) in places {
+        fs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        for t in completions(&fs, &rule.findings, rule.within_secs as f64, rule.ordered) {
+            if t >= lookback {
+                hits.push(Hit {
+                    time: t,
+                    clinic: clinic.to_string(),
+                    host: if per_clinic {
+                        // The clinic's hosts that raised any of the findings.
+                        findings
+                            .iter()
+                            .filter(|f| f.clinic == clinic && rule.findings.contains(&f.rule))
+                            .map(|f| f.host.as_str())
+                            .collect::<BTreeSet<_>>()
+                            .into_iter()
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    } else {
+                        host.to_string()
+                    },
+                });
+            }
+        }
+    }
+    let mut tc: Vec<(f64, &str)> = hits.iter().map(|h| (h.time, h.clinic.as_str())).collect();
+    if !window_reaches(&mut tc, rule.timespan_secs as f64, rule.min_clinics) {
+        return Vec::new();
+    }
+    let sep = if rule.ordered { " then " } else { " and " };
+    let mut evidence = BTreeMap::new();
+    evidence.insert("sequence".into(), rule.findings.join(sep));
+    evidence.insert("within_secs".into(), rule.within_secs.to_string());
+    evidence.insert("occurrences".into(), hits.len().to_string());
+    vec![Group {
+        key: "fleet".into(),
+        hits,
+        evidence,
+        severity: None,
+    }]
+}
+
 /// Hosts that were reporting and stopped within the window: at least
 /// max(min_hosts, min(fraction × hosts seen in the last day, max_hosts)).
 fn silence(store: &mut dyn Store, rule: &Rule, now: f64) -> Result<Vec<Group>, StoreError> {
@@ -400,6 +497,35 @@ mod tests {
         assert!(window_reaches(&mut v, 3600.0, 2));
         let mut v = vec![(100.0, "c"), (0.0, "a"), (3500.0, "b")];
         assert!(window_reaches(&mut v, 3600.0, 3), "order does not matter");
+    }
+
+    #[test]
+    fn sequences_complete_in_order_within_the_time_allowed() {
+        let rules = vec!["A".to_string(), "B".to_string(), "C".to_string()];
+        let f = [(0.0, "A"), (10.0, "B"), (20.0, "C"), (30.0, "C")];
+        assert_eq!(completions(&f, &rules, 100.0, true), [20.0, 30.0]);
+        assert_eq!(
+            completions(&f, &rules, 25.0, true),
+            [20.0],
+            "30 - 0 is too long"
+        );
+        let backwards = [(0.0, "C"), (10.0, "B"), (20.0, "A")];
+        assert!(completions(&backwards, &rules, 100.0, true).is_empty());
+        assert_eq!(completions(&backwards, &rules, 100.0, false), [20.0]);
+        // A later A starts a tighter chain: A(0) B(10) A(50) B(60) C(70) fits in 20.
+        let f = [
+            (0.0, "A"),
+            (10.0, "B"),
+            (50.0, "A"),
+            (60.0, "B"),
+            (70.0, "C"),
+        ];
+        assert_eq!(completions(&f, &rules, 20.0, true), [70.0]);
+        // Without B since the last A, the chain is the old one.
+        let f = [(0.0, "A"), (10.0, "B"), (50.0, "A"), (70.0, "C")];
+        assert_eq!(completions(&f, &rules, 100.0, true), [70.0]);
+        assert!(completions(&f, &rules, 60.0, true).is_empty());
+        assert!(completions(&[(0.0, "A"), (1.0, "B")], &rules, 100.0, false).is_empty());
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub enum RuleError {
 pub enum RuleType {
     ValueCount,
     FindingCount,
+    Temporal,
     Silence,
 }
 
@@ -61,6 +62,16 @@ pub struct Rule {
     pub group_by: Vec<String>,
     #[serde(default)]
     pub off_hours_severity: Option<String>,
+    // temporal
+    /// Where the `findings` must all occur: `host` (the default) or `clinic`.
+    #[serde(default)]
+    pub per: Option<String>,
+    /// The most time from the first to the last finding of one occurrence.
+    #[serde(default)]
+    pub within_secs: u64,
+    /// The findings must occur in the order listed.
+    #[serde(default)]
+    pub ordered: bool,
     // silence
     #[serde(default)]
     pub silent_after_secs: u64,
@@ -168,6 +179,18 @@ pub fn load(site: &str) -> Result<Vec<Rule>, RuleError> {
                     ));
                 }
             }
+            RuleType::Temporal => {
+                let distinct: std::collections::BTreeSet<&String> = r.findings.iter().collect();
+                if r.findings.len() < 2 || distinct.len() != r.findings.len() {
+                    return Err(bad("findings must list at least two different rules".into()));
+                }
+                if r.within_secs == 0 || r.min_clinics == 0 {
+                    return Err(bad("within_secs and min_clinics are required".into()));
+                }
+                if !matches!(r.per.as_deref(), None | Some("host") | Some("clinic")) {
+                    return Err(bad("per must be `host` or `clinic`".into()));
+                }
+            }
             RuleType::Silence => {
                 if !(0.0..=1.0).contains(&r.fraction) || r.max_hosts == 0 {
                     return Err(bad("fraction (0 to 1) and max_hosts are required".into()));
@@ -186,7 +209,7 @@ mod tests {
     #[test]
     fn the_shipped_rules_load_and_a_site_file_overrides_by_id() {
         let rules = load("").unwrap();
-        assert_eq!(rules.len(), 6);
+        assert_eq!(rules.len(), 7);
         let dir = std::env::temp_dir().join(format!("cw-corr-rules-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let site = dir.join("site.toml");

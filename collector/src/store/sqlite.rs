@@ -341,10 +341,9 @@ impl Store for SqliteStore {
                              LIMIT ?3",
                         )
                         .map_err(&err)?
-                        .query_map(
-                            params![kind, value, prevalence::EXACT_CLINICS + 1],
-                            |r| r.get(0),
-                        )
+                        .query_map(params![kind, value, prevalence::EXACT_CLINICS + 1], |r| {
+                            r.get(0)
+                        })
                         .map_err(&err)?
                         .collect::<Result<_, _>>()
                         .map_err(&err)?;
