@@ -79,6 +79,8 @@ pub struct Metrics {
     pub siem_errors: AtomicU64,
     pub siem_dropped: AtomicU64,
     pub correlation_passes: AtomicU64,
+    /// This collector ran the last correlation pass (it holds the lead).
+    pub correlation_leader: AtomicBool,
     /// Microseconds spent in store calls for batches, and their number.
     pub store_micros: AtomicU64,
     rejected: [AtomicU64; 6],
@@ -220,6 +222,12 @@ impl Metrics {
             "counter",
             "Correlation passes run by this collector (the leader).",
             g(&self.correlation_passes),
+        );
+        one(
+            "clinicwatch_collector_correlation_leader",
+            "gauge",
+            "1 when this collector leads correlation (one per database), else 0.",
+            self.correlation_leader.load(Ordering::Relaxed) as u64,
         );
         one(
             "clinicwatch_collector_pruned_rows_total",

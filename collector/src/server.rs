@@ -172,6 +172,9 @@ impl Collector {
                     match pass.await {
                         Ok((r, changed)) if r.led => {
                             metrics
+                                .correlation_leader
+                                .store(true, std::sync::atomic::Ordering::Relaxed);
+                            metrics
                                 .correlation_passes
                                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             metrics.incidents_opened.fetch_add(
@@ -184,7 +187,9 @@ impl Collector {
                                 }
                             }
                         }
-                        Ok(_) => {}
+                        Ok(_) => metrics
+                            .correlation_leader
+                            .store(false, std::sync::atomic::Ordering::Relaxed),
                         Err(e) => tracing::warn!(error = %e, "correlation pass failed; will retry"),
                     }
                 }

@@ -702,3 +702,158 @@ async fn a_campaign_streamed_by_agents_becomes_an_incident_at_the_collector() {
     srv.shutdown().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// One clinic's agent: a hello and one batch of `records` through `url`.
+async fn stream_records(
+    url: &str,
+    p: &Pki,
+    clinic: &str,
+    records: Vec<clinicwatch_proto::v1::Record>,
+) {
+    let me = pki::client_cert(&p.ca, clinic, "ws1", 30).unwrap();
+    let mut client = client(url, &p.ca, Some(&me)).await.unwrap();
+    let n = records.len() as u64;
+    let frames = vec![
+        hello(clinic, "ws1", 1),
+        AgentFrame {
+            frame: Some(Frame::Batch(clinicwatch_proto::v1::Batch {
+                epoch: 1,
+                first_seq: records[0].seq,
+                records,
+            })),
+        },
+    ];
+    let acks = exchange(&mut client, frames).await.unwrap();
+    assert_eq!(acks.last(), Some(&n), "{clinic} via {url}");
+}
+
+/// A campaign's records for clinic number `c`: the PM app contacting a destination nobody
+/// had seen, and for some clinics the same infostealer precursor.
+fn campaign_records(c: usize, now: f64) -> Vec<clinicwatch_proto::v1::Record> {
+    use clinicwatch_proto::v1::{record::Body, Destination, Finding, Record, WindowSummary};
+    let t = now - 1800.0 + c as f64 * 120.0;
+    let mut records = vec![Record {
+        seq: 1,
+        body: Some(Body::Summary(WindowSummary {
+            app: "pm-client".into(),
+            start: t - 60.0,
+            end: t,
+            destinations: vec![Destination {
+                ip: "203.0.113.9".into(),
+                port: 443,
+                protocol: "tcp".into(),
+                name: "exfil.example".into(),
+                bytes_sent: 50 << 20,
+                ..Default::default()
+            }],
+            ..Default::default()
+        })),
+    }];
+    if c % 2 == 0 {
+        records.push(Record {
+            seq: 2,
+            body: Some(Body::Finding(Finding {
+                rule: "CW-INFOSTEALER-PRECURSOR".into(),
+                severity: 4,
+                app: "protected-reader".into(),
+                time: t,
+                subject: "browser-credentials".into(),
+                summary: "x".into(),
+                evidence: [("exe".to_string(), "\"/tmp/.cache/upd\"".to_string())].into(),
+            })),
+        });
+    }
+    records
+}
+
+/// (rule, key, clinics, hosts) of every incident, sorted.
+fn incident_view(
+    st: &std::sync::Arc<std::sync::Mutex<Box<dyn clinicwatch_collector::store::Store>>>,
+) -> Vec<(String, String, Vec<String>, Vec<String>)> {
+    let mut v: Vec<_> = blocking(|| st.lock().unwrap().incidents(None).unwrap())
+        .into_iter()
+        .map(|i| (i.rule, i.key, i.clinics, i.hosts))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_collectors_on_one_postgres_open_the_same_incidents_as_one() {
+    let Some(url) = blocking(|| {
+        support::pg::database("several_collectors_on_one_postgres_open_the_same_incidents_as_one")
+    }) else {
+        return;
+    };
+    let (p, dir) = setup("several-collectors");
+    let mut cfg = Config::default();
+    cfg.correlation.every_secs = 1;
+    let open = || blocking(|| clinicwatch_collector::store::open(&url).unwrap());
+    let fleet = [
+        serve_store(&p, cfg.clone(), open()).await,
+        serve_store(&p, cfg.clone(), open()).await,
+        serve_store(&p, cfg.clone(), open()).await,
+    ];
+    let alone = serve_with(&p, &dir.join("alone.db"), cfg.clone()).await;
+    let now = clinicwatch_collector::ingest::now();
+    // Nine clinics: each reaches one of the three collectors (the one alone gets all).
+    for c in 0..9 {
+        let clinic = format!("clinic-{c}");
+        stream_records(&fleet[c % 3].url, &p, &clinic, campaign_records(c, now)).await;
+        stream_records(&alone.url, &p, &clinic, campaign_records(c, now)).await;
+    }
+    let expected = ["CW-FLEET-INFOSTEALER", "CW-FLEET-RARE-DESTINATION"];
+    let settled = |view: &Vec<(String, String, Vec<String>, Vec<String>)>| {
+        expected.iter().all(|r| {
+            view.iter()
+                .any(|(rule, _, clinics, _)| rule == r && clinics.len() >= 5)
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (one, shared) = loop {
+        let one = incident_view(&alone.store);
+        let shared = incident_view(&fleet[0].store);
+        // Wait a pass more so that each side has folded in every clinic.
+        if settled(&one) && settled(&shared) && one == shared {
+            break (one, shared);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "incidents differ:\none collector: {one:#?}\nthree: {shared:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    // Rare destination: by IP and by name, all 9 clinics; infostealer: the 5 even ones.
+    assert_eq!(one.len(), 3, "{one:#?}");
+    assert_eq!(
+        shared
+            .iter()
+            .map(|(r, k, c, _)| (r.as_str(), k.as_str(), c.len()))
+            .collect::<Vec<_>>(),
+        [
+            ("CW-FLEET-INFOSTEALER", "exe:/tmp/.cache/upd", 5),
+            ("CW-FLEET-RARE-DESTINATION", "dest_ip:203.0.113.9", 9),
+            ("CW-FLEET-RARE-DESTINATION", "dest_name:exfil.example", 9),
+        ]
+    );
+    // Every collector sees the same incidents, and more passes (by whichever leads) double
+    // nothing.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for c in &fleet {
+        assert_eq!(incident_view(&c.store), shared);
+    }
+    let leaders = fleet
+        .iter()
+        .filter(|c| {
+            c.metrics
+                .render()
+                .lines()
+                .any(|l| l.starts_with("clinicwatch_collector_correlation_leader 1"))
+        })
+        .count();
+    assert_eq!(leaders, 1, "exactly one collector leads correlation");
+    for c in fleet {
+        c.shutdown().await;
+    }
+    alone.shutdown().await;
+}
