@@ -46,8 +46,11 @@ pub struct SiemConfig {
     /// CEF over syslog for findings and incidents: `udp://host:514` or `tcp://host:514`.
     /// Default: off.
     pub cef_syslog: String,
-    /// POST each new incident as JSON to this `http://` URL. Default: off.
+    /// POST each new incident as JSON to this `http://` or `https://` URL. Default: off.
     pub webhook_url: String,
+    /// For an `https://` webhook: PEM file of the certificate authorities to trust. Default:
+    /// the system's bundle, `/etc/ssl/certs/ca-certificates.crt`.
+    pub webhook_ca: String,
     /// Items waiting for export; beyond it they are dropped and counted. Default 10000.
     pub queue: usize,
 }
@@ -58,6 +61,7 @@ impl Default for SiemConfig {
             ocsf_file: String::new(),
             cef_syslog: String::new(),
             webhook_url: String::new(),
+            webhook_ca: String::new(),
             queue: 10_000,
         }
     }
@@ -244,11 +248,11 @@ impl Config {
                 "must be udp://HOST:PORT or tcp://HOST:PORT",
             );
         }
-        if !s.webhook_url.is_empty() && !s.webhook_url.starts_with("http://") {
-            return bad(
-                "siem.webhook_url",
-                "must be an http:// URL (put a TLS proxy in front of an https:// endpoint)",
-            );
+        if !s.webhook_url.is_empty()
+            && !s.webhook_url.starts_with("http://")
+            && !s.webhook_url.starts_with("https://")
+        {
+            return bad("siem.webhook_url", "must be an http:// or https:// URL");
         }
         if cfg.correlation.every_secs == 0 {
             return bad("correlation.every_secs", "must be at least 1");
@@ -297,7 +301,7 @@ mod tests {
             ("[enroll]\ncert_days = 0", "enroll.cert_days"),
             ("[siem]\ncef_syslog = \"10.0.0.5:514\"", "siem.cef_syslog"),
             (
-                "[siem]\nwebhook_url = \"https://soc.example/hook\"",
+                "[siem]\nwebhook_url = \"ftp://soc.example/hook\"",
                 "siem.webhook_url",
             ),
             (

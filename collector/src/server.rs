@@ -66,7 +66,8 @@ impl Collector {
             cfg.limits.records_per_sec,
             cfg.limits.burst_records,
         ));
-        let siem = crate::siem::Siem::start(&cfg.siem, self.metrics.clone());
+        let siem = crate::siem::Siem::start(&cfg.siem, self.metrics.clone())
+            .map_err(|e| anyhow::anyhow!("[siem]: {e}"))?;
         let ingest = IngestService {
             store: self.store.clone(),
             metrics: self.metrics.clone(),

@@ -37,14 +37,16 @@ pub struct Siem {
 }
 
 impl Siem {
-    /// Starts the export task when any export is configured.
-    pub fn start(cfg: &SiemConfig, metrics: Arc<Metrics>) -> Option<Siem> {
+    /// Starts the export task when any export is configured; an error names a webhook URL
+    /// or CA file that cannot be used.
+    pub fn start(cfg: &SiemConfig, metrics: Arc<Metrics>) -> std::io::Result<Option<Siem>> {
         if cfg.ocsf_file.is_empty() && cfg.cef_syslog.is_empty() && cfg.webhook_url.is_empty() {
-            return None;
+            return Ok(None);
         }
+        let webhook = transport::Webhook::new(&cfg.webhook_url, &cfg.webhook_ca)?;
         let (tx, rx) = tokio::sync::mpsc::channel(cfg.queue.max(1));
-        tokio::spawn(run(cfg.clone(), rx, metrics.clone()));
-        Some(Siem { tx, metrics })
+        tokio::spawn(run(cfg.clone(), webhook, rx, metrics.clone()));
+        Ok(Some(Siem { tx, metrics }))
     }
 
     pub fn send(&self, item: Item) {
@@ -54,10 +56,14 @@ impl Siem {
     }
 }
 
-async fn run(cfg: SiemConfig, mut rx: tokio::sync::mpsc::Receiver<Item>, metrics: Arc<Metrics>) {
+async fn run(
+    cfg: SiemConfig,
+    webhook: Option<transport::Webhook>,
+    mut rx: tokio::sync::mpsc::Receiver<Item>,
+    metrics: Arc<Metrics>,
+) {
     let mut file = transport::JsonLines::new(&cfg.ocsf_file);
     let mut syslog = transport::Syslog::new(&cfg.cef_syslog);
-    let webhook = transport::Webhook::new(&cfg.webhook_url);
     while let Some(item) = rx.recv().await {
         let (ocsf, cef, hook) = match &item {
             Item::Records { host, records } => {

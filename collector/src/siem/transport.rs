@@ -96,17 +96,110 @@ impl Syslog {
     }
 }
 
+/// Where a webhook POSTs: its address, the `Host` header, the path, and TLS when
+/// `https://`.
 pub struct Webhook {
     url: String,
+    authority: String,
+    addr: String,
+    path: String,
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls_pki_types::ServerName<'static>,
+    )>,
+}
+
+/// The system's certificate bundle on Debian (package `ca-certificates`).
+const SYSTEM_CAS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+fn invalid(why: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, why)
 }
 
 impl Webhook {
-    pub fn new(url: &str) -> Option<Webhook> {
-        (!url.is_empty()).then(|| Webhook { url: url.into() })
+    /// `None` when no URL is set; an error names what is wrong with the URL or the CA file.
+    pub fn new(url: &str, ca_file: &str) -> std::io::Result<Option<Webhook>> {
+        if url.is_empty() {
+            return Ok(None);
+        }
+        let (https, rest) = if let Some(r) = url.strip_prefix("https://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("http://") {
+            (false, r)
+        } else {
+            return Err(invalid(format!(
+                "webhook_url `{url}` must start with http:// or https://"
+            )));
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let host = match authority.rsplit_once(':') {
+            Some((h, port)) if port.parse::<u16>().is_ok() => h,
+            _ => authority,
+        };
+        if host.is_empty() {
+            return Err(invalid(format!("webhook_url `{url}` has no host")));
+        }
+        let addr = if host.len() < authority.len() {
+            authority.to_string()
+        } else if https {
+            format!("{authority}:443")
+        } else {
+            format!("{authority}:80")
+        };
+        let tls = if https {
+            let ca_file = if ca_file.is_empty() {
+                SYSTEM_CAS
+            } else {
+                ca_file
+            };
+            let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+            use rustls_pki_types::pem::PemObject as _;
+            let certs = rustls_pki_types::CertificateDer::pem_file_iter(ca_file)
+                .map_err(|e| invalid(format!("webhook_ca `{ca_file}`: {e}")))?;
+            for c in certs {
+                let c = c.map_err(|e| invalid(format!("webhook_ca `{ca_file}`: {e}")))?;
+                roots
+                    .add(c)
+                    .map_err(|e| invalid(format!("webhook_ca `{ca_file}`: {e}")))?;
+            }
+            if roots.is_empty() {
+                return Err(invalid(format!(
+                    "webhook_ca `{ca_file}` holds no certificate"
+                )));
+            }
+            let provider =
+                std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+            let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| invalid(format!("webhook TLS: {e}")))?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            let name = rustls_pki_types::ServerName::try_from(
+                host.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string(),
+            )
+            .map_err(|e| invalid(format!("webhook_url `{url}`: {e}")))?;
+            Some((
+                tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
+                name,
+            ))
+        } else {
+            None
+        };
+        Ok(Some(Webhook {
+            url: url.into(),
+            authority: authority.into(),
+            addr,
+            path: path.into(),
+            tls,
+        }))
     }
 
-    /// POSTs JSON; a status other than 2xx is an error. Plain `http://` only: put a TLS
-    /// proxy in front for `https://` endpoints (see the README).
+    /// POSTs JSON; a status other than 2xx is an error.
     pub async fn post(&self, body: &serde_json::Value) -> std::io::Result<()> {
         let r = tokio::time::timeout(Duration::from_secs(10), self.post_inner(body)).await;
         let r = match r {
@@ -120,34 +213,136 @@ impl Webhook {
     }
 
     async fn post_inner(&self, body: &serde_json::Value) -> std::io::Result<()> {
-        let rest = self
-            .url
-            .strip_prefix("http://")
-            .ok_or_else(|| std::io::Error::other("webhook_url must start with http://"))?;
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        let addr = if authority.contains(':') {
-            authority.to_string()
-        } else {
-            format!("{authority}:80")
-        };
+        let tcp = tokio::net::TcpStream::connect(&self.addr).await?;
+        match &self.tls {
+            Some((connector, name)) => {
+                let tls = connector.connect(name.clone(), tcp).await?;
+                self.exchange(tls, body).await
+            }
+            None => self.exchange(tcp, body).await,
+        }
+    }
+
+    async fn exchange(
+        &self,
+        mut s: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+        body: &serde_json::Value,
+    ) -> std::io::Result<()> {
         let body = body.to_string();
-        let mut s = tokio::net::TcpStream::connect(&addr).await?;
         let req = format!(
-            "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: clinicwatch-collector\r\n\r\n{body}",
+            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: clinicwatch-collector\r\n\r\n{body}",
+            self.path,
+            self.authority,
             body.len()
         );
         s.write_all(req.as_bytes()).await?;
-        let mut head = vec![0u8; 64];
-        let n = s.read(&mut head).await?;
-        let status = String::from_utf8_lossy(&head[..n]);
+        s.flush().await?;
+        // The status line: read until its end (it may come in pieces).
+        let mut head = Vec::new();
+        let mut buf = [0u8; 256];
+        while !head.contains(&b'\n') && head.len() < 1024 {
+            let n = s.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        let status = String::from_utf8_lossy(&head);
         let code = status.split_whitespace().nth(1).unwrap_or("");
         if code.starts_with('2') {
             Ok(())
         } else {
             Err(std::io::Error::other(format!("HTTP status `{code}`")))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls_pki_types::pem::PemObject as _;
+
+    /// An HTTPS server for `localhost` under a CA of its own; answers one request per
+    /// connection with 204 and hands over what it read.
+    async fn https_server(ca: &crate::pki::Pem) -> (u16, tokio::sync::mpsc::Receiver<String>) {
+        let cert = crate::pki::server_cert(ca, &["localhost".to_string()]).unwrap();
+        let chain =
+            vec![rustls_pki_types::CertificateDer::from_pem_slice(cert.cert.as_bytes()).unwrap()];
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(cert.key.as_bytes()).unwrap();
+        let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let Ok(mut s) = acceptor.accept(tcp).await else {
+                    continue; // a client that refused our certificate
+                };
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !String::from_utf8_lossy(&req).contains("}") {
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    req.extend_from_slice(&buf[..n]);
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+                    .await;
+                let _ = s.shutdown().await;
+                let _ = tx.send(String::from_utf8_lossy(&req).into_owned()).await;
+            }
+        });
+        (port, rx)
+    }
+
+    #[tokio::test]
+    async fn an_https_webhook_posts_to_a_server_its_ca_vouches_for_and_only_to_such() {
+        let dir = std::env::temp_dir().join(format!("cw-webhook-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (ca, other) = (
+            crate::pki::new_ca("soc ca").unwrap(),
+            crate::pki::new_ca("someone else").unwrap(),
+        );
+        let (ca_file, other_file) = (dir.join("ca.pem"), dir.join("other.pem"));
+        std::fs::write(&ca_file, &ca.cert).unwrap();
+        std::fs::write(&other_file, &other.cert).unwrap();
+        let (port, mut got) = https_server(&ca).await;
+        let url = format!("https://localhost:{port}/soc/hook");
+        let hook = Webhook::new(&url, ca_file.to_str().unwrap())
+            .unwrap()
+            .unwrap();
+        hook.post(&serde_json::json!({"event": "incident_opened"}))
+            .await
+            .unwrap();
+        let req = got.recv().await.unwrap();
+        assert!(req.starts_with("POST /soc/hook HTTP/1.1\r\n"), "{req}");
+        assert!(req.contains(&format!("Host: localhost:{port}")), "{req}");
+        assert!(req.ends_with("{\"event\":\"incident_opened\"}"), "{req}");
+        // The same server, not vouched for by the CA given: refused, nothing sent.
+        let stranger = Webhook::new(&url, other_file.to_str().unwrap())
+            .unwrap()
+            .unwrap();
+        let e = stranger.post(&serde_json::json!({})).await.unwrap_err();
+        assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
+        // Bad settings are named.
+        let e = Webhook::new(&url, "/nonexistent/ca.pem").err().unwrap();
+        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
+        let e = Webhook::new("ftp://x/y", "").err().unwrap();
+        assert!(e.to_string().contains("http:// or https://"), "{e}");
+        std::fs::write(&other_file, "not a certificate").unwrap();
+        let e = Webhook::new(&url, other_file.to_str().unwrap())
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("holds no certificate"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
