@@ -471,10 +471,14 @@ async fn main() -> anyhow::Result<()> {
                 cfg.server.listen = l;
             }
             let url = cfg.store.url.clone();
-            let st = tokio::task::spawn_blocking(move || store::open(&url)).await??;
+            let (st, background) = tokio::task::spawn_blocking(move || {
+                Ok::<_, store::StoreError>((store::open(&url)?, store::open_background(&url)?))
+            })
+            .await??;
             let st = Arc::new(Mutex::new(st));
             let mut c =
                 server::Collector::new(cfg.clone(), st.clone(), server::tls_from_dir(&dir)?);
+            c.background = background.map(|b| Arc::new(Mutex::new(b)));
             c.enroll = Some(enroll::EnrollService {
                 ca: ca(&dir)?,
                 token_key: token_key(&dir)?,
@@ -494,7 +498,7 @@ async fn main() -> anyhow::Result<()> {
                 tokio::spawn(clinicwatch_collector::web::serve(
                     l,
                     c.metrics.clone(),
-                    Some(c.store.clone()),
+                    Some(c.background.clone().unwrap_or_else(|| c.store.clone())),
                 ));
             }
             let listener = tokio::net::TcpListener::bind(cfg.server.listen)

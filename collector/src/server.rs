@@ -41,6 +41,9 @@ pub struct Collector {
     pub tls: Option<ServerTlsConfig>,
     pub identity: IdentitySource,
     pub enroll: Option<EnrollService>,
+    /// A second connection to the database for correlation passes, retention and the SOC
+    /// service (see `store::open_background`); `None` shares `store`.
+    pub background: Option<SharedStore>,
 }
 
 impl Collector {
@@ -52,6 +55,7 @@ impl Collector {
             tls: Some(tls),
             identity: IdentitySource::PeerCertificate,
             enroll: None,
+            background: None,
         }
     }
 
@@ -62,6 +66,10 @@ impl Collector {
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
         let cfg = self.cfg;
+        let background = self
+            .background
+            .clone()
+            .unwrap_or_else(|| self.store.clone());
         let limiter = Arc::new(Limiter::new(
             cfg.limits.records_per_sec,
             cfg.limits.burst_records,
@@ -108,7 +116,7 @@ impl Collector {
         }
         {
             let (store, metrics, r) = (
-                self.store.clone(),
+                background.clone(),
                 self.metrics.clone(),
                 cfg.retention.clone(),
             );
@@ -141,7 +149,7 @@ impl Collector {
         }
         {
             let (store, metrics, c) = (
-                self.store.clone(),
+                background.clone(),
                 self.metrics.clone(),
                 cfg.correlation.clone(),
             );
@@ -208,7 +216,7 @@ impl Collector {
             .accept_compressed(CompressionEncoding::Zstd)
             .send_compressed(CompressionEncoding::Zstd);
         let soc = clinicwatch_proto::v1::soc_server::SocServer::new(crate::soc::SocService {
-            store: self.store.clone(),
+            store: background.clone(),
             metrics: self.metrics.clone(),
         });
         let mut router = builder

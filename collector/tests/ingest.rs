@@ -749,7 +749,7 @@ fn campaign_records(c: usize, now: f64) -> Vec<clinicwatch_proto::v1::Record> {
             ..Default::default()
         })),
     }];
-    if c % 2 == 0 {
+    if c.is_multiple_of(2) {
         records.push(Record {
             seq: 2,
             body: Some(Body::Finding(Finding {
@@ -789,10 +789,11 @@ async fn several_collectors_on_one_postgres_open_the_same_incidents_as_one() {
     let mut cfg = Config::default();
     cfg.correlation.every_secs = 1;
     let open = || blocking(|| clinicwatch_collector::store::open(&url).unwrap());
+    // Each with its own connection for correlation, as `serve` runs them.
     let fleet = [
-        serve_store(&p, cfg.clone(), open()).await,
-        serve_store(&p, cfg.clone(), open()).await,
-        serve_store(&p, cfg.clone(), open()).await,
+        serve_stores(&p, cfg.clone(), open(), Some(open())).await,
+        serve_stores(&p, cfg.clone(), open(), Some(open())).await,
+        serve_stores(&p, cfg.clone(), open(), Some(open())).await,
     ];
     let alone = serve_with(&p, &dir.join("alone.db"), cfg.clone()).await;
     let now = clinicwatch_collector::ingest::now();

@@ -261,6 +261,17 @@ pub fn shown(spec: &str) -> String {
     }
 }
 
+/// A second connection to the same store, for the collector's background work (correlation
+/// passes, retention, the SOC's queries) so that it never waits on, or holds up, the
+/// connection that stores agents' batches. `None` for an in-memory SQLite database, which a
+/// second connection would not see.
+pub fn open_background(spec: &str) -> Result<Option<Box<dyn Store>>, StoreError> {
+    if spec == ":memory:" || spec.is_empty() {
+        return Ok(None);
+    }
+    open(spec).map(Some)
+}
+
 /// Opens the store a URL names: `postgres://…` or `postgresql://…` (or a libpq key=value
 /// string: `host=… dbname=…`) for PostgreSQL, anything else is a SQLite file path.
 pub fn open(spec: &str) -> Result<Box<dyn Store>, StoreError> {

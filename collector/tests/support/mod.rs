@@ -94,10 +94,21 @@ pub fn server_tls(p: &Pki) -> ServerTlsConfig {
 
 /// Starts a collector (Ingest, Enroll, health) over `store` on an ephemeral port.
 pub async fn serve_store(p: &Pki, cfg: Config, store: Box<dyn Store>) -> Running {
+    serve_stores(p, cfg, store, None).await
+}
+
+/// A collector with a second connection for its background work (as `serve` runs it).
+pub async fn serve_stores(
+    p: &Pki,
+    cfg: Config,
+    store: Box<dyn Store>,
+    background: Option<Box<dyn Store>>,
+) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let store: SharedStore = Arc::new(Mutex::new(store));
     let mut c = Collector::new(cfg.clone(), store.clone(), server_tls(p));
+    c.background = background.map(|b| Arc::new(Mutex::new(b)));
     c.enroll = Some(EnrollService {
         ca: p.ca.clone(),
         token_key: p.token_key.clone(),
@@ -124,8 +135,9 @@ pub async fn serve(p: &Pki, db: &std::path::Path) -> Running {
 }
 
 pub async fn serve_with(p: &Pki, db: &std::path::Path, cfg: Config) -> Running {
-    let st = store::open(&db.display().to_string()).unwrap();
-    serve_store(p, cfg, st).await
+    let spec = db.display().to_string();
+    let st = store::open(&spec).unwrap();
+    serve_stores(p, cfg, st, store::open_background(&spec).unwrap()).await
 }
 
 pub async fn channel(

@@ -24,8 +24,12 @@ pub fn serve(dir: &Path, tls: bool) -> anyhow::Result<()> {
         cfg.limits.burst_records = u32::MAX;
         cfg.retention.every_secs = 86_400;
         let db = dir.join("collector.db").display().to_string();
-        let st = tokio::task::spawn_blocking(move || store::open(&db)).await??;
+        let (st, background) = tokio::task::spawn_blocking(move || {
+            Ok::<_, store::StoreError>((store::open(&db)?, store::open_background(&db)?))
+        })
+        .await??;
         let mut c = Collector::new(cfg, Arc::new(Mutex::new(st)), tls_from_dir(dir)?);
+        c.background = background.map(|b| Arc::new(Mutex::new(b)));
         if !tls {
             c.tls = None;
             c.identity = IdentitySource::TrustedMetadataForBenchmarks;
