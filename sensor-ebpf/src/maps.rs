@@ -5,7 +5,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use clinicwatch_common::{
-    capacity, hook, FileKey, FileStats, FlowStats, HookCounters, InodeKey, WatchedProc,
+    capacity, hook, FileKey, FileStats, FlowStats, HookCounters, InodeKey, TlsReadArgs,
+    WatchedProc,
 };
 
 /// Rare events for the agent.
@@ -37,3 +38,8 @@ pub static FLOWS: LruHashMap<u64, FlowStats> = LruHashMap::with_max_entries(capa
 
 #[map]
 pub static HOOK_COUNTERS: PerCpuArray<HookCounters> = PerCpuArray::with_max_entries(hook::COUNT, 0);
+
+/// TLS reads in progress, by thread (`pid_tgid`): entry to return.
+#[map]
+pub static TLS_READS: LruHashMap<u64, TlsReadArgs> =
+    LruHashMap::with_max_entries(capacity::TLS_READS, 0);

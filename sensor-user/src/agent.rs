@@ -38,6 +38,9 @@ struct Core {
     /// Records for the collector, when exporting.
     spool: Option<Arc<Mutex<crate::spool::Spool>>>,
     spool_errors: u64,
+    /// TLS libraries found in watched processes and probed.
+    tls: crate::tls::Discovery,
+    query_profiling: bool,
 }
 
 impl Core {
@@ -49,7 +52,12 @@ impl Core {
             self.spool(&ev);
         }
         let intel = &self.intel;
-        self.output.emit_filtered(ev, |e| intel.filter(e));
+        if matches!(ev, Event::Query { .. } | Event::QueryResponse { .. }) {
+            // One per request: counted in the window, not written out.
+            self.output.notify(ev);
+        } else {
+            self.output.emit_filtered(ev, |e| intel.filter(e));
+        }
         for e in produced {
             self.spool(&e);
             self.output.emit(e);
@@ -65,6 +73,18 @@ impl Core {
             if let Err(e) = s.append(kind, &payload) {
                 self.spool_errors += 1;
                 warn!(error = %e, errors = self.spool_errors, "cannot spool a record");
+            }
+        }
+    }
+
+    /// Probes the TLS library of any watched process that loaded one since the last look.
+    fn scan_tls(&mut self) {
+        let pids: Vec<u32> = self.handler.table.pids().collect();
+        let sensor = &mut self.sensor;
+        for a in self.tls.scan(pids.into_iter(), |lib| sensor.attach_tls(lib)) {
+            match a.error {
+                None => info!(library = %a.path.display(), "TLS library probed: queries are counted"),
+                Some(e) => warn!(library = %a.path.display(), error = %e, "cannot probe a TLS library: its queries are not counted"),
             }
         }
     }
@@ -339,6 +359,11 @@ impl Agent {
                 .context("cannot start the exporter")?;
             (Some(spool), Some(exporter))
         };
+        let mut handler = handler;
+        handler.templater = crate::query::Templater::new(
+            Box::new(intel.privacy.hasher()),
+            &cfg.intel.query_route_words,
+        );
         let mut core = Core {
             sensor,
             handler,
@@ -346,6 +371,8 @@ impl Agent {
             intel,
             spool,
             spool_errors: 0,
+            tls: crate::tls::Discovery::default(),
+            query_profiling: cfg.intel.query_profiling,
         };
         let startup = Event::Startup {
             time: core.handler.clock.now(),
@@ -388,6 +415,15 @@ impl Agent {
         core.output.emit_filtered(ev.clone(), |e| intel.filter(e));
         core.output.flush();
         ev
+    }
+
+    /// TLS libraries probed so far (found in watched processes' mappings).
+    pub fn tls_libraries(&self) -> Vec<std::path::PathBuf> {
+        self.core
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .tls
+            .libraries()
     }
 
     /// Whether a process is in the kernel's watched set.
@@ -446,6 +482,8 @@ pub const EVENT_THREAD: &str = "cw-events";
 
 /// How often the process table is checked for processes whose exit record was lost.
 const REAP_EVERY: Duration = Duration::from_secs(5);
+/// How often watched processes' mappings are checked for a TLS library to probe.
+const TLS_SCAN_EVERY: Duration = Duration::from_secs(1);
 
 fn event_loop(
     core: Arc<Mutex<Core>>,
@@ -455,6 +493,7 @@ fn event_loop(
 ) {
     let mut last_snapshot = Instant::now();
     let mut last_reap = Instant::now();
+    let mut last_tls_scan: Option<Instant> = None;
     let fd = ring.as_raw_fd();
     loop {
         let stopping = stop.load(Ordering::SeqCst);
@@ -481,6 +520,10 @@ fn event_loop(
         if last_reap.elapsed() >= REAP_EVERY {
             c.handler.reap_dead(&mut c.sensor);
             last_reap = Instant::now();
+        }
+        if c.query_profiling && last_tls_scan.is_none_or(|t| t.elapsed() >= TLS_SCAN_EVERY) {
+            c.scan_tls();
+            last_tls_scan = Some(Instant::now());
         }
         if stopping || (!interval.is_zero() && last_snapshot.elapsed() >= interval) {
             let snap = c.handler.snapshot(&mut c.sensor, c.output.write_errors);

@@ -98,6 +98,12 @@ pub struct IntelConfig {
     pub finding_cooldown_secs: u64,
     /// Watch (and follow) a process outside the apps that opened a protected file. Default true.
     pub follow_protected_readers: bool,
+    /// Count the apps' HTTPS queries from TLS plaintext (uprobes on the TLS library they
+    /// load). Default true.
+    pub query_profiling: bool,
+    /// Path segments kept verbatim in query templates, besides the built-in route words
+    /// (`api`, `v1`, `patients`...). Default none.
+    pub query_route_words: Vec<String>,
 }
 
 impl Default for IntelConfig {
@@ -112,6 +118,8 @@ impl Default for IntelConfig {
             utc_offset_minutes: UtcOffset::Auto,
             finding_cooldown_secs: 3600,
             follow_protected_readers: true,
+            query_profiling: true,
+            query_route_words: Vec::new(),
         }
     }
 }

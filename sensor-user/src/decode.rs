@@ -5,7 +5,7 @@ use std::mem::size_of;
 
 use clinicwatch_common::{
     kind, ConnectEvent, DnsEvent, EventHeader, ExecEvent, ExitEvent, FileEvent, FlowCloseEvent,
-    ForkEvent, ProtectedOpenEvent,
+    ForkEvent, ProtectedOpenEvent, TlsReadEvent, TlsWriteEvent,
 };
 
 /// A record as the kernel wrote it. Records are handled one at a time and never stored,
@@ -24,6 +24,10 @@ pub enum KernelEvent {
     FlowClose(FlowCloseEvent),
     /// A DNS answer received by a watched flow.
     Dns(DnsEvent),
+    /// The start of a TLS plaintext write (a request): parsed at once, never kept.
+    TlsWrite(TlsWriteEvent),
+    /// A TLS plaintext read that starts with an HTTP status line.
+    TlsRead(TlsReadEvent),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -104,6 +108,8 @@ pub fn decode(buf: &[u8]) -> Result<KernelEvent, DecodeError> {
         kind::NET_CONNECT => KernelEvent::Connect(read_exact(k, buf)?),
         kind::NET_CLOSE => KernelEvent::FlowClose(read_exact(k, buf)?),
         kind::DNS_ANSWER => KernelEvent::Dns(read_exact(k, buf)?),
+        kind::TLS_WRITE => KernelEvent::TlsWrite(read_exact(k, buf)?),
+        kind::TLS_READ => KernelEvent::TlsRead(read_exact(k, buf)?),
         other => return Err(DecodeError::UnknownKind(other)),
     })
 }

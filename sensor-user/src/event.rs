@@ -194,6 +194,36 @@ pub enum Event {
         processes: Vec<ProcessCounters>,
         health: Health,
     },
+    /// A request a watched process made through its TLS library, reduced to a template
+    /// (see `query.rs`). Counted into the window; not written to the output file (one per
+    /// request would be too many), only given to in-process subscribers.
+    Query {
+        time: f64,
+        pid: u32,
+        app: String,
+        /// `http/1.1` or `h2`.
+        protocol: String,
+        method: String,
+        host: String,
+        path: String,
+        /// Requests this write started (HTTP/2 may start several).
+        requests: u32,
+        /// Bytes the write carried.
+        bytes: u64,
+        /// Keyed hashes of the identifiers the request carried: for distinct counts only.
+        #[serde(skip)]
+        ids: Vec<u64>,
+    },
+    /// The status of the response to a request of `path` (HTTP/1.1).
+    QueryResponse {
+        time: f64,
+        pid: u32,
+        app: String,
+        method: String,
+        host: String,
+        path: String,
+        status: u16,
+    },
     /// One app's aggregation window (counts by file class, destinations, children).
     Summary(crate::intel::window::WindowSummary),
     /// Something a rule found.
@@ -215,6 +245,8 @@ impl Event {
             | Event::ProtectedOpen { time, .. }
             | Event::NetConnect { time, .. }
             | Event::NetClose { time, .. }
+            | Event::Query { time, .. }
+            | Event::QueryResponse { time, .. }
             | Event::Snapshot { time, .. } => *time,
             Event::Summary(_) | Event::Finding(_) => return None,
         })
@@ -230,7 +262,9 @@ impl Event {
             | Event::FileMmap { pid, .. }
             | Event::ProtectedOpen { pid, .. }
             | Event::NetConnect { pid, .. }
-            | Event::NetClose { pid, .. } => Some(*pid),
+            | Event::NetClose { pid, .. }
+            | Event::Query { pid, .. }
+            | Event::QueryResponse { pid, .. } => Some(*pid),
             Event::Startup { .. }
             | Event::Snapshot { .. }
             | Event::Summary(_)

@@ -61,6 +61,20 @@ pub fn summary(w: &WindowSummary) -> pb::WindowSummary {
             })
             .collect(),
         processes: w.processes,
+        queries: w
+            .queries
+            .iter()
+            .map(|q| pb::QueryStats {
+                protocol: q.protocol.clone(),
+                method: q.method.clone(),
+                host: q.host.clone(),
+                path: q.path.clone(),
+                requests: q.requests,
+                bytes_sent: q.bytes_sent,
+                distinct_ids: q.distinct_ids,
+                responses: q.responses.to_vec(),
+            })
+            .collect(),
     }
 }
 

@@ -169,7 +169,16 @@ pub struct Handler {
     resolvers: std::collections::HashSet<IpAddr>,
     /// Open flows to port 53: cookie → (server, application).
     dns_flows: HashMap<u64, (IpAddr, u32)>,
+    /// Makes query templates from TLS plaintext (the agent gives it the clinic's key).
+    pub templater: crate::query::Templater,
+    /// The last request's template per TLS connection (process, `SSL *`), for its response.
+    last_request: HashMap<(u32, u64), (String, String, String)>,
+    /// TLS writes that were not the start of a request (bodies, other protocols).
+    pub tls_other: u64,
 }
+
+/// TLS connections whose last request is remembered (past it, the memory is cleared).
+const TLS_CONNECTIONS_KEPT: usize = 4096;
 
 /// Flows to port 53 remembered at once (past it, the oldest knowledge is dropped).
 const DNS_FLOWS_KEPT: usize = 1024;
@@ -188,6 +197,17 @@ fn resolvers(configured: &[String]) -> std::collections::HashSet<IpAddr> {
             .collect();
     set.insert(IpAddr::from([127, 0, 0, 53]));
     set
+}
+
+/// A keyed hash under a key of this run only (until the agent sets the clinic's).
+fn random_key_hash() -> impl Fn(&str) -> u64 + Send {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let state = std::collections::hash_map::RandomState::new();
+    move |s: &str| {
+        let mut h = state.build_hasher();
+        h.write(s.as_bytes());
+        h.finish()
+    }
 }
 
 /// The application index of processes followed because they opened a protected file.
@@ -219,6 +239,12 @@ impl Handler {
             dns_untrusted: 0,
             resolvers: resolvers(&cfg.agent.dns_resolvers),
             dns_flows: HashMap::new(),
+            templater: crate::query::Templater::new(
+                Box::new(random_key_hash()),
+                &cfg.intel.query_route_words,
+            ),
+            last_request: HashMap::new(),
+            tls_other: 0,
         }
     }
 
@@ -491,6 +517,65 @@ impl Handler {
                 }
                 None
             }
+            KernelEvent::TlsWrite(e) => {
+                let data = &e.data[..(e.captured as usize).min(e.data.len())];
+                let (protocol, requests, method, host, path, ids) = match crate::query::parse(data)
+                {
+                    crate::query::Write::Http1(r) => {
+                        let t = self.templater.template(&r);
+                        if self.last_request.len() >= TLS_CONNECTIONS_KEPT {
+                            self.last_request.clear();
+                        }
+                        self.last_request.insert(
+                            (e.hdr.tgid, e.ssl),
+                            (t.method.clone(), t.host.clone(), t.path.clone()),
+                        );
+                        ("http/1.1", 1, t.method, t.host, t.path, t.ids)
+                    }
+                    crate::query::Write::Http2 { requests } if requests > 0 => (
+                        "h2",
+                        requests,
+                        String::new(),
+                        String::new(),
+                        "{h2}".to_string(),
+                        Vec::new(),
+                    ),
+                    _ => {
+                        self.tls_other += 1;
+                        return None;
+                    }
+                };
+                Some(Event::Query {
+                    time: self.clock.unix(e.hdr.time_ns),
+                    pid: e.hdr.tgid,
+                    app: self.app_name(e.app),
+                    protocol: protocol.into(),
+                    method,
+                    host,
+                    path,
+                    requests,
+                    bytes: e.len,
+                    ids,
+                })
+            }
+            KernelEvent::TlsRead(e) => {
+                let line = &e.status[..(e.captured as usize).min(e.status.len())];
+                let status = std::str::from_utf8(line)
+                    .ok()
+                    .and_then(|l| l.split(' ').nth(1))
+                    .and_then(|c| c.parse::<u16>().ok())
+                    .filter(|c| (100..600).contains(c))?;
+                let (method, host, path) = self.last_request.get(&(e.hdr.tgid, e.ssl))?.clone();
+                Some(Event::QueryResponse {
+                    time: self.clock.unix(e.hdr.time_ns),
+                    pid: e.hdr.tgid,
+                    app: self.app_name(e.app),
+                    method,
+                    host,
+                    path,
+                    status,
+                })
+            }
             KernelEvent::FlowClose(e) => {
                 self.open_flows.remove(&e.cookie);
                 self.dns_flows.remove(&e.cookie);
@@ -526,6 +611,8 @@ impl Handler {
                 self.rejected.contains(&e.hdr.tgid)
             }
             KernelEvent::Connect(e) => self.rejected.contains(&e.hdr.tgid),
+            KernelEvent::TlsWrite(e) => self.rejected.contains(&e.hdr.tgid),
+            KernelEvent::TlsRead(e) => self.rejected.contains(&e.hdr.tgid),
             KernelEvent::ProtectedOpen(_) | KernelEvent::Dns(_) => false,
         }
     }

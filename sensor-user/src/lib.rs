@@ -19,9 +19,11 @@ pub mod intel;
 pub mod output;
 pub mod procfs;
 pub mod proctable;
+pub mod query;
 pub mod report;
 pub mod sensor;
 pub mod spool;
+pub mod tls;
 pub mod worker;
 
 pub use agent::Agent;

@@ -36,6 +36,11 @@ impl Output {
     }
 
     /// Subscribers get `ev` as it is; the writer gets `edge(ev)` (the privacy filter).
+    /// In-process subscribers only (events too frequent for the output file).
+    pub fn notify(&mut self, ev: Event) {
+        self.subscribers.retain(|tx| tx.send(ev.clone()).is_ok());
+    }
+
     pub fn emit_filtered(&mut self, ev: Event, edge: impl FnOnce(Event) -> Event) {
         self.subscribers.retain(|tx| tx.send(ev.clone()).is_ok());
         if self.writer.is_some() {

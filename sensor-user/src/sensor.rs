@@ -164,6 +164,44 @@ impl Sensor {
         ))
     }
 
+    /// Puts the TLS uprobes on a library (`SSL_write`, `SSL_write_ex`, `SSL_read`,
+    /// `SSL_read_ex`; the `_ex` ones are optional, OpenSSL before 1.1.1 lacks them). The
+    /// programs are loaded on first use; they detach when the sensor is dropped.
+    pub fn attach_tls(&mut self, lib: &std::path::Path) -> Result<(), String> {
+        use aya::programs::{uprobe::UProbeScope, UProbe};
+        use clinicwatch_common::names::prog;
+        const PLAN: [(&str, &[(&str, bool)]); 4] = [
+            (prog::TLS_WRITE, &[("SSL_write", true), ("SSL_write_ex", false)]),
+            (prog::TLS_READ_ENTER, &[("SSL_read", true)]),
+            (prog::TLS_READ_EX_ENTER, &[("SSL_read_ex", false)]),
+            (prog::TLS_READ_EXIT, &[("SSL_read", true), ("SSL_read_ex", false)]),
+        ];
+        for (name, symbols) in PLAN {
+            let p: &mut UProbe = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| format!("program `{name}` is missing from the eBPF object"))?
+                .try_into()
+                .map_err(|e| format!("program `{name}`: {e}"))?;
+            if p.fd().is_err() {
+                p.load()
+                    .map_err(|e| format!("the kernel refused `{name}`: {e}"))?;
+            }
+            for (symbol, required) in symbols {
+                match p.attach(*symbol, lib, UProbeScope::AllProcesses) {
+                    Ok(_) => {}
+                    Err(e) if *required => {
+                        return Err(format!("cannot probe `{symbol}` in {}: {e}", lib.display()))
+                    }
+                    Err(e) => {
+                        tracing::debug!(symbol, lib = %lib.display(), error = %e, "optional TLS symbol not probed")
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn hash<K: aya::Pod, V: aya::Pod>(
         &mut self,
         name: &'static str,

@@ -135,17 +135,22 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
 
 /// Debian packages the tests use: btrfs-progs, to test matching on a btrfs subvolume;
 /// postgresql, for the collector's PostgreSQL backend (the tests start a private server from
-/// its binaries; the system service is not used); chromium, to load the SOC page headless.
+/// its binaries; the system service is not used); chromium, to load the SOC page headless;
+/// Debian's python3 (linked to the system's libssl.so.3), the stand-in HTTPS client and
+/// server of the query-profiling test.
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("mkfs.btrfs", "btrfs-progs"),
     ("/usr/lib/postgresql/*/bin/initdb", "postgresql"),
     ("chromium", "chromium"),
+    ("/usr/bin/python3", "python3"),
 ];
 
 /// Whether `bin` is on the PATH (or in an sbin), or, given as a glob, matches a file.
 fn present(bin: &str) -> bool {
     if bin.starts_with('/') {
-        let (dir, rest) = bin.split_once("/*/").unwrap_or((bin, ""));
+        let Some((dir, rest)) = bin.split_once("/*/") else {
+            return Path::new(bin).exists();
+        };
         return std::fs::read_dir(dir)
             .map(|rd| rd.flatten().any(|e| e.path().join(rest).is_file()))
             .unwrap_or(false);

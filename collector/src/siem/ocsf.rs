@@ -1,5 +1,6 @@
 //! OCSF 1.1 mappings: agents' findings and the collector's incidents are Detection Findings
-//! (class 2004); window summaries become Network Activity (4001) per destination, File
+//! (class 2004); window summaries become Network Activity (4001) per destination, HTTP
+//! Activity (4002) per query template, File
 //! System Activity (1001) per file class and Process Activity (1007) per child executable,
 //! with the window's counts (no paths, no contents: what the agent sent).
 
@@ -178,6 +179,33 @@ pub fn record(h: &HostKey, r: &Record) -> Vec<Value> {
                         "traffic": {"bytes_out": d.bytes_sent, "bytes_in": d.bytes_recv},
                         "count": d.connects,
                         "unmapped": window,
+                    }),
+                ));
+            }
+            for q in &s.queries {
+                // HTTP Activity: the template (no identifiers), request count and distinct
+                // records named; the activity is the method's.
+                let activity = match q.method.as_str() {
+                    "CONNECT" => (1, "Connect"),
+                    "DELETE" => (2, "Delete"),
+                    "GET" => (3, "Get"),
+                    "HEAD" => (4, "Head"),
+                    "OPTIONS" => (5, "Options"),
+                    "POST" => (6, "Post"),
+                    "PUT" => (7, "Put"),
+                    _ => (99, "Other"),
+                };
+                out.push(merge(
+                    base(4002, "HTTP Activity", (4, "Network Activity"), activity, s.end),
+                    json!({
+                        "severity_id": 1,
+                        "device": device(h),
+                        "http_request": {"http_method": q.method, "version": q.protocol,
+                            "url": {"hostname": q.host, "path": q.path}},
+                        "count": q.requests,
+                        "traffic": {"bytes_out": q.bytes_sent},
+                        "unmapped": merge(window.clone(), json!({"template": format!("{} {}{}", q.method, q.host, q.path),
+                            "distinct_ids": q.distinct_ids, "responses_by_class": q.responses})),
                     }),
                 ));
             }

@@ -3,7 +3,7 @@
 
 use core::mem::{offset_of, size_of};
 
-/// Event kinds, grouped by family (process 1.., file 10.., network 20..).
+/// Event kinds, grouped by family (process 1.., file 10.., network 20.., TLS plaintext 30..).
 pub mod kind {
     pub const EXEC: u32 = 1;
     pub const FORK: u32 = 2;
@@ -14,6 +14,8 @@ pub mod kind {
     pub const NET_CONNECT: u32 = 20;
     pub const NET_CLOSE: u32 = 21;
     pub const DNS_ANSWER: u32 = 22;
+    pub const TLS_WRITE: u32 = 30;
+    pub const TLS_READ: u32 = 31;
 }
 
 /// How a file first became known for a process (`FileEvent::origin`).
@@ -42,6 +44,12 @@ pub const ARGV_LEN: usize = 256;
 pub const ANCESTORS: usize = 4;
 /// Bytes of a DNS answer's UDP payload kept (answers are parsed in userspace for names).
 pub const DNS_LEN: usize = 512;
+/// Bytes of a TLS plaintext write kept: enough for a request line and its `Host` header, or
+/// the first HTTP/2 frame headers. The agent reduces them to a query template at once.
+pub const TLS_CAPTURE: usize = 512;
+/// Bytes of a TLS plaintext read kept: a response's status line (`HTTP/1.1 200 `), and only
+/// when the read starts with `HTTP/`.
+pub const TLS_STATUS_LEN: usize = 16;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -212,3 +220,37 @@ pub struct DnsEvent {
 }
 
 const _: () = assert!(size_of::<DnsEvent>() == 24 + 16 + DNS_LEN);
+
+/// A plaintext write through the TLS library by a watched process (`SSL_write`,
+/// `SSL_write_ex`): the first bytes of a request, or of part of one.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsWriteEvent {
+    pub hdr: EventHeader,
+    pub app: u32,
+    /// Bytes of `data` filled (0 when the user memory could not be read).
+    pub captured: u32,
+    /// The library's connection object (`SSL *`): pairs requests with responses.
+    pub ssl: u64,
+    /// Bytes the call was asked to write.
+    pub len: u64,
+    pub data: [u8; TLS_CAPTURE],
+}
+
+/// A plaintext read (`SSL_read`, `SSL_read_ex`) by a watched process that starts with an
+/// HTTP status line.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsReadEvent {
+    pub hdr: EventHeader,
+    pub app: u32,
+    /// Bytes of `status` filled.
+    pub captured: u32,
+    pub ssl: u64,
+    /// Bytes the call returned.
+    pub len: u64,
+    pub status: [u8; TLS_STATUS_LEN],
+}
+
+const _: () = assert!(size_of::<TlsWriteEvent>() == 48 + TLS_CAPTURE);
+const _: () = assert!(size_of::<TlsReadEvent>() == 48 + TLS_STATUS_LEN);

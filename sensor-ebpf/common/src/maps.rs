@@ -112,6 +112,18 @@ impl FlowStats {
     }
 }
 
+/// A TLS read in progress: where the plaintext goes, and for `SSL_read_ex` where the byte
+/// count goes (0 for `SSL_read`, whose return value is the count).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlsReadArgs {
+    pub buf: u64,
+    pub readbytes: u64,
+    pub ssl: u64,
+    pub app: u32,
+    pub _pad: u32,
+}
+
 /// Per-hook health counters (per-CPU array indexed by [`hook`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -137,7 +149,8 @@ pub mod hook {
     pub const NET_CONNECT: u32 = 6;
     pub const NET_BYTES: u32 = 7;
     pub const NET_CLOSE: u32 = 8;
-    pub const COUNT: u32 = 9;
+    pub const TLS: u32 = 9;
+    pub const COUNT: u32 = 10;
     /// Names, in index order, for reports.
     pub const NAMES: [&str; COUNT as usize] = [
         "proc_exec",
@@ -149,6 +162,7 @@ pub mod hook {
         "net_connect",
         "net_bytes",
         "net_close",
+        "tls",
     ];
 }
 
@@ -161,6 +175,8 @@ pub mod capacity {
     pub const PROTECTED: u32 = 1_024;
     pub const FILE_STATS: u32 = 32_768;
     pub const FLOWS: u32 = 8_192;
+    /// TLS reads in progress (between a read's entry and its return), by thread.
+    pub const TLS_READS: u32 = 1_024;
     /// Ring buffer size in bytes (a power of two, a multiple of the page size).
     pub const EVENTS_BYTES: u32 = 1 << 20;
     /// How many ancestors of an opened file are checked against the protected set.
@@ -173,6 +189,7 @@ const _: () = assert!(size_of::<FileKey>() == 16);
 const _: () = assert!(size_of::<FileStats>() == 32);
 const _: () = assert!(size_of::<FlowStats>() == 80);
 const _: () = assert!(size_of::<HookCounters>() == 32);
+const _: () = assert!(size_of::<TlsReadArgs>() == 32);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -184,6 +201,7 @@ mod pod {
     unsafe impl aya::Pod for FileStats {}
     unsafe impl aya::Pod for FlowStats {}
     unsafe impl aya::Pod for HookCounters {}
+    unsafe impl aya::Pod for TlsReadArgs {}
     unsafe impl aya::Pod for crate::offsets::KernelOffsets {}
 }
 

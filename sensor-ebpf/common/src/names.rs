@@ -9,7 +9,8 @@ pub mod map {
     pub const FILE_STATS: &str = "FILE_STATS";
     pub const FLOWS: &str = "FLOWS";
     pub const HOOK_COUNTERS: &str = "HOOK_COUNTERS";
-    pub const ALL: [&str; 7] = [
+    pub const TLS_READS: &str = "TLS_READS";
+    pub const ALL: [&str; 8] = [
         EVENTS,
         WATCHED,
         WATCHED_EXES,
@@ -17,6 +18,7 @@ pub mod map {
         FILE_STATS,
         FLOWS,
         HOOK_COUNTERS,
+        TLS_READS,
     ];
 }
 
@@ -47,9 +49,15 @@ pub mod prog {
     pub const CG_SKB_EGRESS: &str = "cg_skb_egress";
     pub const CG_SKB_INGRESS: &str = "cg_skb_ingress";
     pub const CG_SOCK_RELEASE: &str = "cg_sock_release";
+    /// Uprobes on the TLS library, attached per library found in a watched process's
+    /// mappings (not in the hook table).
+    pub const TLS_WRITE: &str = "tls_write";
+    pub const TLS_READ_ENTER: &str = "tls_read_enter";
+    pub const TLS_READ_EX_ENTER: &str = "tls_read_ex_enter";
+    pub const TLS_READ_EXIT: &str = "tls_read_exit";
     /// Empty program for benchmark floors (not in the hook table).
     pub const TP_NOOP: &str = "tp_noop";
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 23] = [
         TP_BTF_EXEC,
         TP_BTF_FORK,
         TP_BTF_EXIT,
@@ -68,6 +76,10 @@ pub mod prog {
         CG_SKB_EGRESS,
         CG_SKB_INGRESS,
         CG_SOCK_RELEASE,
+        TLS_WRITE,
+        TLS_READ_ENTER,
+        TLS_READ_EX_ENTER,
+        TLS_READ_EXIT,
         TP_NOOP,
     ];
 }

@@ -6,3 +6,4 @@ pub mod bench;
 pub mod file;
 pub mod net;
 pub mod process;
+pub mod tls;

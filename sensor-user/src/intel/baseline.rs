@@ -45,6 +45,16 @@ pub struct ChildBaseline {
     pub count: u64,
 }
 
+/// One query template: when first seen, and its requests and distinct identifiers per window
+/// by hour of week.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct QueryBaseline {
+    pub first_seen: f64,
+    pub windows: u64,
+    pub requests: WeekHist,
+    pub distinct_ids: WeekHist,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Baseline {
     pub version: u32,
@@ -64,6 +74,12 @@ pub struct Baseline {
     /// File classes the app touched (opened, mapped or read).
     #[serde(default)]
     pub classes_seen: std::collections::BTreeSet<FileClass>,
+    /// Query templates (`QueryStats::key`).
+    #[serde(default)]
+    pub queries: BTreeMap<String, QueryBaseline>,
+    /// All the app's requests per window, by hour of week (zeros included).
+    #[serde(default)]
+    pub requests: WeekHist,
 }
 
 impl Baseline {
@@ -81,6 +97,8 @@ impl Baseline {
             children: BTreeMap::new(),
             active_hours: BTreeMap::new(),
             classes_seen: Default::default(),
+            queries: BTreeMap::new(),
+            requests: WeekHist::default(),
         }
     }
 
@@ -118,6 +136,16 @@ impl Baseline {
                 })
                 .count += n;
         }
+        for q in &w.queries {
+            let b = self.queries.entry(q.key()).or_insert_with(|| QueryBaseline {
+                first_seen: w.start,
+                ..Default::default()
+            });
+            b.windows += 1;
+            b.requests.add(h, q.requests);
+            b.distinct_ids.add(h, q.distinct_ids);
+        }
+        self.requests.add(h, w.requests());
         if !w.is_empty() {
             *self.active_hours.entry(h).or_default() += 1;
         }
@@ -136,6 +164,10 @@ impl Baseline {
 
     pub fn knows_dest(&self, key: &str) -> bool {
         self.destinations.contains_key(key)
+    }
+
+    pub fn knows_query(&self, key: &str) -> bool {
+        self.queries.contains_key(key)
     }
 
     pub fn knows_child(&self, exe: &str) -> bool {
@@ -168,6 +200,14 @@ impl Baseline {
                 .or_insert_with(|| ChildBaseline {
                     first_seen: w.start,
                     count: 0,
+                });
+        }
+        for q in &w.queries {
+            self.queries
+                .entry(q.key())
+                .or_insert_with(|| QueryBaseline {
+                    first_seen: w.start,
+                    ..Default::default()
                 });
         }
     }
@@ -255,6 +295,7 @@ mod tests {
             }],
             children: BTreeMap::from([("/usr/bin/lp".to_string(), 1)]),
             processes: 1,
+            queries: Vec::new(),
         }
     }
 

@@ -218,6 +218,107 @@ pub fn window_findings(ctx: &Ctx, w: &WindowSummary) -> Vec<Finding> {
                     }
                 }
             }
+            RuleKind::QuerySurge {
+                factor,
+                quantile,
+                min_samples,
+                floor_requests,
+            } if !learning => {
+                let n = w.requests();
+                let p = b
+                    .requests
+                    .quantile(w.hour_of_week, *quantile, *min_samples)
+                    .unwrap_or(0);
+                let limit = ((p as f64) * factor).max(*floor_requests as f64);
+                if n as f64 > limit {
+                    let top = w.queries.first();
+                    out.push(
+                        base(rule, w, "requests")
+                            .summary(format!(
+                                "{} made {n} HTTPS requests in {:.0} s, {:.1}x its usual p{:.0} ({p}) for this hour of the week",
+                                w.app,
+                                w.end - w.start,
+                                n as f64 / p.max(1) as f64,
+                                quantile * 100.0
+                            ))
+                            .with("requests", n)
+                            .with("templates", w.queries.len())
+                            .with("top_template", top.map(|q| q.key()))
+                            .with("top_requests", top.map_or(0, |q| q.requests))
+                            .with("baseline_quantile_requests", p)
+                            .with("factor", *factor)
+                            .with("floor_requests", *floor_requests),
+                    );
+                }
+            }
+            RuleKind::QueryScrape {
+                factor,
+                quantile,
+                min_samples,
+                floor_ids,
+            } if !learning => {
+                for q in &w.queries {
+                    let p = b
+                        .queries
+                        .get(&q.key())
+                        .and_then(|h| h.distinct_ids.quantile(w.hour_of_week, *quantile, *min_samples))
+                        .unwrap_or(0);
+                    let limit = ((p as f64) * factor).max(*floor_ids as f64);
+                    if q.distinct_ids as f64 > limit {
+                        out.push(
+                            base(rule, w, &q.key())
+                                .summary(format!(
+                                    "{} named about {} distinct records through {} in {:.0} s ({} requests), {:.1}x its usual p{:.0} ({p})",
+                                    w.app,
+                                    q.distinct_ids,
+                                    q.key(),
+                                    w.end - w.start,
+                                    q.requests,
+                                    q.distinct_ids as f64 / p.max(1) as f64,
+                                    quantile * 100.0
+                                ))
+                                .with("template", q.key())
+                                .with("distinct_ids", q.distinct_ids)
+                                .with("requests", q.requests)
+                                .with("baseline_quantile_ids", p)
+                                .with("factor", *factor)
+                                .with("floor_ids", *floor_ids),
+                        );
+                    }
+                }
+            }
+            RuleKind::NewQuery {} if !learning => {
+                for q in w.queries.iter().filter(|q| !b.knows_query(&q.key())) {
+                    out.push(
+                        base(rule, w, &q.key())
+                            .summary(format!(
+                                "{} made a request it never made before: {} ({} times)",
+                                w.app,
+                                q.key(),
+                                q.requests
+                            ))
+                            .with("template", q.key())
+                            .with("requests", q.requests)
+                            .with("distinct_ids", q.distinct_ids),
+                    );
+                }
+            }
+            RuleKind::QueryOffHours { floor_requests } if !w.in_practice_hours => {
+                let n = w.requests();
+                if n > *floor_requests {
+                    out.push(
+                        base(rule, w, "query_off_hours")
+                            .summary(format!(
+                                "{} made {n} HTTPS requests outside practice hours",
+                                w.app
+                            ))
+                            .with("requests", n)
+                            .with("templates", w.queries.len())
+                            .with("top_template", w.queries.first().map(|q| q.key()))
+                            .with("floor_requests", *floor_requests),
+                    );
+                }
+            }
             RuleKind::OffHours { floor_bytes } if !w.in_practice_hours => {
                 let total = w.bytes_read() + w.bytes_sent();
                 if total > *floor_bytes {

@@ -67,6 +67,19 @@ impl Privacy {
         out[..16].iter().map(|b| format!("{b:02x}")).collect()
     }
 
+    /// A keyed 64-bit hash function under this key (for distinct counts and template
+    /// tokens), usable apart from `self`.
+    pub fn hasher(&self) -> impl Fn(&str) -> u64 + Send + 'static {
+        let key = self.key.clone();
+        move |data: &str| {
+            let mut mac =
+                <Hmac<Sha256> as Mac>::new_from_slice(&key).expect("HMAC takes any key length");
+            mac.update(data.as_bytes());
+            let out = mac.finalize().into_bytes();
+            u64::from_be_bytes([out[0], out[1], out[2], out[3], out[4], out[5], out[6], out[7]])
+        }
+    }
+
     /// `class:hash[.ext]`.
     pub fn path_token(&self, class: FileClass, path: &str) -> String {
         let mut t = format!("{class}:{}", self.hash(path));

@@ -70,6 +70,25 @@ pub enum RuleKind {
     OffHours {
         floor_bytes: u64,
     },
+    /// The app's requests in a window above factor x its quantile for the hour of week.
+    QuerySurge {
+        factor: f64,
+        quantile: f64,
+        min_samples: u64,
+        floor_requests: u64,
+    },
+    /// One template naming more distinct records in a window than factor x its quantile.
+    QueryScrape {
+        factor: f64,
+        quantile: f64,
+        min_samples: u64,
+        floor_ids: u64,
+    },
+    NewQuery {},
+    /// Requests outside practice hours above a floor.
+    QueryOffHours {
+        floor_requests: u64,
+    },
     SensorDrops {
         min_drops: u64,
     },
@@ -98,6 +117,16 @@ const KIND_KEYS: &[(&str, &[&str])] = &[
     ("suspicious_child", &["names", "prefixes"]),
     ("new_child", &[]),
     ("off_hours", &["floor_bytes"]),
+    (
+        "query_surge",
+        &["factor", "quantile", "min_samples", "floor_requests"],
+    ),
+    (
+        "query_scrape",
+        &["factor", "quantile", "min_samples", "floor_ids"],
+    ),
+    ("new_query", &[]),
+    ("query_off_hours", &["floor_requests"]),
     ("sensor_drops", &["min_drops"]),
     ("sensor_hooks", &[]),
     ("agent_restart", &[]),

@@ -10,6 +10,7 @@ mod burst;
 mod scale;
 mod scenarios;
 mod servers;
+mod tls;
 
 use std::path::PathBuf;
 
@@ -26,7 +27,7 @@ pub struct Args {
     #[arg(long, default_value_t = 1.5)]
     pub window: f64,
     /// Only this scenario: pread16, getpid, open-close, unwatched-connect, unwatched-pread,
-    /// connect-accept, echo, macro, burst or scale.
+    /// connect-accept, echo, macro, burst, scale or tls.
     #[arg(long)]
     pub only: Option<String>,
     /// The workload binary (default: beside this one).
@@ -62,6 +63,12 @@ fn main() -> anyhow::Result<()> {
     } else {
         Vec::new()
     };
+    let tls = if args.only.as_deref().is_none_or(|o| o == "tls") {
+        eprintln!("bench: tls");
+        tls::run(&bench, args.pairs, 2.0)?
+    } else {
+        Vec::new()
+    };
     println!();
     println!("{}", scenarios::table(&rows));
     for line in burst {
@@ -69,6 +76,9 @@ fn main() -> anyhow::Result<()> {
     }
     for line in scale {
         println!("- {line} (`cargo xtask bench -- --only scale`)");
+    }
+    for line in tls {
+        println!("- {line} (`cargo xtask bench -- --only tls`)");
     }
     Ok(())
 }
