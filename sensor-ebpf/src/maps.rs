@@ -5,8 +5,7 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use clinicwatch_common::{
-    capacity, hook, FileKey, FileStats, FlowStats, HookCounters, InodeKey, TlsReadArgs,
-    WatchedProc,
+    capacity, hook, FileKey, FileStats, FlowStats, HookCounters, InodeKey, TlsReadArgs, WatchedProc,
 };
 
 /// Rare events for the agent.

@@ -81,10 +81,17 @@ impl Core {
     fn scan_tls(&mut self) {
         let pids: Vec<u32> = self.handler.table.pids().collect();
         let sensor = &mut self.sensor;
-        for a in self.tls.scan(pids.into_iter(), |lib| sensor.attach_tls(lib)) {
+        for a in self
+            .tls
+            .scan(pids.into_iter(), |lib| sensor.attach_tls(lib))
+        {
             match a.error {
-                None => info!(library = %a.path.display(), "TLS library probed: queries are counted"),
-                Some(e) => warn!(library = %a.path.display(), error = %e, "cannot probe a TLS library: its queries are not counted"),
+                None => {
+                    info!(library = %a.path.display(), "TLS library probed: queries are counted")
+                }
+                Some(e) => {
+                    warn!(library = %a.path.display(), error = %e, "cannot probe a TLS library: its queries are not counted")
+                }
             }
         }
     }

@@ -171,10 +171,16 @@ impl Sensor {
         use aya::programs::{uprobe::UProbeScope, UProbe};
         use clinicwatch_common::names::prog;
         const PLAN: [(&str, &[(&str, bool)]); 4] = [
-            (prog::TLS_WRITE, &[("SSL_write", true), ("SSL_write_ex", false)]),
+            (
+                prog::TLS_WRITE,
+                &[("SSL_write", true), ("SSL_write_ex", false)],
+            ),
             (prog::TLS_READ_ENTER, &[("SSL_read", true)]),
             (prog::TLS_READ_EX_ENTER, &[("SSL_read_ex", false)]),
-            (prog::TLS_READ_EXIT, &[("SSL_read", true), ("SSL_read_ex", false)]),
+            (
+                prog::TLS_READ_EXIT,
+                &[("SSL_read", true), ("SSL_read_ex", false)],
+            ),
         ];
         for (name, symbols) in PLAN {
             let p: &mut UProbe = self

@@ -740,3 +740,70 @@ fn a_dns_answer_names_the_destination_the_app_then_connects_to() {
     drop(listener);
     agent.stop();
 }
+
+#[test]
+fn a_tls_write_by_the_watched_program_becomes_a_query_template() {
+    if !require_root("a_tls_write_by_the_watched_program_becomes_a_query_template") {
+        return;
+    }
+    const LIB: &str = "/usr/lib/x86_64-linux-gnu/libssl.so.3";
+    if !Path::new(LIB).exists() {
+        eprintln!("SKIPPED: {LIB} is not installed (Debian's libssl3)");
+        return;
+    }
+    let fx = Fixture::new(WORKLOAD, "tls");
+    let (agent, rx) = start_agent(&fx.config(""));
+    // The workload loads libssl, waits for the agent to find it in its mappings (it looks
+    // every second), then writes three requests. The unwatched copy writes too.
+    let request = "GET /api/v1/patients/123456?fields=all HTTP/1.1\\r\\nHost: vm.test\\r\\n\\r\\n";
+    let other = std::thread::spawn({
+        let other = fx.other.clone();
+        move || run(&other, &["tls-write", LIB, "2.5", "2", request])
+    });
+    let (pid, out) = run(&fx.app, &["tls-write", LIB, "2.5", "3", request]);
+    assert_eq!(out.trim(), "3");
+    let (other_pid, _) = other.join().unwrap();
+    let q = expect_event(
+        &rx,
+        WAIT,
+        "query",
+        |e| matches!(e, Event::Query { pid: p, .. } if *p == pid),
+    );
+    let Event::Query {
+        protocol,
+        method,
+        host,
+        path,
+        ids,
+        bytes,
+        ..
+    } = q
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        (
+            protocol.as_str(),
+            method.as_str(),
+            host.as_str(),
+            path.as_str()
+        ),
+        ("http/1.1", "GET", "vm.test", "/api/v1/patients/{n}?fields")
+    );
+    assert_eq!(ids.len(), 1, "the record number, as a keyed hash");
+    assert_eq!(bytes, request.replace("\\r\\n", "\r\n").len() as u64);
+    let seen = collect(&rx, Duration::from_secs(1));
+    let count = |p: u32| {
+        seen.iter()
+            .filter(|e| matches!(e, Event::Query { pid, .. } if *pid == p))
+            .count()
+    };
+    assert_eq!(count(pid), 3, "one query per SSL_write");
+    assert_eq!(
+        count(other_pid),
+        0,
+        "the unwatched copy's writes are not seen"
+    );
+    assert_eq!(agent.tls_libraries().len(), 1);
+    agent.stop();
+}

@@ -137,10 +137,13 @@ impl Baseline {
                 .count += n;
         }
         for q in &w.queries {
-            let b = self.queries.entry(q.key()).or_insert_with(|| QueryBaseline {
-                first_seen: w.start,
-                ..Default::default()
-            });
+            let b = self
+                .queries
+                .entry(q.key())
+                .or_insert_with(|| QueryBaseline {
+                    first_seen: w.start,
+                    ..Default::default()
+                });
             b.windows += 1;
             b.requests.add(h, q.requests);
             b.distinct_ids.add(h, q.distinct_ids);

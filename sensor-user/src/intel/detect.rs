@@ -261,7 +261,10 @@ pub fn window_findings(ctx: &Ctx, w: &WindowSummary) -> Vec<Finding> {
                     let p = b
                         .queries
                         .get(&q.key())
-                        .and_then(|h| h.distinct_ids.quantile(w.hour_of_week, *quantile, *min_samples))
+                        .and_then(|h| {
+                            h.distinct_ids
+                                .quantile(w.hour_of_week, *quantile, *min_samples)
+                        })
                         .unwrap_or(0);
                     let limit = ((p as f64) * factor).max(*floor_ids as f64);
                     if q.distinct_ids as f64 > limit {

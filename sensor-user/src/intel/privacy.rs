@@ -76,7 +76,9 @@ impl Privacy {
                 <Hmac<Sha256> as Mac>::new_from_slice(&key).expect("HMAC takes any key length");
             mac.update(data.as_bytes());
             let out = mac.finalize().into_bytes();
-            u64::from_be_bytes([out[0], out[1], out[2], out[3], out[4], out[5], out[6], out[7]])
+            u64::from_be_bytes([
+                out[0], out[1], out[2], out[3], out[4], out[5], out[6], out[7],
+            ])
         }
     }
 

@@ -72,6 +72,8 @@ fn kernel_test_binary() -> anyhow::Result<PathBuf> {
 
 /// Host programs the kernel tests run (the btrfs test), copied with their libraries.
 const HOST_TOOLS: &[&str] = &["/bin/sh", "mkfs.btrfs", "btrfs", "mount", "umount"];
+/// Shared libraries the kernel tests load themselves.
+const TLS_LIBRARIES: &[&str] = &["/usr/lib/x86_64-linux-gnu/libssl.so.3"];
 
 fn which(tool: &str) -> Option<PathBuf> {
     if tool.starts_with('/') {
@@ -109,6 +111,16 @@ fn pack(test_args: &[String]) -> anyhow::Result<initramfs::Archive> {
                 a.libraries(&path)?;
             }
             None => eprintln!("vm-test: `{tool}` is not installed; tests that need it skip"),
+        }
+    }
+    // OpenSSL's libssl for the TLS uprobe test (loaded by the workload at run time).
+    for lib in TLS_LIBRARIES {
+        let p = std::path::Path::new(lib);
+        if p.exists() {
+            a.copy(p, p)?;
+            a.libraries(p)?;
+        } else {
+            eprintln!("vm-test: `{lib}` is not installed; the TLS uprobe test skips");
         }
     }
     a.char_dev("/dev/console", 5, 1);

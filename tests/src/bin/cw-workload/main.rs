@@ -219,6 +219,15 @@ fn run(args: &[String]) -> std::io::Result<ExitCode> {
             }
             println!("{sent}");
         }
+        "tls-write" => {
+            let n = tls_write(
+                arg(1),
+                arg(2).parse().unwrap_or(2.0),
+                arg(3).parse().unwrap_or(1),
+                arg(4),
+            )?;
+            println!("{n}");
+        }
         "resolve-connect" => {
             let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
             sock.connect(arg(1))?;
@@ -282,5 +291,51 @@ fn main() -> ExitCode {
             eprintln!("cw-workload: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Loads an OpenSSL `libssl` at run time (as applications that pick their TLS library do)
+/// and calls `SSL_write` `n` times on an SSL object without a connection: each call returns
+/// an error, after the library's entry, where the uprobe reads the buffer. Returns how many
+/// calls were made.
+fn tls_write(lib: &str, wait: f64, n: u32, request: &str) -> std::io::Result<u32> {
+    use std::ffi::{c_int, c_void, CString};
+    let err = |what: &str| std::io::Error::other(format!("{lib}: {what}"));
+    let name = CString::new(lib).map_err(|_| err("bad path"))?;
+    // SAFETY: dlopen/dlsym with valid C strings; the symbols are OpenSSL's, called with the
+    // argument types of their C declarations.
+    unsafe {
+        let h = libc::dlopen(name.as_ptr(), libc::RTLD_NOW);
+        if h.is_null() {
+            return Err(err("cannot load"));
+        }
+        let sym = |s: &str| {
+            let c = CString::new(s).unwrap_or_default();
+            let p = libc::dlsym(h, c.as_ptr());
+            if p.is_null() {
+                Err(err(&format!("no symbol {s}")))
+            } else {
+                Ok(p)
+            }
+        };
+        let method: extern "C" fn() -> *const c_void =
+            std::mem::transmute(sym("TLS_client_method")?);
+        let ctx_new: extern "C" fn(*const c_void) -> *mut c_void =
+            std::mem::transmute(sym("SSL_CTX_new")?);
+        let ssl_new: extern "C" fn(*mut c_void) -> *mut c_void =
+            std::mem::transmute(sym("SSL_new")?);
+        let write: extern "C" fn(*mut c_void, *const c_void, c_int) -> c_int =
+            std::mem::transmute(sym("SSL_write")?);
+        let ctx = ctx_new(method());
+        let ssl = if ctx.is_null() { ctx } else { ssl_new(ctx) };
+        if ssl.is_null() {
+            return Err(err("cannot make an SSL object"));
+        }
+        std::thread::sleep(std::time::Duration::from_secs_f64(wait));
+        let req = request.replace("\\r\\n", "\r\n");
+        for _ in 0..n {
+            write(ssl, req.as_ptr().cast(), req.len() as c_int);
+        }
+        Ok(n)
     }
 }
