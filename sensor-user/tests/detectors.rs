@@ -120,6 +120,31 @@ fn exec(time: f64, pid: u32, exe: &str, argv: &[&str]) -> Event {
     }
 }
 
+/// A request of the PM client to its vendor's API, as the TLS probes report it.
+fn query(t: f64, method: &str, path: &str, ids: Vec<u64>) -> Event {
+    Event::Query {
+        time: t,
+        pid: PM_PID,
+        app: "pm".into(),
+        protocol: "http/1.1".into(),
+        method: method.into(),
+        host: "api.vendor.example".into(),
+        path: path.into(),
+        requests: 1,
+        bytes: 300,
+        ids,
+    }
+}
+
+/// A patient record's identifier, well mixed as the agent's keyed hash (HMAC) makes it
+/// (SplitMix64).
+fn record(n: u64) -> u64 {
+    let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// A practice's ordinary days: the client runs all the time; in practice hours it reads
 /// its data every minute (heavier at the morning sync), talks to the vendor, and prints a
 /// few times a day; at night, a small update check.
@@ -202,6 +227,21 @@ impl Practice {
             let sent = self.rng.next(2_000, 60_000);
             let recv = self.rng.next(20_000, 600_000);
             self.vendor_exchange(t + 5.0, sent, recv, &mut out);
+            // The client's API: a few to 40 patient records a minute among the practice's
+            // 1,500 patients, the day's agenda, now and then a note saved.
+            for i in 0..self.rng.next(3, 40) {
+                let n = self.rng.next(0, 1_500);
+                out.push(query(
+                    t + 20.0 + i as f64 * 0.5,
+                    "GET",
+                    "/api/v1/patients/{n}",
+                    vec![record(n)],
+                ));
+            }
+            out.push(query(t + 30.0, "GET", "/api/v1/agenda?date", vec![]));
+            if self.rng.next(0, 10) == 0 {
+                out.push(query(t + 40.0, "POST", "/api/v1/notes", vec![]));
+            }
             if self.rng.next(0, 120) == 0 {
                 self.pid += 1;
                 out.push(exec(
@@ -569,6 +609,74 @@ fn a_shell_under_the_app_and_a_new_child() {
             ("CW-NEW-CHILD".to_string(), "/usr/bin/bash".to_string()),
             ("CW-NEW-CHILD".to_string(), "/usr/bin/evince".to_string()),
         ])
+    );
+}
+
+#[test]
+fn scraping_patient_records_through_the_api() {
+    let (mut run, mut p, t) = learned(None);
+    let n = run.findings.len();
+    // 3,000 different records in one minute, through the template the client uses daily.
+    let scrape: Vec<Event> = (0..3_000u64)
+        .map(|i| {
+            query(
+                t + 1.0 + i as f64 * 0.01,
+                "GET",
+                "/api/v1/patients/{n}",
+                vec![record(100_000 + i)],
+            )
+        })
+        .collect();
+    minute_with(&mut run, &mut p, t, scrape);
+    run.play(&mut p, t + 60.0, 1);
+    assert_eq!(
+        run.rules_since(n),
+        BTreeSet::from(["CW-QUERY-SCRAPE".to_string(), "CW-QUERY-SURGE".to_string()])
+    );
+    let f = run.findings[n..]
+        .iter()
+        .find(|f| f.rule == "CW-QUERY-SCRAPE")
+        .unwrap();
+    assert_eq!(f.subject, "GET api.vendor.example/api/v1/patients/{n}");
+    let distinct = f.evidence["distinct_ids"].as_u64().unwrap();
+    assert!((2_950..=3_050).contains(&distinct), "{distinct}");
+    // The same record read 3,000 times is many requests, not a scrape (an hour later, past
+    // the surge finding's cooldown).
+    run.play(&mut p, t + 120.0, 62);
+    let t = t + 120.0 + 62.0 * 60.0;
+    let n = run.findings.len();
+    let rereads: Vec<Event> = (0..3_000)
+        .map(|i| {
+            query(
+                t + 1.0 + i as f64 * 0.01,
+                "GET",
+                "/api/v1/patients/{n}",
+                vec![record(7)],
+            )
+        })
+        .collect();
+    minute_with(&mut run, &mut p, t, rereads);
+    run.play(&mut p, t + 60.0, 1);
+    assert_eq!(
+        run.rules_since(n),
+        BTreeSet::from(["CW-QUERY-SURGE".to_string()])
+    );
+}
+
+#[test]
+fn a_request_the_client_never_made() {
+    let (mut run, mut p, t) = learned(None);
+    let n = run.findings.len();
+    minute_with(
+        &mut run,
+        &mut p,
+        t,
+        vec![query(t + 5.0, "GET", "/api/v1/export/{h:1a2b3c4d}", vec![])],
+    );
+    run.play(&mut p, t + 60.0, 3);
+    assert_eq!(
+        run.rules_since(n),
+        BTreeSet::from(["CW-QUERY-NEW".to_string()])
     );
 }
 
