@@ -541,7 +541,6 @@ async fn two_collectors_on_one_postgres_share_dedup_and_resume() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_campaign_streamed_by_agents_becomes_an_incident_at_the_collector() {
-    use clinicwatch_proto::v1::{record::Body, Destination, Record, WindowSummary};
     let (p, dir) = setup("campaign");
     // The SOC's tools: a syslog server (UDP) and a webhook receiver.
     let syslog = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -593,37 +592,8 @@ async fn a_campaign_streamed_by_agents_becomes_an_incident_at_the_collector() {
     let now = clinicwatch_collector::ingest::now();
     // Six clinics' PM apps contact a destination nobody had seen, minutes apart.
     for c in 0..6 {
-        let clinic = format!("clinic-{c}");
-        let me = pki::client_cert(&p.ca, &clinic, "ws1", 30).unwrap();
-        let mut client = client(&srv.url, &p.ca, Some(&me)).await.unwrap();
-        let summary = Record {
-            seq: 1,
-            body: Some(Body::Summary(WindowSummary {
-                app: "pm-client".into(),
-                start: now - 600.0 + c as f64 * 60.0 - 60.0,
-                end: now - 600.0 + c as f64 * 60.0,
-                destinations: vec![Destination {
-                    ip: "203.0.113.9".into(),
-                    port: 443,
-                    protocol: "tcp".into(),
-                    name: "exfil.example".into(),
-                    bytes_sent: 50 << 20,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            })),
-        };
-        let frames = vec![
-            hello(&clinic, "ws1", 1),
-            AgentFrame {
-                frame: Some(Frame::Batch(clinicwatch_proto::v1::Batch {
-                    epoch: 1,
-                    first_seq: 1,
-                    records: vec![summary],
-                })),
-            },
-        ];
-        assert_eq!(exchange(&mut client, frames).await.unwrap(), vec![0, 1]);
+        let summary = exfil_summary(1, now - 600.0 + c as f64 * 60.0);
+        stream_records(&srv.url, &p, &format!("clinic-{c}"), vec![summary]).await;
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let incident = loop {
@@ -727,13 +697,11 @@ async fn stream_records(
     assert_eq!(acks.last(), Some(&n), "{clinic} via {url}");
 }
 
-/// A campaign's records for clinic number `c`: the PM app contacting a destination nobody
-/// had seen, and for some clinics the same infostealer precursor.
-fn campaign_records(c: usize, now: f64) -> Vec<clinicwatch_proto::v1::Record> {
-    use clinicwatch_proto::v1::{record::Body, Destination, Finding, Record, WindowSummary};
-    let t = now - 1800.0 + c as f64 * 120.0;
-    let mut records = vec![Record {
-        seq: 1,
+/// The PM app's window ending at `t`: 50 MiB to a destination nobody had seen.
+fn exfil_summary(seq: u64, t: f64) -> clinicwatch_proto::v1::Record {
+    use clinicwatch_proto::v1::{record::Body, Destination, Record, WindowSummary};
+    Record {
+        seq,
         body: Some(Body::Summary(WindowSummary {
             app: "pm-client".into(),
             start: t - 60.0,
@@ -748,7 +716,15 @@ fn campaign_records(c: usize, now: f64) -> Vec<clinicwatch_proto::v1::Record> {
             }],
             ..Default::default()
         })),
-    }];
+    }
+}
+
+/// A campaign's records for clinic number `c`: the PM app contacting a destination nobody
+/// had seen, and for some clinics the same infostealer precursor.
+fn campaign_records(c: usize, now: f64) -> Vec<clinicwatch_proto::v1::Record> {
+    use clinicwatch_proto::v1::{record::Body, Finding, Record};
+    let t = now - 1800.0 + c as f64 * 120.0;
+    let mut records = vec![exfil_summary(1, t)];
     if c.is_multiple_of(2) {
         records.push(Record {
             seq: 2,

@@ -97,3 +97,33 @@ pub fn submit<T: 'static>(entry: RingBufEntry<T>) {
     };
     entry.submit(flags as u64);
 }
+
+/// Copies `avail` bytes (at most `cap`, itself at most 1023) into a buffer of `cap` bytes in
+/// pieces of constant size (512, 256, ... 1 bytes, by the bits of `avail`): 6.1's verifier
+/// refuses a helper length whose lower bound it lost, and LLVM rewrites the usual clamping
+/// tricks. `read(pos, size)` copies `size` bytes to offset `pos` (with `pos + size <= cap`)
+/// and returns the helper's result. Returns the bytes copied and whether any piece failed.
+#[inline(always)]
+pub fn copy_in_pieces(avail: u64, cap: u64, mut read: impl FnMut(u64, u32) -> i64) -> (u64, bool) {
+    let mut pos: u64 = 0;
+    let mut failed = false;
+    macro_rules! piece {
+        ($b:expr) => {
+            if avail & $b != 0 && pos <= cap - $b {
+                failed |= read(pos, $b as u32) != 0;
+                pos += $b;
+            }
+        };
+    }
+    piece!(512);
+    piece!(256);
+    piece!(128);
+    piece!(64);
+    piece!(32);
+    piece!(16);
+    piece!(8);
+    piece!(4);
+    piece!(2);
+    piece!(1);
+    (pos, failed)
+}

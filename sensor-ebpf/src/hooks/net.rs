@@ -19,7 +19,7 @@ use clinicwatch_common::{
 };
 
 use crate::{
-    emit::{add, current_ids, finish, reserve, submit, Counter, HookResult},
+    emit::{add, copy_in_pieces, current_ids, finish, reserve, submit, Counter, HookResult},
     maps::{FLOWS, WATCHED},
 };
 
@@ -197,9 +197,8 @@ unsafe fn count_tcp(
 
 const DNS_PORT: u16 = 53;
 
-/// Sends a DNS answer's payload to userspace. The copy is made in pieces of constant size
-/// (512, 256, ... 1 bytes, by the bits of the length): 6.1's verifier refuses a variable
-/// length whose lower bound it lost, and LLVM rewrites the usual clamping tricks.
+/// Sends a DNS answer's payload to userspace (copied in pieces of constant size, see
+/// [`copy_in_pieces`]).
 #[inline(always)]
 fn capture_dns(ctx: &SkBuffContext, cookie: u64, tgid: u32, off: u64, len: u64) -> HookResult {
     if len == 0 || off > 0xffff {
@@ -216,36 +215,18 @@ fn capture_dns(ctx: &SkBuffContext, cookie: u64, tgid: u32, off: u64, len: u64) 
     ev.cookie = cookie;
     ev._pad = 0;
     let base = ev.data.as_mut_ptr();
-    let mut pos: u64 = 0;
-    let mut failed = false;
-    macro_rules! piece {
-        ($b:expr) => {
-            if avail & $b != 0 && pos <= DNS_LEN as u64 - $b {
-                // SAFETY: `pos + $b <= DNS_LEN`, inside `data`; the helper accepts this
-                // program type's context.
-                let r = unsafe {
-                    bpf_skb_load_bytes(
-                        ctx.as_ptr(),
-                        (off + pos) as u32,
-                        base.add(pos as usize).cast(),
-                        $b,
-                    )
-                };
-                failed |= r != 0;
-                pos += $b;
-            }
-        };
-    }
-    piece!(512);
-    piece!(256);
-    piece!(128);
-    piece!(64);
-    piece!(32);
-    piece!(16);
-    piece!(8);
-    piece!(4);
-    piece!(2);
-    piece!(1);
+    let (pos, failed) = copy_in_pieces(avail, DNS_LEN as u64, |pos, size| {
+        // SAFETY: `pos + size <= DNS_LEN`, inside `data`; the helper accepts this program
+        // type's context.
+        unsafe {
+            bpf_skb_load_bytes(
+                ctx.as_ptr(),
+                (off + pos) as u32,
+                base.add(pos as usize).cast(),
+                size,
+            )
+        }
+    });
     ev.len = if failed { 0 } else { pos as u32 };
     submit(entry);
     Ok(())

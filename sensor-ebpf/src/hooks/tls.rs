@@ -14,7 +14,7 @@ use clinicwatch_common::{
 };
 
 use crate::{
-    emit::{current_ids, finish, reserve, submit, Counter, HookResult},
+    emit::{copy_in_pieces, current_ids, finish, reserve, submit, Counter, HookResult},
     maps::{TLS_READS, WATCHED},
 };
 
@@ -71,37 +71,17 @@ fn on_write(ctx: &ProbeContext) -> HookResult {
     ev.ssl = ssl;
     ev.len = num;
     let base = ev.data.as_mut_ptr();
-    let mut pos: u64 = 0;
-    let mut failed = false;
-    // Pieces of constant size (512, 256, ... 1 bytes, by the bits of the length): older
-    // verifiers refuse a variable size whose bounds they lost.
-    macro_rules! piece {
-        ($b:expr) => {
-            if avail & $b != 0 && pos <= TLS_CAPTURE as u64 - $b {
-                // SAFETY: `pos + $b <= TLS_CAPTURE`, inside `data`; the source is user
-                // memory, read with the checked helper.
-                let r = unsafe {
-                    bpf_probe_read_user(
-                        base.add(pos as usize).cast(),
-                        $b,
-                        (buf + pos) as *const core::ffi::c_void,
-                    )
-                };
-                failed |= r != 0;
-                pos += $b;
-            }
-        };
-    }
-    piece!(512);
-    piece!(256);
-    piece!(128);
-    piece!(64);
-    piece!(32);
-    piece!(16);
-    piece!(8);
-    piece!(4);
-    piece!(2);
-    piece!(1);
+    let (pos, failed) = copy_in_pieces(avail, TLS_CAPTURE as u64, |pos, size| {
+        // SAFETY: `pos + size <= TLS_CAPTURE`, inside `data`; the source is user memory,
+        // read with the checked helper.
+        unsafe {
+            bpf_probe_read_user(
+                base.add(pos as usize).cast(),
+                size,
+                (buf + pos) as *const core::ffi::c_void,
+            )
+        }
+    });
     ev.captured = if failed { 0 } else { pos as u32 };
     submit(entry);
     if failed {
