@@ -68,7 +68,7 @@ CREATE TABLE IF NOT EXISTS sightings (
 CREATE INDEX IF NOT EXISTS sightings_last ON sightings (last_time);
 CREATE TABLE IF NOT EXISTS indicators (
     kind TEXT NOT NULL, value TEXT NOT NULL, first_seen DOUBLE PRECISION NOT NULL,
-    last_seen DOUBLE PRECISION NOT NULL,
+    last_seen DOUBLE PRECISION NOT NULL, clinics_sketch BYTEA,
     PRIMARY KEY (kind, value)
 );
 ALTER TABLE indicators ADD COLUMN IF NOT EXISTS clinics_sketch BYTEA;
@@ -92,6 +92,11 @@ CREATE TABLE IF NOT EXISTS enrollments (
 );
 CREATE INDEX IF NOT EXISTS records_received ON records (kind, received);
 ";
+
+/// True when the schema's newest objects exist (update it with `SCHEMA`).
+const SCHEMA_CURRENT: &str = "SELECT to_regclass('records_received') IS NOT NULL AND EXISTS (
+    SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
+      AND table_name = 'indicators' AND column_name = 'clinics_sketch')";
 
 /// Serialises schema creation between collectors starting together.
 const SCHEMA_LOCK: i64 = 0x636c_696e_6963; // "clinic"
@@ -181,11 +186,20 @@ impl PgStore {
                     path: self.shown.clone(),
                     source: Box::new(source),
                 })?;
-            let mut tx = c.transaction().map_err(self.err())?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
-                .map_err(self.err())?;
-            tx.batch_execute(SCHEMA).map_err(self.err())?;
-            tx.commit().map_err(self.err())?;
+            // The schema's DDL locks tables (even `IF NOT EXISTS`), which would wait on, or
+            // deadlock with, other collectors' batches: it runs only when the schema is not
+            // already current (its newest objects exist), serialised between collectors.
+            let current: bool = c
+                .query_one(SCHEMA_CURRENT, &[])
+                .map_err(self.err())?
+                .get(0);
+            if !current {
+                let mut tx = c.transaction().map_err(self.err())?;
+                tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+                    .map_err(self.err())?;
+                tx.batch_execute(SCHEMA).map_err(self.err())?;
+                tx.commit().map_err(self.err())?;
+            }
             self.client = Some(c);
         }
         match self.client.as_mut() {
