@@ -49,7 +49,13 @@ pub struct Discovery {
     failed: HashSet<(u64, u64)>,
     /// Processes whose library is attached: not looked at again.
     done: HashSet<u32>,
+    /// How often each other process was looked at: every scan for its first
+    /// [`EAGER_LOOKS`], then one scan in [`EAGER_LOOKS`] (an app that never loads libssl
+    /// costs little, however many processes it has).
+    looks: HashMap<u32, u32>,
 }
+
+const EAGER_LOOKS: u32 = 30;
 
 /// A library attached or refused, for the agent's log and health.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,10 +72,16 @@ impl Discovery {
         mut attach: impl FnMut(&Path) -> Result<(), String>,
     ) -> Vec<Attached> {
         let mut out = Vec::new();
-        let pids: Vec<u32> = pids.collect();
+        let pids: HashSet<u32> = pids.collect();
         self.done.retain(|p| pids.contains(p));
+        self.looks.retain(|p, _| pids.contains(p));
         for pid in pids {
             if self.done.contains(&pid) {
+                continue;
+            }
+            let n = self.looks.entry(pid).or_default();
+            *n += 1;
+            if *n > EAGER_LOOKS && *n % EAGER_LOOKS != 0 {
                 continue;
             }
             for lib in libraries_of(pid) {
@@ -130,5 +142,44 @@ mod tests {
         });
         assert!(got.is_empty() && calls == 0);
         assert!(is_tls_library("libssl.so.3") && !is_tls_library("libcrypto.so.3"));
+    }
+
+    #[test]
+    fn a_process_that_loaded_libssl_has_it_attached_once() {
+        let Ok(mut child) = std::process::Command::new("/usr/bin/python3")
+            .args([
+                "-c",
+                "import ssl, sys; print(1, flush=True); sys.stdin.read()",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+        else {
+            eprintln!("SKIPPED: no /usr/bin/python3");
+            return;
+        };
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let pid = child.id();
+        let libs = libraries_of(pid);
+        assert_eq!(libs.len(), 1, "{libs:?}");
+        assert!(libs[0].starts_with(format!("/proc/{pid}/root/")));
+        let mut d = Discovery::default();
+        let mut attached = Vec::new();
+        let got = d.scan([pid].into_iter(), |lib| {
+            attached.push(lib.to_path_buf());
+            Ok(())
+        });
+        assert_eq!(got.len(), 1);
+        // Settled: the next scans neither look again nor attach again.
+        let again = d.scan([pid, pid].into_iter(), |_| Err("attached twice".into()));
+        assert!(again.is_empty());
+        assert_eq!(d.libraries(), attached);
+        drop(child.stdin.take());
+        child.wait().unwrap();
     }
 }

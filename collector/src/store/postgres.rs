@@ -189,10 +189,7 @@ impl PgStore {
             // The schema's DDL locks tables (even `IF NOT EXISTS`), which would wait on, or
             // deadlock with, other collectors' batches: it runs only when the schema is not
             // already current (its newest objects exist), serialised between collectors.
-            let current: bool = c
-                .query_one(SCHEMA_CURRENT, &[])
-                .map_err(self.err())?
-                .get(0);
+            let current: bool = c.query_one(SCHEMA_CURRENT, &[]).map_err(self.err())?.get(0);
             if !current {
                 let mut tx = c.transaction().map_err(self.err())?;
                 tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
