@@ -81,7 +81,7 @@ impl Discovery {
             }
             let n = self.looks.entry(pid).or_default();
             *n += 1;
-            if *n > EAGER_LOOKS && *n % EAGER_LOOKS != 0 {
+            if *n > EAGER_LOOKS && !(*n).is_multiple_of(EAGER_LOOKS) {
                 continue;
             }
             for lib in libraries_of(pid) {

@@ -141,7 +141,19 @@ fn start() -> Result<String, String> {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    Ok(format!("host={} port={port} user=cw", dir.display()))
+    // The socket exists before the server accepts connections ("the database system is
+    // starting up"): ready when a connection succeeds.
+    let base = format!("host={} port={port} user=cw", dir.display());
+    loop {
+        match postgres::Client::connect(&format!("{base} dbname=postgres"), postgres::NoTls) {
+            Ok(_) => break,
+            Err(e) if std::time::Instant::now() > deadline => {
+                return Err(format!("PostgreSQL does not accept connections: {e:?}"))
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
+    }
+    Ok(base)
 }
 
 static SERVER: OnceLock<Result<String, String>> = OnceLock::new();
@@ -166,7 +178,7 @@ pub fn database(test: &str) -> Option<String> {
         NEXT.fetch_add(1, Ordering::SeqCst)
     );
     let mut admin = postgres::Client::connect(&format!("{base} dbname=postgres"), postgres::NoTls)
-        .unwrap_or_else(|e| panic!("{test}: cannot connect to PostgreSQL at `{base}`: {e}"));
+        .unwrap_or_else(|e| panic!("{test}: cannot connect to PostgreSQL at `{base}`: {e:?}"));
     admin
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .unwrap_or_else(|e| panic!("{test}: CREATE DATABASE: {e}"));
