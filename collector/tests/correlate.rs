@@ -9,9 +9,7 @@ use clinicwatch_collector::{
     correlate::{rules, Engine},
     store::{self, HostKey, Incident, Store},
 };
-use clinicwatch_proto::v1::{
-    record::Body, Batch, ChildCount, Destination, Finding, Hello, Record, WindowSummary,
-};
+use clinicwatch_proto::v1::{record::Body, Batch, ChildCount, Finding, Hello, Record};
 
 /// Now, for the scenarios: a fixed time (2026-11-18 11:06 UTC).
 const NOW: f64 = 1_795_000_000.0;
@@ -66,25 +64,12 @@ impl Fleet {
 
     /// The PM app's window ending at `t`, with a connection to `ip` (`name`).
     fn contact(&mut self, clinic: &str, app: &str, ip: &str, name: &str, t: f64) {
-        let body = Body::Summary(WindowSummary {
-            app: app.into(),
-            start: t - 60.0,
-            end: t,
-            destinations: vec![Destination {
-                ip: ip.into(),
-                port: 443,
-                protocol: "tcp".into(),
-                name: name.into(),
-                bytes_sent: 1000,
-                ..Default::default()
-            }],
-            children: vec![ChildCount {
-                exe: "/usr/bin/pm-helper".into(),
-                count: 1,
-            }],
-            ..Default::default()
-        });
-        self.send(clinic, "ws1", body, t);
+        let mut w = support::contact_summary(app, ip, name, 1000, t);
+        w.children = vec![ChildCount {
+            exe: "/usr/bin/pm-helper".into(),
+            count: 1,
+        }];
+        self.send(clinic, "ws1", Body::Summary(w), t);
     }
 
     fn finding(&mut self, clinic: &str, rule: &str, t: f64, evidence: &[(&str, &str)]) {

@@ -699,23 +699,11 @@ async fn stream_records(
 
 /// The PM app's window ending at `t`: 50 MiB to a destination nobody had seen.
 fn exfil_summary(seq: u64, t: f64) -> clinicwatch_proto::v1::Record {
-    use clinicwatch_proto::v1::{record::Body, Destination, Record, WindowSummary};
-    Record {
+    clinicwatch_proto::v1::Record {
         seq,
-        body: Some(Body::Summary(WindowSummary {
-            app: "pm-client".into(),
-            start: t - 60.0,
-            end: t,
-            destinations: vec![Destination {
-                ip: "203.0.113.9".into(),
-                port: 443,
-                protocol: "tcp".into(),
-                name: "exfil.example".into(),
-                bytes_sent: 50 << 20,
-                ..Default::default()
-            }],
-            ..Default::default()
-        })),
+        body: Some(clinicwatch_proto::v1::record::Body::Summary(
+            contact_summary("pm-client", "203.0.113.9", "exfil.example", 50 << 20, t),
+        )),
     }
 }
 

@@ -4,9 +4,7 @@
 mod support;
 
 use clinicwatch_collector::store::{self, HostKey, Ingested, Pruned, Store, MAX_BATCH_RECORDS};
-use clinicwatch_proto::v1::{
-    record::Body, Batch, Destination, Heartbeat, Hello, Record, WindowSummary,
-};
+use clinicwatch_proto::v1::{record::Body, Batch, Heartbeat, Hello, Record};
 use support::raw_batch as batch;
 
 fn host(c: &str) -> HostKey {
@@ -148,18 +146,13 @@ fn contact(s: &mut dyn Store, clinic: &str, seq: u64, ip: &str, t: f64) {
         first_seq: seq,
         records: vec![Record {
             seq,
-            body: Some(Body::Summary(WindowSummary {
-                app: "pm-client".into(),
-                start: t - 60.0,
-                end: t,
-                destinations: vec![Destination {
-                    ip: ip.into(),
-                    port: 443,
-                    protocol: "tcp".into(),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            })),
+            body: Some(Body::Summary(support::contact_summary(
+                "pm-client",
+                ip,
+                "",
+                0,
+                t,
+            ))),
         }],
     };
     assert_eq!(s.ingest(&host(clinic), &b, t).unwrap().stored, 1);

@@ -21,7 +21,7 @@ use clinicwatch_collector::{
 };
 use clinicwatch_proto::v1::{
     agent_frame::Frame, ingest_client::IngestClient, record::Body, server_frame, AgentFrame, Batch,
-    Finding, Hello, Record, ServerFrame, WindowSummary,
+    Destination, Finding, Hello, Record, ServerFrame, WindowSummary,
 };
 use tonic::{
     codec::CompressionEncoding,
@@ -258,4 +258,24 @@ pub async fn exchange(
             _ => None,
         })
         .collect())
+}
+
+/// An app's window ending at `t` in which it sent `sent` bytes to `ip` (named `name`, or
+/// unnamed when empty) on port 443.
+#[allow(dead_code)]
+pub fn contact_summary(app: &str, ip: &str, name: &str, sent: u64, t: f64) -> WindowSummary {
+    WindowSummary {
+        app: app.into(),
+        start: t - 60.0,
+        end: t,
+        destinations: vec![Destination {
+            ip: ip.into(),
+            port: 443,
+            protocol: "tcp".into(),
+            name: name.into(),
+            bytes_sent: sent,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
 }

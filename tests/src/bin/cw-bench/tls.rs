@@ -16,7 +16,7 @@ use std::{
 use anyhow::{bail, Context as _};
 use clinicwatch_agent::{Agent, Config};
 
-use crate::scenarios::Bench;
+use crate::scenarios::{median, Bench};
 
 const LOOP: &str = r#"
 import ssl, sys, time
@@ -79,16 +79,6 @@ fn window(py: &Path, script: &Path, dir: &Path, secs: f64) -> anyhow::Result<f64
     Ok(n / t)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 pub fn run(bench: &Bench, pairs: usize, secs: f64) -> anyhow::Result<Vec<String>> {
     let py = std::fs::canonicalize("/usr/bin/python3")
         .context("Debian's python3 is needed (`cargo xtask setup` installs it)")?;
@@ -137,7 +127,7 @@ pub fn run(bench: &Bench, pairs: usize, secs: f64) -> anyhow::Result<Vec<String>
             off.push(window(&py, &watched, &dir, secs)?);
         }
     }
-    let (off, on, other) = (median(off), median(on), median(other));
+    let (off, on, other) = (median(&off), median(&on), median(&other));
     let cost = |r: f64| (1e6 / r - 1e6 / off).max(0.0);
     Ok(vec![
         format!(
