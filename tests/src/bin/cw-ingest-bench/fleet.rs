@@ -22,11 +22,13 @@ use std::{
 use anyhow::Context as _;
 use clinicwatch_collector::{
     correlate::{rules, Engine},
-    pki, store,
+    store,
 };
 use clinicwatch_proto::v1::{record::Body, Destination, Finding, WindowSummary};
 
-use super::load::{bench_root, cpu_of_children, deliver, start_server_with, Agent};
+use super::load::{
+    agents_with_certificates, bench_root, cpu_of_children, deliver, start_server_with,
+};
 use clinicwatch_collector::ingest::now as wall;
 
 pub struct FleetOptions {
@@ -134,22 +136,9 @@ fn peak_rss_kib(pid: u32) -> u64 {
 
 pub fn run(o: &FleetOptions) -> anyhow::Result<()> {
     let (root, ca) = bench_root("cw-fleet")?;
-    let ca_pem = Arc::new(ca.cert.clone());
     let t = Instant::now();
-    let agents: Vec<Agent> = (0..o.clinics * o.agents_per_clinic)
-        .map(|i| {
-            let (clinic, host) = (
-                format!("clinic-{:05}", i / o.agents_per_clinic),
-                format!("ws{}", i % o.agents_per_clinic),
-            );
-            let me = pki::client_cert(&ca, &clinic, &host, 2)?;
-            Ok(Agent {
-                clinic,
-                host,
-                tls: Some((ca_pem.clone(), me)),
-            })
-        })
-        .collect::<anyhow::Result<_>>()?;
+    let agents =
+        agents_with_certificates(&ca, o.clinics * o.agents_per_clinic, o.agents_per_clinic)?;
     eprintln!(
         "fleet: {} clinics, {} agents, certificates in {:.1?}",
         o.clinics,

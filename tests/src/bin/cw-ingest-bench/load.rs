@@ -334,6 +334,30 @@ fn throughput(
 /// A fresh folder `/tmp/NAME-PID` holding a new CA and the collector's certificate
 /// (`ca.pem`, `server.pem`, `server.key`, as `start_server` copies them); the CA, to sign
 /// the agents' certificates.
+/// `n` agents, `per_clinic` to a clinic (`clinic-00000/ws0`...), each with its own client
+/// certificate under `ca`.
+pub(crate) fn agents_with_certificates(
+    ca: &pki::Pem,
+    n: usize,
+    per_clinic: usize,
+) -> anyhow::Result<Vec<Agent>> {
+    let ca_pem = Arc::new(ca.cert.clone());
+    (0..n)
+        .map(|i| {
+            let (clinic, host) = (
+                format!("clinic-{:05}", i / per_clinic),
+                format!("ws{}", i % per_clinic),
+            );
+            let me = pki::client_cert(ca, &clinic, &host, 2)?;
+            Ok(Agent {
+                clinic,
+                host,
+                tls: Some((ca_pem.clone(), me)),
+            })
+        })
+        .collect()
+}
+
 pub(crate) fn bench_root(name: &str) -> anyhow::Result<(PathBuf, pki::Pem)> {
     let root = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
@@ -348,20 +372,8 @@ pub(crate) fn bench_root(name: &str) -> anyhow::Result<(PathBuf, pki::Pem)> {
 
 pub fn run(o: &Options) -> anyhow::Result<()> {
     let (root, ca) = bench_root("cw-ingest-bench")?;
-    let ca_pem = Arc::new(ca.cert.clone());
-    let n_certs = o.reconnect.max(o.agents);
     let t = Instant::now();
-    let agents: Vec<Agent> = (0..n_certs)
-        .map(|i| {
-            let (clinic, host) = (format!("clinic-{:04}", i / 3), format!("ws{}", i % 3));
-            let me = pki::client_cert(&ca, &clinic, &host, 2)?;
-            Ok(Agent {
-                clinic,
-                host,
-                tls: Some((ca_pem.clone(), me)),
-            })
-        })
-        .collect::<anyhow::Result<_>>()?;
+    let agents = agents_with_certificates(&ca, o.reconnect.max(o.agents), 3)?;
     eprintln!(
         "{} client certificates in {:.1?}",
         agents.len(),
