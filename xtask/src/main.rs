@@ -11,6 +11,7 @@
 //! - `vm-test`: the kernel tests inside VMs booting Debian's 6.1 and 6.12 kernels (root).
 //! - `run -- ARGS`: builds and runs `clinicwatch-agent ARGS`.
 
+mod apt;
 mod demo;
 mod setup;
 mod util;

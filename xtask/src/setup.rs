@@ -179,21 +179,18 @@ fn ensure_debian_packages() -> anyhow::Result<()> {
         return Ok(());
     }
     eprintln!("setup: installing {missing:?} from Debian");
-    let install = |missing: &[&str]| {
-        Command::new("apt-get")
+    crate::apt::fresh(&format!("apt-get install {}", missing.join(" ")), || {
+        let status = Command::new("apt-get")
             .args(["install", "-y", "--no-install-recommends"])
-            .args(missing)
+            .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !install(&missing) {
-        run(Command::new("apt-get").args(["update", "-q"]))?;
-        if !install(&missing) {
-            bail!("apt-get could not install {missing:?}");
+            .context("cannot run apt-get")?;
+        if !status.success() {
+            bail!("apt-get could not install {missing:?}: {status}");
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 pub fn setup() -> anyhow::Result<()> {

@@ -75,10 +75,10 @@ fn installed(package: &str) -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
 }
 
-/// Downloads packages into `debs`, running `apt-get update` once if the lists are stale.
+/// Downloads packages into `debs` (after `apt-get update` if the lists are stale).
 fn download(debs: &Path, packages: &[String]) -> anyhow::Result<()> {
     std::fs::create_dir_all(debs).with_context(|| format!("cannot create `{}`", debs.display()))?;
-    let attempt = || -> anyhow::Result<bool> {
+    crate::apt::fresh("apt-get download", || {
         let status = Command::new("apt-get")
             .current_dir(debs)
             .args(["-q", "-o", "APT::Sandbox::User=root", "download"])
@@ -87,17 +87,11 @@ fn download(debs: &Path, packages: &[String]) -> anyhow::Result<()> {
             .context(
                 "cannot run apt-get (vm-test fetches QEMU and kernels from Debian's packages)",
             )?;
-        Ok(status.success())
-    };
-    if attempt()? {
-        return Ok(());
-    }
-    eprintln!("vm-test: download failed; refreshing the package lists and trying again");
-    let _ = Command::new("apt-get").args(["-q", "update"]).status();
-    if attempt()? {
-        return Ok(());
-    }
-    bail!("apt-get download {} failed", packages.join(" "))
+        if !status.success() {
+            bail!("apt-get download {} failed: {status}", packages.join(" "));
+        }
+        Ok(())
+    })
 }
 
 fn unpack(debs: &Path, into: &Path) -> anyhow::Result<()> {
@@ -145,7 +139,7 @@ pub fn qemu() -> anyhow::Result<Qemu> {
             if !seen.insert(p.clone()) || installed(&p) {
                 continue;
             }
-            todo.extend(depends(&p)?);
+            todo.extend(crate::apt::fresh("apt-cache depends", || depends(&p))?);
             need.push(p);
         }
         let debs = dir.join("debs");
@@ -227,9 +221,11 @@ fn cached_kernel(prefix: &str) -> Option<String> {
     found.pop().map(|r| format!("linux-image-{r}"))
 }
 
-pub fn kernel(spec: &str) -> anyhow::Result<Kernel> {
-    let package = match kernel_package(spec) {
-        Ok(p) => p,
+/// The package `spec` names, asking apt again with fresh lists when it cannot say; a
+/// cached build of the same series when even that fails (offline).
+fn resolve_kernel(spec: &str) -> anyhow::Result<String> {
+    match crate::apt::fresh("resolving the kernel", || kernel_package(spec)) {
+        Ok(p) => Ok(p),
         Err(e) => {
             let prefix = match spec {
                 "6.1" => "6.1.",
@@ -238,9 +234,21 @@ pub fn kernel(spec: &str) -> anyhow::Result<Kernel> {
             };
             let cached = cached_kernel(prefix).ok_or(e)?;
             eprintln!("vm-test: apt cannot resolve `{spec}`; using the cached {cached}");
-            cached
+            Ok(cached)
         }
-    };
+    }
+}
+
+/// The kernel `spec` names, fetched into the cache if it is not there. Stale lists can name
+/// a build the archive no longer has: then the lists are refreshed and `spec` resolved again.
+pub fn kernel(spec: &str) -> anyhow::Result<Kernel> {
+    crate::apt::fresh("fetching the kernel", || {
+        fetch_kernel(&resolve_kernel(spec)?)
+    })
+}
+
+fn fetch_kernel(package: &str) -> anyhow::Result<Kernel> {
+    let package = package.to_string();
     let release = package
         .strip_prefix("linux-image-")
         .unwrap_or(&package)
