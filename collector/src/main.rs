@@ -330,10 +330,10 @@ async fn main() -> anyhow::Result<()> {
             write(&dir.join("ca.pem"), &ca.cert)?;
             write(&dir.join("server.pem"), &server.cert)?;
             println!(
-                "CA, server certificate ({}) and enrollment key in {}\nGive agents {} and a token from `enroll-token --clinic ID`.",
+                "CA, server certificate ({}) and enrollment key in {}\nCA SHA-256 (agents enroll with it): {}\nNext: `enroll-token --clinic ID` for each clinic.",
                 name.join(", "),
                 dir.display(),
-                dir.join("ca.pem").display()
+                pki::cert_sha256(&ca.cert)?
             );
         }
         Cmd::EnrollToken { clinic, days } => {
@@ -354,6 +354,11 @@ async fn main() -> anyhow::Result<()> {
                 .as_secs()
                 + days as u64 * 86_400;
             println!("{}", enroll::make_token(&key, &clinic, exp));
+            // The token alone on stdout (for scripts); how to use it on stderr.
+            let pin = pki::cert_sha256(&read(&dir.join("ca.pem"))?)?;
+            eprintln!(
+                "token for clinic `{clinic}`, valid {days} day(s). On each of the clinic's workstations, after installing the agent:\n  clinicwatch-agent enroll --collector https://COLLECTOR:7443 --token TOKEN --ca-sha256 {pin}"
+            );
         }
         Cmd::Issue {
             clinic,

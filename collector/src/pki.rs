@@ -91,6 +91,17 @@ pub fn pem_to_der(pem: &str) -> Result<Vec<u8>, PkiError> {
         .map_err(|e| PkiError::Parse(e.to_string()))
 }
 
+/// The SHA-256 of a PEM certificate's DER, hex: the pin agents enroll with
+/// (`clinicwatch-agent enroll --ca-sha256`).
+pub fn cert_sha256(pem: &str) -> Result<String, PkiError> {
+    use sha2::Digest as _;
+    let der = pem_to_der(pem)?;
+    Ok(sha2::Sha256::digest(&der)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
 /// (clinic, host) named by a client certificate (DER).
 pub fn identity(der: &[u8]) -> Result<(String, String), PkiError> {
     let (_, cert) =

@@ -27,9 +27,19 @@ pub fn tls_from_dir(dir: &Path) -> anyhow::Result<ServerTlsConfig> {
         std::fs::read_to_string(&p)
             .map_err(|e| anyhow::anyhow!("cannot read `{}`: {e}", p.display()))
     };
+    // The chain sent to clients ends with the CA, so that an agent can fetch it and check it
+    // against the pin it was given (`clinicwatch-agent enroll --ca-sha256`).
+    let ca = read("ca.pem")?;
+    let mut chain = read("server.pem")?;
+    if !chain.contains(ca.trim()) {
+        if !chain.ends_with('\n') {
+            chain.push('\n');
+        }
+        chain.push_str(&ca);
+    }
     Ok(ServerTlsConfig::new()
-        .identity(Identity::from_pem(read("server.pem")?, read("server.key")?))
-        .client_ca_root(Certificate::from_pem(read("ca.pem")?))
+        .identity(Identity::from_pem(chain, read("server.key")?))
+        .client_ca_root(Certificate::from_pem(ca))
         .client_auth_optional(true))
 }
 

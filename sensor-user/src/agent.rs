@@ -276,6 +276,22 @@ impl Agent {
         write_output: bool,
         subscriber: Option<Sender<Event>>,
     ) -> anyhow::Result<Agent> {
+        Self::start_as(cfg, write_output, subscriber, false)
+    }
+
+    /// Loads and attaches every probe with nothing written anywhere: no state folder, no
+    /// privacy key, no baselines, no spool, no connection to the collector
+    /// (`clinicwatch-agent check`).
+    pub fn probe(cfg: &Config) -> anyhow::Result<Agent> {
+        Self::start_as(cfg, false, None, true)
+    }
+
+    fn start_as(
+        cfg: &Config,
+        write_output: bool,
+        subscriber: Option<Sender<Event>>,
+        probe_only: bool,
+    ) -> anyhow::Result<Agent> {
         cfg.validate()?;
         let exes = resolve_apps(cfg)?;
         let protected = resolve_protected(cfg)?;
@@ -286,6 +302,7 @@ impl Agent {
                 .then(|| PathBuf::from(&cfg.agent.cgroup_root)),
             disabled_hooks: cfg.agent.disabled_hooks.clone(),
         };
+        crate::privileges::check()?;
         let (sensor, ring) = Sensor::load(&opts)?;
         for c in &sensor.capabilities {
             match (c.hook.as_deref(), c.scope) {
@@ -308,7 +325,11 @@ impl Agent {
                 info!(capability = %c.capability, hook = %t.hook, reason = %t.error, "hook passed over");
             }
         }
-        let mut output = Output::open(write_output.then_some(cfg.agent.output.as_str()))
+        let rotation = crate::output::Rotation {
+            max_bytes: cfg.agent.output_max_mb << 20,
+            keep: cfg.agent.output_keep,
+        };
+        let mut output = Output::open(write_output.then_some(cfg.agent.output.as_str()), rotation)
             .with_context(|| format!("cannot open output `{}`", cfg.agent.output))?;
         if let Some(tx) = subscriber {
             output.subscribe(tx);
@@ -322,15 +343,12 @@ impl Agent {
             None
         };
         let handler = Handler::new(cfg);
-        let intel = Intel::new(
-            cfg,
-            Some(Persist {
-                state_dir: cfg.agent.state_dir.clone(),
-            }),
-            handler.clock.now(),
-        )
-        .context("cannot start the detectors")?;
-        let (spool, exporter) = if cfg.export.collector.is_empty() {
+        let persist = (!probe_only).then(|| Persist {
+            state_dir: cfg.agent.state_dir.clone(),
+        });
+        let intel =
+            Intel::new(cfg, persist, handler.clock.now()).context("cannot start the detectors")?;
+        let (spool, exporter) = if probe_only || cfg.export.collector.is_empty() {
             (None, None)
         } else {
             let spool = crate::spool::Spool::open(crate::spool::SpoolConfig {

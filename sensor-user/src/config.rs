@@ -4,6 +4,8 @@
 //! ```toml
 //! [agent]
 //! output = "-"                  # "-" for stdout, or a file to append JSON lines to
+//! output_max_mb = 64            # the file rotates before it would pass this (0: never)
+//! output_keep = 3               # rotated files kept: FILE.1 (newest) .. FILE.3
 //! snapshot_interval_secs = 10   # how often counters are written (0 disables snapshots)
 //! cgroup_root = "auto"          # cgroup v2 mount for the socket hooks, or a path
 //! disabled_hooks = []           # hook options never to try, e.g. ["lsm:file_open"]
@@ -212,6 +214,10 @@ pub struct ClassRuleConfig {
 pub struct AgentConfig {
     /// `-` for stdout, or a file path (appended to). Default `-`.
     pub output: String,
+    /// The output file is rotated before it would pass this many MiB; 0 never. Default 64.
+    pub output_max_mb: u64,
+    /// Rotated output files kept (`FILE.1` newest .. `FILE.N`). Default 3.
+    pub output_keep: u32,
     /// Seconds between counter snapshots; 0 disables them. Default 10.
     pub snapshot_interval_secs: u64,
     /// `auto` finds the cgroup v2 mount; otherwise its path. Default `auto`.
@@ -229,6 +235,8 @@ impl Default for AgentConfig {
     fn default() -> Self {
         Self {
             output: "-".into(),
+            output_max_mb: 64,
+            output_keep: 3,
             snapshot_interval_secs: 10,
             cgroup_root: "auto".into(),
             disabled_hooks: Vec::new(),
@@ -299,6 +307,12 @@ impl Config {
         }
         if self.agent.output.is_empty() {
             return bad("agent.output".into(), "must be `-` or a file path");
+        }
+        if self.agent.output_max_mb > 1 << 20 {
+            return bad("agent.output_max_mb".into(), "at most 1048576 (1 TiB)");
+        }
+        if self.agent.output_keep > 1000 {
+            return bad("agent.output_keep".into(), "at most 1000 rotated files");
         }
         for (i, app) in self.apps.iter().enumerate() {
             if app.name.trim().is_empty() {

@@ -34,15 +34,23 @@ pub fn due(not_before: i64, not_after: i64, now: i64) -> bool {
 }
 
 /// Writes `data` to `path` through a temporary file and a rename; `secret` makes it 0600.
-fn write_atomic(path: &Path, data: &str, secret: bool) -> anyhow::Result<()> {
+pub(crate) fn write_atomic(path: &Path, data: &str, secret: bool) -> anyhow::Result<()> {
+    write_atomic_mode(path, data, if secret { 0o600 } else { 0o644 })
+}
+
+/// Writes `data` to `path` with `mode` through a temporary file, an fsync and a rename.
+pub(crate) fn write_atomic_mode(path: &Path, data: &str, mode: u32) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
     let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(if secret { 0o600 } else { 0o644 })
+        .mode(mode)
         .open(&tmp)
         .with_context(|| format!("cannot create `{}`", tmp.display()))?;
+    // The umask may have narrowed `mode`.
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(mode))
+        .with_context(|| format!("cannot set the mode of `{}`", tmp.display()))?;
     f.write_all(data.as_bytes())
         .and_then(|()| f.sync_all())
         .with_context(|| format!("cannot write `{}`", tmp.display()))?;
@@ -101,8 +109,8 @@ async fn request(cfg: &ExportConfig, token: &str) -> anyhow::Result<(String, Str
 }
 
 /// Enrolls with a token; writes `export.key_file` (0600) and `export.cert_file`. Returns the
-/// certificate's end (unix seconds).
-pub async fn enroll(cfg: &ExportConfig, token: &str, force: bool) -> anyhow::Result<f64> {
+/// clinic the certificate names (the token's) and its end (unix seconds).
+pub async fn enroll(cfg: &ExportConfig, token: &str, force: bool) -> anyhow::Result<(String, f64)> {
     if token.trim().is_empty() {
         anyhow::bail!("the enrollment token is empty");
     }
@@ -113,14 +121,15 @@ pub async fn enroll(cfg: &ExportConfig, token: &str, force: bool) -> anyhow::Res
         );
     }
     let (key, cert, not_after) = request(cfg, token).await?;
-    names(cfg, &cert)?;
+    let clinic = names(cfg, &cert)?;
     store(cfg, &key, &cert)?;
-    Ok(not_after)
+    Ok((clinic, not_after))
 }
 
-/// Checks that the certificate names this clinic (O) and host (CN): a token of another
-/// clinic would give a certificate the collector then refuses for `export.clinic`.
-fn names(cfg: &ExportConfig, cert_pem: &str) -> anyhow::Result<()> {
+/// Checks that the certificate names this host (CN) and, when `export.clinic` is set, this
+/// clinic (O): a token of another clinic would give a certificate the collector then
+/// refuses for `export.clinic`. Returns the clinic it names.
+fn names(cfg: &ExportConfig, cert_pem: &str) -> anyhow::Result<String> {
     let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
         .map_err(|e| anyhow::anyhow!("the collector sent no PEM certificate: {e}"))?;
     let cert = pem
@@ -134,14 +143,14 @@ fn names(cfg: &ExportConfig, cert_pem: &str) -> anyhow::Result<()> {
     };
     let o = first(&mut cert.subject().iter_organization());
     let cn = first(&mut cert.subject().iter_common_name());
-    if o != cfg.clinic || cn != cfg.host {
+    if (!cfg.clinic.is_empty() && o != cfg.clinic) || cn != cfg.host {
         anyhow::bail!(
             "the certificate is for {o}/{cn}, but `export` says {}/{}: the token is for clinic `{o}`; fix `export.clinic` or use that clinic's token",
             cfg.clinic,
             cfg.host
         );
     }
-    Ok(())
+    Ok(o)
 }
 
 /// Key first, then certificate: each replaced whole.
@@ -213,7 +222,16 @@ mod tests {
             clinic: "clinic-x".into(),
             ..cfg
         };
-        names(&ok, &cert).unwrap();
+        assert_eq!(names(&ok, &cert).unwrap(), "clinic-x");
+        let unset = ExportConfig {
+            clinic: String::new(),
+            ..ok
+        };
+        assert_eq!(
+            names(&unset, &cert).unwrap(),
+            "clinic-x",
+            "one-step enrollment learns the clinic"
+        );
     }
 
     #[test]

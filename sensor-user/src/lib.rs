@@ -5,6 +5,7 @@
 //! ring buffer → [`decode`] → [`handler`] (process table in [`proctable`]) → [`output`].
 
 pub mod agent;
+pub mod bootstrap;
 pub mod btf;
 pub mod capabilities;
 pub mod config;
@@ -17,6 +18,7 @@ pub mod exporter;
 pub mod handler;
 pub mod intel;
 pub mod output;
+pub mod privileges;
 pub mod procfs;
 pub mod proctable;
 pub mod query;

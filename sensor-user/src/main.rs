@@ -37,13 +37,28 @@ enum Cmd {
     /// (and why better ones were passed over), then detach and exit. Without `--config`
     /// and with no file at the default path, watches only the agent's own executable.
     Check,
-    /// Get this host's client certificate from the collector with the clinic's enrollment
-    /// token (`clinicwatch-collector enroll-token --clinic ID`). Uses `[export]`: collector,
-    /// host, ca_file (the collector's CA, copied beforehand); writes key_file and cert_file.
+    /// Enroll this host in one step: fetch (or read) the collector's CA, make the key and
+    /// CSR, get the certificate with the clinic's token (`clinicwatch-collector
+    /// enroll-token --clinic ID` prints it with the CA's SHA-256), and write the `[export]`
+    /// section of the config file. Then start the service.
     Enroll {
+        /// The collector, `https://HOST:PORT` (default: `export.collector` of the config).
+        #[arg(long)]
+        collector: Option<String>,
         /// The token, or `-` to read it from stdin (keeps it out of the process list).
         #[arg(long)]
         token: String,
+        /// The collector's CA certificate's SHA-256 (hex): the CA is fetched from the
+        /// collector and checked against it.
+        #[arg(long, conflicts_with = "ca_file")]
+        ca_sha256: Option<String>,
+        /// The collector's CA certificate (PEM) instead of fetching it (default:
+        /// `export.ca_file` of the config).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// This host's id (default: the host name).
+        #[arg(long)]
+        host: Option<String>,
         /// Enroll again even if `export.key_file` exists.
         #[arg(long)]
         force: bool,
@@ -116,36 +131,25 @@ fn main() -> anyhow::Result<()> {
     };
     match cli.cmd {
         Some(Cmd::Check) => return check(cli.config),
-        Some(Cmd::Enroll { token, force }) => {
-            let cfg = Config::from_file(&path)?;
-            if cfg.export.collector.is_empty() {
-                anyhow::bail!("`export.collector` is not set in `{}`", path.display());
-            }
-            let token = if token == "-" {
-                let mut t = String::new();
-                std::io::stdin()
-                    .read_line(&mut t)
-                    .context("cannot read the token from stdin")?;
-                t
-            } else {
-                token
-            };
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let not_after = rt.block_on(clinicwatch_agent::enroll::enroll(
-                &cfg.export,
-                &token,
-                force,
-            ))?;
-            println!(
-                "enrolled {}/{}: certificate in {} until {}",
-                cfg.export.clinic,
-                cfg.export.host,
-                cfg.export.cert_file.display(),
-                report::utc(not_after)
-            );
-            return Ok(());
+        Some(Cmd::Enroll {
+            collector,
+            token,
+            ca_sha256,
+            ca_file,
+            host,
+            force,
+        }) => {
+            return enroll(
+                &path,
+                EnrollArgs {
+                    collector,
+                    token,
+                    ca_sha256,
+                    ca_file,
+                    host,
+                    force,
+                },
+            )
         }
         Some(Cmd::Baseline { cmd }) => {
             let cfg = Config::from_file(&path)?;
@@ -232,6 +236,73 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+struct EnrollArgs {
+    collector: Option<String>,
+    token: String,
+    ca_sha256: Option<String>,
+    ca_file: Option<PathBuf>,
+    host: Option<String>,
+    force: bool,
+}
+
+fn enroll(path: &std::path::Path, a: EnrollArgs) -> anyhow::Result<()> {
+    use clinicwatch_agent::bootstrap::{self, CaSource};
+    let cfg = Config::from_file(path)?;
+    let collector = a.collector.unwrap_or_else(|| cfg.export.collector.clone());
+    if collector.is_empty() {
+        anyhow::bail!(
+            "no collector: pass `--collector https://HOST:7443` (or set `export.collector` in `{}`)",
+            path.display()
+        );
+    }
+    let ca = match (a.ca_sha256, a.ca_file) {
+        (Some(pin), _) => CaSource::Pin(pin),
+        (None, Some(file)) => CaSource::File(file),
+        (None, None) if !cfg.export.ca_file.as_os_str().is_empty() => {
+            CaSource::File(cfg.export.ca_file.clone())
+        }
+        (None, None) => anyhow::bail!(
+            "the collector's CA: pass `--ca-sha256 HASH` (printed by `clinicwatch-collector enroll-token`) or `--ca-file ca.pem`"
+        ),
+    };
+    let token = if a.token == "-" {
+        let mut t = String::new();
+        std::io::stdin()
+            .read_line(&mut t)
+            .context("cannot read the token from stdin")?;
+        t
+    } else {
+        a.token
+    };
+    let host = a
+        .host
+        .or_else(|| (!cfg.export.host.is_empty()).then(|| cfg.export.host.clone()))
+        .unwrap_or_else(bootstrap::default_host);
+    let req = bootstrap::Request {
+        config: path.to_path_buf(),
+        collector,
+        token,
+        ca,
+        host,
+        force: a.force,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let done = rt.block_on(bootstrap::enroll(&req))?;
+    let e = &done.export;
+    println!(
+        "enrolled {}/{} with {}: certificate {} until {}\n[export] written to {}\nnext: systemctl enable --now clinicwatch-agent   (or restart it if it runs)",
+        e.clinic,
+        e.host,
+        e.collector,
+        e.cert_file.display(),
+        report::utc(done.not_after),
+        path.display()
+    );
+    Ok(())
+}
+
 fn check(config: Option<PathBuf>) -> anyhow::Result<()> {
     let cfg = match config {
         Some(path) => Config::from_file(&path)?,
@@ -245,7 +316,7 @@ fn check(config: Option<PathBuf>) -> anyhow::Result<()> {
             Config::from_toml(&text)?
         }
     };
-    let agent = Agent::start(&cfg, false, None).context("cannot start the agent")?;
+    let agent = Agent::probe(&cfg).context("cannot start the agent")?;
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!("kernel {}", kernel.trim());
     print!(

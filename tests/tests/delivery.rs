@@ -279,16 +279,19 @@ fn agent_kill_9_mid_stream_and_collector_kill_9_mid_batch_lose_and_duplicate_not
     };
     let collector1 = start_collector();
 
-    // The agent's config; it enrolls with the token (only the CA is copied by hand).
-    std::fs::copy(cdir.join("ca.pem"), fx.dir.join("ca.pem")).unwrap();
+    // The agent's config has no collector, clinic or CA: it enrolls in one step with the
+    // token and the CA's pin, and `enroll` writes them into `[export]`.
+    let pin = clinicwatch_collector::pki::cert_sha256(
+        &std::fs::read_to_string(cdir.join("ca.pem")).unwrap(),
+    )
+    .unwrap();
     let cfg_path = fx.dir.join("agent.toml");
     std::fs::write(
         &cfg_path,
         format!(
             "[agent]\noutput = \"{dir}/events.jsonl\"\nsnapshot_interval_secs = 1\nstate_dir = \"{state}\"\n\
              [intel]\nwindow_secs = 1\nlearning_days = 0\npractice_hours = [\"daily 00:00-24:00\"]\n\
-             [export]\ncollector = \"https://localhost:{port}\"\nclinic = \"clinic-k\"\nhost = \"ws9\"\n\
-             ca_file = \"{dir}/ca.pem\"\ncert_file = \"{dir}/tls/cert.pem\"\nkey_file = \"{dir}/tls/key.pem\"\n\
+             [export]\ncert_file = \"{dir}/tls/cert.pem\"\nkey_file = \"{dir}/tls/key.pem\"\n\
              batch_records = 3\nheartbeat_secs = 1\n\
              [[app]]\nname = \"pm-client\"\nexe = \"{exe}\"\n",
             state = fx.state_dir().display(),
@@ -302,9 +305,30 @@ fn agent_kill_9_mid_stream_and_collector_kill_9_mid_batch_lose_and_duplicate_not
         Command::new(&agent_bin)
             .arg("--config")
             .arg(&cfg_path)
-            .args(["enroll", "--token", token.trim()]),
+            .args(["enroll", "--token", token.trim(), "--host", "ws9"])
+            .args(["--collector", &format!("https://localhost:{port}")])
+            .args(["--ca-sha256", &pin]),
     );
     assert!(said.contains("enrolled clinic-k/ws9"), "{said}");
+    let written = clinicwatch_agent::Config::from_file(&cfg_path).unwrap();
+    assert_eq!(written.export.clinic, "clinic-k", "the clinic comes from the certificate");
+    assert_eq!(written.export.collector, format!("https://localhost:{port}"));
+    assert_eq!(
+        std::fs::read_to_string(&written.export.ca_file).unwrap(),
+        std::fs::read_to_string(cdir.join("ca.pem")).unwrap().replace("\r\n", "\n"),
+        "the pinned CA is the collector's"
+    );
+    // A wrong pin is refused before any token is sent.
+    let wrong = Command::new(&agent_bin)
+        .arg("--config")
+        .arg(&cfg_path)
+        .args(["enroll", "--force", "--token", token.trim(), "--host", "ws9"])
+        .args(["--ca-sha256", &"0".repeat(64)])
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success());
+    let err = String::from_utf8_lossy(&wrong.stderr);
+    assert!(err.contains("presented no certificate with SHA-256"), "{err}");
     let key_mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(fx.dir.join("tls/key.pem"))
             .unwrap()
