@@ -276,6 +276,21 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// The example (every key at its default) and the config the package installs load.
+    #[test]
+    fn the_example_and_packaged_configs_load() {
+        let example = include_str!("../../examples/collector.toml");
+        let c = Config::parse(example, "examples/collector.toml").unwrap();
+        let d = Config::parse("", "defaults").unwrap();
+        assert_eq!(
+            format!("{c:?}"),
+            format!("{d:?}"),
+            "the example shows the defaults"
+        );
+        let packaged = include_str!("../../packaging/collector/collector.toml");
+        Config::parse(packaged, "packaging/collector/collector.toml").unwrap();
+    }
+
     #[test]
     fn defaults_and_errors_that_name_the_key() {
         let c = Config::parse("", "c.toml").unwrap();

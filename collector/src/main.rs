@@ -284,9 +284,17 @@ fn incidents(st: &mut dyn store::Store, cmd: IncidentsCmd) -> anyhow::Result<()>
 
 /// The configuration: `--config FILE`, else DIR/collector.toml if it exists; `--db`
 /// overrides the store, which defaults to DIR/collector.db.
+/// Where the Debian package installs the configuration.
+const PACKAGED_CONFIG: &str = "/etc/clinicwatch-collector/collector.toml";
+
 fn load_config(dir: &Path, config: Option<&Path>, db: Option<String>) -> anyhow::Result<Config> {
+    // Without --config: DIR/collector.toml, else the packaged /etc/clinicwatch-collector one.
+    let packaged = Path::new(PACKAGED_CONFIG);
     let mut cfg = match config {
         Some(p) => Config::load(p, false)?,
+        None if !dir.join("collector.toml").exists() && packaged.exists() => {
+            Config::load(packaged, false)?
+        }
         None => Config::load(&dir.join("collector.toml"), true)?,
     };
     if let Some(db) = db {
@@ -302,6 +310,8 @@ fn load_config(dir: &Path, config: Option<&Path>, db: Option<String>) -> anyhow:
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // The journal (or a log file) gets plain text; colour only on a terminal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )

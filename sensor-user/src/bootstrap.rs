@@ -239,8 +239,35 @@ pub async fn enroll(req: &Request) -> anyhow::Result<Enrolled> {
     crate::enroll::write_atomic(&export.ca_file, &ca, false)?;
     let (clinic, not_after) = crate::enroll::enroll(&export, &req.token, req.force).await?;
     export.clinic = clinic;
+    hand_over(
+        &cfg.agent.state_dir,
+        &[&export.ca_file, &export.cert_file, &export.key_file],
+    )?;
     write_export(&req.config, &export)?;
     Ok(Enrolled { export, not_after })
+}
+
+/// Gives the files `enroll` wrote (as root) to the owner of the state folder: the packaged
+/// service runs as its own user, which must read its key and renew its certificate.
+fn hand_over(state_dir: &Path, files: &[&PathBuf]) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(meta) = std::fs::metadata(state_dir) else {
+        return Ok(());
+    };
+    if meta.uid() == 0 {
+        return Ok(());
+    }
+    for f in files {
+        std::os::unix::fs::chown(f, Some(meta.uid()), Some(meta.gid())).with_context(|| {
+            format!(
+                "cannot give `{}` to the owner of `{}` (uid {})",
+                f.display(),
+                state_dir.display(),
+                meta.uid()
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// Sets the `[export]` keys in the TOML file at `path`, keeping its comments and its other

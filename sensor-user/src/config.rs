@@ -471,6 +471,33 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// The shipped configs are real configs: the example (every key at its default) and the
+    /// one the package installs in /etc/clinicwatch.
+    #[test]
+    fn the_example_and_packaged_configs_load() {
+        for (name, text) in [
+            (
+                "examples/agent.toml",
+                include_str!("../../examples/agent.toml"),
+            ),
+            (
+                "packaging/agent/agent.toml",
+                include_str!("../../packaging/agent/agent.toml"),
+            ),
+        ] {
+            let cfg = Config::from_toml(text).unwrap_or_else(|e| panic!("`{name}`: {e}"));
+            assert!(!cfg.apps.is_empty(), "`{name}` watches an application");
+        }
+        let example = Config::from_toml(include_str!("../../examples/agent.toml")).unwrap();
+        assert_eq!(
+            example.agent,
+            AgentConfig::default(),
+            "the example shows the defaults"
+        );
+        assert_eq!(example.intel, IntelConfig::default());
+        assert_eq!(example.export, ExportConfig::default());
+    }
+
     #[test]
     fn minimal_config_gets_defaults() {
         let cfg = Config::from_toml("[[app]]\nname = \"pm\"\nexe = \"/usr/bin/pm\"\n").unwrap();

@@ -1,17 +1,21 @@
 //! The capabilities the agent needs, checked before anything is loaded, so that a missing
 //! one is named instead of surfacing later as an EPERM from a probe or an empty `/proc`.
 //!
-//! Measured (tests/tests/service.rs runs the agent as an unprivileged uid with exactly this
-//! set, then with each one removed):
-//! - `CAP_BPF`: create maps, load programs, read BTF.
-//! - `CAP_PERFMON`: tracing program types (tracepoint, tp_btf, fentry/fexit, LSM, uprobes)
-//!   and the kernel-memory reads they make.
-//! - `CAP_NET_ADMIN`: the cgroup socket and skb programs (connects, flow bytes), and their
-//!   attachment to the cgroup v2 root.
-//! - `CAP_SYS_PTRACE`: `/proc/PID/exe`, `maps` and `root/` of other users' processes
-//!   (seeding the watched trees, finding the TLS library a browser loaded).
-//! - `CAP_DAC_READ_SEARCH`: stat and glob the protected files in users' homes (Debian 12
-//!   makes homes 0700), tracefs (0700), and libraries under `/proc/PID/root`.
+//! Measured on this project's 6.18 host (2026-12-02): the agent as uid 65534 under
+//! `setpriv --ambient-caps` with exactly this set gives the exact byte counts, connections
+//! and seeded trees that root gives (tests/tests/service.rs checks it); with the check
+//! bypassed and one capability removed at a time:
+//! - `CAP_BPF`: without it nothing loads (maps, programs, BTF).
+//! - `CAP_PERFMON`: without it nothing loads (tracing program types: tracepoint, tp_btf,
+//!   fentry/fexit, LSM, uprobes, and their kernel-memory reads).
+//! - `CAP_NET_ADMIN`: without it `net_connect`, `net_bytes` and `net_close` are unavailable
+//!   (cgroup socket and skb programs, and their attachment to the cgroup v2 root).
+//! - `CAP_SYS_PTRACE`: without it a PM client already running as another user is not
+//!   seeded (`/proc/PID/exe`, `maps`, `root/` of other users' processes), and its TLS
+//!   library is not found.
+//! - `CAP_DAC_READ_SEARCH`: without it tracefs (mode 0700) cannot be read, so the tracepoint
+//!   fallbacks of `file_open`/`file_read` are unavailable; protected files in users' homes
+//!   (0700 on Debian 12) cannot be found either.
 //!
 //! Not needed: `CAP_SYS_ADMIN` (on kernels from 5.8, which have CAP_BPF and CAP_PERFMON; on
 //! older ones it stands in for both), `CAP_SYS_RESOURCE` (kernels from 5.11 charge BPF memory

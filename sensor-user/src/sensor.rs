@@ -27,8 +27,6 @@ pub static EBPF_OBJECT: &[u8] =
 
 #[derive(Debug, thiserror::Error)]
 pub enum SensorError {
-    #[error("clinicwatch-agent must run as root: loading eBPF programs needs CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN (effective uid is {0})")]
-    NotRoot(u32),
     #[error("this agent was built without its eBPF object (bpf-linker was missing at build time): run `cargo xtask setup`, then rebuild")]
     NoObject,
     #[error("this kernel has no BTF at `{VMLINUX_BTF}` (CONFIG_DEBUG_INFO_BTF): the agent needs it to find kernel struct offsets")]
@@ -98,11 +96,6 @@ impl Sensor {
     /// Loads the programs and attaches the best hook for each capability. Also returns the
     /// ring buffer of events.
     pub fn load(opts: &SensorOptions) -> Result<(Self, RingBuf<MapData>), SensorError> {
-        // SAFETY: plain syscall.
-        let euid = unsafe { libc::geteuid() };
-        if euid != 0 {
-            return Err(SensorError::NotRoot(euid));
-        }
         if EBPF_OBJECT.is_empty() {
             return Err(SensorError::NoObject);
         }

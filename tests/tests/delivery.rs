@@ -311,24 +311,42 @@ fn agent_kill_9_mid_stream_and_collector_kill_9_mid_batch_lose_and_duplicate_not
     );
     assert!(said.contains("enrolled clinic-k/ws9"), "{said}");
     let written = clinicwatch_agent::Config::from_file(&cfg_path).unwrap();
-    assert_eq!(written.export.clinic, "clinic-k", "the clinic comes from the certificate");
-    assert_eq!(written.export.collector, format!("https://localhost:{port}"));
+    assert_eq!(
+        written.export.clinic, "clinic-k",
+        "the clinic comes from the certificate"
+    );
+    assert_eq!(
+        written.export.collector,
+        format!("https://localhost:{port}")
+    );
     assert_eq!(
         std::fs::read_to_string(&written.export.ca_file).unwrap(),
-        std::fs::read_to_string(cdir.join("ca.pem")).unwrap().replace("\r\n", "\n"),
+        std::fs::read_to_string(cdir.join("ca.pem"))
+            .unwrap()
+            .replace("\r\n", "\n"),
         "the pinned CA is the collector's"
     );
     // A wrong pin is refused before any token is sent.
     let wrong = Command::new(&agent_bin)
         .arg("--config")
         .arg(&cfg_path)
-        .args(["enroll", "--force", "--token", token.trim(), "--host", "ws9"])
+        .args([
+            "enroll",
+            "--force",
+            "--token",
+            token.trim(),
+            "--host",
+            "ws9",
+        ])
         .args(["--ca-sha256", &"0".repeat(64)])
         .output()
         .unwrap();
     assert!(!wrong.status.success());
     let err = String::from_utf8_lossy(&wrong.stderr);
-    assert!(err.contains("presented no certificate with SHA-256"), "{err}");
+    assert!(
+        err.contains("presented no certificate with SHA-256"),
+        "{err}"
+    );
     let key_mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(fx.dir.join("tls/key.pem"))
             .unwrap()

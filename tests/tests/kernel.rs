@@ -497,8 +497,10 @@ fn agent_run_unprivileged_says_what_is_missing() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("must run as root"), "{stderr}");
-    assert!(stderr.contains("CAP_BPF"), "{stderr}");
+    // Every capability it lacks is named, with what it is for.
+    for (_, name, _) in clinicwatch_agent::privileges::REQUIRED {
+        assert!(stderr.contains(&format!("{name} (to ")), "{stderr}");
+    }
 }
 
 /// eBPF programs and links this process holds open (their fds are `anon_inode:bpf-*`).

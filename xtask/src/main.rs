@@ -2,7 +2,8 @@
 //!
 //! - `setup`: installs what a fresh machine lacks to build the eBPF programs (idempotent).
 //! - `build`: builds the agent with its embedded eBPF object, and the test workload.
-//! - `demo`: builds, then runs the agent against the demo workload and prints its events.
+//! - `demo`: builds in release, then tells the story on this machine (root): a collector, this
+//!   host's agent enrolled with it, a simulated fleet, an infostealer, a fleet incident.
 //! - `test`: setup, build, then every test of the workspace, kernel tests included (root),
 //!   then the kernel tests again inside VMs booting Debian's 6.1 and 6.12 (`vm-test`).
 //! - `bench`: builds in release, then runs `cw-bench` (overhead ratios, burst, scale);
@@ -10,9 +11,12 @@
 //!   fleet simulation (5,000 clinics, a normal day, a campaign).
 //! - `vm-test`: the kernel tests inside VMs booting Debian's 6.1 and 6.12 kernels (root).
 //! - `run -- ARGS`: builds and runs `clinicwatch-agent ARGS`.
+//! - `package`: builds in release, then the Debian packages of the agent and the collector
+//!   in `target/debian/` (`--no-build`: from the release binaries already built).
 
 mod apt;
 mod demo;
+mod package;
 mod setup;
 mod util;
 mod vm;
@@ -35,8 +39,17 @@ enum Cmd {
         #[arg(long)]
         release: bool,
     },
-    /// Run the agent against a demo workload on this machine (root).
-    Demo,
+    /// The whole pipeline on this machine (root, release builds): a collector, this host's
+    /// agent enrolled with it, 30 simulated clinics, then an infostealer here and in a dozen
+    /// clinics, and the fleet incident it opens. Runs until Ctrl-C.
+    Demo {
+        /// Exit (0) once the incident is seen and printed, for CI.
+        #[arg(long)]
+        until_incident: bool,
+        /// Seconds from the start (after the build) within which the incident must open.
+        #[arg(long, default_value_t = 90)]
+        timeout: u64,
+    },
     /// Run every test: unit tests, the eBPF object test, the kernel tests (root) on this
     /// kernel, then the kernel tests in VMs on Debian's 6.1 and 6.12 kernels.
     Test {
@@ -85,6 +98,13 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Build in release, then the Debian packages of the agent and the collector
+    /// (target/debian/*.deb).
+    Package {
+        /// Package the release binaries already in target/release (no setup, no build).
+        #[arg(long)]
+        no_build: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -94,10 +114,16 @@ fn main() -> anyhow::Result<()> {
             setup::setup()?;
             util::build(release)
         }
-        Cmd::Demo => {
+        Cmd::Demo {
+            until_incident,
+            timeout,
+        } => {
             setup::setup()?;
-            util::build(false)?;
-            demo::demo()
+            util::build(true)?;
+            demo::demo(&demo::Options {
+                until_incident,
+                timeout: std::time::Duration::from_secs(timeout),
+            })
         }
         Cmd::Test { host_only, args } => {
             setup::setup()?;
@@ -150,6 +176,7 @@ fn main() -> anyhow::Result<()> {
                 allow_skips,
             })
         }
+        Cmd::Package { no_build } => package::package(!no_build),
         Cmd::Run { args } => {
             setup::setup()?;
             util::build(false)?;

@@ -13,6 +13,7 @@
 //! FULL`; the load comes from this process. TLS off (plaintext HTTP/2, identity from request
 //! metadata) exists only here, to price TLS.
 
+mod demo_fleet;
 mod fleet;
 mod load;
 mod serve;
@@ -66,6 +67,27 @@ enum Cmd {
         #[arg(long, default_value_t = 300)]
         concurrency: usize,
     },
+    /// A few dozen clinics streaming to a running collector until stdin closes; a line
+    /// `campaign` makes some of them report an infostealer (see demo_fleet.rs).
+    DemoFleet {
+        /// The collector's agent port on localhost.
+        #[arg(long)]
+        port: u16,
+        /// The collector's folder (`ca.pem`, `ca.key`: each clinic gets its certificate).
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// The infostealer's destination, `IP:PORT/PROTOCOL`.
+        #[arg(long)]
+        destination: String,
+        #[arg(long, default_value_t = 30)]
+        clinics: usize,
+        /// Clinics the infostealer reaches.
+        #[arg(long, default_value_t = 12)]
+        campaign: usize,
+        /// Seconds between a clinic's window summaries.
+        #[arg(long, default_value_t = 5.0)]
+        every: f64,
+    },
     /// The collector under test (started by the bench itself).
     Serve {
         #[arg(long)]
@@ -95,6 +117,21 @@ fn main() -> anyhow::Result<()> {
     raise_nofile();
     match cli.cmd {
         Some(Cmd::Serve { dir, tls }) => serve::serve(&dir, tls),
+        Some(Cmd::DemoFleet {
+            port,
+            ca_dir,
+            destination,
+            clinics,
+            campaign,
+            every,
+        }) => demo_fleet::run(demo_fleet::DemoFleetOptions {
+            port,
+            ca_dir,
+            destination,
+            clinics: clinics.max(1),
+            campaign: campaign.min(clinics),
+            every: std::time::Duration::from_secs_f64(every.max(0.5)),
+        }),
         Some(Cmd::Fleet {
             clinics,
             agents_per_clinic,
