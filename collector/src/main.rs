@@ -17,7 +17,7 @@ use clinicwatch_collector::{config::Config, enroll, pki, server, store};
 struct Cli {
     /// Folder of the CA, the server certificate, the enrollment key, `collector.toml` and
     /// (by default) the SQLite database.
-    #[arg(long, default_value = "/var/lib/clinicwatch-collector")]
+    #[arg(long, default_value = PACKAGED_DIR)]
     dir: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,
@@ -282,17 +282,21 @@ fn incidents(st: &mut dyn store::Store, cmd: IncidentsCmd) -> anyhow::Result<()>
     Ok(())
 }
 
-/// The configuration: `--config FILE`, else DIR/collector.toml if it exists; `--db`
-/// overrides the store, which defaults to DIR/collector.db.
-/// Where the Debian package installs the configuration.
+/// The Debian package's layout: its state folder (the default `--dir`) and its config.
+const PACKAGED_DIR: &str = "/var/lib/clinicwatch-collector";
 const PACKAGED_CONFIG: &str = "/etc/clinicwatch-collector/collector.toml";
 
+/// The configuration: `--config FILE`, else DIR/collector.toml if it exists, else (in the
+/// package's folder only) the package's config; `--db` overrides the store, which defaults
+/// to DIR/collector.db.
 fn load_config(dir: &Path, config: Option<&Path>, db: Option<String>) -> anyhow::Result<Config> {
-    // Without --config: DIR/collector.toml, else the packaged /etc/clinicwatch-collector one.
     let packaged = Path::new(PACKAGED_CONFIG);
     let mut cfg = match config {
         Some(p) => Config::load(p, false)?,
-        None if !dir.join("collector.toml").exists() && packaged.exists() => {
+        None if dir == Path::new(PACKAGED_DIR)
+            && !dir.join("collector.toml").exists()
+            && packaged.exists() =>
+        {
             Config::load(packaged, false)?
         }
         None => Config::load(&dir.join("collector.toml"), true)?,

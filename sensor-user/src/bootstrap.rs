@@ -24,6 +24,9 @@ use tokio_rustls::rustls::{
 
 use crate::config::ExportConfig;
 
+/// How long fetching the CA may take (a firewall that swallows packets, a tarpit).
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Where the CA comes from.
 pub enum CaSource {
     File(PathBuf),
@@ -147,15 +150,22 @@ pub async fn fetch_pinned_ca(url: &str, pin: &str) -> anyhow::Result<String> {
         .dangerous()
         .with_custom_certificate_verifier(recorder.clone())
         .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
-        .await
-        .with_context(|| format!("cannot connect to `{url}`"))?;
     let name = ServerName::try_from(host.clone())
         .with_context(|| format!("`{host}` is not a valid server name"))?;
-    tokio_rustls::TlsConnector::from(Arc::new(tls))
-        .connect(name, tcp)
+    let handshake = async {
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .with_context(|| format!("cannot connect to `{url}`"))?;
+        tokio_rustls::TlsConnector::from(Arc::new(tls))
+            .connect(name, tcp)
+            .await
+            .with_context(|| format!("TLS handshake with `{url}` failed"))
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
-        .with_context(|| format!("TLS handshake with `{url}` failed"))?;
+        .with_context(|| {
+            format!("`{url}` did not complete a TLS handshake within {HANDSHAKE_TIMEOUT:?}")
+        })??;
     let seen = recorder
         .seen
         .lock()
@@ -215,7 +225,8 @@ fn export_for(cfg: &crate::Config, req: &Request) -> ExportConfig {
     };
     ExportConfig {
         collector: req.collector.clone(),
-        clinic: String::new(),
+        // Checked against the certificate when set; learned from it when empty.
+        clinic: cfg.export.clinic.clone(),
         host: req.host.clone(),
         ca_file: or(&cfg.export.ca_file, "collector-ca.pem"),
         cert_file: or(&cfg.export.cert_file, "host.pem"),
@@ -224,50 +235,30 @@ fn export_for(cfg: &crate::Config, req: &Request) -> ExportConfig {
     }
 }
 
-/// Enrolls this host and writes `[export]` into the config file.
+/// Enrolls this host and writes `[export]` into the config file. Nothing is written before
+/// the collector has issued the certificate: a refused token, a wrong pin or an enrolled
+/// host leaves the CA, the key and the config as they were.
 pub async fn enroll(req: &Request) -> anyhow::Result<Enrolled> {
     let cfg = crate::Config::from_file(&req.config)?;
     let mut export = export_for(&cfg, req);
+    crate::enroll::check_not_enrolled(&export, req.force)?;
     let ca = match &req.ca {
         CaSource::File(p) => std::fs::read_to_string(p)
             .with_context(|| format!("cannot read the collector's CA `{}`", p.display()))?,
         CaSource::Pin(pin) => fetch_pinned_ca(&req.collector, pin).await?,
     };
-    if let Some(dir) = export.ca_file.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot make `{}`", dir.display()))?;
+    for p in [&export.ca_file, &export.key_file, &export.cert_file] {
+        if let Some(dir) = p.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot make `{}`", dir.display()))?;
+        }
     }
-    crate::enroll::write_atomic(&export.ca_file, &ca, false)?;
-    let (clinic, not_after) = crate::enroll::enroll(&export, &req.token, req.force).await?;
+    let (clinic, not_after) = crate::enroll::enroll(&export, &ca, &req.token, req.force).await?;
+    // Root's and world-readable: the service's user reads it, and cannot replace it.
+    crate::enroll::write_atomic_mode(&export.ca_file, &ca, 0o644, None)?;
     export.clinic = clinic;
-    hand_over(
-        &cfg.agent.state_dir,
-        &[&export.ca_file, &export.cert_file, &export.key_file],
-    )?;
     write_export(&req.config, &export)?;
     Ok(Enrolled { export, not_after })
-}
-
-/// Gives the files `enroll` wrote (as root) to the owner of the state folder: the packaged
-/// service runs as its own user, which must read its key and renew its certificate.
-fn hand_over(state_dir: &Path, files: &[&PathBuf]) -> anyhow::Result<()> {
-    use std::os::unix::fs::MetadataExt as _;
-    let Ok(meta) = std::fs::metadata(state_dir) else {
-        return Ok(());
-    };
-    if meta.uid() == 0 {
-        return Ok(());
-    }
-    for f in files {
-        std::os::unix::fs::chown(f, Some(meta.uid()), Some(meta.gid())).with_context(|| {
-            format!(
-                "cannot give `{}` to the owner of `{}` (uid {})",
-                f.display(),
-                state_dir.display(),
-                meta.uid()
-            )
-        })?;
-    }
-    Ok(())
 }
 
 /// Sets the `[export]` keys in the TOML file at `path`, keeping its comments and its other
@@ -298,12 +289,15 @@ pub fn write_export(path: &Path, export: &ExportConfig) -> anyhow::Result<()> {
     let out = doc.to_string();
     // What is written must load: the agent would otherwise not start.
     crate::Config::from_toml(&out).context("the updated config does not load")?;
-    let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(path)
-            .with_context(|| format!("cannot stat `{}`", path.display()))?
-            .permissions(),
-    );
-    crate::enroll::write_atomic_mode(path, &out, mode & 0o7777)
+    use std::os::unix::fs::MetadataExt as _;
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot stat `{}`", path.display()))?;
+    crate::enroll::write_atomic_mode(
+        path,
+        &out,
+        meta.mode() & 0o7777,
+        Some((meta.uid(), meta.gid())),
+    )
 }
 
 #[cfg(test)]

@@ -34,23 +34,47 @@ pub fn due(not_before: i64, not_after: i64, now: i64) -> bool {
 }
 
 /// Writes `data` to `path` through a temporary file and a rename; `secret` makes it 0600.
+/// The file is given to the owner of its folder when that is not the writer (`enroll`
+/// runs as root; the packaged service as its own user, which must read its key and renew
+/// its certificate).
 pub(crate) fn write_atomic(path: &Path, data: &str, secret: bool) -> anyhow::Result<()> {
-    write_atomic_mode(path, data, if secret { 0o600 } else { 0o644 })
+    use std::os::unix::fs::MetadataExt as _;
+    let owner = path
+        .parent()
+        .and_then(|d| std::fs::metadata(d).ok())
+        .map(|m| (m.uid(), m.gid()));
+    write_atomic_mode(path, data, if secret { 0o600 } else { 0o644 }, owner)
 }
 
-/// Writes `data` to `path` with `mode` through a temporary file, an fsync and a rename.
-pub(crate) fn write_atomic_mode(path: &Path, data: &str, mode: u32) -> anyhow::Result<()> {
+/// Writes `data` to `path` with `mode` (and `owner`, when it differs from the writer's)
+/// through a temporary file, an fsync and a rename. The temporary file is created anew
+/// (`O_EXCL`, so never through a link someone planted) and its mode and owner are set on
+/// the open file, never by path.
+pub(crate) fn write_atomic_mode(
+    path: &Path,
+    data: &str,
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
     let tmp = path.with_extension("tmp");
     let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)
         .with_context(|| format!("cannot create `{}`", tmp.display()))?;
     // The umask may have narrowed `mode`.
-    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(mode))
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot set the mode of `{}`", tmp.display()))?;
+    // SAFETY: plain syscall.
+    let me = unsafe { libc::geteuid() };
+    if let Some((uid, gid)) = owner.filter(|&(uid, _)| uid != me) {
+        std::os::unix::fs::fchown(&f, Some(uid), Some(gid))
+            .with_context(|| format!("cannot give `{}` to uid {uid}", tmp.display()))?;
+    }
     f.write_all(data.as_bytes())
         .and_then(|()| f.sync_all())
         .with_context(|| format!("cannot write `{}`", tmp.display()))?;
@@ -70,14 +94,18 @@ fn key_and_csr(host: &str) -> anyhow::Result<(String, String)> {
     Ok((key.serialize_pem(), csr))
 }
 
-/// Asks the collector for a certificate: with `token`, or (empty token) with the current one.
-async fn request(cfg: &ExportConfig, token: &str) -> anyhow::Result<(String, String, f64)> {
-    let ca = std::fs::read_to_string(&cfg.ca_file).with_context(|| {
-        format!(
-            "cannot read `{}`: copy the collector's ca.pem there first",
-            cfg.ca_file.display()
-        )
-    })?;
+fn read_ca(cfg: &ExportConfig) -> anyhow::Result<String> {
+    std::fs::read_to_string(&cfg.ca_file)
+        .with_context(|| format!("cannot read the collector's CA `{}`", cfg.ca_file.display()))
+}
+
+/// Asks the collector (verified against `ca`) for a certificate: with `token`, or (empty
+/// token) with the current one.
+async fn request(
+    cfg: &ExportConfig,
+    ca: &str,
+    token: &str,
+) -> anyhow::Result<(String, String, f64)> {
     let current = if token.is_empty() {
         Some((
             std::fs::read_to_string(&cfg.cert_file)?,
@@ -88,7 +116,7 @@ async fn request(cfg: &ExportConfig, token: &str) -> anyhow::Result<(String, Str
     };
     let ep = crate::exporter::endpoint(
         &cfg.collector,
-        &ca,
+        ca,
         current.as_ref().map(|(c, k)| (c.as_str(), k.as_str())),
     )?;
     let ch = ep
@@ -108,19 +136,31 @@ async fn request(cfg: &ExportConfig, token: &str) -> anyhow::Result<(String, Str
     Ok((key, r.cert_pem, r.not_after))
 }
 
-/// Enrolls with a token; writes `export.key_file` (0600) and `export.cert_file`. Returns the
-/// clinic the certificate names (the token's) and its end (unix seconds).
-pub async fn enroll(cfg: &ExportConfig, token: &str, force: bool) -> anyhow::Result<(String, f64)> {
-    if token.trim().is_empty() {
-        anyhow::bail!("the enrollment token is empty");
-    }
+/// Fails when this host is enrolled already and `force` is not given.
+pub fn check_not_enrolled(cfg: &ExportConfig, force: bool) -> anyhow::Result<()> {
     if cfg.key_file.exists() && !force {
         anyhow::bail!(
             "`{}` exists: this host is enrolled (use --force to enroll again)",
             cfg.key_file.display()
         );
     }
-    let (key, cert, not_after) = request(cfg, token).await?;
+    Ok(())
+}
+
+/// Enrolls with a token, trusting the collector's CA `ca` (PEM); writes `export.key_file`
+/// (0600) and `export.cert_file`. Returns the clinic the certificate names (the token's)
+/// and its end (unix seconds).
+pub async fn enroll(
+    cfg: &ExportConfig,
+    ca: &str,
+    token: &str,
+    force: bool,
+) -> anyhow::Result<(String, f64)> {
+    if token.trim().is_empty() {
+        anyhow::bail!("the enrollment token is empty");
+    }
+    check_not_enrolled(cfg, force)?;
+    let (key, cert, not_after) = request(cfg, ca, token).await?;
     let clinic = names(cfg, &cert)?;
     store(cfg, &key, &cert)?;
     Ok((clinic, not_after))
@@ -181,7 +221,7 @@ pub async fn renew_if_due(cfg: &ExportConfig) -> anyhow::Result<()> {
             cfg.cert_file.display()
         );
     }
-    let (key, cert, not_after) = request(cfg, "").await?;
+    let (key, cert, not_after) = request(cfg, &read_ca(cfg)?, "").await?;
     names(cfg, &cert)?;
     store(cfg, &key, &cert)?;
     tracing::info!(not_after, "certificate renewed");

@@ -109,7 +109,25 @@ extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
 
-fn main() -> anyhow::Result<()> {
+/// Exit status of a start that cannot succeed by retrying (a bad config, a missing
+/// capability): EX_CONFIG, which the unit's `RestartPreventExitStatus=` does not restart.
+const EXIT_CONFIG: u8 = 78;
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            let permanent = e.chain().any(|c| {
+                c.is::<clinicwatch_agent::config::ConfigError>()
+                    || c.is::<clinicwatch_agent::privileges::PrivilegeError>()
+            });
+            std::process::ExitCode::from(if permanent { EXIT_CONFIG } else { 1 })
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // `check` prints a table on stdout; its log stays to warnings unless RUST_LOG says more.
     let level = if cli.cmd.is_some() { "warn" } else { "info" };

@@ -70,7 +70,12 @@ impl RotatingFile {
     fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
         let max = self.rotation.max_bytes;
         if max > 0 && self.written > 0 && self.written + line.len() as u64 > max {
-            self.rotate()?;
+            if let Err(e) = self.rotate() {
+                // Keep writing where we are; shift the older files again only after another
+                // `max` bytes, not at every line (which would drop them all in a burst).
+                self.written = 0;
+                return Err(e);
+            }
         }
         self.file.write_all(line)?;
         self.written += line.len() as u64;

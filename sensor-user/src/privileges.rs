@@ -35,17 +35,17 @@ pub const REQUIRED: &[(u32, &str, &str)] = &[
     (
         CAP_PERFMON,
         "CAP_PERFMON",
-        "attach tracing programs (tracepoints, uprobes, fentry, LSM)",
+        "attach tracing programs: tracepoints, uprobes, fentry, LSM",
     ),
     (
         CAP_NET_ADMIN,
         "CAP_NET_ADMIN",
-        "attach the cgroup socket hooks (connections, flow bytes)",
+        "attach the cgroup socket hooks: connections, flow bytes",
     ),
     (
         CAP_SYS_PTRACE,
         "CAP_SYS_PTRACE",
-        "read other users' /proc/PID/exe, maps and root (the watched trees, their TLS library)",
+        "read other users' /proc/PID/exe, maps and root: the watched trees, their TLS library",
     ),
     (
         CAP_DAC_READ_SEARCH,
@@ -76,15 +76,15 @@ fn effective(status: &str) -> Option<u64> {
     u64::from_str_radix(hex.trim(), 16).ok()
 }
 
-/// The required capabilities missing from `eff`. CAP_SYS_ADMIN stands in for CAP_BPF and
-/// CAP_PERFMON (as the kernel's `bpf_capable()`/`perfmon_capable()` do).
+/// The required capabilities missing from `eff`. CAP_SYS_ADMIN stands in for CAP_BPF,
+/// CAP_PERFMON and CAP_NET_ADMIN (as the kernel's `bpf_capable()`, `perfmon_capable()` and
+/// `bpf_net_capable()` do).
 fn missing(eff: u64) -> Vec<(&'static str, &'static str)> {
     let has = |cap: u32| eff & (1 << cap) != 0;
+    let stands_in = |cap: u32| matches!(cap, CAP_BPF | CAP_PERFMON | CAP_NET_ADMIN);
     REQUIRED
         .iter()
-        .filter(|(cap, _, _)| {
-            !(has(*cap) || ((*cap == CAP_BPF || *cap == CAP_PERFMON) && has(CAP_SYS_ADMIN)))
-        })
+        .filter(|(cap, _, _)| !(has(*cap) || (stands_in(*cap) && has(CAP_SYS_ADMIN))))
         .map(|(_, name, why)| (*name, *why))
         .collect()
 }
@@ -136,7 +136,7 @@ mod tests {
     }
 
     #[test]
-    fn sys_admin_stands_in_for_bpf_and_perfmon() {
+    fn sys_admin_stands_in_for_bpf_perfmon_and_net_admin() {
         let old_kernel = set(&[
             CAP_SYS_ADMIN,
             CAP_NET_ADMIN,

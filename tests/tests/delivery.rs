@@ -347,6 +347,24 @@ fn agent_kill_9_mid_stream_and_collector_kill_9_mid_batch_lose_and_duplicate_not
         err.contains("presented no certificate with SHA-256"),
         "{err}"
     );
+    // Enrolling again without --force is refused before anything is fetched or written.
+    let ca_mtime = || {
+        std::fs::metadata(&written.export.ca_file)
+            .unwrap()
+            .modified()
+            .unwrap()
+    };
+    let ca_before = ca_mtime();
+    let again = Command::new(&agent_bin)
+        .arg("--config")
+        .arg(&cfg_path)
+        .args(["enroll", "--token", token.trim(), "--ca-sha256", &pin])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("this host is enrolled"), "{err}");
+    assert_eq!(ca_before, ca_mtime(), "the CA was left as it was");
     let key_mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(fx.dir.join("tls/key.pem"))
             .unwrap()

@@ -37,12 +37,10 @@ pub fn refresh(why: &str) -> anyhow::Result<bool> {
 pub fn fresh<T>(what: &str, mut attempt: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<T> {
     match attempt() {
         Ok(v) => Ok(v),
-        Err(first) => {
-            if refresh(&format!("{what} failed ({first:#})"))? {
-                attempt()
-            } else {
-                Err(first)
-            }
-        }
+        Err(first) => match refresh(&format!("{what} failed ({first:#})")) {
+            Ok(true) => attempt(),
+            Ok(false) => Err(first),
+            Err(e) => Err(first.context(format!("and refreshing the package lists failed: {e:#}"))),
+        },
     }
 }

@@ -95,7 +95,14 @@ const PACKAGES: &[Package] = &[
                 "/lib/systemd/system/clinicwatch-agent.service",
                 0o644,
             ),
-            conffile("agent/agent.toml", "/etc/clinicwatch/agent.toml", 0o644),
+            // Not a conffile: `enroll` writes `[export]` into /etc/clinicwatch/agent.toml,
+            // and a conffile edited so would stop every upgrade at dpkg's prompt. The
+            // postinst copies this one there when there is none, and never after.
+            file(
+                Source::Packaging("agent/agent.toml"),
+                "/usr/share/clinicwatch-agent/agent.toml",
+                0o644,
+            ),
             file(
                 Source::Packaging("copyright"),
                 "/usr/share/doc/clinicwatch-agent/copyright",

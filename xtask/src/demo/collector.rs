@@ -22,6 +22,8 @@ pub struct Collector {
     pub agents: SocketAddr,
     /// Its page, `/metrics`, `/healthz` and `/api/...` (plain HTTP).
     pub web: SocketAddr,
+    /// The CA's SHA-256, as `ca init` prints it: agents enroll with it.
+    pub ca_sha256: String,
 }
 
 /// An incident as `/api/incidents` shows it (the fields the demo tells).
@@ -55,7 +57,7 @@ impl Collector {
     /// collector.toml: SQLite in `dir`, loopback listeners on free ports, a correlation pass
     /// every 2 s so that an incident opens at once.
     pub fn init(bin: PathBuf, dir: PathBuf) -> anyhow::Result<Collector> {
-        output(Command::new(&bin).arg("--dir").arg(&dir).args([
+        let said = output(Command::new(&bin).arg("--dir").arg(&dir).args([
             "ca",
             "init",
             "--name",
@@ -63,6 +65,11 @@ impl Collector {
             "--name",
             "127.0.0.1",
         ]))?;
+        let ca_sha256 = said
+            .lines()
+            .find_map(|l| l.strip_prefix("CA SHA-256 (agents enroll with it): "))
+            .map(|h| h.trim().to_string())
+            .with_context(|| format!("`ca init` printed no CA SHA-256: {said:?}"))?;
         let agents = SocketAddr::from(([127, 0, 0, 1], procs::free_port()?));
         let web = SocketAddr::from(([127, 0, 0, 1], procs::free_port()?));
         let config = dir.join("collector.toml");
@@ -83,6 +90,7 @@ impl Collector {
             config,
             agents,
             web,
+            ca_sha256,
         })
     }
 
