@@ -41,28 +41,7 @@ enum Cmd {
     /// CSR, get the certificate with the clinic's token (`clinicwatch-collector
     /// enroll-token --clinic ID` prints it with the CA's SHA-256), and write the `[export]`
     /// section of the config file. Then start the service.
-    Enroll {
-        /// The collector, `https://HOST:PORT` (default: `export.collector` of the config).
-        #[arg(long)]
-        collector: Option<String>,
-        /// The token, or `-` to read it from stdin (keeps it out of the process list).
-        #[arg(long)]
-        token: String,
-        /// The collector's CA certificate's SHA-256 (hex): the CA is fetched from the
-        /// collector and checked against it.
-        #[arg(long, conflicts_with = "ca_file")]
-        ca_sha256: Option<String>,
-        /// The collector's CA certificate (PEM) instead of fetching it (default:
-        /// `export.ca_file` of the config).
-        #[arg(long)]
-        ca_file: Option<PathBuf>,
-        /// This host's id (default: the host name).
-        #[arg(long)]
-        host: Option<String>,
-        /// Enroll again even if `export.key_file` exists.
-        #[arg(long)]
-        force: bool,
-    },
+    Enroll(EnrollArgs),
     /// What the agent has learned is normal, per application.
     Baseline {
         #[command(subcommand)]
@@ -149,26 +128,7 @@ fn run() -> anyhow::Result<()> {
     };
     match cli.cmd {
         Some(Cmd::Check) => return check(cli.config),
-        Some(Cmd::Enroll {
-            collector,
-            token,
-            ca_sha256,
-            ca_file,
-            host,
-            force,
-        }) => {
-            return enroll(
-                &path,
-                EnrollArgs {
-                    collector,
-                    token,
-                    ca_sha256,
-                    ca_file,
-                    host,
-                    force,
-                },
-            )
-        }
+        Some(Cmd::Enroll(args)) => return enroll(&path, args),
         Some(Cmd::Baseline { cmd }) => {
             let cfg = Config::from_file(&path)?;
             return match cmd {
@@ -254,12 +214,27 @@ fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[derive(clap::Args)]
 struct EnrollArgs {
+    /// The collector, `https://HOST:PORT` (default: `export.collector` of the config).
+    #[arg(long)]
     collector: Option<String>,
+    /// The token, or `-` to read it from stdin (keeps it out of the process list).
+    #[arg(long)]
     token: String,
+    /// The collector's CA certificate's SHA-256 (hex): the CA is fetched from the
+    /// collector and checked against it.
+    #[arg(long, conflicts_with = "ca_file")]
     ca_sha256: Option<String>,
+    /// The collector's CA certificate (PEM) instead of fetching it (default:
+    /// `export.ca_file` of the config).
+    #[arg(long)]
     ca_file: Option<PathBuf>,
+    /// This host's id (default: the host name).
+    #[arg(long)]
     host: Option<String>,
+    /// Enroll again even if `export.key_file` exists.
+    #[arg(long)]
     force: bool,
 }
 

@@ -153,6 +153,15 @@ pub fn run(program: &Path, args: &[&str]) -> (u32, String) {
     (pid, String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Polls `ok` until it holds; panics naming `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Waits up to `timeout` for an event that `matches`; panics with what was seen otherwise.
 pub fn expect_event(
     events: &Events,

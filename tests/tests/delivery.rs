@@ -42,14 +42,6 @@ fn collector(
     store
 }
 
-fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 #[test]
 fn findings_reach_the_collector_once_through_an_outage_and_a_restart() {
     if !require_root("findings_reach_the_collector_once_through_an_outage_and_a_restart") {

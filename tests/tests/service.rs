@@ -6,10 +6,10 @@ use std::{
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use clinicwatch_tests::{require_root, run, Fixture};
+use clinicwatch_tests::{require_root, run, wait_until, Fixture};
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_cw-workload");
 /// The uid and gid the agent runs as here (`nobody`).
@@ -148,14 +148,6 @@ impl Drop for Reaped {
     }
 }
 
-fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let until = Instant::now() + timeout;
-    while !ok() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn events(fx: &Fixture) -> Vec<serde_json::Value> {
     std::fs::read_to_string(fx.state_dir().join("events.jsonl"))
         .unwrap_or_default()
@@ -203,7 +195,7 @@ fn with_only_the_units_capabilities_as_nobody_the_agent_counts_exact_bytes() {
             .unwrap(),
     );
     let child = &mut agent_proc.0;
-    wait_for("the agent's startup event", Duration::from_secs(30), || {
+    wait_until("the agent's startup event", Duration::from_secs(30), || {
         if let Ok(Some(status)) = child.try_wait() {
             panic!(
                 "the agent exited ({status}): {}",
@@ -215,7 +207,7 @@ fn with_only_the_units_capabilities_as_nobody_the_agent_counts_exact_bytes() {
     let (read_pid, _) = run(&fx.app, &["read", data.to_str().unwrap(), "65536"]);
     let addr = server(50_000, 7_000);
     let (net_pid, _) = run(&fx.app, &["connect", &addr.to_string(), "50000", "7000"]);
-    wait_for("the exit and flow events", Duration::from_secs(20), || {
+    wait_until("the exit and flow events", Duration::from_secs(20), || {
         let ev = events(&fx);
         let read = ev.iter().any(|e| {
             e["type"] == "exit"

@@ -29,28 +29,6 @@ pub struct Watch<'a> {
     pub vendor: &'a str,
 }
 
-/// This machine's name as a host id (letters, digits, `.`, `_`, `-`; at most 64).
-pub fn host_id() -> String {
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let id: String = name
-        .trim()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(64)
-        .collect();
-    if id.is_empty() {
-        "workstation".into()
-    } else {
-        id
-    }
-}
-
 impl Agent {
     /// Writes the agent's configuration in `dir`: short windows, no learning period, practice
     /// hours all day, the stand-in app and its data, the protected cookie store. `[export]`
@@ -86,7 +64,7 @@ impl Agent {
     /// Enrolls this host with the token, in one step: with the collector's CA pin, the
     /// agent fetches and checks the CA, makes its key and CSR, gets its certificate and writes `[export]` into its
     /// config. Returns what `enroll` said.
-    pub fn enroll(&self, c: &Collector, token: &str, host: &str) -> anyhow::Result<String> {
+    pub fn enroll(&self, c: &Collector, token: &str) -> anyhow::Result<String> {
         let mut cmd = Command::new(&self.bin);
         cmd.arg("--config")
             .arg(&self.config)
@@ -94,7 +72,6 @@ impl Agent {
             .args(["--collector", &format!("https://{}", c.agents)])
             // The pin, as a clinic's IT person gets it: the CA comes from the collector.
             .args(["--ca-sha256", &c.ca_sha256])
-            .args(["--host", host])
             // On stdin: out of the process list.
             .args(["--token", "-"])
             .stdin(Stdio::piped())

@@ -249,11 +249,15 @@ fn start_agent(
             vendor: "127.0.0.1",
         },
     )?;
-    let host = agent::host_id();
     let token = c.enroll_token(CLINIC)?;
-    let said = a.enroll(c, &token, &host)?;
-    // Its first line says who enrolled, where, and until when.
+    let said = a.enroll(c, &token)?;
+    // Its first line says who enrolled (`enrolled CLINIC/HOST with ...`), where, until when.
     let said = said.lines().next().unwrap_or_default();
+    let host = said
+        .strip_prefix(&format!("enrolled {CLINIC}/"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .with_context(|| format!("`enroll` did not say which host it enrolled: {said:?}"))?
+        .to_string();
     clock.say("agent", format!("this host enrolled with a token: {said}"));
     let events = a.start(children, &dir.join("agent.log"))?;
     clock.say(
