@@ -247,13 +247,11 @@ pub async fn enroll(req: &Request) -> anyhow::Result<Enrolled> {
             .with_context(|| format!("cannot read the collector's CA `{}`", p.display()))?,
         CaSource::Pin(pin) => fetch_pinned_ca(&req.collector, pin).await?,
     };
-    for p in [&export.ca_file, &export.key_file, &export.cert_file] {
-        if let Some(dir) = p.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot make `{}`", dir.display()))?;
-        }
-    }
+    // Makes the key's and certificate's folders (`enroll::store`).
     let (clinic, not_after) = crate::enroll::enroll(&export, &ca, &req.token, req.force).await?;
+    if let Some(dir) = export.ca_file.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot make `{}`", dir.display()))?;
+    }
     // Root's and world-readable: the service's user reads it, and cannot replace it.
     crate::enroll::write_atomic_mode(&export.ca_file, &ca, 0o644, None)?;
     export.clinic = clinic;

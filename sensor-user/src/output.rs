@@ -44,10 +44,6 @@ impl RotatingFile {
         })
     }
 
-    fn generation(&self, n: u32) -> PathBuf {
-        generation(&self.path, n)
-    }
-
     /// Shifts `path.N-1` to `path.N` down to `path` to `path.1`, then starts a new file.
     fn rotate(&mut self) -> io::Result<()> {
         self.file.flush()?;
@@ -55,12 +51,12 @@ impl RotatingFile {
             std::fs::remove_file(&self.path)?;
         } else {
             for n in (1..self.rotation.keep).rev() {
-                let from = self.generation(n);
+                let from = generation(&self.path, n);
                 if from.exists() {
-                    std::fs::rename(&from, self.generation(n + 1))?;
+                    std::fs::rename(&from, generation(&self.path, n + 1))?;
                 }
             }
-            std::fs::rename(&self.path, self.generation(1))?;
+            std::fs::rename(&self.path, generation(&self.path, 1))?;
         }
         *self = Self::open(&self.path, self.rotation)?;
         Ok(())
@@ -244,7 +240,7 @@ mod tests {
         f.write_line(&[b'x'; 50]).unwrap();
         f.write_line(b"y\n").unwrap();
         f.file.flush().unwrap();
-        assert_eq!(std::fs::read(f.generation(1)).unwrap().len(), 50);
+        assert_eq!(std::fs::read(generation(&path, 1)).unwrap().len(), 50);
         assert_eq!(std::fs::read(&path).unwrap(), b"y\n");
         let _ = std::fs::remove_dir_all(&dir);
     }

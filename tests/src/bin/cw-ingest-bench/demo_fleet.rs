@@ -18,13 +18,22 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use clinicwatch_collector::{ingest::now as wall, pki};
-use clinicwatch_proto::v1::{
-    agent_frame::Frame, record::Body, server_frame, AgentFrame, Batch, Destination, Finding, Hello,
-    Record, ServerFrame, Severity, WindowSummary,
-};
+use clinicwatch_proto::v1::{record::Body, Destination, Finding, Hello, Severity, WindowSummary};
 use tokio::sync::{mpsc, watch};
 
-use super::load::{agents_with_certificates, connect, Agent};
+use super::load::{agents_with_certificates, Agent, Session};
+
+/// A simulated clinic's Hello: it names its host, as an agent does.
+fn hello(a: &Agent) -> Hello {
+    Hello {
+        clinic_id: a.clinic.clone(),
+        host_id: a.host.clone(),
+        hostname: format!("{}-{}", a.clinic, a.host),
+        agent_version: "simulated".into(),
+        epoch: 1,
+        ..Default::default()
+    }
+}
 
 pub struct DemoFleetOptions {
     /// The collector's agent port on localhost (its certificate names `localhost`).
@@ -44,81 +53,6 @@ enum Phase {
     Normal,
     Campaign,
     Stop,
-}
-
-/// One agent's stream: Hello, then one batch in flight until its ack.
-struct Session {
-    tx: mpsc::Sender<AgentFrame>,
-    replies: tonic::Streaming<ServerFrame>,
-    next: u64,
-}
-
-impl Session {
-    async fn open(a: &Agent, port: u16) -> anyhow::Result<Session> {
-        let mut c = connect(a, port).await?;
-        let (tx, rx) = mpsc::channel::<AgentFrame>(2);
-        tx.send(AgentFrame {
-            frame: Some(Frame::Hello(Hello {
-                clinic_id: a.clinic.clone(),
-                host_id: a.host.clone(),
-                hostname: format!("{}-{}", a.clinic, a.host),
-                agent_version: "simulated".into(),
-                epoch: 1,
-                ..Default::default()
-            })),
-        })
-        .await?;
-        let replies = c
-            .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await?
-            .into_inner();
-        let mut s = Session {
-            tx,
-            replies,
-            next: 0,
-        };
-        // The Hello's ack says where the collector stopped: numbering goes on from there.
-        s.next = s.ack().await?;
-        Ok(s)
-    }
-
-    async fn ack(&mut self) -> anyhow::Result<u64> {
-        loop {
-            match self.replies.message().await?.and_then(|f| f.frame) {
-                Some(server_frame::Frame::Ack(ack)) => return Ok(ack.up_to_seq),
-                Some(_) => {}
-                None => bail!("the collector closed the stream"),
-            }
-        }
-    }
-
-    async fn send(&mut self, bodies: Vec<Body>) -> anyhow::Result<()> {
-        let records: Vec<Record> = bodies
-            .into_iter()
-            .map(|body| {
-                self.next += 1;
-                Record {
-                    seq: self.next,
-                    body: Some(body),
-                }
-            })
-            .collect();
-        let Some(first_seq) = records.first().map(|r| r.seq) else {
-            return Ok(());
-        };
-        let last = self.next;
-        self.tx
-            .send(AgentFrame {
-                frame: Some(Frame::Batch(Batch {
-                    epoch: 1,
-                    first_seq,
-                    records,
-                })),
-            })
-            .await?;
-        while self.ack().await? < last {}
-        Ok(())
-    }
 }
 
 fn dest(ip: &str, port: u32, protocol: &str, name: &str, sent: u64) -> Destination {
@@ -254,7 +188,7 @@ async fn send(
     loop {
         let r = async {
             if s.is_none() {
-                *s = Some(Session::open(a, port).await?);
+                *s = Some(Session::open(a, port, hello(a)).await?);
             }
             match s.as_mut() {
                 Some(live) => live.send(bodies.clone()).await,

@@ -12,7 +12,7 @@ use anyhow::{bail, Context as _};
 use clinicwatch_collector::pki;
 use clinicwatch_proto::v1::{
     agent_frame::Frame, ingest_client::IngestClient, record::Body, server_frame, AgentFrame, Batch,
-    ClassStats, Destination, Finding, Hello, Record, WindowSummary,
+    ClassStats, Destination, Finding, Hello, Record, ServerFrame, WindowSummary,
 };
 use tonic::{
     codec::CompressionEncoding,
@@ -130,6 +130,77 @@ pub(crate) async fn connect(a: &Agent, port: u16) -> anyhow::Result<Client> {
         .max_encoding_message_size(clinicwatch_proto::MAX_FRAME_BYTES))
 }
 
+/// One agent's stream: Hello, then one batch in flight until its ack.
+pub(crate) struct Session {
+    tx: tokio::sync::mpsc::Sender<AgentFrame>,
+    replies: tonic::Streaming<ServerFrame>,
+    /// The last seq sent (and, between batches, acked).
+    pub(crate) next: u64,
+}
+
+impl Session {
+    /// Opens agent `a`'s stream with `hello`; numbering goes on from the collector's ack.
+    pub(crate) async fn open(a: &Agent, port: u16, hello: Hello) -> anyhow::Result<Session> {
+        let mut c = connect(a, port).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<AgentFrame>(2);
+        tx.send(AgentFrame {
+            frame: Some(Frame::Hello(hello)),
+        })
+        .await?;
+        let replies = c
+            .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        let mut s = Session {
+            tx,
+            replies,
+            next: 0,
+        };
+        // The Hello's ack says where the collector stopped: numbering goes on from there.
+        s.next = s.ack().await?;
+        Ok(s)
+    }
+
+    async fn ack(&mut self) -> anyhow::Result<u64> {
+        loop {
+            match self.replies.message().await?.and_then(|f| f.frame) {
+                Some(server_frame::Frame::Ack(ack)) => return Ok(ack.up_to_seq),
+                Some(_) => {}
+                None => bail!("the collector closed the stream"),
+            }
+        }
+    }
+
+    /// Sends `bodies` as one batch and waits for its ack.
+    pub(crate) async fn send(&mut self, bodies: Vec<Body>) -> anyhow::Result<()> {
+        let records: Vec<Record> = bodies
+            .into_iter()
+            .map(|body| {
+                self.next += 1;
+                Record {
+                    seq: self.next,
+                    body: Some(body),
+                }
+            })
+            .collect();
+        let Some(first_seq) = records.first().map(|r| r.seq) else {
+            return Ok(());
+        };
+        let last = self.next;
+        self.tx
+            .send(AgentFrame {
+                frame: Some(Frame::Batch(Batch {
+                    epoch: 1,
+                    first_seq,
+                    records,
+                })),
+            })
+            .await?;
+        while self.ack().await? < last {}
+        Ok(())
+    }
+}
+
 /// One agent's session: Hello, then `bodies` as records in batches of `per`, one frame in
 /// flight, numbered on from where the collector says it stopped. Returns the last seq acked.
 pub(crate) async fn deliver(
@@ -138,56 +209,18 @@ pub(crate) async fn deliver(
     bodies: Vec<Body>,
     per: usize,
 ) -> anyhow::Result<u64> {
-    let mut c = connect(a, port).await?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<AgentFrame>(2);
-    tx.send(AgentFrame {
-        frame: Some(Frame::Hello(Hello {
-            clinic_id: a.clinic.clone(),
-            host_id: a.host.clone(),
-            epoch: 1,
-            ..Default::default()
-        })),
-    })
-    .await?;
-    let mut replies = c
-        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    let mut next = 0u64;
+    let hello = Hello {
+        clinic_id: a.clinic.clone(),
+        host_id: a.host.clone(),
+        epoch: 1,
+        ..Default::default()
+    };
+    let mut s = Session::open(a, port, hello).await?;
     let mut bodies = bodies.into_iter().peekable();
-    loop {
-        // Until the ack of the last frame (the first: of Hello, where to go on from).
-        let acked = loop {
-            match replies.message().await?.and_then(|f| f.frame) {
-                Some(server_frame::Frame::Ack(ack)) => break ack.up_to_seq,
-                Some(_) => {}
-                None => bail!("the collector closed the stream"),
-            }
-        };
-        next = next.max(acked);
-        if bodies.peek().is_none() {
-            return Ok(acked);
-        }
-        let records: Vec<Record> = bodies
-            .by_ref()
-            .take(per.max(1))
-            .map(|body| {
-                next += 1;
-                Record {
-                    seq: next,
-                    body: Some(body),
-                }
-            })
-            .collect();
-        tx.send(AgentFrame {
-            frame: Some(Frame::Batch(Batch {
-                epoch: 1,
-                first_seq: records[0].seq,
-                records,
-            })),
-        })
-        .await?;
+    while bodies.peek().is_some() {
+        s.send(bodies.by_ref().take(per.max(1)).collect()).await?;
     }
+    Ok(s.next)
 }
 
 /// `total` records as the throughput scenarios send them.
