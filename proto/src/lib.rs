@@ -2,6 +2,7 @@
 //! generated with protox and tonic-prost-build into `OUT_DIR`.
 
 pub mod hll;
+pub mod limits;
 
 pub mod v1 {
     tonic::include_proto!("clinicwatch.v1");

@@ -231,14 +231,7 @@ pub(crate) fn kind(r: &Record) -> &'static str {
 }
 
 /// The time a record speaks of (unix seconds): a summary's end, a finding's or health's time.
-pub fn record_time(r: &Record) -> f64 {
-    match &r.body {
-        Some(Body::Summary(s)) => s.end,
-        Some(Body::Finding(f)) => f.time,
-        Some(Body::Health(h)) => h.time,
-        None => 0.0,
-    }
-}
+pub use clinicwatch_proto::limits::record_time;
 
 fn is_postgres(spec: &str) -> bool {
     let key_value = spec.split_whitespace().any(|kv| {
