@@ -101,6 +101,10 @@ pub struct ServerConfig {
     /// Prometheus metrics (`GET /metrics`) and `GET /healthz`, plain HTTP; empty: off.
     /// Default `127.0.0.1:9464`.
     pub metrics_listen: String,
+    /// Host names the page and API answer to besides IP addresses and `localhost` (a
+    /// reverse proxy's name); any other `Host` header is refused, so that a web page cannot
+    /// read the API through DNS rebinding. Default `[]`.
+    pub web_hosts: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -108,6 +112,7 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 7443)),
             metrics_listen: "127.0.0.1:9464".into(),
+            web_hosts: Vec::new(),
         }
     }
 }
@@ -144,22 +149,55 @@ impl Default for RetentionConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
-    /// Records per second one host may send, sustained. Default 2000 (an agent sends a few
-    /// records a minute; a backlog after an outage drains at this rate).
+    /// Record units per second one host may send, sustained: a record costs 1, plus one per
+    /// entry in its lists (3 per destination) and one per KiB (`clinicwatch_proto::limits::
+    /// cost`); a heartbeat costs 1. Default 10000 (an agent sends a few records a minute; a
+    /// backlog after an outage drains at this rate).
     pub records_per_sec: u32,
-    /// Records one host may send at once above that rate. Default 40000.
+    /// Record units one host may send at once above that rate. Default 100000. A batch that
+    /// costs more is still taken when the host's bucket is full, and the host then waits
+    /// until the bucket has refilled.
     pub burst_records: u32,
     /// Streams open at once, all hosts together; more are refused with
-    /// `resource_exhausted`. Default 20000.
+    /// `resource_exhausted`. Default 20000. One host holds one stream: a newer one from the
+    /// same certificate closes the older.
     pub max_streams: usize,
+    /// An agent stream with no frame for this long is closed (agents send a heartbeat every
+    /// `export.heartbeat_secs`, 30 by default). Default 300.
+    pub stream_idle_secs: u64,
+    /// TCP connections open at once (TLS or not yet); past it a new one is closed at once.
+    /// Default 10000 (the collector raises its open-file limit to fit).
+    pub max_connections: usize,
+    /// TLS handshakes in flight at once, all peers together. Default 512.
+    pub max_handshakes: usize,
+    /// TLS handshakes in flight from one IP address. Default 64.
+    pub max_handshakes_per_ip: u32,
+    /// Seconds a peer has to complete its TLS handshake. Default 10.
+    pub handshake_timeout_secs: u64,
+    /// A connection without a client certificate (enrollment, health checks) is closed after
+    /// this long without a byte from the peer. Default 30.
+    pub unauthenticated_idle_secs: u64,
+    /// Records whose own time is older than this (seconds before the collector's clock) are
+    /// stored and acked but never correlated, and counted. Default 2592000 (30 days).
+    pub max_record_age_secs: u64,
+    /// Likewise for records dated more than this ahead of the collector's clock. Default 300.
+    pub max_clock_skew_secs: u64,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
-            records_per_sec: 2000,
-            burst_records: 40_000,
+            records_per_sec: 10_000,
+            burst_records: 100_000,
             max_streams: 20_000,
+            stream_idle_secs: 300,
+            max_connections: 10_000,
+            max_handshakes: 512,
+            max_handshakes_per_ip: 64,
+            handshake_timeout_secs: 10,
+            unauthenticated_idle_secs: 30,
+            max_record_age_secs: 30 * 86_400,
+            max_clock_skew_secs: 300,
         }
     }
 }
@@ -232,8 +270,25 @@ impl Config {
                 ),
             );
         }
-        if l.max_streams == 0 {
-            return bad("limits.max_streams", "must be at least 1");
+        for (key, v) in [
+            ("limits.max_streams", l.max_streams as u64),
+            ("limits.stream_idle_secs", l.stream_idle_secs),
+            ("limits.max_connections", l.max_connections as u64),
+            ("limits.max_handshakes", l.max_handshakes as u64),
+            (
+                "limits.max_handshakes_per_ip",
+                l.max_handshakes_per_ip as u64,
+            ),
+            ("limits.handshake_timeout_secs", l.handshake_timeout_secs),
+            (
+                "limits.unauthenticated_idle_secs",
+                l.unauthenticated_idle_secs,
+            ),
+            ("limits.max_record_age_secs", l.max_record_age_secs),
+        ] {
+            if v == 0 {
+                return bad(key, "must be at least 1");
+            }
         }
         if cfg.enroll.cert_days == 0 || cfg.enroll.cert_days > 825 {
             return bad("enroll.cert_days", "must be between 1 and 825");
@@ -295,7 +350,7 @@ mod tests {
     fn defaults_and_errors_that_name_the_key() {
         let c = Config::parse("", "c.toml").unwrap();
         assert_eq!(c.retention.summaries_days, 90.0);
-        assert_eq!(c.limits.records_per_sec, 2000);
+        assert_eq!(c.limits.records_per_sec, 10_000);
         let c = Config::parse(
             "[store]\nurl = \"postgres://cw@db/cw\"\n[retention]\nfindings_days = 730\n",
             "c.toml",

@@ -1,14 +1,18 @@
 //! Enrollment: a host gets its client certificate without anyone handling keys.
 //!
-//! - `clinicwatch-collector enroll-token --clinic X` makes a per-clinic token: the clinic, an
-//!   expiry and a nonce, authenticated with HMAC-SHA-256 under the collector's `enroll.key`
-//!   (made at `ca init`, 0600). Tokens need no database, so every collector holding the key
-//!   accepts them; rotating the key revokes every token not yet used.
+//! - `clinicwatch-collector enroll-token --clinic X [--uses N] [--days D] [--host H]` makes a
+//!   per-clinic token: the clinic, an expiry and a nonce, authenticated with HMAC-SHA-256
+//!   under the collector's `enroll.key` (made at `ca init`, 0600). The database keeps the
+//!   nonce with the uses left (1 by default), the expiry (30 days at most) and an optional
+//!   host id it is bound to; each enrollment takes one use atomically, and `tokens revoke ID`
+//!   ends one token. Rotating the key revokes every token at once.
 //! - The agent makes its own key and a CSR and calls `Enroll` with the token and its host id.
 //!   The CA signs a short-lived certificate (`enroll.cert_days`) naming the token's clinic
 //!   (O) and that host (CN); the CSR's own subject is ignored, only its key is certified.
 //! - To renew, the agent calls `Enroll` without a token over mutual TLS: the certificate it
-//!   presents decides clinic and host, and the new one names the same.
+//!   presents decides clinic and host, and the new one names the same. Renewal is two-phase:
+//!   the new key is recorded as pending and both are accepted until a stream opens with the
+//!   new one, so a renewal whose reply is lost leaves the host its old certificate.
 
 use hmac::{Hmac, Mac};
 use rcgen::{
@@ -70,18 +74,45 @@ pub fn valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// A token for `clinic`, valid until `expires` (unix seconds).
-pub fn make_token(key: &[u8], clinic: &str, expires: u64) -> String {
-    let mut nonce = [0u8; 8];
-    // SAFETY: writes 8 bytes into nonce.
-    unsafe { libc::getrandom(nonce.as_mut_ptr().cast(), nonce.len(), 0) };
-    let body = format!(
-        "{PREFIX}.{}.{expires}.{}",
-        hex(clinic.as_bytes()),
-        hex(&nonce)
-    );
+/// A token for `clinic`, valid until `expires` (unix seconds), and its id (the nonce, which
+/// the database keeps with the uses left).
+pub fn make_token(key: &[u8], clinic: &str, expires: u64) -> Result<(String, String), String> {
+    let mut nonce = [0u8; 12];
+    getrandom::fill(&mut nonce).map_err(|e| format!("no randomness for the token: {e}"))?;
+    let id = hex(&nonce);
+    let body = format!("{PREFIX}.{}.{expires}.{id}", hex(clinic.as_bytes()));
     let tag = mac(key, &body).finalize().into_bytes();
-    format!("{body}.{}", hex(&tag))
+    Ok((format!("{body}.{}", hex(&tag)), id))
+}
+
+/// Makes a token for `clinic` and records it in the store with `uses` uses, bound to
+/// `host` when not empty: what `enroll-token` does.
+pub fn issue_token(
+    store: &mut dyn crate::store::Store,
+    key: &[u8],
+    clinic: &str,
+    host: &str,
+    uses: u32,
+    expires: u64,
+) -> Result<(String, crate::store::TokenRow), String> {
+    let (token, id) = make_token(key, clinic, expires)?;
+    let row = crate::store::TokenRow {
+        id,
+        clinic: clinic.to_string(),
+        host: host.to_string(),
+        expires: expires as f64,
+        uses_left: uses as i64,
+        revoked: false,
+        created: crate::ingest::now(),
+    };
+    store.put_token(&row).map_err(|e| e.to_string())?;
+    Ok((token, row))
+}
+
+/// The token's id (its nonce), from a token that [`check_token`] accepted.
+pub fn token_id(token: &str) -> Option<&str> {
+    let (body, _) = token.trim().rsplit_once('.')?;
+    body.rsplit('.').next()
 }
 
 /// The clinic a token names, if it is ours and not expired at `now`.
@@ -131,13 +162,9 @@ pub fn sign_csr(
     let not_after = now + std::time::Duration::from_secs(days as u64 * 86_400);
     p.not_before = (now - std::time::Duration::from_secs(300)).into();
     p.not_after = not_after.into();
-    let serial: [u8; 16] = {
-        let mut s = [0u8; 16];
-        // SAFETY: writes 16 bytes into s.
-        unsafe { libc::getrandom(s.as_mut_ptr().cast(), s.len(), 0) };
-        s[0] &= 0x7f;
-        s
-    };
+    let mut serial = [0u8; 16];
+    getrandom::fill(&mut serial).map_err(|e| format!("no randomness for the serial: {e}"))?;
+    serial[0] &= 0x7f;
     p.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
     let ca_key = KeyPair::from_pem(&ca.key).map_err(|e| format!("the CA key: {e}"))?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert, ca_key).map_err(|e| format!("the CA: {e}"))?;
@@ -150,19 +177,42 @@ pub fn sign_csr(
     Ok((cert.pem(), secs))
 }
 
-/// Whether a certificate with this key may act for the host. A host that never enrolled
-/// (its certificate was made by hand with `issue`) passes; a revoked host, or a key that is
-/// not the one it last enrolled or renewed with, does not.
-pub fn check_key(e: Option<&Enrollment>, key_sha256: &str) -> Result<(), String> {
+/// Which of a host's keys a certificate holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyUse {
+    /// The host has no record (a certificate made by hand before `issue` recorded keys).
+    Unrecorded,
+    Current,
+    /// The key of the last renewal, used for the first time: it becomes the current one.
+    Pending,
+}
+
+/// Whether a certificate with this key may act for the host. A revoked host, or a key that
+/// is neither its current one nor the one of its last renewal, does not.
+pub fn check_key(e: Option<&Enrollment>, key_sha256: &str) -> Result<KeyUse, String> {
     match e {
-        None => Ok(()),
-        Some(e) if e.revoked => {
-            Err("this host was unenrolled: enroll it again with a token".into())
+        None => Ok(KeyUse::Unrecorded),
+        Some(e) if e.revoked => Err("this certificate's holder was unenrolled or revoked: \
+             enroll it again with a token (an analyst: a new `issue --soc`)"
+            .into()),
+        Some(e) if e.key_sha256 == key_sha256 => Ok(KeyUse::Current),
+        Some(e) if !e.pending_key_sha256.is_empty() && e.pending_key_sha256 == key_sha256 => {
+            Ok(KeyUse::Pending)
         }
-        Some(e) if e.key_sha256 != key_sha256 => {
+        Some(_) => {
             Err("this certificate was replaced by a later enrollment or renewal of the host".into())
         }
-        Some(_) => Ok(()),
+    }
+}
+
+/// After a certificate with the pending key was used: that key is the host's, the old one
+/// is refused from now on.
+pub fn promoted(e: &Enrollment, now: f64) -> Enrollment {
+    Enrollment {
+        key_sha256: e.pending_key_sha256.clone(),
+        revoked: false,
+        updated: now,
+        pending_key_sha256: String::new(),
     }
 }
 
@@ -172,6 +222,42 @@ pub struct EnrollService {
     pub cert_days: u32,
     pub store: SharedStore,
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+}
+
+impl EnrollService {
+    /// The host a token enrolls, checked against the token's signature (the database's
+    /// record of it is checked, and one use taken, once the CSR has been signed).
+    fn by_token(&self, req: &EnrollRequest) -> Result<HostKey, Status> {
+        let now = crate::ingest::now() as u64;
+        let clinic = check_token(&self.token_key, &req.token, now)
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        Ok(HostKey {
+            clinic,
+            host: req.host_id.clone(),
+        })
+    }
+
+    /// What this enrollment may do given the host's record: a token enrolls a new host, or
+    /// one an operator unenrolled, never one that is enrolled; a renewal needs the host's
+    /// current or pending key.
+    fn admit(
+        host: &HostKey,
+        presented: Option<&str>,
+        existing: Option<&Enrollment>,
+    ) -> Result<(), Status> {
+        match (presented, existing) {
+            (None, Some(e)) if !e.revoked => Err(Status::already_exists(format!(
+                "{c}/{h} is already enrolled; to enroll it again (a reinstalled host), run \
+                 `clinicwatch-collector unenroll --clinic {c} --host {h}` first",
+                c = host.clinic,
+                h = host.host
+            ))),
+            (Some(key), e) => check_key(e, key)
+                .map(|_| ())
+                .map_err(Status::permission_denied),
+            _ => Ok(()),
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -185,16 +271,7 @@ impl Enroll for EnrollService {
             let (who, key) = crate::ingest::peer_of(&req)?;
             (who, Some(key))
         } else {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            let clinic = check_token(&self.token_key, &req.get_ref().token, now)
-                .map_err(|e| Status::unauthenticated(e.to_string()))?;
-            let host = HostKey {
-                clinic,
-                host: req.get_ref().host_id.clone(),
-            };
-            (host, None)
+            (self.by_token(req.get_ref())?, None)
         };
         let (clinic, hostname) = (host.clinic.clone(), host.host.clone());
         if clinic == crate::soc::SOC_ORG {
@@ -216,18 +293,7 @@ impl Enroll for EnrollService {
         }
         let h = host.clone();
         let existing = on_store(&self.store, &self.metrics, move |s| s.enrollment(&h)).await?;
-        match (&presented, &existing) {
-            // A token enrolls a new host, or one an operator unenrolled; it does not take
-            // over a host that is enrolled.
-            (None, Some(e)) if !e.revoked => {
-                return Err(Status::already_exists(format!(
-                    "{clinic}/{hostname} is already enrolled; to enroll it again (a reinstalled \
-                     host), run `clinicwatch-collector unenroll --clinic {clinic} --host {hostname}` first"
-                )));
-            }
-            (Some(key), e) => check_key(e.as_ref(), key).map_err(Status::permission_denied)?,
-            _ => {}
-        }
+        Self::admit(&host, presented.as_deref(), existing.as_ref())?;
         let (cert_pem, not_after) = sign_csr(
             &self.ca,
             &req.get_ref().csr_pem,
@@ -239,16 +305,37 @@ impl Enroll for EnrollService {
         let key = crate::pki::pem_to_der(&cert_pem)
             .and_then(|der| crate::pki::key_fingerprint(&der))
             .map_err(|e| Status::internal(e.to_string()))?;
-        let record = Enrollment {
-            key_sha256: key,
-            revoked: false,
-            updated: crate::ingest::now(),
+        let now = crate::ingest::now();
+        // A renewal keeps the presented key valid until the new one is used (two-phase).
+        let record = match &presented {
+            Some(old) => Enrollment {
+                key_sha256: old.clone(),
+                revoked: false,
+                updated: now,
+                pending_key_sha256: key,
+            },
+            None => Enrollment {
+                key_sha256: key,
+                revoked: false,
+                updated: now,
+                pending_key_sha256: String::new(),
+            },
         };
-        let h = host.clone();
-        on_store(&self.store, &self.metrics, move |s| {
-            s.set_enrollment(&h, &record)
+        let (h, token) = (host.clone(), req.get_ref().token.clone());
+        let taken = on_store(&self.store, &self.metrics, move |s| {
+            if !renewing {
+                let id = token_id(&token).unwrap_or_default();
+                if let Err(why) = s.use_token(id, &h.host, now)? {
+                    return Ok(Err(why));
+                }
+            }
+            s.set_enrollment(&h, &record).map(Ok)
         })
         .await?;
+        if let Err(why) = taken {
+            tracing::warn!(%clinic, host = %hostname, %why, "enrollment token refused");
+            return Err(Status::permission_denied(why.to_string()));
+        }
         self.metrics
             .enrolled
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -268,7 +355,8 @@ mod tests {
     #[test]
     fn tokens_name_their_clinic_and_refuse_forgery_and_age() {
         let key = b"0123456789abcdef0123456789abcdef";
-        let t = make_token(key, "clinic-42", 1000);
+        let (t, id) = make_token(key, "clinic-42", 1000).unwrap();
+        assert_eq!(token_id(&t), Some(id.as_str()));
         assert_eq!(check_token(key, &t, 999).unwrap(), "clinic-42");
         assert_eq!(check_token(key, &t, 1000), Err(TokenError::Expired));
         assert_eq!(

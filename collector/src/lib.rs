@@ -14,6 +14,7 @@ pub mod correlate;
 pub mod enroll;
 pub mod ingest;
 pub mod limit;
+pub mod listen;
 pub mod metrics;
 pub mod pki;
 pub mod server;

@@ -1,6 +1,10 @@
-//! Flood control: a token bucket per host (kept across its reconnects), and a cap on open
-//! streams. A host near its limit is told to slow down (Throttle); past it, its batch is
-//! refused with `resource_exhausted` and a retry pushback, and nothing of it is stored.
+//! Flood control: a token bucket per host (kept across its reconnects), counting what a
+//! batch costs the collector (`clinicwatch_proto::limits::cost`: a record with 500
+//! destinations costs what 1,500 small ones do), not its number of records. A host near its
+//! limit is told to slow down (Throttle); past it, its batch is refused with
+//! `resource_exhausted` and a retry pushback, and nothing of it is stored. A batch dearer
+//! than the whole burst is taken from a full bucket, which then goes into debt: the host
+//! waits until it is repaid.
 
 use std::{collections::HashMap, sync::Mutex, time::Instant};
 
@@ -44,7 +48,8 @@ impl Limiter {
         self.rate as u32
     }
 
-    pub fn take(&self, host: &HostKey, n: usize, now: Instant) -> Decision {
+    /// Takes `n` units for a batch of `host`.
+    pub fn take(&self, host: &HostKey, n: u64, now: Instant) -> Decision {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let b = buckets.entry(host.clone()).or_insert(Bucket {
             tokens: self.burst,
@@ -59,7 +64,7 @@ impl Limiter {
                 .ceil()
                 .clamp(1.0, 600_000.0) as u32
         };
-        if b.tokens < n {
+        if b.tokens < n && b.tokens < self.burst {
             return Decision::Refuse {
                 pushback_ms: ms(n - b.tokens),
             };
@@ -77,7 +82,7 @@ impl Limiter {
 
     /// Gives back what a batch took when it was not stored after all (refused, or the store
     /// failed), so that resends after an outage are not counted twice.
-    pub fn refund(&self, host: &HostKey, n: usize) {
+    pub fn refund(&self, host: &HostKey, n: u64) {
         if let Some(b) = self
             .buckets
             .lock()
@@ -133,5 +138,31 @@ mod tests {
         ));
         l.sweep(t0 + Duration::from_secs(60));
         assert_eq!(l.buckets.lock().unwrap().len(), 0);
+    }
+
+    #[test]
+    fn a_batch_dearer_than_the_burst_is_taken_once_then_repaid() {
+        let l = Limiter::new(100, 1000);
+        let h = HostKey {
+            clinic: "c".into(),
+            host: "h".into(),
+        };
+        let t0 = Instant::now();
+        assert!(matches!(l.take(&h, 5000, t0), Decision::Slow { .. }));
+        // 4000 in debt: 50 s to get back to a quarter of the burst, refused until then.
+        assert_eq!(
+            l.take(&h, 1, t0),
+            Decision::Refuse {
+                pushback_ms: 40_010
+            }
+        );
+        assert!(matches!(
+            l.take(&h, 1, t0 + Duration::from_secs(30)),
+            Decision::Refuse { .. }
+        ));
+        assert!(matches!(
+            l.take(&h, 1, t0 + Duration::from_secs(41)),
+            Decision::Slow { .. }
+        ));
     }
 }

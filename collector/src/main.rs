@@ -30,13 +30,29 @@ enum Cmd {
         #[command(subcommand)]
         cmd: CaCmd,
     },
-    /// Print an enrollment token for a clinic's agents (`clinicwatch-agent enroll --token`).
+    /// Print an enrollment token for a clinic's agents (`clinicwatch-agent enroll --token`);
+    /// the database keeps its uses left, so it needs the store.
     EnrollToken {
         #[arg(long)]
         clinic: String,
-        /// Days the token can be used.
+        /// Days the token can be used (1 to 30).
         #[arg(long, default_value_t = 7)]
         days: u32,
+        /// How many hosts it may enroll (1 to 1000).
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// The only host id it may enroll (default: any).
+        #[arg(long)]
+        host: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Enrollment tokens: list them, or revoke one.
+    Tokens {
+        #[command(subcommand)]
+        cmd: TokensCmd,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Issue a host's client certificate by hand into OUT (cert.pem, key.pem, ca.pem);
     /// enrollment does this without moving keys.
@@ -52,13 +68,17 @@ enum Cmd {
         /// The analyst's name (with `--soc`).
         #[arg(long)]
         name: Option<String>,
+        /// Days the certificate is valid: 1 to 825 for a host, 1 to 90 for an analyst.
         #[arg(long, default_value_t = 30)]
         days: i64,
         #[arg(long)]
         out: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Refuse every certificate of a host until it enrolls again with a token (a stolen key,
-    /// a decommissioned or reinstalled machine).
+    /// a decommissioned or reinstalled machine), open streams included; an analyst's with
+    /// `--clinic clinicwatch-soc --host NAME`.
     Unenroll {
         #[arg(long)]
         clinic: String,
@@ -136,6 +156,17 @@ enum IncidentsCmd {
 }
 
 #[derive(Subcommand)]
+enum TokensCmd {
+    /// Every token: id, clinic, host it is bound to, uses left, expiry, revoked.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke one token by its id (as `list` and `enroll-token` show it).
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
 enum IndicatorsCmd {
     /// By distinct clinics over the last `--hours`.
     Top {
@@ -152,6 +183,9 @@ enum CaCmd {
     Init {
         #[arg(long, default_value = "localhost")]
         name: Vec<String>,
+        /// Days the CA and the server certificate are valid (1 to 7300).
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
     },
 }
 
@@ -221,6 +255,84 @@ fn utc(t: f64) -> String {
     )
 }
 
+async fn enroll_token(
+    dir: &Path,
+    clinic: String,
+    days: u32,
+    uses: u32,
+    host: Option<String>,
+    sa: StoreArgs,
+) -> anyhow::Result<()> {
+    if !enroll::valid_id(&clinic) {
+        anyhow::bail!("clinic id `{clinic}` must be 1 to 64 letters, digits, `.`, `_` or `-`");
+    }
+    if clinic == clinicwatch_collector::soc::SOC_ORG {
+        anyhow::bail!("`{clinic}` is reserved for analysts' certificates (`issue --soc`)");
+    }
+    if days == 0 || days > 30 {
+        anyhow::bail!("--days must be between 1 and 30");
+    }
+    if uses == 0 || uses > 1000 {
+        anyhow::bail!("--uses must be between 1 and 1000");
+    }
+    if let Some(h) = host.as_deref().filter(|h| !enroll::valid_id(h)) {
+        anyhow::bail!("host id `{h}` must be 1 to 64 letters, digits, `.`, `_` or `-`");
+    }
+    let key = token_key(dir)?;
+    let now = clinicwatch_collector::ingest::now();
+    let exp = now as u64 + days as u64 * 86_400;
+    let mut st = open_store(dir, sa).await?;
+    let (c, h) = (clinic.clone(), host.clone().unwrap_or_default());
+    let (token, row) = tokio::task::spawn_blocking(move || {
+        enroll::issue_token(st.as_mut(), &key, &c, &h, uses, exp)
+    })
+    .await?
+    .map_err(anyhow::Error::msg)?;
+    let id = row.id;
+    println!("{token}");
+    // The token alone on stdout (for scripts); how to use it on stderr.
+    let pin = pki::cert_sha256(&read(&dir.join("ca.pem"))?)?;
+    let bound = host.map_or(String::new(), |h| format!(", host `{h}` only"));
+    eprintln!(
+        "token {id} for clinic `{clinic}`: {uses} use(s), valid {days} day(s){bound}; revoke it with `tokens revoke {id}`. On each of the clinic's workstations, after installing the agent:\n  clinicwatch-agent enroll --collector https://COLLECTOR:7443 --token TOKEN --ca-sha256 {pin}"
+    );
+    Ok(())
+}
+
+fn tokens(st: &mut dyn store::Store, cmd: TokensCmd) -> anyhow::Result<()> {
+    match cmd {
+        TokensCmd::List { json } => {
+            for t in st.tokens()? {
+                if json {
+                    println!("{}", serde_json::to_string(&t)?);
+                } else {
+                    let host = if t.host.is_empty() {
+                        "any host"
+                    } else {
+                        &t.host
+                    };
+                    println!(
+                        "{}  {:<20} {:<16} {:>4} use(s) left  expires {}{}",
+                        t.id,
+                        t.clinic,
+                        host,
+                        t.uses_left,
+                        utc(t.expires),
+                        if t.revoked { "  revoked" } else { "" }
+                    );
+                }
+            }
+        }
+        TokensCmd::Revoke { id } => {
+            if !st.revoke_token(&id)? {
+                anyhow::bail!("no token `{}`", id.escape_debug());
+            }
+            println!("token {id} revoked");
+        }
+    }
+    Ok(())
+}
+
 fn incidents(st: &mut dyn store::Store, cmd: IncidentsCmd) -> anyhow::Result<()> {
     let now = clinicwatch_collector::ingest::now();
     match cmd {
@@ -282,6 +394,31 @@ fn incidents(st: &mut dyn store::Store, cmd: IncidentsCmd) -> anyhow::Result<()>
     Ok(())
 }
 
+/// Raises the soft open-file limit to fit `limits.max_connections` (and the files and
+/// sockets the collector itself needs), up to the hard limit.
+fn raise_open_files(connections: usize) {
+    let want = connections as u64 + 1024;
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the struct given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 || l.rlim_cur >= want {
+            return;
+        }
+        let cur = want.min(l.rlim_max);
+        l.rlim_cur = cur;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 || cur < want {
+            tracing::warn!(
+                open_files = cur,
+                wanted = want,
+                "the open-file limit is below limits.max_connections + 1024; raise LimitNOFILE"
+            );
+        }
+    }
+}
+
 /// The Debian package's layout: its state folder (the default `--dir`) and its config.
 const PACKAGED_DIR: &str = "/var/lib/clinicwatch-collector";
 const PACKAGED_CONFIG: &str = "/etc/clinicwatch-collector/collector.toml";
@@ -324,20 +461,20 @@ async fn main() -> anyhow::Result<()> {
     let dir = cli.dir;
     match cli.cmd {
         Cmd::Ca {
-            cmd: CaCmd::Init { name },
+            cmd: CaCmd::Init { name, days },
         } => {
+            if days == 0 || days > 7300 {
+                anyhow::bail!("--days must be between 1 and 7300");
+            }
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("cannot make `{}`", dir.display()))?;
             if dir.join("ca.pem").exists() {
                 anyhow::bail!("`{}` already has a CA", dir.display());
             }
-            let ca = pki::new_ca("clinicwatch CA")?;
-            let server = pki::server_cert(&ca, &name)?;
+            let ca = pki::new_ca_for("clinicwatch CA", days)?;
+            let server = pki::server_cert_for(&ca, &name, days)?;
             let mut key = [0u8; 32];
-            // SAFETY: writes 32 bytes into key.
-            if unsafe { libc::getrandom(key.as_mut_ptr().cast(), key.len(), 0) } != 32 {
-                anyhow::bail!("getrandom failed");
-            }
+            getrandom::fill(&mut key).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
             write_secret(&dir.join("ca.key"), ca.key.as_bytes())?;
             write_secret(&dir.join("server.key"), server.key.as_bytes())?;
             write_secret(&dir.join("enroll.key"), &key)?;
@@ -350,29 +487,16 @@ async fn main() -> anyhow::Result<()> {
                 pki::cert_sha256(&ca.cert)?
             );
         }
-        Cmd::EnrollToken { clinic, days } => {
-            if !enroll::valid_id(&clinic) {
-                anyhow::bail!(
-                    "clinic id `{clinic}` must be 1 to 64 letters, digits, `.`, `_` or `-`"
-                );
-            }
-            if clinic == clinicwatch_collector::soc::SOC_ORG {
-                anyhow::bail!("`{clinic}` is reserved for analysts' certificates (`issue --soc`)");
-            }
-            if days == 0 || days > 365 {
-                anyhow::bail!("--days must be between 1 and 365");
-            }
-            let key = token_key(&dir)?;
-            let exp = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)?
-                .as_secs()
-                + days as u64 * 86_400;
-            println!("{}", enroll::make_token(&key, &clinic, exp));
-            // The token alone on stdout (for scripts); how to use it on stderr.
-            let pin = pki::cert_sha256(&read(&dir.join("ca.pem"))?)?;
-            eprintln!(
-                "token for clinic `{clinic}`, valid {days} day(s). On each of the clinic's workstations, after installing the agent:\n  clinicwatch-agent enroll --collector https://COLLECTOR:7443 --token TOKEN --ca-sha256 {pin}"
-            );
+        Cmd::EnrollToken {
+            clinic,
+            days,
+            uses,
+            host,
+            store: sa,
+        } => enroll_token(&dir, clinic, days, uses, host, sa).await?,
+        Cmd::Tokens { cmd, store: sa } => {
+            let mut st = open_store(&dir, sa).await?;
+            tokio::task::spawn_blocking(move || tokens(st.as_mut(), cmd)).await??;
         }
         Cmd::Issue {
             clinic,
@@ -381,7 +505,12 @@ async fn main() -> anyhow::Result<()> {
             name,
             days,
             out,
+            store: sa,
         } => {
+            let max = if soc { 90 } else { 825 };
+            if !(1..=max).contains(&days) {
+                anyhow::bail!("--days must be between 1 and {max}");
+            }
             let (clinic, host) = if soc {
                 (
                     clinicwatch_collector::soc::SOC_ORG.to_string(),
@@ -401,6 +530,26 @@ async fn main() -> anyhow::Result<()> {
             }
             let ca = ca(&dir)?;
             let c = pki::client_cert(&ca, &clinic, &host, days)?;
+            // Its key becomes the holder's: an earlier certificate of the same name is
+            // refused from now on, and `unenroll` can revoke this one.
+            let key = pki::key_fingerprint(&pki::pem_to_der(&c.cert)?)?;
+            let mut st = open_store(&dir, sa).await?;
+            let hk = store::HostKey {
+                clinic: clinic.clone(),
+                host: host.clone(),
+            };
+            tokio::task::spawn_blocking(move || {
+                st.set_enrollment(
+                    &hk,
+                    &store::Enrollment {
+                        key_sha256: key,
+                        revoked: false,
+                        updated: clinicwatch_collector::ingest::now(),
+                        pending_key_sha256: String::new(),
+                    },
+                )
+            })
+            .await??;
             std::fs::create_dir_all(&out)?;
             write(&out.join("cert.pem"), &c.cert)?;
             write_secret(&out.join("key.pem"), c.key.as_bytes())?;
@@ -421,12 +570,23 @@ async fn main() -> anyhow::Result<()> {
             };
             tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
                 let mut st = store::open(&url)?;
+                let known = st.enrollment(&key)?.is_some() || st.hosts()?.iter().any(|h| {
+                    h.clinic == key.clinic && h.host == key.host
+                });
+                if !known {
+                    anyhow::bail!(
+                        "no host {}/{} is known here (never enrolled, issued or connected): nothing was changed",
+                        key.clinic,
+                        key.host
+                    );
+                }
                 st.set_enrollment(
                     &key,
                     &store::Enrollment {
                         key_sha256: String::new(),
                         revoked: true,
                         updated: clinicwatch_collector::ingest::now(),
+                        pending_key_sha256: String::new(),
                     },
                 )?;
                 Ok(())
@@ -486,6 +646,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::Serve { config, listen, db } => {
             let mut cfg = load_config(&dir, config.as_deref(), db)?;
+            raise_open_files(cfg.limits.max_connections);
             if let Some(l) = listen {
                 cfg.server.listen = l;
             }
@@ -518,6 +679,7 @@ async fn main() -> anyhow::Result<()> {
                     l,
                     c.metrics.clone(),
                     Some(c.background.clone().unwrap_or_else(|| c.store.clone())),
+                    cfg.server.web_hosts.clone(),
                 ));
             }
             let listener = tokio::net::TcpListener::bind(cfg.server.listen)

@@ -21,16 +21,22 @@ pub enum Rejection {
     Throttled,
     Storage,
     TooManyStreams,
+    /// A stream closed after `limits.stream_idle_secs` without a frame.
+    Idle,
+    /// A stream closed because a newer one from the same host opened.
+    Superseded,
 }
 
 impl Rejection {
-    const ALL: [Rejection; 6] = [
+    const ALL: [Rejection; 8] = [
         Rejection::Invalid,
         Rejection::Permission,
         Rejection::Unauthenticated,
         Rejection::Throttled,
         Rejection::Storage,
         Rejection::TooManyStreams,
+        Rejection::Idle,
+        Rejection::Superseded,
     ];
 
     fn label(self) -> &'static str {
@@ -41,6 +47,41 @@ impl Rejection {
             Rejection::Throttled => "throttled",
             Rejection::Storage => "storage",
             Rejection::TooManyStreams => "too_many_streams",
+            Rejection::Idle => "idle",
+            Rejection::Superseded => "superseded",
+        }
+    }
+}
+
+/// Why a connection was closed before it could carry a request (`listen`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Connections,
+    Handshakes,
+    HandshakesPerIp,
+    HandshakeTimeout,
+    HandshakeFailed,
+    AcceptError,
+}
+
+impl Refusal {
+    const ALL: [Refusal; 6] = [
+        Refusal::Connections,
+        Refusal::Handshakes,
+        Refusal::HandshakesPerIp,
+        Refusal::HandshakeTimeout,
+        Refusal::HandshakeFailed,
+        Refusal::AcceptError,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Refusal::Connections => "max_connections",
+            Refusal::Handshakes => "max_handshakes",
+            Refusal::HandshakesPerIp => "max_handshakes_per_ip",
+            Refusal::HandshakeTimeout => "handshake_timeout",
+            Refusal::HandshakeFailed => "handshake_failed",
+            Refusal::AcceptError => "accept_error",
         }
     }
 }
@@ -83,7 +124,11 @@ pub struct Metrics {
     pub correlation_leader: AtomicBool,
     /// Microseconds spent in store calls for batches, and their number.
     pub store_micros: AtomicU64,
-    rejected: [AtomicU64; 6],
+    rejected: [AtomicU64; 8],
+    refused: [AtomicU64; 6],
+    /// Records stored but kept out of correlation: their own time is outside the plausible
+    /// window around the collector's clock (`limits.max_record_age_secs`, `max_clock_skew_secs`).
+    pub out_of_window: AtomicU64,
     /// False after a store call failed, until one succeeds (drives the health service).
     pub store_ok: AtomicBool,
     hosts: Mutex<BTreeMap<HostKey, HostStats>>,
@@ -105,6 +150,16 @@ impl Metrics {
     pub fn reject(&self, why: Rejection) {
         let i = Rejection::ALL.iter().position(|r| *r == why).unwrap_or(0);
         self.rejected[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn refuse(&self, why: Refusal) {
+        let i = Refusal::ALL.iter().position(|r| *r == why).unwrap_or(0);
+        self.refused[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn refused(&self, why: Refusal) -> u64 {
+        let i = Refusal::ALL.iter().position(|r| *r == why).unwrap_or(0);
+        self.refused[i].load(Ordering::Relaxed)
     }
 
     pub fn rejected(&self, why: Rejection) -> u64 {
@@ -249,6 +304,20 @@ impl Metrics {
                 self.rejected(r)
             );
         }
+        let _ = writeln!(o, "# HELP clinicwatch_collector_connections_refused_total Connections closed before a request, by the limit that closed them.\n# TYPE clinicwatch_collector_connections_refused_total counter");
+        for r in Refusal::ALL {
+            let _ = writeln!(
+                o,
+                "clinicwatch_collector_connections_refused_total{{reason=\"{}\"}} {}",
+                r.label(),
+                self.refused(r)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP clinicwatch_collector_records_out_of_window_total Records stored but not correlated: their time is implausible.\n# TYPE clinicwatch_collector_records_out_of_window_total counter\nclinicwatch_collector_records_out_of_window_total {}",
+            g(&self.out_of_window)
+        );
         let _ = writeln!(o, "# HELP clinicwatch_collector_store_up Whether the last store call succeeded.\n# TYPE clinicwatch_collector_store_up gauge\nclinicwatch_collector_store_up {}", self.store_ok.load(Ordering::Relaxed) as u8);
         let hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
         let per_host: [HostSeries; 5] = [
@@ -302,7 +371,7 @@ impl Metrics {
 /// Serves `/metrics` and `/healthz` until the listener fails (the SOC page needs the store:
 /// [`crate::web::serve`]).
 pub async fn serve(listener: tokio::net::TcpListener, metrics: std::sync::Arc<Metrics>) {
-    crate::web::serve(listener, metrics, None).await
+    crate::web::serve(listener, metrics, None, Vec::new()).await
 }
 
 #[cfg(test)]

@@ -24,12 +24,19 @@ pub struct Pem {
 
 /// A new CA (ten years).
 pub fn new_ca(name: &str) -> Result<Pem, PkiError> {
+    new_ca_for(name, 3650)
+}
+
+/// A new CA valid for `days`.
+pub fn new_ca_for(name: &str, days: u32) -> Result<Pem, PkiError> {
     let mut p = CertificateParams::default();
     p.distinguished_name = DistinguishedName::new();
     p.distinguished_name.push(DnType::CommonName, name);
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    p.not_after = rcgen::date_time_ymd(2036, 1, 1);
+    let now = std::time::SystemTime::now();
+    p.not_before = (now - std::time::Duration::from_secs(300)).into();
+    p.not_after = (now + std::time::Duration::from_secs(days as u64 * 86_400)).into();
     let key = KeyPair::generate()?;
     let cert = p.self_signed(&key)?;
     Ok(Pem {
@@ -49,9 +56,17 @@ fn issue(ca: &Pem, p: CertificateParams) -> Result<Pem, PkiError> {
     })
 }
 
-/// The collector's server certificate for these DNS names or IPs.
+/// The collector's server certificate for these DNS names or IPs (ten years).
 pub fn server_cert(ca: &Pem, names: &[String]) -> Result<Pem, PkiError> {
+    server_cert_for(ca, names, 3650)
+}
+
+/// The collector's server certificate, valid for `days`.
+pub fn server_cert_for(ca: &Pem, names: &[String], days: u32) -> Result<Pem, PkiError> {
     let mut p = CertificateParams::new(names.to_vec())?;
+    let now = std::time::SystemTime::now();
+    p.not_before = (now - std::time::Duration::from_secs(300)).into();
+    p.not_after = (now + std::time::Duration::from_secs(days as u64 * 86_400)).into();
     p.distinguished_name
         .push(DnType::CommonName, "clinicwatch-collector");
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];

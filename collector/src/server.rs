@@ -5,23 +5,20 @@
 use std::{future::Future, path::Path, sync::Arc, time::Duration};
 
 use clinicwatch_proto::v1::{enroll_server::EnrollServer, ingest_server::IngestServer};
-use tonic::{
-    codec::CompressionEncoding,
-    transport::{Certificate, Identity, ServerTlsConfig},
-};
+use tonic::codec::CompressionEncoding;
 
 use crate::{
     config::Config,
     enroll::EnrollService,
     ingest::{on_store, IdentitySource, IngestService, SharedStore},
-    limit::Limiter,
+    listen::ServerTls,
     metrics::Metrics,
 };
 
 /// TLS for the collector from its folder: `server.pem`/`server.key`, clients checked against
 /// `ca.pem`. A client certificate is optional at the handshake so that a host can enroll;
 /// Ingest refuses a stream without one.
-pub fn tls_from_dir(dir: &Path) -> anyhow::Result<ServerTlsConfig> {
+pub fn tls_from_dir(dir: &Path) -> anyhow::Result<ServerTls> {
     let read = |name: &str| {
         let p = dir.join(name);
         std::fs::read_to_string(&p)
@@ -37,18 +34,18 @@ pub fn tls_from_dir(dir: &Path) -> anyhow::Result<ServerTlsConfig> {
         }
         chain.push_str(&ca);
     }
-    Ok(ServerTlsConfig::new()
-        .identity(Identity::from_pem(chain, read("server.key")?))
-        .client_ca_root(Certificate::from_pem(ca))
-        .client_auth_optional(true))
+    ServerTls::from_pem(&chain, &read("server.key")?, &ca)
 }
+
+/// HTTP/2 streams one connection may hold open at once.
+const MAX_STREAMS_PER_CONNECTION: u32 = 32;
 
 pub struct Collector {
     pub cfg: Config,
     pub store: SharedStore,
     pub metrics: Arc<Metrics>,
     /// `None`: plaintext (benchmarks only, with metadata identity).
-    pub tls: Option<ServerTlsConfig>,
+    pub tls: Option<ServerTls>,
     pub identity: IdentitySource,
     pub enroll: Option<EnrollService>,
     /// A second connection to the database for correlation passes, retention and the SOC
@@ -57,7 +54,7 @@ pub struct Collector {
 }
 
 impl Collector {
-    pub fn new(cfg: Config, store: SharedStore, tls: ServerTlsConfig) -> Collector {
+    pub fn new(cfg: Config, store: SharedStore, tls: ServerTls) -> Collector {
         Collector {
             cfg,
             store,
@@ -80,20 +77,13 @@ impl Collector {
             .background
             .clone()
             .unwrap_or_else(|| self.store.clone());
-        let limiter = Arc::new(Limiter::new(
-            cfg.limits.records_per_sec,
-            cfg.limits.burst_records,
-        ));
         let siem = crate::siem::Siem::start(&cfg.siem, self.metrics.clone())
             .map_err(|e| anyhow::anyhow!("[siem]: {e}"))?;
-        let ingest = IngestService {
-            store: self.store.clone(),
-            metrics: self.metrics.clone(),
-            limiter: limiter.clone(),
-            max_streams: cfg.limits.max_streams,
-            identity: self.identity,
-            siem: siem.clone(),
-        };
+        let mut ingest =
+            IngestService::new(self.store.clone(), self.metrics.clone(), cfg.limits.clone());
+        ingest.identity = self.identity;
+        ingest.siem = siem.clone();
+        let limiter = ingest.limiter.clone();
         let (health, health_svc) = tonic_health::server::health_reporter();
         health.set_serving::<IngestServer<IngestService>>().await;
         let mut tasks = tokio::task::JoinSet::new();
@@ -214,13 +204,13 @@ impl Collector {
                 }
             });
         }
+        // Streams per connection are bounded too: with the connection limits of `listen`,
+        // an unauthenticated peer holds a bounded number of health `Watch` streams.
         let mut builder = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
             .http2_keepalive_interval(Some(Duration::from_secs(60)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)));
-        if let Some(tls) = self.tls {
-            builder = builder.tls_config(tls)?;
-        }
         let ingest = IngestServer::new(ingest)
             .max_decoding_message_size(clinicwatch_proto::MAX_FRAME_BYTES)
             .accept_compressed(CompressionEncoding::Zstd)
@@ -236,12 +226,23 @@ impl Collector {
         if let Some(e) = self.enroll {
             router = router.add_service(EnrollServer::new(e).max_decoding_message_size(64 << 10));
         }
-        let r = router
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                shutdown,
-            )
-            .await;
+        let r = match self.tls {
+            Some(tls) => {
+                let incoming =
+                    crate::listen::incoming(listener, tls, &cfg.limits, self.metrics.clone());
+                router
+                    .serve_with_incoming_shutdown(incoming, shutdown)
+                    .await
+            }
+            None => {
+                router
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(listener),
+                        shutdown,
+                    )
+                    .await
+            }
+        };
         tasks.abort_all();
         r?;
         Ok(())

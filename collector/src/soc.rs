@@ -44,16 +44,26 @@ fn view(i: Incident) -> IncidentView {
     }
 }
 
-/// The analyst a request comes from, or `permission_denied`.
-fn analyst<T>(req: &Request<T>) -> Result<String, Status> {
-    let (who, _) = peer_of(req)?;
-    if who.clinic != SOC_ORG {
-        return Err(Status::permission_denied(format!(
-            "the SOC service needs an analyst certificate (O={SOC_ORG}); this one is clinic {}",
-            who.clinic
-        )));
+impl SocService {
+    /// The analyst a request comes from, or `permission_denied`: a clinic's certificate, or
+    /// an analyst's that was revoked (`unenroll --clinic clinicwatch-soc --host NAME`) or
+    /// replaced by a later `issue --soc` of the same name. Checked at every call.
+    async fn analyst<T>(&self, req: &Request<T>) -> Result<String, Status> {
+        let (who, key) = peer_of(req)?;
+        if who.clinic != SOC_ORG {
+            return Err(Status::permission_denied(format!(
+                "the SOC service needs an analyst certificate (O={SOC_ORG}); this one is clinic {}",
+                who.clinic
+            )));
+        }
+        let w = who.clone();
+        let e = on_store(&self.store, &self.metrics, move |s| s.enrollment(&w)).await?;
+        crate::enroll::check_key(e.as_ref(), &key).map_err(|why| {
+            tracing::warn!(analyst = %who.host, %why, "analyst certificate refused");
+            Status::permission_denied(why)
+        })?;
+        Ok(who.host)
     }
-    Ok(who.host)
 }
 
 #[tonic::async_trait]
@@ -62,7 +72,7 @@ impl Soc for SocService {
         &self,
         req: Request<ListIncidentsRequest>,
     ) -> Result<Response<ListIncidentsResponse>, Status> {
-        analyst(&req)?;
+        self.analyst(&req).await?;
         let state = req.into_inner().state;
         if !matches!(state.as_str(), "" | "new" | "acknowledged" | "closed") {
             return Err(Status::invalid_argument(format!(
@@ -83,7 +93,7 @@ impl Soc for SocService {
         &self,
         req: Request<GetIncidentRequest>,
     ) -> Result<Response<IncidentView>, Status> {
-        analyst(&req)?;
+        self.analyst(&req).await?;
         let id = req.into_inner().id;
         on_store(&self.store, &self.metrics, move |s| s.incident(id))
             .await?
@@ -95,7 +105,7 @@ impl Soc for SocService {
         &self,
         req: Request<SetIncidentStateRequest>,
     ) -> Result<Response<IncidentView>, Status> {
-        let who = analyst(&req)?;
+        let who = self.analyst(&req).await?;
         let r = req.into_inner();
         if !matches!(r.state.as_str(), "acknowledged" | "closed" | "new") {
             return Err(Status::invalid_argument(format!(
@@ -122,7 +132,7 @@ impl Soc for SocService {
         &self,
         req: Request<ListHostsRequest>,
     ) -> Result<Response<ListHostsResponse>, Status> {
-        analyst(&req)?;
+        self.analyst(&req).await?;
         let hosts = on_store(&self.store, &self.metrics, |s| s.hosts()).await?;
         Ok(Response::new(ListHostsResponse {
             hosts: hosts
@@ -145,7 +155,7 @@ impl Soc for SocService {
         &self,
         req: Request<TopIndicatorsRequest>,
     ) -> Result<Response<TopIndicatorsResponse>, Status> {
-        analyst(&req)?;
+        self.analyst(&req).await?;
         let r = req.into_inner();
         let hours = if r.hours > 0.0 {
             r.hours.min(24.0 * 365.0)

@@ -1,7 +1,9 @@
 //! The `clinicwatch-collector` binary: `ca init` makes the CA, server certificate and
 //! enrollment key (keys 0600) and refuses to run twice; `enroll-token` makes tokens the
-//! collector accepts and refuses bad clinic ids; `unenroll` marks a host revoked in the
-//! store; `serve` refuses a bad configuration with an error naming the key.
+//! collector accepts, recorded with their uses (listed, revoked one by one), and refuses
+//! bad clinic ids and long lives; `issue` records the key it certifies and bounds the
+//! lifetime; `unenroll` marks a known host revoked and refuses an unknown one; the database
+//! is 0600; `serve` refuses a bad configuration with an error naming the key.
 
 use std::{os::unix::fs::PermissionsExt as _, process::Command};
 
@@ -57,7 +59,86 @@ fn ca_init_tokens_unenroll_and_config_errors() {
     );
     let (ok, _, err) = run(&dir, &["enroll-token", "--clinic", "bad clinic/.."]);
     assert!(!ok && err.contains("clinic id"), "{err}");
+    for (args, says) in [
+        (&["--days", "365"][..], "--days"),
+        (&["--uses", "0"][..], "--uses"),
+    ] {
+        let mut a = vec!["enroll-token", "--clinic", "cab-dupont"];
+        a.extend_from_slice(args);
+        let (ok, _, err) = run(&dir, &a);
+        assert!(!ok && err.contains(says), "{err}");
+    }
+    // Recorded, one use, revocable by its id.
+    let (ok, list, err) = run(&dir, &["tokens", "list", "--json"]);
+    assert!(ok, "{err}");
+    let row: serde_json::Value = serde_json::from_str(list.lines().next().unwrap()).unwrap();
+    assert_eq!(row["clinic"], "cab-dupont");
+    assert_eq!(row["uses_left"], 1);
+    let id = row["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        clinicwatch_collector::enroll::token_id(token.trim()),
+        Some(id.as_str())
+    );
+    let (ok, out, err) = run(&dir, &["tokens", "revoke", &id]);
+    assert!(ok && out.contains("revoked"), "{err}");
+    let (ok, _, err) = run(&dir, &["tokens", "revoke", "feedface"]);
+    assert!(!ok && err.contains("no token"), "{err}");
+    let (_, list, _) = run(&dir, &["tokens", "list"]);
+    assert!(list.contains("revoked"), "{list}");
+    let db_mode = std::fs::metadata(dir.join("collector.db"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        db_mode & 0o777,
+        0o600,
+        "the database is the collector's alone"
+    );
 
+    // Unenrolling a host nobody knows changes nothing and says so.
+    let (ok, _, err) = run(
+        &dir,
+        &["unenroll", "--clinic", "cab-dupont", "--host", "ws1"],
+    );
+    assert!(!ok && err.contains("nothing was changed"), "{err}");
+    // A certificate made by hand is recorded; its lifetime is bounded.
+    let out_dir = dir.join("ws1");
+    let out_s = out_dir.display().to_string();
+    let (ok, _, err) = run(
+        &dir,
+        &[
+            "issue",
+            "--clinic",
+            "cab-dupont",
+            "--host",
+            "ws1",
+            "--days",
+            "36500",
+            "--out",
+            &out_s,
+        ],
+    );
+    assert!(!ok && err.contains("--days"), "{err}");
+    let (ok, _, err) = run(
+        &dir,
+        &[
+            "issue", "--soc", "--name", "alice", "--days", "365", "--out", &out_s,
+        ],
+    );
+    assert!(!ok && err.contains("between 1 and 90"), "{err}");
+    let (ok, _, err) = run(
+        &dir,
+        &[
+            "issue",
+            "--clinic",
+            "cab-dupont",
+            "--host",
+            "ws1",
+            "--out",
+            &out_s,
+        ],
+    );
+    assert!(ok, "{err}");
     let (ok, out, err) = run(
         &dir,
         &["unenroll", "--clinic", "cab-dupont", "--host", "ws1"],

@@ -58,6 +58,7 @@ impl Fleet {
                     }],
                 },
                 received,
+                store::TimeWindow::default_at(received),
             )
             .unwrap();
     }
@@ -98,6 +99,37 @@ impl Fleet {
         });
         self.send(clinic, host, body, t);
     }
+}
+
+/// One host cannot switch fleet detection off: a summary backdated to 1970 (outside the
+/// plausible window) or by eight days (inside it) does not make a destination old, because
+/// fleet-wide first seen is when the collector heard of it; and a host claiming that an IP
+/// is the vendor's only hides that IP in its own clinic.
+#[test]
+fn one_host_cannot_switch_off_fleet_detection() {
+    let mut f = Fleet::new(store::open(":memory:").unwrap());
+    let heard = NOW - 3600.0;
+    for t in [0.0, NOW - 8.0 * 86_400.0] {
+        let w = support::contact_summary("pm-client", "203.0.113.66", "", 10, t);
+        f.send("mal", "ws1", Body::Summary(w), heard);
+    }
+    let w = support::contact_summary("pm-client", "203.0.113.99", "api.vendor.example", 10, heard);
+    f.send("mal", "ws1", Body::Summary(w), heard);
+    for c in 0..6 {
+        for ip in ["203.0.113.66", "203.0.113.99"] {
+            f.contact(&format!("c{c}"), "pm-client", ip, "", NOW - 600.0);
+        }
+    }
+    engine().pass(f.st.as_mut(), NOW).unwrap();
+    let keys: Vec<String> = open(f.st.as_mut(), "CW-FLEET-RARE-DESTINATION")
+        .into_iter()
+        .map(|i| i.key)
+        .collect();
+    assert_eq!(
+        keys,
+        vec!["dest_ip:203.0.113.66", "dest_ip:203.0.113.99"],
+        "both destinations are new to the fleet and shared by six clinics"
+    );
 }
 
 fn engine() -> Engine {

@@ -113,7 +113,9 @@ fn mutated_frames_never_panic_and_what_is_accepted_is_stored_exactly() {
         match validate(&b) {
             Ok(()) => {
                 let before = st.record_count().unwrap();
-                let got = st.ingest(&host, &b, 1.0).unwrap();
+                let got = st
+                    .ingest(&host, &b, 1.0, store::TimeWindow::UNBOUNDED)
+                    .unwrap();
                 assert_eq!(got.stored + got.duplicates, b.records.len() as u64);
                 assert_eq!(st.record_count().unwrap(), before + got.stored);
                 accepted += 1;
@@ -121,7 +123,9 @@ fn mutated_frames_never_panic_and_what_is_accepted_is_stored_exactly() {
             Err(StoreError::Invalid(why)) => {
                 assert!(!why.is_empty());
                 let before = st.record_count().unwrap();
-                assert!(st.ingest(&host, &b, 1.0).is_err());
+                assert!(st
+                    .ingest(&host, &b, 1.0, store::TimeWindow::UNBOUNDED)
+                    .is_err());
                 assert_eq!(
                     st.record_count().unwrap(),
                     before,

@@ -135,7 +135,8 @@ async fn enrollment_issues_a_certificate_for_the_tokens_clinic_and_renews_it() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let token = clinicwatch_collector::enroll::make_token(&p.token_key, "clinic-a", now + 3600);
+    // Two uses: ws7 enrolls, and enrolls again after it is unenrolled.
+    let token = srv.token(&p, "clinic-a", 2);
     let mut anon = EnrollClient::new(channel(&srv.url, &p.ca, None).await.unwrap());
     let (csr_pem, key_pem) = csr("clinic-b");
     let req = |token: &str, host: &str, csr: &str| EnrollRequest {
@@ -170,8 +171,12 @@ async fn enrollment_issues_a_certificate_for_the_tokens_clinic_and_renews_it() {
         b"another collector's key 32 bytes",
         "clinic-a",
         now + 3600,
-    );
-    let expired = clinicwatch_collector::enroll::make_token(&p.token_key, "clinic-a", now - 1);
+    )
+    .unwrap()
+    .0;
+    let expired = clinicwatch_collector::enroll::make_token(&p.token_key, "clinic-a", now - 1)
+        .unwrap()
+        .0;
     for (r, code, says) in [
         (
             req(&other, "ws8", &csr_pem),
@@ -253,6 +258,7 @@ async fn enrollment_issues_a_certificate_for_the_tokens_clinic_and_renews_it() {
                     key_sha256: String::new(),
                     revoked: true,
                     updated: 0.0,
+                    pending_key_sha256: String::new(),
                 },
             )
             .unwrap()
@@ -454,7 +460,7 @@ async fn heartbeats_health_metrics_and_scheduled_retention() {
     let get = |path: &'static str| async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
             .await
             .unwrap();
         let mut out = String::new();

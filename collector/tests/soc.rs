@@ -114,7 +114,9 @@ async fn analysts_see_incidents_clinics_cannot_and_analysts_cannot_send() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let token = clinicwatch_collector::enroll::make_token(&p.token_key, SOC_ORG, now + 60);
+    let token = clinicwatch_collector::enroll::make_token(&p.token_key, SOC_ORG, now + 60)
+        .unwrap()
+        .0;
     let mut enroll = EnrollClient::new(channel(&srv.url, &p.ca, None).await.unwrap());
     let key = rcgen::KeyPair::generate().unwrap();
     let csr = rcgen::CertificateParams::default()

@@ -25,7 +25,9 @@ fn conformance(mut s: Box<dyn Store>, reopen: &dyn Fn() -> Box<dyn Store>) {
         ..Default::default()
     };
     assert_eq!(s.hello(&a, &hello, 1.0).unwrap(), 0);
-    let got = s.ingest(&a, &batch(7, 1, 30), 2.0).unwrap();
+    let got = s
+        .ingest(&a, &batch(7, 1, 30), 2.0, store::TimeWindow::UNBOUNDED)
+        .unwrap();
     assert_eq!(
         got,
         Ingested {
@@ -33,10 +35,13 @@ fn conformance(mut s: Box<dyn Store>, reopen: &dyn Fn() -> Box<dyn Store>) {
             duplicates: 0,
             up_to_seq: 30,
             new_seqs: (1..=30).collect(),
+            out_of_window: 0,
         }
     );
     // The ack was lost: the agent resends an overlapping batch.
-    let again = s.ingest(&a, &batch(7, 21, 20), 3.0).unwrap();
+    let again = s
+        .ingest(&a, &batch(7, 21, 20), 3.0, store::TimeWindow::UNBOUNDED)
+        .unwrap();
     assert_eq!(
         again,
         Ingested {
@@ -44,12 +49,18 @@ fn conformance(mut s: Box<dyn Store>, reopen: &dyn Fn() -> Box<dyn Store>) {
             duplicates: 10,
             up_to_seq: 40,
             new_seqs: (31..=40).collect(),
+            out_of_window: 0,
         }
     );
     // Another clinic's host with the same name and seqs is its own.
     let b = host("clinic-b");
     s.hello(&b, &hello, 3.0).unwrap();
-    assert_eq!(s.ingest(&b, &batch(7, 1, 5), 3.0).unwrap().stored, 5);
+    assert_eq!(
+        s.ingest(&b, &batch(7, 1, 5), 3.0, store::TimeWindow::UNBOUNDED)
+            .unwrap()
+            .stored,
+        5
+    );
     s.heartbeat(
         &a,
         &Heartbeat {
@@ -107,7 +118,12 @@ fn conformance(mut s: Box<dyn Store>, reopen: &dyn Fn() -> Box<dyn Store>) {
     // A batch with gaps (summaries the agent's full spool dropped) is fine.
     let mut gaps = batch(7, 41, 6);
     gaps.records.retain(|r| r.seq % 2 == 1);
-    assert_eq!(s.ingest(&a, &gaps, 5.0).unwrap().up_to_seq, 45);
+    assert_eq!(
+        s.ingest(&a, &gaps, 5.0, store::TimeWindow::UNBOUNDED)
+            .unwrap()
+            .up_to_seq,
+        45
+    );
 
     // Malformed batches are refused whole.
     let mut back = batch(1, 1, 5);
@@ -120,16 +136,26 @@ fn conformance(mut s: Box<dyn Store>, reopen: &dyn Fn() -> Box<dyn Store>) {
     if let Some(clinicwatch_proto::v1::record::Body::Summary(w)) = &mut huge_text.records[0].body {
         w.app = "x".repeat(5000);
     }
+    // A NUL byte (PostgreSQL's text cannot hold one) is refused by name, never a storage
+    // failure that the agent would retry for ever.
+    let mut nul = batch(1, 1, 3);
+    if let Some(clinicwatch_proto::v1::record::Body::Finding(f)) = &mut nul.records[2].body {
+        f.evidence.insert("exe".into(), "/tmp/a\0b".into());
+    }
     let before = s.record_count().unwrap();
     for (b, why) in [
+        (nul, "NUL byte"),
         (back, "must increase"),
         (wrong_first, "first_seq"),
         (no_body, "no body"),
-        (huge_text, "text field"),
+        (huge_text, "(at most 4096)"),
         (Batch::default(), "no records"),
         (batch(1, 1, MAX_BATCH_RECORDS as u64 + 1), "at most"),
     ] {
-        let e = s.ingest(&a, &b, 1.0).unwrap_err().to_string();
+        let e = s
+            .ingest(&a, &b, 1.0, store::TimeWindow::UNBOUNDED)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(why), "{e}");
     }
     assert_eq!(
@@ -155,7 +181,12 @@ fn contact(s: &mut dyn Store, clinic: &str, seq: u64, ip: &str, t: f64) {
             ))),
         }],
     };
-    assert_eq!(s.ingest(&host(clinic), &b, t).unwrap().stored, 1);
+    assert_eq!(
+        s.ingest(&host(clinic), &b, t, store::TimeWindow::UNBOUNDED)
+            .unwrap()
+            .stored,
+        1
+    );
 }
 
 fn clinics_ever(s: &mut dyn Store, ip: &str) -> (u64, bool) {
@@ -241,9 +272,15 @@ fn postgres_store() {
         ..Default::default()
     };
     c1.hello(&h, &hello, 1.0).unwrap();
-    c1.ingest(&h, &batch(1, 1, 10), 1.0).unwrap();
+    c1.ingest(&h, &batch(1, 1, 10), 1.0, store::TimeWindow::UNBOUNDED)
+        .unwrap();
     assert_eq!(c2.hello(&h, &hello, 2.0).unwrap(), 10);
-    assert_eq!(c2.ingest(&h, &batch(1, 5, 10), 2.0).unwrap().duplicates, 6);
+    assert_eq!(
+        c2.ingest(&h, &batch(1, 5, 10), 2.0, store::TimeWindow::UNBOUNDED)
+            .unwrap()
+            .duplicates,
+        6
+    );
     prevalence(&mut [open()], "203.0.113.9");
     // Three collectors share the count; each caches sketches of its own.
     prevalence(&mut [open(), open(), open()], "203.0.113.10");

@@ -64,6 +64,7 @@ async fn the_page_shows_the_incident_in_a_headless_browser() {
         l,
         srv.metrics.clone(),
         Some(srv.store.clone()),
+        Vec::new(),
     ));
     let profile = dir.join("chromium-profile");
     let out = tokio::task::spawn_blocking(move || {

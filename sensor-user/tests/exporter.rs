@@ -15,7 +15,6 @@ use clinicwatch_agent::{
 use clinicwatch_collector::{config::Config, enroll::EnrollService, pki, server::Collector, store};
 use clinicwatch_proto::v1::{record::Body, Hello, Record, WindowSummary};
 use prost::Message as _;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 fn temp_dir(name: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("cw-exporter-{name}-{}", std::process::id()));
@@ -63,10 +62,8 @@ fn setup(name: &str, cfg: Config, nb: i64, na: i64) -> Setup {
     let st: clinicwatch_collector::ingest::SharedStore = Arc::new(Mutex::new(
         store::open(&dir.join("c.db").display().to_string()).unwrap(),
     ));
-    let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(&server.cert, &server.key))
-        .client_ca_root(Certificate::from_pem(&ca.cert))
-        .client_auth_optional(true);
+    let tls = clinicwatch_collector::listen::ServerTls::from_pem(&server.cert, &server.key, &ca.cert)
+        .unwrap();
     let mut c = Collector::new(cfg.clone(), st.clone(), tls);
     c.enroll = Some(EnrollService {
         ca: ca.clone(),

@@ -18,7 +18,6 @@ use clinicwatch_collector::{
     store::{self, HostKey, Store},
 };
 use clinicwatch_tests::*;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_cw-workload");
 
@@ -31,9 +30,8 @@ fn collector(
     db: &Path,
 ) -> SharedStore {
     let store: SharedStore = Arc::new(Mutex::new(store::open(&db.display().to_string()).unwrap()));
-    let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(&server.cert, &server.key))
-        .client_ca_root(Certificate::from_pem(&ca.cert));
+    let tls = clinicwatch_collector::listen::ServerTls::from_pem(&server.cert, &server.key, &ca.cert)
+        .unwrap();
     let c = Collector::new(CollectorConfig::default(), store.clone(), tls);
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))

@@ -128,15 +128,17 @@ impl Engine {
         let mut by_value: BTreeMap<(String, String), Vec<Hit>> = BTreeMap::new();
         // What the names stood for (`dest_pair` sightings): the vendor's IPs (a new edge of
         // its CDN is not a campaign), and names that only ever meant private addresses
-        // (`pm-server.lan` in every clinic is not a shared destination).
-        let mut vendor_ips: BTreeSet<&str> = BTreeSet::new();
+        // (`pm-server.lan` in every clinic is not a shared destination). What a clinic's
+        // hosts say a name resolved to counts for that clinic's sightings only: one host
+        // claiming that an attacker's IP is the vendor's cannot hide it fleet-wide.
+        let mut vendor_ips: BTreeSet<(&str, &str)> = BTreeSet::new();
         let mut name_public: BTreeMap<&str, bool> = BTreeMap::new();
         for s in sightings.iter().filter(|s| s.kind == "dest_pair") {
             let Some((ip, name)) = s.value.split_once(' ') else {
                 continue;
             };
             if domain_matches(name, &self.vendor_domains) {
-                vendor_ips.insert(ip);
+                vendor_ips.insert((s.clinic.as_str(), ip));
             }
             *name_public.entry(name).or_default() |= !super::indicators::private(ip);
         }
@@ -148,7 +150,8 @@ impl Engine {
                             && name_public.get(s.value.as_str()) == Some(&false))
                 }
                 "dest_ip" => {
-                    (rule.exclude_vendor_domains && vendor_ips.contains(s.value.as_str()))
+                    (rule.exclude_vendor_domains
+                        && vendor_ips.contains(&(s.clinic.as_str(), s.value.as_str())))
                         || (rule.exclude_private && super::indicators::private(&s.value))
                 }
                 _ => false,

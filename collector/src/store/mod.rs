@@ -47,6 +47,43 @@ pub struct Ingested {
     pub up_to_seq: u64,
     /// The sequence numbers stored by this call (not duplicates), in order.
     pub new_seqs: Vec<u64>,
+    /// Of those, records whose own time lies outside the plausible window: stored, never
+    /// correlated.
+    pub out_of_window: u64,
+}
+
+/// Event times the collector finds plausible, around its own clock. A record outside is
+/// stored and acked (so that it never blocks delivery), counted, and kept out of findings
+/// and indicators, so that it can neither join nor suppress an incident: a host that claims
+/// 1970 or 2100 changes nothing fleet-wide.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TimeWindow {
+    pub earliest: f64,
+    pub latest: f64,
+}
+
+impl TimeWindow {
+    /// Every time is plausible (tests and the replay of old data).
+    pub const UNBOUNDED: TimeWindow = TimeWindow {
+        earliest: f64::NEG_INFINITY,
+        latest: f64::INFINITY,
+    };
+
+    pub fn around(now: f64, limits: &crate::config::LimitsConfig) -> TimeWindow {
+        TimeWindow {
+            earliest: now - limits.max_record_age_secs as f64,
+            latest: now + limits.max_clock_skew_secs as f64,
+        }
+    }
+
+    /// The default limits' window at `now`.
+    pub fn default_at(now: f64) -> TimeWindow {
+        TimeWindow::around(now, &crate::config::LimitsConfig::default())
+    }
+
+    pub fn contains(&self, t: f64) -> bool {
+        t >= self.earliest && t <= self.latest
+    }
 }
 
 /// A finding as stored.
@@ -138,6 +175,58 @@ pub struct Enrollment {
     /// enrolls again with a token.
     pub revoked: bool,
     pub updated: f64,
+    /// Renewal is two-phase: the key of the certificate issued last, not yet used. Both keys
+    /// are accepted until a stream opens with this one; then the old one is refused. A
+    /// renewal whose reply was lost leaves the host with its old, still valid, certificate.
+    pub pending_key_sha256: String,
+}
+
+/// An enrollment token as the collector keeps it: the token itself (an HMAC over these
+/// fields) is shown once and never stored.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TokenRow {
+    /// The token's nonce (hex): what `tokens revoke` names.
+    pub id: String,
+    pub clinic: String,
+    /// Empty: any host id; else the only host id it enrolls.
+    pub host: String,
+    pub expires: f64,
+    pub uses_left: i64,
+    pub revoked: bool,
+    pub created: f64,
+}
+
+/// Why a well-signed token is not taken.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TokenRefusal {
+    #[error("the enrollment token is unknown to this collector's database")]
+    Unknown,
+    #[error("the enrollment token was revoked")]
+    Revoked,
+    #[error("the enrollment token was used as many times as it allows")]
+    UsedUp,
+    #[error("the enrollment token expired")]
+    Expired,
+    #[error("the enrollment token is for host `{0}` only")]
+    OtherHost(String),
+}
+
+impl TokenRow {
+    /// Whether `row` may enroll one more host at `now` (the stores then take one use).
+    pub fn usable(row: Option<TokenRow>, host: &str, now: f64) -> Result<TokenRow, TokenRefusal> {
+        let t = row.ok_or(TokenRefusal::Unknown)?;
+        if !t.host.is_empty() && t.host != host {
+            Err(TokenRefusal::OtherHost(t.host))
+        } else if t.revoked {
+            Err(TokenRefusal::Revoked)
+        } else if t.uses_left <= 0 {
+            Err(TokenRefusal::UsedUp)
+        } else if now >= t.expires {
+            Err(TokenRefusal::Expired)
+        } else {
+            Ok(t)
+        }
+    }
 }
 
 /// What a retention pass removed.
@@ -161,10 +250,29 @@ pub trait Store: Send {
     fn enrollment(&mut self, host: &HostKey) -> Result<Option<Enrollment>, StoreError>;
     /// Records the host's current key (or its revocation).
     fn set_enrollment(&mut self, host: &HostKey, e: &Enrollment) -> Result<(), StoreError>;
+    /// Records a new enrollment token.
+    fn put_token(&mut self, t: &TokenRow) -> Result<(), StoreError>;
+    /// Takes one use of token `id`, atomically, or says why it cannot be used.
+    fn use_token(
+        &mut self,
+        id: &str,
+        host: &str,
+        now: f64,
+    ) -> Result<Result<TokenRow, TokenRefusal>, StoreError>;
+    fn tokens(&mut self) -> Result<Vec<TokenRow>, StoreError>;
+    /// Revokes token `id`; false when there is no such token.
+    fn revoke_token(&mut self, id: &str) -> Result<bool, StoreError>;
     /// Notes a heartbeat: the host is alive, with this much waiting in its spool.
     fn heartbeat(&mut self, host: &HostKey, hb: &Heartbeat, now: f64) -> Result<(), StoreError>;
     /// Stores a batch in one transaction; a record already stored is a duplicate.
-    fn ingest(&mut self, host: &HostKey, batch: &Batch, now: f64) -> Result<Ingested, StoreError>;
+    /// Stores a batch durably; records outside `window` are stored but not correlated.
+    fn ingest(
+        &mut self,
+        host: &HostKey,
+        batch: &Batch,
+        now: f64,
+        window: TimeWindow,
+    ) -> Result<Ingested, StoreError>;
     fn findings_since(&mut self, since: f64) -> Result<Vec<StoredFinding>, StoreError>;
     fn hosts(&mut self) -> Result<Vec<HostRow>, StoreError>;
     /// Deletes summaries and health received before `summaries_before` and findings (raised)

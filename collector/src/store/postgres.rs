@@ -11,8 +11,9 @@ use prost::Message;
 
 use super::prevalence::{self, SketchCache};
 use super::{
-    kind, validate, Enrollment, HostKey, HostRow, Incident, IndicatorStat, Ingested, Pruned,
-    SightingRow, Store, StoreError, StoredFinding, INCIDENT_COLUMNS,
+    kind, record_time, validate, Enrollment, HostKey, HostRow, Incident, IndicatorStat, Ingested,
+    Pruned, SightingRow, Store, StoreError, StoredFinding, TimeWindow, TokenRefusal, TokenRow,
+    INCIDENT_COLUMNS,
 };
 
 /// Held by the collector that runs correlation passes ("correl").
@@ -91,15 +92,35 @@ CREATE TABLE IF NOT EXISTS enrollments (
     PRIMARY KEY (clinic, host)
 );
 CREATE INDEX IF NOT EXISTS records_received ON records (kind, received);
+ALTER TABLE enrollments ADD COLUMN IF NOT EXISTS pending_key TEXT NOT NULL DEFAULT '';
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY, clinic TEXT NOT NULL, host TEXT NOT NULL,
+    expires DOUBLE PRECISION NOT NULL, uses_left BIGINT NOT NULL, revoked BOOLEAN NOT NULL,
+    created DOUBLE PRECISION NOT NULL
+);
 ";
 
 /// True when the schema's newest objects exist (update it with `SCHEMA`).
-const SCHEMA_CURRENT: &str = "SELECT to_regclass('records_received') IS NOT NULL AND EXISTS (
+const SCHEMA_CURRENT: &str = "SELECT to_regclass('tokens') IS NOT NULL AND EXISTS (
+    SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
+      AND table_name = 'enrollments' AND column_name = 'pending_key') AND EXISTS (
     SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
       AND table_name = 'indicators' AND column_name = 'clinics_sketch')";
 
 /// Serialises schema creation between collectors starting together.
 const SCHEMA_LOCK: i64 = 0x636c_696e_6963; // "clinic"
+
+fn pg_token(r: &postgres::Row) -> TokenRow {
+    TokenRow {
+        id: r.get(0),
+        clinic: r.get(1),
+        host: r.get(2),
+        expires: r.get(3),
+        uses_left: r.get(4),
+        revoked: r.get(5),
+        created: r.get(6),
+    }
+}
 
 pub struct PgStore {
     config: postgres::Config,
@@ -274,13 +295,15 @@ impl Store for PgStore {
     fn enrollment(&mut self, host: &HostKey) -> Result<Option<Enrollment>, StoreError> {
         self.with(|c| {
             let row = c.query_opt(
-                "SELECT key_sha256, revoked, updated FROM enrollments WHERE clinic = $1 AND host = $2",
+                "SELECT key_sha256, revoked, updated, pending_key FROM enrollments
+                 WHERE clinic = $1 AND host = $2",
                 &[&host.clinic, &host.host],
             )?;
             Ok(row.map(|r| Enrollment {
                 key_sha256: r.get(0),
                 revoked: r.get(1),
                 updated: r.get(2),
+                pending_key_sha256: r.get(3),
             }))
         })
     }
@@ -288,12 +311,86 @@ impl Store for PgStore {
     fn set_enrollment(&mut self, host: &HostKey, e: &Enrollment) -> Result<(), StoreError> {
         self.with(|c| {
             c.execute(
-                "INSERT INTO enrollments (clinic, host, key_sha256, revoked, updated)
-                 VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (clinic, host) DO UPDATE SET key_sha256 = $3, revoked = $4, updated = $5",
-                &[&host.clinic, &host.host, &e.key_sha256, &e.revoked, &e.updated],
+                "INSERT INTO enrollments (clinic, host, key_sha256, revoked, updated, pending_key)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (clinic, host) DO UPDATE SET key_sha256 = $3, revoked = $4,
+                   updated = $5, pending_key = $6",
+                &[
+                    &host.clinic,
+                    &host.host,
+                    &e.key_sha256,
+                    &e.revoked,
+                    &e.updated,
+                    &e.pending_key_sha256,
+                ],
             )
             .map(|_| ())
+        })
+    }
+
+    fn put_token(&mut self, t: &TokenRow) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO tokens (id, clinic, host, expires, uses_left, revoked, created)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &[
+                    &t.id,
+                    &t.clinic,
+                    &t.host,
+                    &t.expires,
+                    &t.uses_left,
+                    &t.revoked,
+                    &t.created,
+                ],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn use_token(
+        &mut self,
+        id: &str,
+        host: &str,
+        now: f64,
+    ) -> Result<Result<TokenRow, TokenRefusal>, StoreError> {
+        self.with(|c| {
+            let mut tx = c.transaction()?;
+            let row = tx
+                .query_opt(
+                    "SELECT id, clinic, host, expires, uses_left, revoked, created FROM tokens
+                     WHERE id = $1 FOR UPDATE",
+                    &[&id],
+                )?
+                .map(|r| pg_token(&r));
+            let verdict = TokenRow::usable(row, host, now);
+            if let Ok(t) = &verdict {
+                tx.execute(
+                    "UPDATE tokens SET uses_left = uses_left - 1 WHERE id = $1",
+                    &[&t.id],
+                )?;
+            }
+            tx.commit()?;
+            Ok(verdict)
+        })
+    }
+
+    fn tokens(&mut self) -> Result<Vec<TokenRow>, StoreError> {
+        self.with(|c| {
+            Ok(c.query(
+                "SELECT id, clinic, host, expires, uses_left, revoked, created FROM tokens
+                 ORDER BY created",
+                &[],
+            )?
+            .iter()
+            .map(pg_token)
+            .collect())
+        })
+    }
+
+    fn revoke_token(&mut self, id: &str) -> Result<bool, StoreError> {
+        self.with(|c| {
+            c.execute("UPDATE tokens SET revoked = TRUE WHERE id = $1", &[&id])
+                .map(|n| n == 1)
         })
     }
 
@@ -314,7 +411,13 @@ impl Store for PgStore {
         })
     }
 
-    fn ingest(&mut self, host: &HostKey, batch: &Batch, now: f64) -> Result<Ingested, StoreError> {
+    fn ingest(
+        &mut self,
+        host: &HostKey,
+        batch: &Batch,
+        now: f64,
+        window: TimeWindow,
+    ) -> Result<Ingested, StoreError> {
         validate(batch)?;
         let seqs: Vec<i64> = batch.records.iter().map(|r| r.seq as i64).collect();
         let kinds: Vec<&str> = batch.records.iter().map(kind).collect();
@@ -335,7 +438,7 @@ impl Store for PgStore {
             let findings: Vec<_> = batch
                 .records
                 .iter()
-                .filter(|r| new.contains(&(r.seq as i64)))
+                .filter(|r| new.contains(&(r.seq as i64)) && window.contains(record_time(r)))
                 .filter_map(|r| match &r.body {
                     Some(Body::Finding(f)) => Some((r.seq as i64, f)),
                     _ => None,
@@ -363,7 +466,7 @@ impl Store for PgStore {
                 batch
                     .records
                     .iter()
-                    .filter(|r| new.contains(&(r.seq as i64))),
+                    .filter(|r| new.contains(&(r.seq as i64)) && window.contains(record_time(r))),
             );
             if !folded.sightings.is_empty() {
                 let put = tx.prepare(
@@ -395,9 +498,11 @@ impl Store for PgStore {
                 }
                 // The upsert locks the indicator's row until commit: another collector's
                 // fold or sketch update of the same indicator waits (see `prevalence`).
-                for ((kind, value), (first, last)) in &folded.indicators {
+                // Fleet-wide first seen is when the collector first heard of it, never the
+                // time a host claims: a backdated record must not make a new one look old.
+                for ((kind, value), (_, last)) in &folded.indicators {
                     let kind = kind.to_string();
-                    let sketched: bool = tx.query_one(&ind, &[&kind, value, first, last])?.get(0);
+                    let sketched: bool = tx.query_one(&ind, &[&kind, value, &now, last])?.get(0);
                     if sketched {
                         if sketches.covers(&kind, value, &host.clinic) {
                             continue;
@@ -416,7 +521,7 @@ impl Store for PgStore {
                             )?;
                         }
                         sketched_now.push((kind, value.clone(), h));
-                    } else if tx.execute(&ind_clinic, &[&kind, value, &host.clinic, first])? == 1 {
+                    } else if tx.execute(&ind_clinic, &[&kind, value, &host.clinic, &now])? == 1 {
                         let clinics: Vec<String> = tx
                             .query(
                                 "SELECT clinic FROM indicator_clinics WHERE kind = $1 AND value = $2
@@ -450,6 +555,11 @@ impl Store for PgStore {
                 stored: new.len() as u64,
                 duplicates: (batch.records.len() - new.len()) as u64,
                 up_to_seq: 0,
+                out_of_window: batch
+                    .records
+                    .iter()
+                    .filter(|r| new.contains(&(r.seq as i64)) && !window.contains(record_time(r)))
+                    .count() as u64,
                 new_seqs: batch
                     .records
                     .iter()
@@ -536,6 +646,16 @@ impl Store for PgStore {
             )?;
             records += tx.execute(
                 "DELETE FROM sightings WHERE received < $1",
+                &[&summaries_before],
+            )?;
+            // Indicators not seen for as long go too (bounded rows; one is new again after).
+            records += tx.execute(
+                "DELETE FROM indicator_clinics ic USING indicators i
+                 WHERE ic.kind = i.kind AND ic.value = i.value AND i.last_seen < $1",
+                &[&summaries_before],
+            )?;
+            records += tx.execute(
+                "DELETE FROM indicators WHERE last_seen < $1",
                 &[&summaries_before],
             )?;
             tx.commit()?;

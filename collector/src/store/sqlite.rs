@@ -9,8 +9,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::prevalence::{self, SketchCache};
 use super::{
-    kind, validate, Enrollment, HostKey, HostRow, Incident, IndicatorStat, Ingested, Pruned,
-    SightingRow, Store, StoreError, StoredFinding, INCIDENT_COLUMNS,
+    kind, record_time, validate, Enrollment, HostKey, HostRow, Incident, IndicatorStat, Ingested,
+    Pruned, SightingRow, Store, StoreError, StoredFinding, TimeWindow, TokenRefusal, TokenRow,
+    INCIDENT_COLUMNS,
 };
 
 fn incident_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Incident> {
@@ -59,6 +60,10 @@ CREATE TABLE IF NOT EXISTS enrollments (
     revoked INTEGER NOT NULL, updated REAL NOT NULL,
     PRIMARY KEY (clinic, host)
 );
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY, clinic TEXT NOT NULL, host TEXT NOT NULL, expires REAL NOT NULL,
+    uses_left INTEGER NOT NULL, revoked INTEGER NOT NULL, created REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS sightings (
     kind TEXT NOT NULL, value TEXT NOT NULL, clinic TEXT NOT NULL, host TEXT NOT NULL,
     app TEXT NOT NULL, bucket INTEGER NOT NULL, first_time REAL NOT NULL,
@@ -100,9 +105,54 @@ fn db_err(path: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
     }
 }
 
+/// The database holds every clinic's findings: it (and so its `-wal` and `-shm` files,
+/// which SQLite creates with the database's mode) is the collector user's alone, and a
+/// symlink planted in its place is refused rather than followed.
+fn private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                std::io::Error::other("is a symbolic link; refusing to follow it")
+            } else {
+                e
+            }
+        })?;
+    let mode = f.metadata()?.permissions().mode();
+    if mode & 0o077 != 0 {
+        f.set_permissions(std::fs::Permissions::from_mode(mode & 0o700))?;
+    }
+    Ok(())
+}
+
+fn sqlite_token(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
+    Ok(TokenRow {
+        id: r.get(0)?,
+        clinic: r.get(1)?,
+        host: r.get(2)?,
+        expires: r.get(3)?,
+        uses_left: r.get(4)?,
+        revoked: r.get::<_, i64>(5)? != 0,
+        created: r.get(6)?,
+    })
+}
+
 impl SqliteStore {
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         let p = path.display().to_string();
+        if path != Path::new(":memory:") {
+            private_file(path).map_err(|e| StoreError::Db {
+                path: p.clone(),
+                source: Box::new(e),
+            })?;
+        }
         let db = Connection::open(path).map_err(db_err(&p))?;
         db.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(db_err(&p))?;
@@ -118,6 +168,20 @@ impl SqliteStore {
         if has_sketch == 0 {
             db.execute_batch("ALTER TABLE indicators ADD COLUMN clinics_sketch BLOB")
                 .map_err(db_err(&p))?;
+        }
+        // Files from before two-phase renewal.
+        let has_pending: i64 = db
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('enrollments') WHERE name = 'pending_key'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(db_err(&p))?;
+        if has_pending == 0 {
+            db.execute_batch(
+                "ALTER TABLE enrollments ADD COLUMN pending_key TEXT NOT NULL DEFAULT ''",
+            )
+            .map_err(db_err(&p))?;
         }
         Ok(SqliteStore {
             path: p,
@@ -158,13 +222,15 @@ impl Store for SqliteStore {
     fn enrollment(&mut self, host: &HostKey) -> Result<Option<Enrollment>, StoreError> {
         self.db
             .query_row(
-                "SELECT key_sha256, revoked, updated FROM enrollments WHERE clinic = ?1 AND host = ?2",
+                "SELECT key_sha256, revoked, updated, pending_key FROM enrollments
+                 WHERE clinic = ?1 AND host = ?2",
                 params![host.clinic, host.host],
                 |r| {
                     Ok(Enrollment {
                         key_sha256: r.get(0)?,
                         revoked: r.get::<_, i64>(1)? != 0,
                         updated: r.get(2)?,
+                        pending_key_sha256: r.get(3)?,
                     })
                 },
             )
@@ -175,13 +241,90 @@ impl Store for SqliteStore {
     fn set_enrollment(&mut self, host: &HostKey, e: &Enrollment) -> Result<(), StoreError> {
         self.db
             .execute(
-                "INSERT INTO enrollments (clinic, host, key_sha256, revoked, updated)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (clinic, host) DO UPDATE SET key_sha256 = ?3, revoked = ?4, updated = ?5",
-                params![host.clinic, host.host, e.key_sha256, e.revoked as i64, e.updated],
+                "INSERT INTO enrollments (clinic, host, key_sha256, revoked, updated, pending_key)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (clinic, host) DO UPDATE SET key_sha256 = ?3, revoked = ?4,
+                   updated = ?5, pending_key = ?6",
+                params![
+                    host.clinic,
+                    host.host,
+                    e.key_sha256,
+                    e.revoked as i64,
+                    e.updated,
+                    e.pending_key_sha256
+                ],
             )
             .map_err(db_err(&self.path))?;
         Ok(())
+    }
+
+    fn put_token(&mut self, t: &TokenRow) -> Result<(), StoreError> {
+        self.db
+            .execute(
+                "INSERT INTO tokens (id, clinic, host, expires, uses_left, revoked, created)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    t.id,
+                    t.clinic,
+                    t.host,
+                    t.expires,
+                    t.uses_left,
+                    t.revoked as i64,
+                    t.created
+                ],
+            )
+            .map_err(db_err(&self.path))?;
+        Ok(())
+    }
+
+    fn use_token(
+        &mut self,
+        id: &str,
+        host: &str,
+        now: f64,
+    ) -> Result<Result<TokenRow, TokenRefusal>, StoreError> {
+        let err = db_err(&self.path);
+        let tx = self.db.transaction().map_err(&err)?;
+        let row = tx
+            .query_row(
+                "SELECT id, clinic, host, expires, uses_left, revoked, created FROM tokens
+                 WHERE id = ?1",
+                params![id],
+                sqlite_token,
+            )
+            .optional()
+            .map_err(&err)?;
+        let verdict = TokenRow::usable(row, host, now);
+        if let Ok(t) = &verdict {
+            tx.execute(
+                "UPDATE tokens SET uses_left = uses_left - 1 WHERE id = ?1",
+                params![t.id],
+            )
+            .map_err(&err)?;
+        }
+        tx.commit().map_err(&err)?;
+        Ok(verdict)
+    }
+
+    fn tokens(&mut self) -> Result<Vec<TokenRow>, StoreError> {
+        let err = db_err(&self.path);
+        let mut q = self
+            .db
+            .prepare(
+                "SELECT id, clinic, host, expires, uses_left, revoked, created FROM tokens
+                 ORDER BY created",
+            )
+            .map_err(&err)?;
+        let rows = q.query_map([], sqlite_token).map_err(&err)?;
+        rows.collect::<Result<_, _>>().map_err(&err)
+    }
+
+    fn revoke_token(&mut self, id: &str) -> Result<bool, StoreError> {
+        let n = self
+            .db
+            .execute("UPDATE tokens SET revoked = 1 WHERE id = ?1", params![id])
+            .map_err(db_err(&self.path))?;
+        Ok(n == 1)
     }
 
     fn heartbeat(&mut self, host: &HostKey, hb: &Heartbeat, now: f64) -> Result<(), StoreError> {
@@ -201,7 +344,13 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn ingest(&mut self, host: &HostKey, batch: &Batch, now: f64) -> Result<Ingested, StoreError> {
+    fn ingest(
+        &mut self,
+        host: &HostKey,
+        batch: &Batch,
+        now: f64,
+        window: TimeWindow,
+    ) -> Result<Ingested, StoreError> {
         validate(batch)?;
         let err = db_err(&self.path);
         let tx = self.db.transaction().map_err(&err)?;
@@ -266,6 +415,10 @@ impl Store for SqliteStore {
                 }
                 out.stored += 1;
                 out.new_seqs.push(r.seq);
+                if !window.contains(record_time(r)) {
+                    out.out_of_window += 1;
+                    continue;
+                }
                 if let Some(Body::Finding(f)) = &r.body {
                     let evidence = serde_json::to_string(&f.evidence).unwrap_or_default();
                     finding
@@ -288,7 +441,10 @@ impl Store for SqliteStore {
             }
             let new: std::collections::HashSet<u64> = out.new_seqs.iter().copied().collect();
             let folded = crate::correlate::indicators::fold(
-                batch.records.iter().filter(|r| new.contains(&r.seq)),
+                batch
+                    .records
+                    .iter()
+                    .filter(|r| new.contains(&r.seq) && window.contains(record_time(r))),
             );
             for ((kind, value, app, bucket), (first, last, n)) in &folded.sightings {
                 sighting
@@ -306,9 +462,11 @@ impl Store for SqliteStore {
                     ])
                     .map_err(&err)?;
             }
-            for ((kind, value), (first, last)) in &folded.indicators {
+            // Fleet-wide first seen is when the collector first heard of it, never the time a
+            // host claims: a backdated record must not make a new destination look old.
+            for ((kind, value), (_, last)) in &folded.indicators {
                 let sketched: bool = indicator
-                    .query_row(params![kind, value, first, last], |r| r.get(0))
+                    .query_row(params![kind, value, now, last], |r| r.get(0))
                     .map_err(&err)?;
                 if sketched {
                     if self.sketches.covers(kind, value, &host.clinic) {
@@ -331,7 +489,7 @@ impl Store for SqliteStore {
                     }
                     sketched_now.push((kind.to_string(), value.clone(), h));
                 } else if indicator_clinic
-                    .execute(params![kind, value, host.clinic, first])
+                    .execute(params![kind, value, host.clinic, now])
                     .map_err(&err)?
                     == 1
                 {
@@ -453,10 +611,24 @@ impl Store for SqliteStore {
                 params![findings_before],
             )
             .map_err(&err)? as u64;
-        // Sightings go with the summaries they came from; fleet-wide first seen stays.
+        // Sightings go with the summaries they came from.
         records += tx
             .execute(
                 "DELETE FROM sightings WHERE received < ?1",
+                params![summaries_before],
+            )
+            .map_err(&err)? as u64;
+        // Indicators not seen for as long go too (bounded rows; one is new again after).
+        records += tx
+            .execute(
+                "DELETE FROM indicator_clinics WHERE (kind, value) IN
+                   (SELECT kind, value FROM indicators WHERE last_seen < ?1)",
+                params![summaries_before],
+            )
+            .map_err(&err)? as u64;
+        records += tx
+            .execute(
+                "DELETE FROM indicators WHERE last_seen < ?1",
                 params![summaries_before],
             )
             .map_err(&err)? as u64;

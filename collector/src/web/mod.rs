@@ -2,7 +2,9 @@
 //! `/metrics` (Prometheus), `/healthz`, and, when given the store, a small SOC page at `/`
 //! (incidents, a timeline, clinics affected, host health) fed by `/api/incidents` and
 //! `/api/hosts`. It has no authentication of its own: keep it on localhost, or behind an
-//! authenticating reverse proxy; remote tools use the `Soc` gRPC service.
+//! authenticating reverse proxy; remote tools use the `Soc` gRPC service. A request whose
+//! `Host` is not an IP address, `localhost` or one of `server.web_hosts` is refused (DNS
+//! rebinding), and at most [`MAX_CONNECTIONS`] connections are served at once.
 
 use std::sync::{atomic::Ordering, Arc};
 
@@ -14,6 +16,38 @@ const INDEX: &str = include_str!("index.html");
 
 /// A host is shown as silent after this long without a word.
 const SILENT_SECS: f64 = 300.0;
+
+/// Connections served at once; more are closed at once.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// The `Host` header of a request head, without its port.
+fn host_header(head: &str) -> Option<&str> {
+    let v = head.lines().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case("host").then_some(v.trim())
+    })?;
+    Some(match v.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => v.rsplit_once(':').map_or(v, |(h, p)| {
+            if p.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                v
+            }
+        }),
+    })
+}
+
+/// Whether a request naming `host` may be answered: IP literals and `localhost` (a
+/// rebinding attack needs a name it controls), and the configured names.
+pub fn host_allowed(host: Option<&str>, allowed: &[String]) -> bool {
+    let Some(h) = host else {
+        return false;
+    };
+    h.parse::<std::net::IpAddr>().is_ok()
+        || h.eq_ignore_ascii_case("localhost")
+        || allowed.iter().any(|a| a.eq_ignore_ascii_case(h))
+}
 
 async fn api(path: &str, store: &SharedStore, metrics: &Metrics) -> Option<String> {
     let now = crate::ingest::now();
@@ -50,7 +84,10 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     store: Option<SharedStore>,
+    allowed_hosts: Vec<String>,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let allowed = Arc::new(allowed_hosts);
     loop {
         let (mut sock, _) = match listener.accept().await {
             Ok(s) => s,
@@ -60,8 +97,12 @@ pub async fn serve(
                 continue;
             }
         };
-        let (metrics, store) = (metrics.clone(), store.clone());
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        let (metrics, store, allowed) = (metrics.clone(), store.clone(), allowed.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let mut buf = Vec::with_capacity(1024);
             let mut chunk = [0u8; 1024];
             let read = async {
@@ -79,9 +120,17 @@ pub async fn serve(
                 return;
             }
             let line = String::from_utf8_lossy(&buf).to_string();
-            let path = line.split_whitespace().nth(1).unwrap_or("");
+            let target = line.split_whitespace().nth(1).unwrap_or("");
+            // The query string does not choose the resource (`/metrics?x` is `/metrics`).
+            let path = target.split('?').next().unwrap_or("");
             let get = line.starts_with("GET ");
+            let host_ok = host_allowed(host_header(&line), &allowed);
             let (status, ctype, body) = match (get, path, &store) {
+                _ if !host_ok => (
+                    "421 Misdirected Request",
+                    "text/plain",
+                    "this Host is not served here (see server.web_hosts)\n".to_string(),
+                ),
                 (true, "/metrics", _) => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
                 (true, "/healthz", _) => {
                     if metrics.store_ok.load(Ordering::Relaxed) {
@@ -109,5 +158,28 @@ pub async fn serve(
             let _ = sock.write_all(body.as_bytes()).await;
             let _ = sock.shutdown().await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_ip_literals_localhost_and_configured_names_are_served() {
+        let allowed = vec!["soc.example".to_string()];
+        for (head, ok) in [
+            ("GET / HTTP/1.1\r\nHost: 127.0.0.1:9464\r\n", true),
+            ("GET / HTTP/1.1\r\nhost: localhost:9464\r\n", true),
+            ("GET / HTTP/1.1\r\nHost: [::1]:9464\r\n", true),
+            ("GET / HTTP/1.1\r\nHost: SOC.example\r\n", true),
+            (
+                "GET / HTTP/1.1\r\nHost: rebind.attacker.example:9464\r\n",
+                false,
+            ),
+            ("GET / HTTP/1.1\r\n", false),
+        ] {
+            assert_eq!(host_allowed(host_header(head), &allowed), ok, "{head}");
+        }
     }
 }

@@ -14,6 +14,7 @@ use clinicwatch_collector::{
     config::Config,
     enroll::EnrollService,
     ingest::SharedStore,
+    listen::ServerTls,
     metrics::Metrics,
     pki,
     server::Collector,
@@ -25,7 +26,7 @@ use clinicwatch_proto::v1::{
 };
 use tonic::{
     codec::CompressionEncoding,
-    transport::{Certificate, Channel, ClientTlsConfig, Identity, ServerTlsConfig},
+    transport::{Certificate, Channel, ClientTlsConfig, Identity},
 };
 
 pub struct Pki {
@@ -51,6 +52,25 @@ impl Running {
     /// Hosts as stored.
     pub fn hosts(&self) -> Vec<clinicwatch_collector::store::HostRow> {
         blocking(|| self.store.lock().unwrap().hosts().unwrap())
+    }
+
+    /// An enrollment token for `clinic`, recorded in this collector's store with `uses`
+    /// uses, valid for an hour.
+    pub fn token(&self, p: &Pki, clinic: &str, uses: u32) -> String {
+        let exp = clinicwatch_collector::ingest::now() as u64 + 3600;
+        blocking(|| {
+            let mut st = self.store.lock().unwrap();
+            clinicwatch_collector::enroll::issue_token(
+                st.as_mut(),
+                &p.token_key,
+                clinic,
+                "",
+                uses,
+                exp,
+            )
+            .unwrap()
+            .0
+        })
     }
 
     pub async fn shutdown(mut self) {
@@ -85,11 +105,8 @@ pub fn new_pki() -> Pki {
     }
 }
 
-pub fn server_tls(p: &Pki) -> ServerTlsConfig {
-    ServerTlsConfig::new()
-        .identity(Identity::from_pem(&p.server.cert, &p.server.key))
-        .client_ca_root(Certificate::from_pem(&p.ca.cert))
-        .client_auth_optional(true)
+pub fn server_tls(p: &Pki) -> ServerTls {
+    ServerTls::from_pem(&p.server.cert, &p.server.key, &p.ca.cert).unwrap()
 }
 
 /// Starts a collector (Ingest, Enroll, health) over `store` on an ephemeral port.
@@ -181,15 +198,17 @@ pub fn hello(clinic: &str, host: &str, epoch: u64) -> AgentFrame {
     }
 }
 
-/// Records `first..first+n`: every third a finding, the others summaries.
+/// Records `first..first+n`: every third a finding, the others summaries, dated an hour
+/// ago plus their seq in seconds (within the collector's plausible window).
 pub fn records(first: u64, n: u64) -> Vec<Record> {
+    let base = (clinicwatch_collector::ingest::now() - 3600.0).floor();
     (first..first + n)
         .map(|seq| Record {
             seq,
             body: Some(if seq % 3 == 0 {
                 Body::Finding(Finding {
                     rule: "CW-PM-BULK-READ".into(),
-                    time: seq as f64,
+                    time: base + seq as f64,
                     app: "pm".into(),
                     summary: format!("finding {seq}"),
                     ..Default::default()
@@ -197,8 +216,8 @@ pub fn records(first: u64, n: u64) -> Vec<Record> {
             } else {
                 Body::Summary(WindowSummary {
                     app: "pm".into(),
-                    start: seq as f64,
-                    end: seq as f64 + 60.0,
+                    start: base + seq as f64,
+                    end: base + seq as f64 + 60.0,
                     ..Default::default()
                 })
             }),
