@@ -4,17 +4,36 @@ use clinicwatch_proto::v1::Finding;
 
 use crate::store::{HostKey, Incident};
 
+/// Control characters (NUL, ESC: a terminal or a parser's), and the Unicode line and
+/// paragraph separators, written as `\uXXXX` text: agent-supplied text never reaches a
+/// SIEM raw.
+fn controls(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if (c.is_control() && c != '\n' && c != '\r') || c == '\u{2028}' || c == '\u{2029}' {
+                format!("\\u{:04x}", c as u32)
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 fn header(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('|', "\\|")
-        .replace(['\n', '\r'], " ")
+    controls(
+        &s.replace('\\', "\\\\")
+            .replace('|', "\\|")
+            .replace(['\n', '\r'], " "),
+    )
 }
 
 fn ext(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('=', "\\=")
-        .replace('\n', "\\n")
-        .replace('\r', "\\r")
+    controls(
+        &s.replace('\\', "\\\\")
+            .replace('=', "\\=")
+            .replace('\n', "\\n")
+            .replace('\r', "\\r"),
+    )
 }
 
 /// CEF severity 0-10 from 1 (informational) .. 5 (critical).
@@ -73,6 +92,20 @@ mod tests {
             line.contains("cs1=a\\=b")
                 && line.contains("shost=ws|1")
                 && line.contains("msg=x\\=y\\nz"),
+            "{line}"
+        );
+        let f = clinicwatch_proto::v1::Finding {
+            rule: "R\u{1b}[2J".into(),
+            summary: "a\0b\u{2028}c".into(),
+            ..Default::default()
+        };
+        let line = super::finding(&h, &f);
+        assert!(
+            !line.contains(['\0', '\u{1b}', '\u{2028}']),
+            "no raw control character: {line:?}"
+        );
+        assert!(
+            line.contains("R\\u001b[2J") && line.contains("msg=a\\u0000b\\u2028c"),
             "{line}"
         );
     }

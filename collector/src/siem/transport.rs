@@ -77,11 +77,21 @@ impl Syslog {
                 None => Ok(()),
             }
         } else {
+            // A receiver that stops reading, or never answers, costs at most the timeout.
+            let timeout = std::time::Duration::from_secs(5);
+            let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out");
             if self.tcp.is_none() {
-                self.tcp = Some(tokio::net::TcpStream::connect(&self.addr).await?);
+                let s = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&self.addr))
+                    .await
+                    .map_err(|_| timed_out())??;
+                self.tcp = Some(s);
             }
             let r = match self.tcp.as_mut() {
-                Some(s) => s.write_all(format!("{line}\n").as_bytes()).await,
+                Some(s) => {
+                    tokio::time::timeout(timeout, s.write_all(format!("{line}\n").as_bytes()))
+                        .await
+                        .unwrap_or_else(|_| Err(timed_out()))
+                }
                 None => Ok(()),
             };
             if r.is_err() {
