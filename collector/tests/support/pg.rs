@@ -191,3 +191,55 @@ pub fn socket_dir(url: &str) -> Option<&Path> {
         .find_map(|kv| kv.strip_prefix("host="))
         .map(Path::new)
 }
+
+/// Restarts the private server (fast shutdown: open connections are cut, as when the
+/// database host reboots), with the options it had; returns once it accepts connections
+/// again. The restarted server is a daemon: [`stop`] it when done.
+#[allow(dead_code)]
+pub fn restart(url: &str) -> Result<(), String> {
+    let dir = socket_dir(url).ok_or("no socket folder in the URL")?;
+    let bin = pg_bin().ok_or("no PostgreSQL")?;
+    let (uid, gid) = run_as()?;
+    let out = as_user(
+        Command::new(bin.join("pg_ctl"))
+            .args(["-m", "fast", "-w", "-t", "60", "-l"])
+            // The first log is the test process's file; the server's user writes this one.
+            .arg(dir.join("postgres-restarted.log"))
+            .arg("-D")
+            .arg(dir.join("data"))
+            .arg("restart"),
+        uid,
+        gid,
+    )
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped())
+    .output()
+    .map_err(|e| format!("pg_ctl: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "pg_ctl restart: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
+/// Stops the private server (after [`restart`], which leaves it running as a daemon).
+#[allow(dead_code)]
+pub fn stop(url: &str) {
+    let (Some(dir), Some(bin), Ok((uid, gid))) = (socket_dir(url), pg_bin(), run_as()) else {
+        return;
+    };
+    let _ = as_user(
+        Command::new(bin.join("pg_ctl"))
+            .args(["-m", "immediate", "-D"])
+            .arg(dir.join("data"))
+            .arg("stop"),
+        uid,
+        gid,
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .status();
+}
