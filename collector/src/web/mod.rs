@@ -39,10 +39,11 @@ fn host_header(head: &str) -> Option<&str> {
 }
 
 /// Whether a request naming `host` may be answered: IP literals and `localhost` (a
-/// rebinding attack needs a name it controls), and the configured names.
+/// rebinding attack needs a name it controls), and the configured names. A request without
+/// `Host` (HTTP/1.0 tools) is answered: a browser, which rebinding needs, always sends one.
 pub fn host_allowed(host: Option<&str>, allowed: &[String]) -> bool {
     let Some(h) = host else {
-        return false;
+        return true;
     };
     h.parse::<std::net::IpAddr>().is_ok()
         || h.eq_ignore_ascii_case("localhost")
@@ -177,7 +178,7 @@ mod tests {
                 "GET / HTTP/1.1\r\nHost: rebind.attacker.example:9464\r\n",
                 false,
             ),
-            ("GET / HTTP/1.1\r\n", false),
+            ("GET / HTTP/1.0\r\n", true),
         ] {
             assert_eq!(host_allowed(host_header(head), &allowed), ok, "{head}");
         }
