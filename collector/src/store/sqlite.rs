@@ -107,29 +107,36 @@ fn db_err(path: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
 
 /// The database holds every clinic's findings: it (and so its `-wal` and `-shm` files,
 /// which SQLite creates with the database's mode) is the collector user's alone, and a
-/// symlink planted in its place is refused rather than followed.
+/// symlink planted in its place is refused rather than followed. An existing file is never
+/// opened here: closing a second descriptor of a database would drop the POSIX locks that
+/// this process's open connections hold on it (the collector opens two).
 fn private_file(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|e| {
-            if e.raw_os_error() == Some(libc::ELOOP) {
-                std::io::Error::other("is a symbolic link; refusing to follow it")
-            } else {
-                e
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => Err(std::io::Error::other(
+            "is a symbolic link; refusing to follow it",
+        )),
+        Ok(m) => {
+            let mode = m.permissions().mode();
+            if mode & 0o077 != 0 {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o700))?;
             }
-        })?;
-    let mode = f.metadata()?.permissions().mode();
-    if mode & 0o077 != 0 {
-        f.set_permissions(std::fs::Permissions::from_mode(mode & 0o700))?;
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .map(drop)
+            .or_else(|e| match e.kind() {
+                // Another process made it first: its mode is checked at its next open.
+                std::io::ErrorKind::AlreadyExists => Ok(()),
+                _ => Err(e),
+            }),
+        Err(e) => Err(e),
     }
-    Ok(())
 }
 
 fn sqlite_token(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
