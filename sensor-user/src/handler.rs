@@ -509,7 +509,10 @@ impl Handler {
                 let len = (e.len as usize).min(e.data.len());
                 match self.dns_flows.get(&e.cookie) {
                     Some((server, app)) if self.resolvers.contains(server) => {
-                        if self.names.learn(*app, &e.data[..len]) > 0 {
+                        let named = self
+                            .names
+                            .learn(*app, e.cookie, e.hdr.time_ns, &e.data[..len]);
+                        if named > 0 {
                             self.dns_answers += 1;
                         }
                     }

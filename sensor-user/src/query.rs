@@ -11,8 +11,11 @@
 //!   held at most [`MAX_LITERALS`] different values; past that the position is a parameter,
 //!   `{p}`, and its values are counted as identifiers (a search by name in the path becomes
 //!   `/search/{p}`, and the names a distinct count);
-//! - query strings keep their parameter names (sorted), never their values; values that
-//!   look like identifiers are counted too.
+//! - query strings keep their parameter names (sorted) only when they are route words or
+//!   common API parameter names ([`PARAMETER_WORDS`]); any other name (`?dupont`,
+//!   `?dupont=1`) is hidden the way a path segment is: a keyed hash `{h:…}` while the route
+//!   has seen at most [`MAX_LITERALS`] such names, `{k}` (and counted) past that. Values are
+//!   never kept; values that look like identifiers are counted.
 
 use std::collections::{HashMap, HashSet};
 
@@ -133,6 +136,61 @@ const ROUTE_WORDS: &[&str] = &[
     "ins",
     "vitale",
     "carte",
+];
+
+/// Query-string parameter names of web APIs, kept verbatim besides the route words (they
+/// name how a route is asked, never a record or a person).
+const PARAMETER_WORDS: &[&str] = &[
+    "id",
+    "ids",
+    "page",
+    "per_page",
+    "page_size",
+    "pagesize",
+    "size",
+    "limit",
+    "offset",
+    "cursor",
+    "start",
+    "end",
+    "from",
+    "to",
+    "since",
+    "until",
+    "sort",
+    "order",
+    "orderby",
+    "fields",
+    "include",
+    "expand",
+    "filter",
+    "q",
+    "type",
+    "format",
+    "lang",
+    "locale",
+    "count",
+    "state",
+    "code",
+    "scope",
+    "client_id",
+    "redirect_uri",
+    "response_type",
+    "grant_type",
+    "access_token",
+    "refresh_token",
+    "name",
+    "nom",
+    "prenom",
+    "date",
+    "time",
+    "doctor",
+    "patient",
+    "status",
+    "_",
+    "t",
+    "ts",
+    "v",
 ];
 
 /// An HTTP/1.1 request line and host, as parsed (borrowed from the captured bytes).
@@ -312,6 +370,8 @@ pub struct Templater {
     /// Keyed hash of a value (the clinic's privacy key).
     hash: Box<dyn Fn(&str) -> u64 + Send>,
     words: HashSet<String>,
+    /// Query-string parameter names kept verbatim: the words and [`PARAMETER_WORDS`].
+    parameters: HashSet<String>,
     positions: HashMap<String, Position>,
 }
 
@@ -325,11 +385,73 @@ impl Templater {
     pub fn new(hash: Box<dyn Fn(&str) -> u64 + Send>, extra_words: &[String]) -> Templater {
         let mut words: HashSet<String> = ROUTE_WORDS.iter().map(|w| w.to_string()).collect();
         words.extend(extra_words.iter().map(|w| w.to_ascii_lowercase()));
+        let mut parameters = words.clone();
+        parameters.extend(PARAMETER_WORDS.iter().map(|w| w.to_string()));
         Templater {
             hash,
             words,
+            parameters,
             positions: HashMap::new(),
         }
+    }
+
+    /// A value that is neither a route word nor an identifier, at `position`: `{h:…}` (its
+    /// keyed hash) while the position has held at most [`MAX_LITERALS`] values, then
+    /// `parameter` for good, the values counted in `ids`.
+    fn literal(
+        &mut self,
+        position: String,
+        value: &str,
+        parameter: &str,
+        ids: &mut Vec<u64>,
+    ) -> String {
+        let h = (self.hash)(value);
+        if self.positions.len() >= MAX_POSITIONS {
+            self.positions.clear();
+        }
+        let pos = self.positions.entry(position).or_default();
+        if !pos.parameter && !pos.values.contains(&h) && pos.values.len() >= MAX_LITERALS {
+            pos.parameter = true;
+            pos.values.clear();
+        }
+        if pos.parameter {
+            ids.push(h);
+            parameter.to_string()
+        } else {
+            pos.values.insert(h);
+            format!("{{h:{:08x}}}", h >> 32)
+        }
+    }
+
+    /// The template of a query string's parameter names (sorted, without duplicates), after
+    /// the path's template `at`; values are never kept, identifiers among them are counted.
+    fn query_names(&mut self, at: String, query: &str, ids: &mut Vec<u64>) -> Vec<String> {
+        let mut keys: Vec<String> = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            // A bare `?dupont` is a name as much as `?dupont=1`.
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let k = percent_decode(k);
+            let lower = k.to_ascii_lowercase();
+            let key = if self.parameters.contains(&lower) {
+                lower
+            } else {
+                match classify(&k) {
+                    Class::Word => self.literal(at.clone(), &k, "{k}", ids),
+                    class => {
+                        ids.push((self.hash)(&k));
+                        placeholder(class).to_string()
+                    }
+                }
+            };
+            keys.push(key);
+            let v = percent_decode(v);
+            if !v.is_empty() && classify(&v) != Class::Word {
+                ids.push((self.hash)(&v));
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        keys
     }
 
     /// The template of a request.
@@ -367,44 +489,13 @@ impl Templater {
                 out.push_str(placeholder(class));
                 continue;
             }
-            let h = (self.hash)(&value);
-            if self.positions.len() >= MAX_POSITIONS {
-                self.positions.clear();
-            }
-            let pos = self.positions.entry(format!("{route}{out}")).or_default();
-            if !pos.parameter && !pos.values.contains(&h) && pos.values.len() >= MAX_LITERALS {
-                pos.parameter = true;
-                pos.values.clear();
-            }
-            if pos.parameter {
-                ids.push(h);
-                out.push_str("{p}");
-            } else {
-                pos.values.insert(h);
-                out.push_str(&format!("{{h:{:08x}}}", h >> 32));
-            }
+            let literal = self.literal(format!("{route}{out}"), &value, "{p}", &mut ids);
+            out.push_str(&literal);
         }
         if out.is_empty() {
             out.push('/');
         }
-        let mut keys: Vec<String> = Vec::new();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let k = percent_decode(k);
-            let name_like = !k.is_empty()
-                && k.len() <= 40
-                && k.bytes().all(|c| {
-                    c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b'[' | b']')
-                })
-                && classify(&k) == Class::Word;
-            keys.push(if name_like { k } else { "{k}".into() });
-            let v = percent_decode(v);
-            if !v.is_empty() && classify(&v) != Class::Word {
-                ids.push((self.hash)(&v));
-            }
-        }
-        keys.sort();
-        keys.dedup();
+        let keys = self.query_names(format!("{route}{out}?"), query, &mut ids);
         if !keys.is_empty() {
             out.push('?');
             out.push_str(&keys.join("&"));
@@ -554,7 +645,45 @@ mod tests {
         );
         // Query values never appear; odd parameter names are hidden too.
         let q = t.template(&req("/api/search?nom=DUPONT&prenom=Jean&dupont%20jean=oui"));
-        assert_eq!(q.path, "/api/search?nom&prenom&{k}");
+        assert!(
+            q.path.starts_with("/api/search?nom&prenom&{h:"),
+            "{}",
+            q.path
+        );
+        assert!(!q.path.to_lowercase().contains("dupont"), "{}", q.path);
         assert!(q.ids.is_empty(), "names are not identifiers");
+    }
+
+    #[test]
+    fn query_parameter_names_outside_the_word_lists_are_hashed() {
+        let mut t = templater();
+        let bare = t.template(&req("/api/patients?dupont"));
+        assert!(bare.path.starts_with("/api/patients?{h:"), "{}", bare.path);
+        let named = t.template(&req("/api/patients?name=dupont&page=2"));
+        assert_eq!(named.path, "/api/patients?name&page");
+        assert_eq!(named.ids.len(), 1, "the page number, not the name");
+        for p in [&bare.path, &named.path] {
+            assert!(!p.to_lowercase().contains("dupont"), "{p}");
+        }
+        // The same name, the same hash; a word of the configuration is kept.
+        assert_eq!(t.template(&req("/api/patients?dupont")).path, bare.path);
+        assert_eq!(
+            t.template(&req("/api/patients?Dossiers&PAGE=1")).path,
+            "/api/patients?dossiers&page"
+        );
+        // Past `MAX_LITERALS` different names at one route, they are one parameter, counted.
+        let names = [
+            "martin", "bernard", "petit", "durand", "leroy", "moreau", "simon", "laurent",
+        ];
+        for n in names {
+            t.template(&req(&format!("/api/patients?{n}")));
+        }
+        let past = t.template(&req("/api/patients?lefebvre"));
+        assert_eq!(past.path, "/api/patients?{k}");
+        assert_eq!(past.ids.len(), 1, "the name, for a distinct count");
+        // Identifiers as names are placeholders, like path segments.
+        let ids = t.template(&req("/api/v1/search?jean.dupont%40example.org&123456"));
+        assert_eq!(ids.path, "/api/v1/search?{email}&{n}");
+        assert_eq!(ids.ids.len(), 2);
     }
 }
