@@ -5,16 +5,32 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
 
 use clinicwatch_collector::{config::Config, pki, store};
 use clinicwatch_proto::v1::server_frame;
 use support::*;
 
+/// What the sender and the test tell each other.
+#[derive(Default)]
+struct Progress {
+    /// The highest seq the collector acked.
+    acked: AtomicU64,
+    /// The database was restarted.
+    restarted: AtomicBool,
+}
+
 /// Sends records `1..=total` in batches of ten as an agent does: Hello, then batches each
 /// waiting for its ack; after an error, reconnects and resumes after what the collector
-/// acked. Returns the number of sessions it took.
-async fn deliver(url: &str, p: &Pki, me: &pki::Pem, total: u64) -> u64 {
+/// acked. The last hundred wait for the restart, so that a fast machine cannot deliver
+/// everything before it. Returns the number of sessions it took.
+async fn deliver(url: &str, p: &Pki, me: &pki::Pem, total: u64, progress: &Progress) -> u64 {
     let mut sessions = 0;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -45,6 +61,10 @@ async fn deliver(url: &str, p: &Pki, me: &pki::Pem, total: u64) -> u64 {
         };
         let mut failed = false;
         while acked < total && !failed {
+            progress.acked.store(acked, Ordering::SeqCst);
+            while acked + 100 >= total && !progress.restarted.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             let n = 10.min(total - acked);
             if tx.send(batch(1, acked + 1, n)).await.is_err() {
                 break;
@@ -87,14 +107,28 @@ async fn postgresql_restarted_under_load_loses_and_duplicates_nothing() {
     let srv = serve_stores(&p, Config::default(), st, bg).await;
     let me = pki::client_cert(&p.ca, "clinic-a", "ws1", 30).unwrap();
     let total = 3000;
+    let progress = Arc::new(Progress::default());
     let sender = {
-        let (url, p2, me) = (srv.url.clone(), new_pki_like(&p), me.clone());
-        tokio::spawn(async move { deliver(&url, &p2, &me, total).await })
+        let (url, p2, me, pr) = (
+            srv.url.clone(),
+            new_pki_like(&p),
+            me.clone(),
+            progress.clone(),
+        );
+        tokio::spawn(async move { deliver(&url, &p2, &me, total, &pr).await })
     };
-    // Restart the database while batches flow.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Restart the database while batches flow: once a few hundred records are stored.
+    let started = Instant::now();
+    while progress.acked.load(Ordering::SeqCst) < 300 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no batch acked in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let u = url.clone();
     blocking(move || support::pg::restart(&u)).expect("restart PostgreSQL");
+    progress.restarted.store(true, Ordering::SeqCst);
     let sessions = sender.await.unwrap();
     assert!(
         sessions > 1,

@@ -211,14 +211,16 @@ pub fn cost(r: &Record) -> u64 {
     1 + items as u64 + (prost::Message::encoded_len(r) / 1024) as u64
 }
 
-/// Cuts `t` to at most `max` bytes on a character boundary, and replaces NUL bytes: for the
-/// agent, which shapes what it produces to fit the limits rather than have it refused.
+/// Replaces NUL bytes, then cuts `t` to at most `max` bytes on a character boundary: for
+/// the agent, which shapes what it produces to fit the limits rather than have it refused.
 pub fn fit_text(t: &str, max: usize) -> String {
+    let mut t = t.replace('\0', "\u{fffd}");
     let mut end = t.len().min(max);
     while !t.is_char_boundary(end) {
         end -= 1;
     }
-    t[..end].replace('\0', "\u{fffd}")
+    t.truncate(end);
+    t
 }
 
 #[cfg(test)]
@@ -286,7 +288,10 @@ mod tests {
 
     #[test]
     fn fit_text_cuts_on_a_character_and_replaces_nul() {
-        assert_eq!(fit_text("é\0é", 4), "é\u{fffd}");
+        assert_eq!(fit_text("é\0é", 5), "é\u{fffd}");
         assert_eq!(fit_text("ééé", 3), "é");
+        // The replacement is longer than the NUL: the result still fits.
+        assert_eq!(fit_text("é\0é", 4), "é");
+        assert_eq!(fit_text(&"\0".repeat(10), 10).len(), 9);
     }
 }

@@ -14,6 +14,10 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 const BTF_MAGIC: u16 = 0xeb9f;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
+/// Members looked at by one field search, at most. Anonymous members may name one composite
+/// many times, or (in a malformed blob) their own: without a bound, `depth` levels of `n`
+/// such members cost `n^depth`. A real kernel's search looks at a few hundred.
+const SEARCH_BUDGET: u32 = 1 << 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
@@ -169,16 +173,18 @@ impl Btf {
         id
     }
 
-    /// Byte offset of `field` in the composite `id`, looking inside anonymous members.
-    fn find(&self, id: u32, field: &str, depth: u32) -> Option<u32> {
+    /// Byte offset of `field` in the composite `id`, looking inside anonymous members, within
+    /// `budget` members looked at.
+    fn find(&self, id: u32, field: &str, depth: u32, budget: &mut u32) -> Option<u32> {
         let c = self.composites.get(&self.resolve(id))?;
         for m in &c.members {
+            *budget = budget.checked_sub(1)?;
             let name = self.string(m.name_off);
             if name == field {
                 return Some(m.bit_offset / 8);
             }
             if name.is_empty() && depth < 4 {
-                if let Some(inner) = self.find(m.type_id, field, depth + 1) {
+                if let Some(inner) = self.find(m.type_id, field, depth + 1, budget) {
                     return Some(m.bit_offset / 8 + inner);
                 }
             }
@@ -193,7 +199,8 @@ impl Btf {
             .by_name
             .get(strukt)
             .ok_or_else(|| BtfError::MissingStruct(strukt.into()))?;
-        self.find(id, field, 0)
+        let mut budget = SEARCH_BUDGET;
+        self.find(id, field, 0, &mut budget)
             .ok_or_else(|| BtfError::MissingField {
                 strukt: strukt.into(),
                 field: field.into(),
@@ -252,6 +259,34 @@ mod tests {
             Err(BtfError::Malformed(_))
         ));
         assert!(matches!(Btf::parse(&[]), Err(BtfError::Malformed(_))));
+    }
+
+    #[test]
+    fn a_struct_made_of_itself_is_searched_in_bounded_time() {
+        // `struct task_struct` made of 40 anonymous members of its own type (kept in the fuzz
+        // corpus as `fuzz/corpus/btf/crash-anonymous-self-members`): without the budget, each
+        // of the 33 searches looked at 40^5 members.
+        let mut types = Vec::new();
+        for w in [1u32, 4 << 24 | 40, 8] {
+            types.extend_from_slice(&w.to_le_bytes());
+        }
+        for _ in 0..40 {
+            types.extend_from_slice(&[0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]);
+        }
+        let strings = b"\0task_struct\0";
+        let mut b = vec![0x9f, 0xeb, 1, 0];
+        for w in [24, 0, types.len(), types.len(), strings.len()] {
+            b.extend_from_slice(&(w as u32).to_le_bytes());
+        }
+        b.extend_from_slice(&types);
+        b.extend_from_slice(strings);
+        let btf = Btf::parse(&b).unwrap();
+        let start = std::time::Instant::now();
+        assert!(matches!(
+            btf.kernel_offsets(),
+            Err(BtfError::MissingField { .. })
+        ));
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]

@@ -161,7 +161,8 @@ pub struct ExportConfig {
     pub ca_file: PathBuf,
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
-    /// The on-disk spool's cap, MiB (summaries are dropped beyond it, never findings).
+    /// The on-disk spool's cap, MiB: beyond it the oldest summaries are dropped, then, if
+    /// findings alone fill it, the oldest findings (reported as `CW-SENSOR-SPOOL-FULL`).
     pub spool_max_mb: u64,
     /// Records per batch. Default 500.
     pub batch_records: usize,

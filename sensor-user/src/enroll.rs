@@ -79,7 +79,10 @@ pub(crate) fn write_atomic_mode(
         .and_then(|()| f.sync_all())
         .with_context(|| format!("cannot write `{}`", tmp.display()))?;
     std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot rename `{}` to `{}`", tmp.display(), path.display()))
+        .with_context(|| format!("cannot rename `{}` to `{}`", tmp.display(), path.display()))?;
+    // The rename is durable once the folder is.
+    crate::statefile::sync_parent(path)
+        .with_context(|| format!("cannot sync the folder of `{}`", path.display()))
 }
 
 /// A new key and a CSR for `host`.
@@ -193,11 +196,16 @@ fn names(cfg: &ExportConfig, cert_pem: &str) -> anyhow::Result<String> {
     Ok(o)
 }
 
-/// Key first, then certificate: each replaced whole.
+/// Key first, then certificate: each replaced whole. A folder made for them is 0700 (one
+/// that exists is left as it is: it may hold the config).
 fn store(cfg: &ExportConfig, key: &str, cert: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
     for p in [&cfg.key_file, &cfg.cert_file] {
-        if let Some(dir) = p.parent() {
-            std::fs::create_dir_all(dir)
+        if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(crate::statefile::DIR_MODE)
+                .create(dir)
                 .with_context(|| format!("cannot make `{}`", dir.display()))?;
         }
     }
@@ -272,6 +280,39 @@ mod tests {
             "clinic-x",
             "one-step enrollment learns the clinic"
         );
+    }
+
+    #[test]
+    fn the_key_is_0600_in_a_0700_folder_and_a_planted_link_is_never_followed() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let d = std::env::temp_dir().join(format!("cw-enroll-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let cfg = ExportConfig {
+            key_file: d.join("tls/host.key"),
+            cert_file: d.join("tls/host.pem"),
+            ..Default::default()
+        };
+        let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777;
+        store(&cfg, "KEY", "CERT").unwrap();
+        assert_eq!(mode(&d.join("tls")), 0o700);
+        assert_eq!(mode(&cfg.key_file), 0o600);
+        // Links planted at the key and at its temporary file: replaced, never written
+        // through.
+        let target = d.join("target");
+        std::fs::write(&target, "precious").unwrap();
+        std::fs::remove_file(&cfg.key_file).unwrap();
+        std::os::unix::fs::symlink(&target, &cfg.key_file).unwrap();
+        std::os::unix::fs::symlink(&target, cfg.key_file.with_extension("tmp")).unwrap();
+        store(&cfg, "NEW KEY", "CERT").unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious");
+        assert_eq!(std::fs::read_to_string(&cfg.key_file).unwrap(), "NEW KEY");
+        assert!(!std::fs::symlink_metadata(&cfg.key_file)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(mode(&cfg.key_file), 0o600);
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

@@ -4,6 +4,11 @@
 //! exponential backoff and jitter; obeys Throttle and the `resource_exhausted` retry
 //! pushback; renews the host certificate when a third of its life is left. Runs on its own
 //! thread with its own small tokio runtime.
+//!
+//! No record can block the ones after it: each is checked against the collector's limits
+//! before it is sent, and one the collector refuses as invalid anyway is found and
+//! quarantined ([`crate::quarantine`]). Findings the full spool had to drop are reported as
+//! a `CW-SENSOR-SPOOL-FULL` finding.
 
 use std::{
     sync::{
@@ -18,13 +23,18 @@ use clinicwatch_proto::v1::{
     agent_frame::Frame, ingest_client::IngestClient, server_frame, AgentFrame, Batch, Heartbeat,
     Hello, Record,
 };
-use prost::Message;
 use tonic::{
     codec::CompressionEncoding,
     transport::{Certificate, ClientTlsConfig, Endpoint, Identity},
 };
 
-use crate::{config::ExportConfig, spool::Spool};
+use crate::{
+    config::ExportConfig,
+    event::Event,
+    intel::{finding::Finding, rules::Severity},
+    quarantine::{Quarantine, Screen, Screened},
+    spool::{Spool, SpoolError},
+};
 
 pub struct Exporter {
     worker: crate::worker::Worker,
@@ -151,7 +161,92 @@ async fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
     }
 }
 
+/// The collector's message when it refused what we sent as invalid.
+fn invalid_argument(error: &anyhow::Error) -> Option<&str> {
+    error
+        .chain()
+        .find_map(|e| e.downcast_ref::<tonic::Status>())
+        .filter(|s| s.code() == tonic::Code::InvalidArgument)
+        .map(|s| s.message())
+}
+
+/// The rule of the finding that reports findings the full spool dropped.
+pub const SPOOL_FULL_RULE: &str = "CW-SENSOR-SPOOL-FULL";
+/// How often, at most, dropped findings are reported again.
+const DROP_REPORT_EVERY: Duration = Duration::from_secs(600);
+
+/// Findings the full spool dropped that were reported, and when.
+#[derive(Debug, Default)]
+pub(crate) struct DropReport {
+    reported: u64,
+    last: Option<std::time::Instant>,
+}
+
+/// When the full spool dropped findings since the last report: appends a
+/// `CW-SENSOR-SPOOL-FULL` finding (high: findings were lost) saying how many, at once and
+/// then at most every [`DROP_REPORT_EVERY`].
+pub(crate) fn report_drops(s: &mut Spool, r: &mut DropReport) -> Result<(), SpoolError> {
+    let new = s.dropped_findings - r.reported;
+    if new == 0 || r.last.is_some_and(|t| t.elapsed() < DROP_REPORT_EVERY) {
+        return Ok(());
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let f = Finding::new(SPOOL_FULL_RULE, Severity::High, "-", now, "spool")
+        .summary(format!(
+            "the spool reached its {}-byte cap with findings alone (the collector unreachable for long?): its {new} oldest finding(s) were dropped",
+            s.max_bytes()
+        ))
+        .with("findings_dropped", new)
+        .with("findings_dropped_total", s.dropped_findings)
+        .with("summaries_dropped_total", s.dropped)
+        .with("spool_bytes", s.bytes())
+        .with("spool_max_bytes", s.max_bytes());
+    tracing::error!(
+        dropped = new,
+        total = s.dropped_findings,
+        "the full spool dropped findings"
+    );
+    r.reported = s.dropped_findings;
+    r.last = Some(std::time::Instant::now());
+    if let Some((kind, payload)) = crate::export::record(&Event::Finding(f), s.dropped) {
+        s.append(kind, &payload)?;
+    }
+    // Findings the report itself pushes out are reported next time.
+    Ok(())
+}
+
+/// The next batch to send: pending records up to the first bad one, after quarantining any
+/// bad one that is the oldest; `None` when nothing is pending.
+pub(crate) fn next_batch(
+    spool: &Mutex<Spool>,
+    screen: &mut Screen,
+    drops: &mut DropReport,
+    max_records: usize,
+) -> Result<Option<Vec<Record>>, SpoolError> {
+    let mut s = spool.lock().unwrap_or_else(|p| p.into_inner());
+    if let Err(e) = report_drops(&mut s, drops) {
+        tracing::warn!(error = %e, "cannot spool the report of dropped findings");
+    }
+    loop {
+        let limit = screen.batch_limit(s.acked(), max_records);
+        let entries = s.read_after(s.acked(), limit, clinicwatch_proto::MAX_FRAME_BYTES / 2)?;
+        match screen.screen(entries) {
+            Screened::Bad(e, why) => screen.quarantine(&mut s, e, &why)?,
+            Screened::Send(records) if records.is_empty() => return Ok(None),
+            Screened::Send(records) => return Ok(Some(records)),
+        }
+    }
+}
+
 async fn run(cfg: ExportConfig, spool: Arc<Mutex<Spool>>, hello: Hello, stop: Arc<AtomicBool>) {
+    let quarantine = Quarantine::new(
+        spool.lock().unwrap_or_else(|p| p.into_inner()).dir(),
+        crate::quarantine::MAX_BYTES,
+    );
+    let mut screen = Screen::new(quarantine);
+    let mut drops = DropReport::default();
     let mut backoff = Duration::from_millis(250);
     // A failed renewal is tried again after 10 minutes, not at every reconnect.
     let mut renew_failed: Option<std::time::Instant> = None;
@@ -167,8 +262,35 @@ async fn run(cfg: ExportConfig, spool: Arc<Mutex<Spool>>, hello: Hello, stop: Ar
             }
         }
         let renew_allowed = renew_failed.is_none_or(|t| t.elapsed() >= Duration::from_secs(600));
-        match session(&cfg, &spool, &hello, &stop, renew_allowed).await {
+        // Also while the collector is unreachable, which is when the spool fills.
+        let reported = report_drops(
+            &mut spool.lock().unwrap_or_else(|p| p.into_inner()),
+            &mut drops,
+        );
+        if let Err(e) = reported {
+            tracing::warn!(error = %e, "cannot spool the report of dropped findings");
+        }
+        let ended = session(
+            &cfg,
+            &spool,
+            &hello,
+            &stop,
+            renew_allowed,
+            &mut screen,
+            &mut drops,
+        )
+        .await;
+        match ended {
             Ok(()) => backoff = Duration::from_millis(250),
+            Err(Ended { error, .. })
+                if invalid_argument(&error).is_some_and(|why| screen.refused(why)) =>
+            {
+                // Each refusal narrows the search for the bad record (or names it): go on
+                // at once, it is quarantined within a few sessions.
+                tracing::warn!(error = %format!("{error:#}"), refusals = screen.refusals, "the collector refused a batch as invalid; finding the record to quarantine");
+                backoff = Duration::from_millis(250);
+                sleep_unless_stopped(Duration::from_millis(100), &stop).await;
+            }
             Err(Ended {
                 error,
                 pushback: Some(wait),
@@ -241,6 +363,8 @@ async fn session(
     hello: &Hello,
     stop: &AtomicBool,
     renew_allowed: bool,
+    screen: &mut Screen,
+    drops: &mut DropReport,
 ) -> Result<(), Ended> {
     let m = read_material(cfg)?;
     let channel = endpoint(&cfg.collector, &m.ca, Some((&m.cert, &m.key)))?
@@ -331,16 +455,8 @@ async fn session(
             if last_beat.elapsed() >= heartbeat {
                 break None;
             }
-            let entries = {
-                let s = spool.lock().unwrap_or_else(|p| p.into_inner());
-                s.read_after(
-                    s.acked(),
-                    cfg.batch_records,
-                    clinicwatch_proto::MAX_FRAME_BYTES / 2,
-                )?
-            };
-            if !entries.is_empty() {
-                break Some(entries);
+            if let Some(records) = next_batch(spool, screen, drops, cfg.batch_records)? {
+                break Some(records);
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
@@ -361,17 +477,11 @@ async fn session(
                 })
             }
             Some(records) => {
-                let mut out = Vec::with_capacity(records.len());
-                for e in &records {
-                    let mut r = Record::decode(e.payload.as_slice())
-                        .context("a spooled record does not decode")?;
-                    r.seq = e.seq;
-                    out.push(r);
-                }
+                screen.sending(&records);
                 Frame::Batch(Batch {
                     epoch,
                     first_seq: records[0].seq,
-                    records: out,
+                    records,
                 })
             }
         };
@@ -379,11 +489,55 @@ async fn session(
             .await
             .context("the stream closed")?;
         until_ack(&mut replies, spool, epoch, &mut pace).await?;
+        screen.settled();
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use clinicwatch_proto::v1::record::Body;
+    use prost::Message as _;
+
+    use super::*;
+    use crate::spool::{Kind, SpoolConfig};
+
+    #[test]
+    fn findings_dropped_by_the_full_spool_are_reported_at_once_then_at_most_every_10_minutes() {
+        let d = std::env::temp_dir().join(format!("cw-exporter-drops-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let mut s = Spool::open(SpoolConfig {
+            dir: d.clone(),
+            max_bytes: 8 << 10,
+            segment_bytes: 1 << 10,
+            fsync_each: false,
+        })
+        .unwrap();
+        let mut r = DropReport::default();
+        report_drops(&mut s, &mut r).unwrap();
+        assert_eq!(s.next_seq(), 1, "nothing dropped, nothing reported");
+        for i in 0..1000u32 {
+            s.append(Kind::Finding, &i.to_le_bytes()).unwrap();
+        }
+        assert!(s.dropped_findings > 0);
+        report_drops(&mut s, &mut r).unwrap();
+        let last = s.read_after(0, 100_000, usize::MAX).unwrap().pop().unwrap();
+        assert_eq!(last.seq, 1001);
+        let rec = Record::decode(last.payload.as_slice()).unwrap();
+        let Some(Body::Finding(f)) = rec.body else {
+            panic!("{rec:?}")
+        };
+        assert_eq!(f.rule, SPOOL_FULL_RULE);
+        assert_eq!(f.severity, clinicwatch_proto::v1::Severity::High as i32);
+        assert!(f.evidence["findings_dropped"].parse::<u64>().unwrap() > 0);
+        for i in 0..1000u32 {
+            s.append(Kind::Finding, &i.to_le_bytes()).unwrap();
+        }
+        let before = s.next_seq();
+        report_drops(&mut s, &mut r).unwrap();
+        assert_eq!(s.next_seq(), before, "not again within 10 minutes");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
     #[test]
     fn the_domain_is_the_urls_host() {
         assert_eq!(

@@ -90,6 +90,15 @@ pub fn path_string(p: &KPath) -> String {
     s
 }
 
+/// The status code of a captured HTTP/1 status line (`HTTP/1.1 200 OK`), if it is one.
+pub fn http_status(line: &[u8]) -> Option<u16> {
+    std::str::from_utf8(line)
+        .ok()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse::<u16>().ok())
+        .filter(|c| (100..600).contains(c))
+}
+
 fn comm_string(c: &[u8]) -> String {
     let end = c.iter().position(|&b| b == 0).unwrap_or(c.len());
     String::from_utf8_lossy(&c[..end]).into_owned()
@@ -562,12 +571,7 @@ impl Handler {
                 })
             }
             KernelEvent::TlsRead(e) => {
-                let line = &e.status[..(e.captured as usize).min(e.status.len())];
-                let status = std::str::from_utf8(line)
-                    .ok()
-                    .and_then(|l| l.split(' ').nth(1))
-                    .and_then(|c| c.parse::<u16>().ok())
-                    .filter(|c| (100..600).contains(c))?;
+                let status = http_status(&e.status[..(e.captured as usize).min(e.status.len())])?;
                 let (method, host, path) = self.last_request.get(&(e.hdr.tgid, e.ssl))?.clone();
                 Some(Event::QueryResponse {
                     time: self.clock.unix(e.hdr.time_ns),

@@ -21,10 +21,12 @@ pub mod output;
 pub mod privileges;
 pub mod procfs;
 pub mod proctable;
+pub mod quarantine;
 pub mod query;
 pub mod report;
 pub mod sensor;
 pub mod spool;
+pub mod statefile;
 pub mod tls;
 pub mod worker;
 

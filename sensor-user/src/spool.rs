@@ -8,16 +8,30 @@
 //!
 //! On open, each segment is scanned and a torn or corrupt tail (a crash mid-write, `kill
 //! -9`, power loss) is cut at the last good record. A write that fails (disk full) is rolled
-//! back so no partial record stays, and the error names the spool. Over `max_bytes`, the
-//! oldest segments are rewritten without their summaries and health records: findings are
-//! never dropped, and what was dropped is counted.
+//! back so no partial record stays, and the error names the spool.
+//!
+//! Bounded: over `max_bytes`, the oldest closed segments are rewritten without their
+//! summaries and health records (counted in `dropped`). A segment is read for that at most
+//! once: one that holds only findings (it never held anything else, or was rewritten) is
+//! remembered as such and skipped. Findings may then fill the whole cap; past it, the
+//! oldest segments of findings are deleted whole (counted in `dropped_findings`, which the
+//! exporter reports to the collector as a `CW-SENSOR-SPOOL-FULL` finding). So the spool
+//! never holds more than `max_bytes` plus the segment being written, and an append over the
+//! cap reads no segment it has read before. Losing the oldest findings of a long outage is
+//! the price of a bound; a disk filled by the agent would lose everything after it.
+//!
+//! The folder is 0700, its files 0600, every file is opened with `O_NOFOLLOW` (a symbolic
+//! link planted in the folder is refused with an error naming it, never followed), and the
+//! folder is fsynced after a segment or state file is created or renamed.
 
 use std::{
     collections::VecDeque,
-    fs::{File, OpenOptions},
-    io::{Read, Write},
+    fs::File,
+    io::Write,
     path::{Path, PathBuf},
 };
+
+use crate::statefile;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -49,12 +63,18 @@ pub enum SpoolError {
     },
     #[error("spool record of {len} bytes is larger than the {max}-byte limit")]
     TooLarge { len: usize, max: usize },
+    #[error("spool `{path}` is a symbolic link; refusing to follow it (remove it, the agent makes its own files)")]
+    Symlink {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 #[derive(Debug, Clone)]
 pub struct SpoolConfig {
     pub dir: PathBuf,
-    /// Total size above which summaries are dropped, oldest first.
+    /// Total size above which summaries are dropped, oldest first, then the oldest findings.
     pub max_bytes: u64,
     /// Size at which a new segment is started.
     pub segment_bytes: u64,
@@ -72,6 +92,8 @@ struct Segment {
     last_seq: u64,
     bytes: u64,
     records: u64,
+    /// It holds findings only: nothing in it can be dropped but the whole segment.
+    findings_only: bool,
 }
 
 /// A record read back.
@@ -92,13 +114,30 @@ pub struct Spool {
     total_bytes: u64,
     /// Summaries and health records dropped to keep under `max_bytes`.
     pub dropped: u64,
+    /// Findings dropped (oldest first) because findings alone filled `max_bytes`.
+    pub dropped_findings: u64,
     /// Bytes cut from torn or corrupt segment tails when the spool was opened.
     pub recovered_cut_bytes: u64,
+    /// Segments read to drop their summaries (each at most once).
+    pub compaction_reads: u64,
+}
+
+impl SpoolError {
+    /// An I/O error on `path` (a refused symbolic link named as such).
+    pub(crate) fn from_io(path: &Path, what: &'static str, source: std::io::Error) -> SpoolError {
+        io(path, what)(source)
+    }
 }
 
 fn io(path: &Path, what: &'static str) -> impl FnOnce(std::io::Error) -> SpoolError {
     let path = path.display().to_string();
-    move |source| SpoolError::Io { path, what, source }
+    move |source| {
+        if statefile::is_symlink_refusal(&source) {
+            SpoolError::Symlink { path, source }
+        } else {
+            SpoolError::Io { path, what, source }
+        }
+    }
 }
 
 fn encode(kind: Kind, seq: u64, payload: &[u8]) -> Vec<u8> {
@@ -144,25 +183,29 @@ fn parse(data: &[u8]) -> (Vec<Entry>, usize) {
     (out, at)
 }
 
-fn read_u64(path: &Path) -> Option<u64> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+/// A small state file's number: `None` when it is missing or not a number; an error when
+/// it cannot be read (a symbolic link among them).
+fn read_u64(path: &Path) -> Result<Option<u64>, SpoolError> {
+    match statefile::read(path) {
+        Ok(data) => Ok(std::str::from_utf8(&data)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io(path, "cannot read a state file")(e)),
+    }
 }
 
-/// Writes a small state file atomically (temporary file, fsync, rename).
+/// Writes a small state file atomically (temporary file, fsync, rename, fsync of the folder).
 fn write_u64(path: &Path, v: u64) -> Result<(), SpoolError> {
-    let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).map_err(io(&tmp, "cannot write a state file"))?;
-    f.write_all(format!("{v}\n").as_bytes())
-        .and_then(|_| f.sync_all())
-        .map_err(io(&tmp, "cannot write a state file"))?;
-    std::fs::rename(&tmp, path).map_err(io(path, "cannot replace a state file"))
+    statefile::write_atomic(path, format!("{v}\n").as_bytes())
+        .map_err(|e| io(&e.path, "cannot write a state file")(e.source))
 }
 
 impl Spool {
     pub fn open(cfg: SpoolConfig) -> Result<Spool, SpoolError> {
         let dir = cfg.dir.clone();
-        std::fs::create_dir_all(&dir).map_err(io(&dir, "cannot create the spool folder"))?;
-        let epoch = match read_u64(&dir.join("epoch")) {
+        statefile::make_dir(&dir).map_err(io(&dir, "cannot create the spool folder"))?;
+        let epoch = match read_u64(&dir.join("epoch"))? {
             Some(e) => e,
             None => {
                 let e = std::time::SystemTime::now()
@@ -172,7 +215,7 @@ impl Spool {
                 e
             }
         };
-        let acked = read_u64(&dir.join("ack")).unwrap_or(0);
+        let acked = read_u64(&dir.join("ack"))?.unwrap_or(0);
         let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
             .map_err(io(&dir, "cannot list the spool folder"))?
             .flatten()
@@ -189,16 +232,16 @@ impl Spool {
             writer: None,
             total_bytes: 0,
             dropped: 0,
+            dropped_findings: 0,
             recovered_cut_bytes: 0,
+            compaction_reads: 0,
         };
         for path in names {
-            let data = std::fs::read(&path).map_err(io(&path, "cannot read a segment"))?;
+            let data = statefile::read(&path).map_err(io(&path, "cannot read a segment"))?;
             let (entries, good) = parse(&data);
             if good < data.len() {
                 s.recovered_cut_bytes += (data.len() - good) as u64;
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(&path)
+                let f = statefile::open_existing(&path)
                     .map_err(io(&path, "cannot repair a segment"))?;
                 f.set_len(good as u64)
                     .and_then(|_| f.sync_all())
@@ -219,9 +262,20 @@ impl Spool {
                 last_seq: last.seq,
                 bytes: good as u64,
                 records: entries.len() as u64,
+                findings_only: entries.iter().all(|e| e.kind == Kind::Finding),
             });
         }
         Ok(s)
+    }
+
+    /// The spool's folder.
+    pub fn dir(&self) -> &Path {
+        &self.cfg.dir
+    }
+
+    /// The size over which records are dropped.
+    pub fn max_bytes(&self) -> u64 {
+        self.cfg.max_bytes
     }
 
     pub fn epoch(&self) -> u64 {
@@ -262,16 +316,20 @@ impl Spool {
 
     fn start_segment(&mut self) -> Result<(), SpoolError> {
         let path = self.cfg.dir.join(format!("{:020}.seg", self.next_seq));
-        let f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
+        let f = statefile::open_write(&path, true)
+            .and_then(|f| {
+                // An old file of that name (all its records acked) starts again empty.
+                f.set_len(0)?;
+                statefile::sync_dir(&self.cfg.dir)?;
+                Ok(f)
+            })
             .map_err(io(&path, "cannot create a segment"))?;
         self.segments.push_back(Segment {
             path,
             last_seq: self.next_seq.saturating_sub(1),
             bytes: 0,
             records: 0,
+            findings_only: true,
         });
         self.writer = Some(f);
         Ok(())
@@ -310,6 +368,7 @@ impl Spool {
         seg.bytes += rec.len() as u64;
         seg.records += 1;
         seg.last_seq = self.next_seq;
+        seg.findings_only &= kind == Kind::Finding;
         self.total_bytes += rec.len() as u64;
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -326,40 +385,64 @@ impl Spool {
     }
 
     /// Over the cap: rewrites the oldest closed segments without their summaries and health
-    /// records until under it (or only findings are left).
+    /// records until under it; if findings alone are over it, deletes the oldest closed
+    /// segments whole. A segment known to hold only findings is not read again.
     fn enforce_cap(&mut self) -> Result<(), SpoolError> {
         let mut i = 0;
         while self.total_bytes > self.cfg.max_bytes && i + 1 < self.segments.len() {
-            let seg = self.segments[i].clone();
-            let data = std::fs::read(&seg.path).map_err(io(&seg.path, "cannot read a segment"))?;
-            let (entries, _) = parse(&data);
-            let keep: Vec<&Entry> = entries.iter().filter(|e| e.kind == Kind::Finding).collect();
-            let dropped = entries.len() - keep.len();
-            if dropped > 0 {
-                let mut out = Vec::new();
-                for e in &keep {
-                    out.extend_from_slice(&encode(e.kind, e.seq, &e.payload));
-                }
-                let tmp = seg.path.with_extension("tmp");
-                std::fs::write(&tmp, &out)
-                    .and_then(|_| File::open(&tmp)?.sync_all())
-                    .map_err(io(&tmp, "cannot compact a segment"))?;
-                std::fs::rename(&tmp, &seg.path)
-                    .map_err(io(&seg.path, "cannot compact a segment"))?;
-                self.total_bytes = self.total_bytes - seg.bytes + out.len() as u64;
-                self.dropped += dropped as u64;
-                let s = &mut self.segments[i];
-                s.bytes = out.len() as u64;
-                s.records = keep.len() as u64;
-                if keep.is_empty() {
-                    let _ = std::fs::remove_file(&s.path);
-                    self.segments.remove(i);
-                    continue;
-                }
+            if self.segments[i].findings_only {
+                i += 1;
+                continue;
             }
-            i += 1;
+            if self.compact(i)? {
+                i += 1;
+            }
+        }
+        while self.total_bytes > self.cfg.max_bytes && self.segments.len() > 1 {
+            // Every closed segment holds findings only now: the oldest go.
+            let front = &self.segments[0];
+            std::fs::remove_file(&front.path).map_err(io(
+                &front.path,
+                "cannot delete a full spool's oldest segment",
+            ))?;
+            let front = self.segments.pop_front().expect("front exists");
+            self.total_bytes -= front.bytes;
+            self.dropped_findings += front.records;
         }
         Ok(())
+    }
+
+    /// Rewrites segment `i` with its findings only (deletes it if it has none); returns
+    /// whether it is still there.
+    fn compact(&mut self, i: usize) -> Result<bool, SpoolError> {
+        let seg = self.segments[i].clone();
+        let data = statefile::read(&seg.path).map_err(io(&seg.path, "cannot read a segment"))?;
+        self.compaction_reads += 1;
+        let (entries, _) = parse(&data[..(seg.bytes as usize).min(data.len())]);
+        let mut out = Vec::new();
+        let mut kept = 0;
+        for e in entries.iter().filter(|e| e.kind == Kind::Finding) {
+            out.extend_from_slice(&encode(e.kind, e.seq, &e.payload));
+            kept += 1;
+        }
+        if kept == 0 {
+            std::fs::remove_file(&seg.path)
+                .map_err(io(&seg.path, "cannot delete a compacted segment"))?;
+            self.segments.remove(i);
+        } else {
+            statefile::write_atomic(&seg.path, &out)
+                .map_err(|e| io(&e.path, "cannot compact a segment")(e.source))?;
+        }
+        self.dropped += entries.len() as u64 - kept;
+        self.total_bytes = self.total_bytes - seg.bytes + out.len() as u64;
+        if kept == 0 {
+            return Ok(false);
+        }
+        let s = &mut self.segments[i];
+        s.bytes = out.len() as u64;
+        s.records = kept;
+        s.findings_only = true;
+        Ok(true)
     }
 
     /// Up to `max` records after `after`, in order, from at most `max_bytes` of payload (at
@@ -377,10 +460,8 @@ impl Spool {
             .iter()
             .filter(|s| s.last_seq > after && s.records > 0)
         {
-            let mut data = Vec::new();
-            File::open(&seg.path)
-                .and_then(|mut f| f.read_to_end(&mut data))
-                .map_err(io(&seg.path, "cannot read a segment"))?;
+            let data =
+                statefile::read(&seg.path).map_err(io(&seg.path, "cannot read a segment"))?;
             let (entries, _) = parse(&data[..(seg.bytes as usize).min(data.len())]);
             for e in entries.into_iter().filter(|e| e.seq > after) {
                 if out.len() >= max || (!out.is_empty() && bytes + e.payload.len() > max_bytes) {
@@ -420,6 +501,7 @@ impl Spool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
 
     fn dir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("cw-spool-{name}-{}", std::process::id()));
@@ -551,6 +633,175 @@ mod tests {
         let reopened = Spool::open(cfg(&d, 4096, 1024)).unwrap();
         assert_eq!(reopened.read_after(0, 1000, 1 << 20).unwrap(), left);
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Findings with a summary now and then, far past the cap.
+    fn fill(s: &mut Spool, n: u32) -> Vec<u64> {
+        let mut findings = Vec::new();
+        for i in 0..n {
+            let kind = if i % 50 == 7 {
+                Kind::Summary
+            } else {
+                Kind::Finding
+            };
+            let seq = s.append(kind, &[i as u8; 100]).unwrap();
+            if kind == Kind::Finding {
+                findings.push(seq);
+            }
+        }
+        findings
+    }
+
+    fn bytes_on_disk(d: &Path) -> u64 {
+        std::fs::read_dir(d)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "seg"))
+            .map(|e| e.metadata().unwrap().len())
+            .sum()
+    }
+
+    #[test]
+    fn findings_past_the_cap_drop_the_oldest_and_no_segment_is_read_twice() {
+        let d = dir("findings-cap");
+        let (max, seg) = (64 << 10, 4 << 10);
+        let mut s = Spool::open(cfg(&d, max, seg)).unwrap();
+        let n = 20_000;
+        let mut findings = Vec::new();
+        for _ in 0..20 {
+            findings.extend(fill(&mut s, n / 20));
+            assert!(s.bytes() <= max + seg, "{} bytes", s.bytes());
+            assert_eq!(s.bytes(), bytes_on_disk(&d));
+        }
+        // Before: every append over the cap read every segment again (millions of reads).
+        // Now each segment is read at most once, and only one that held a summary.
+        let summaries = n / 50;
+        assert!(
+            s.compaction_reads <= summaries as u64,
+            "{} segment reads for {summaries} summaries",
+            s.compaction_reads
+        );
+        assert!(s.dropped_findings > 0);
+        let left = s.read_after(0, 1_000_000, usize::MAX).unwrap();
+        assert_eq!(
+            left.len() as u64 + s.dropped + s.dropped_findings,
+            n as u64,
+            "every record is kept or counted"
+        );
+        // The newest findings are the ones kept.
+        let kept: Vec<u64> = left
+            .iter()
+            .filter(|e| e.kind == Kind::Finding)
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(kept[..], findings[findings.len() - kept.len()..]);
+        let reopened = Spool::open(cfg(&d, max, seg)).unwrap();
+        assert_eq!(reopened.read_after(0, 1_000_000, usize::MAX).unwrap(), left);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_spool_of_findings_only_reads_no_segment_to_stay_bounded() {
+        let d = dir("findings-only");
+        let (max, seg) = (32 << 10, 4 << 10);
+        let mut s = Spool::open(cfg(&d, max, seg)).unwrap();
+        for i in 0..20_000u32 {
+            s.append(Kind::Finding, &i.to_le_bytes()).unwrap();
+        }
+        assert_eq!(s.compaction_reads, 0);
+        assert!(s.bytes() <= max + seg && bytes_on_disk(&d) == s.bytes());
+        let left = s.read_after(0, 1_000_000, usize::MAX).unwrap();
+        assert_eq!(left.len() as u64 + s.dropped_findings, 20_000);
+        assert_eq!(left.last().unwrap().seq, 20_000);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    fn mode(p: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn the_spools_folder_is_0700_and_its_files_0600() {
+        let d = dir("modes");
+        let mut s = Spool::open(cfg(&d, 4096, 1024)).unwrap();
+        fill(&mut s, 200);
+        s.ack(3).unwrap();
+        assert_eq!(mode(&d), 0o700);
+        let files: Vec<PathBuf> = std::fs::read_dir(&d)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert!(files.iter().any(|p| p.ends_with("ack")) && files.len() > 3);
+        for f in files {
+            assert_eq!(mode(&f), 0o600, "{}", f.display());
+        }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// A file outside the spool that a planted link points at.
+    fn target(d: &Path) -> PathBuf {
+        let t = d.with_extension("target");
+        std::fs::write(&t, b"precious\n").unwrap();
+        t
+    }
+
+    fn assert_refused(e: SpoolError, link: &Path, t: &Path) {
+        let msg = e.to_string();
+        assert!(
+            matches!(e, SpoolError::Symlink { .. })
+                && msg.contains(&link.display().to_string())
+                && msg.contains("symbolic link"),
+            "{msg}"
+        );
+        assert_eq!(std::fs::read(t).unwrap(), b"precious\n", "not followed");
+    }
+
+    #[test]
+    fn a_link_planted_at_a_state_file_or_segment_is_refused_never_followed() {
+        let d = dir("links");
+        let t = target(&d);
+        let mut s = Spool::open(cfg(&d, 1 << 20, 1 << 20)).unwrap();
+        s.append(Kind::Finding, b"one").unwrap();
+        s.sync().unwrap();
+        let seg = s.segments[0].path.clone();
+        drop(s);
+        for name in ["ack", "epoch"] {
+            let p = d.join(name);
+            let saved = std::fs::read(&p).ok();
+            let _ = std::fs::remove_file(&p);
+            std::os::unix::fs::symlink(&t, &p).unwrap();
+            let e = Spool::open(cfg(&d, 1 << 20, 1 << 20)).err().unwrap();
+            assert_refused(e, &p, &t);
+            std::fs::remove_file(&p).unwrap();
+            if let Some(v) = saved {
+                std::fs::write(&p, v).unwrap();
+            }
+        }
+        // The temporary file `ack` is written through.
+        let mut s = Spool::open(cfg(&d, 1 << 20, 1 << 20)).unwrap();
+        let tmp = d.join("ack.tmp");
+        std::os::unix::fs::symlink(&t, &tmp).unwrap();
+        assert_refused(s.ack(1).unwrap_err(), &tmp, &t);
+        std::fs::remove_file(&tmp).unwrap();
+        drop(s);
+        // A segment replaced by a link: the spool does not open (nor cut the target).
+        let saved = std::fs::read(&seg).unwrap();
+        std::fs::remove_file(&seg).unwrap();
+        std::os::unix::fs::symlink(&t, &seg).unwrap();
+        let e = Spool::open(cfg(&d, 1 << 20, 1 << 20)).err().unwrap();
+        assert_refused(e, &seg, &t);
+        std::fs::remove_file(&seg).unwrap();
+        std::fs::write(&seg, saved).unwrap();
+        // A link where the next segment will be made.
+        let mut s = Spool::open(cfg(&d, 1 << 20, 8)).unwrap();
+        let next = d.join(format!("{:020}.seg", s.next_seq()));
+        std::os::unix::fs::symlink(&t, &next).unwrap();
+        assert_refused(s.append(Kind::Finding, b"two").unwrap_err(), &next, &t);
+        assert_eq!(s.read_after(0, 10, 1 << 20).unwrap().len(), 1);
+        std::fs::remove_dir_all(&d).unwrap();
+        std::fs::remove_file(&t).unwrap();
     }
 
     #[test]

@@ -259,6 +259,19 @@ impl Practice {
     }
 }
 
+/// Every summary and finding the engine produces is one the collector accepts, as the
+/// exporter would send it.
+fn fits_the_collectors_limits(ev: &Event) {
+    use prost::Message as _;
+    if let Some((_, bytes)) = clinicwatch_agent::export::record(ev, 0) {
+        let mut rec = clinicwatch_proto::v1::Record::decode(bytes.as_slice()).unwrap();
+        rec.seq = 1;
+        if let Err(e) = clinicwatch_proto::limits::check_record(&rec) {
+            panic!("the collector would refuse {ev:?}: {e}");
+        }
+    }
+}
+
 /// Everything the engine produced, split into findings and summaries.
 struct Run {
     intel: Intel,
@@ -285,6 +298,7 @@ impl Run {
             self.emitted
                 .push(serde_json::to_string(&self.intel.filter(ev)).unwrap());
             for p in produced {
+                fits_the_collectors_limits(&p);
                 self.emitted.push(serde_json::to_string(&p).unwrap());
                 match p {
                     Event::Finding(f) => self.findings.push(f),
@@ -574,6 +588,38 @@ fn read_then_send_in_the_same_window() {
         exchange(later + 10.0, 5002, VENDOR, 443, 25 << 20),
     );
     assert!(!run.rules_since(n).contains("CW-READ-THEN-SEND"));
+}
+
+#[test]
+fn read_then_send_with_hundreds_of_decoys_names_the_largest_and_counts_the_rest() {
+    let (mut run, mut p, t) = learned(None);
+    let n = run.findings.len();
+    p.data_bytes += 30 << 20;
+    // The exfiltration, hidden among 220 small sends to other outside addresses.
+    let mut extra = exchange(t + 10.0, 5001, "198.51.100.66", 443, 25 << 20);
+    for i in 0..220u64 {
+        let ip = format!("192.0.2.{}", i % 250);
+        extra.extend(exchange(
+            t + 11.0 + i as f64 * 0.1,
+            6000 + i,
+            &ip,
+            1000 + i as u16,
+            10_000 + i,
+        ));
+    }
+    minute_with(&mut run, &mut p, t, extra);
+    run.play(&mut p, t + 60.0, 1);
+    let f = run.findings[n..]
+        .iter()
+        .find(|f| f.rule == "CW-READ-THEN-SEND")
+        .unwrap_or_else(|| panic!("{:?}", run.rules_since(n)));
+    let dests = f.evidence["destinations"].as_array().unwrap();
+    assert_eq!(dests.len(), 21, "{dests:?}");
+    assert_eq!(dests[0], "198.51.100.66:443/tcp", "the largest first");
+    assert_eq!(dests[1], "192.0.2.219:1219/tcp");
+    assert_eq!(dests[20], "+201 more");
+    assert_eq!(f.evidence["destinations_count"], 221);
+    // (`Run::feed` checked that every record, summaries included, fits the limits.)
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! The exporter against a real collector over mutual TLS with zstd: a backlog drains at the
 //! collector's pace (Throttle and the retry pushback obeyed, not hammered), heartbeats keep
-//! the host alive while idle, and a certificate in the last third of its life is renewed.
+//! the host alive while idle, a certificate in the last third of its life is renewed, and
+//! no record the collector would refuse blocks the ones after it (the last tests; one
+//! against a stand-in collector that refuses a record the agent's checks let through).
 
 use std::{
     sync::{atomic::Ordering, Arc, Mutex},
@@ -13,7 +15,12 @@ use clinicwatch_agent::{
     spool::{Kind, Spool, SpoolConfig},
 };
 use clinicwatch_collector::{config::Config, enroll::EnrollService, pki, server::Collector, store};
-use clinicwatch_proto::v1::{record::Body, Hello, Record, WindowSummary};
+use clinicwatch_proto::v1::{
+    agent_frame,
+    ingest_server::{Ingest, IngestServer},
+    record::Body,
+    server_frame, Ack, AgentFrame, Finding, Hello, Record, ServerFrame, Severity, WindowSummary,
+};
 use prost::Message as _;
 
 fn temp_dir(name: &str) -> std::path::PathBuf {
@@ -31,9 +38,9 @@ struct Setup {
     _rt: tokio::runtime::Runtime,
 }
 
-/// A collector with `cfg` and a host certificate valid from `nb` to `na` (unix seconds).
-fn setup(name: &str, cfg: Config, nb: i64, na: i64) -> Setup {
-    let dir = temp_dir(name);
+/// A CA, the server's certificate for `localhost`, and the host's key and certificate valid
+/// from `nb` to `na` (unix seconds) written to `dir` (`ca.pem`, `cert.pem`, `key.pem`).
+fn host_pki(dir: &std::path::Path, nb: i64, na: i64) -> (pki::Pem, pki::Pem) {
     let ca = pki::new_ca("test CA").unwrap();
     let server = pki::server_cert(&ca, &["localhost".into()]).unwrap();
     // The host certificate, with the lifetime asked for.
@@ -53,7 +60,27 @@ fn setup(name: &str, cfg: Config, nb: i64, na: i64) -> Setup {
     std::fs::write(dir.join("ca.pem"), &ca.cert).unwrap();
     std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
     std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+    (ca, server)
+}
 
+fn export_to(dir: &std::path::Path, port: u16) -> ExportConfig {
+    ExportConfig {
+        collector: format!("https://localhost:{port}"),
+        clinic: "clinic-a".into(),
+        host: "ws1".into(),
+        ca_file: dir.join("ca.pem"),
+        cert_file: dir.join("cert.pem"),
+        key_file: dir.join("key.pem"),
+        batch_records: 2000,
+        heartbeat_secs: 1,
+        ..Default::default()
+    }
+}
+
+/// A collector with `cfg` and a host certificate valid from `nb` to `na` (unix seconds).
+fn setup(name: &str, cfg: Config, nb: i64, na: i64) -> Setup {
+    let dir = temp_dir(name);
+    let (ca, server) = host_pki(&dir, nb, na);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
@@ -62,8 +89,9 @@ fn setup(name: &str, cfg: Config, nb: i64, na: i64) -> Setup {
     let st: clinicwatch_collector::ingest::SharedStore = Arc::new(Mutex::new(
         store::open(&dir.join("c.db").display().to_string()).unwrap(),
     ));
-    let tls = clinicwatch_collector::listen::ServerTls::from_pem(&server.cert, &server.key, &ca.cert)
-        .unwrap();
+    let tls =
+        clinicwatch_collector::listen::ServerTls::from_pem(&server.cert, &server.key, &ca.cert)
+            .unwrap();
     let mut c = Collector::new(cfg.clone(), st.clone(), tls);
     c.enroll = Some(EnrollService {
         ca: ca.clone(),
@@ -74,17 +102,7 @@ fn setup(name: &str, cfg: Config, nb: i64, na: i64) -> Setup {
     });
     let metrics = c.metrics.clone();
     rt.spawn(c.run(listener, std::future::pending()));
-    let export = ExportConfig {
-        collector: format!("https://localhost:{port}"),
-        clinic: "clinic-a".into(),
-        host: "ws1".into(),
-        ca_file: dir.join("ca.pem"),
-        cert_file: dir.join("cert.pem"),
-        key_file: dir.join("key.pem"),
-        batch_records: 2000,
-        heartbeat_secs: 1,
-        ..Default::default()
-    };
+    let export = export_to(&dir, port);
     Setup {
         dir,
         export,
@@ -346,4 +364,273 @@ fn a_spool_restored_from_an_older_copy_starts_a_new_epoch_and_loses_nothing() {
     assert_eq!(st.record_count().unwrap(), 80);
     drop(st);
     std::fs::remove_dir_all(&s.dir).unwrap();
+}
+
+// No poison record.
+
+fn summary_record(app: &str) -> Record {
+    Record {
+        seq: 0,
+        body: Some(Body::Summary(WindowSummary {
+            app: app.into(),
+            start: now() as f64 - 60.0,
+            end: now() as f64,
+            ..Default::default()
+        })),
+    }
+}
+
+fn finding_record(rule: &str, severity: Severity, evidence: &[(&str, &str)]) -> Record {
+    Record {
+        seq: 0,
+        body: Some(Body::Finding(Finding {
+            rule: rule.into(),
+            severity: severity as i32,
+            app: "pm".into(),
+            time: now() as f64,
+            subject: "198.51.100.66:443/tcp".into(),
+            summary: "s".into(),
+            evidence: evidence
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        })),
+    }
+}
+
+/// Appends records as they are (not shaped: as an older agent, or a bug, may have spooled
+/// them); returns their seqs.
+fn append_raw(sp: &Arc<Mutex<Spool>>, records: &[Record]) -> Vec<u64> {
+    let mut s = sp.lock().unwrap();
+    let seqs = records
+        .iter()
+        .map(|r| {
+            let kind = match r.body {
+                Some(Body::Finding(_)) => Kind::Finding,
+                _ => Kind::Summary,
+            };
+            s.append(kind, &r.encode_to_vec()).unwrap()
+        })
+        .collect();
+    s.sync().unwrap();
+    seqs
+}
+
+fn quarantine_files(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir.join("spool/quarantine"))
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.file_name().into_string().unwrap())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_record_over_the_limits_is_quarantined_and_every_record_after_it_reaches_the_collector() {
+    let s = setup("poison", Config::default(), now() - 60, now() + 30 * 86_400);
+    let sp = spool(&s.dir, 5);
+    let bad = append_raw(
+        &sp,
+        &[
+            finding_record("CW-NEW-DESTINATION", Severity::Low, &[("name", "\"a\0b\"")]),
+            summary_record(&"x".repeat(5000)),
+        ],
+    );
+    append_raw(
+        &sp,
+        &(0..5)
+            .map(|i| summary_record(&format!("after-{i}")))
+            .collect::<Vec<_>>(),
+    );
+    let critical = append_raw(
+        &sp,
+        &[finding_record(
+            "CW-READ-THEN-SEND",
+            Severity::Critical,
+            &[("bytes_sent_non_vendor", "26214400")],
+        )],
+    )[0];
+    let ex = Exporter::start(&s.export, sp.clone(), hello()).unwrap();
+    // 13 records and the two quarantine findings.
+    wait_until(
+        "every record at the collector",
+        Duration::from_secs(30),
+        || sp.lock().unwrap().acked() == critical + 2,
+    );
+    ex.stop();
+    let m = &s.collector;
+    assert_eq!(
+        m.rejected(clinicwatch_collector::metrics::Rejection::Invalid),
+        0,
+        "checked before it was sent: nothing refused"
+    );
+    let mut st = s.store.lock().unwrap();
+    assert_eq!(st.record_count().unwrap(), 11 + 2);
+    let findings = st.findings_since(0.0).unwrap();
+    drop(st);
+    let rules: Vec<&str> = findings.iter().map(|f| f.rule.as_str()).collect();
+    assert!(
+        findings
+            .iter()
+            .any(|f| f.rule == "CW-READ-THEN-SEND" && f.severity == Severity::Critical as i32),
+        "the critical finding after the bad records arrived: {rules:?}"
+    );
+    let reports: Vec<_> = findings
+        .iter()
+        .filter(|f| f.rule == "CW-SENSOR-QUARANTINE")
+        .collect();
+    assert_eq!(reports.len(), 2, "{rules:?}");
+    assert_eq!(reports[0].severity, Severity::Medium as i32);
+    let seqs: Vec<&str> = reports.iter().map(|f| f.evidence["seq"].as_str()).collect();
+    assert_eq!(seqs, [bad[0].to_string(), bad[1].to_string()]);
+    assert!(reports[0].evidence["reason"].contains("NUL"));
+    assert_eq!(reports[0].evidence["record_rule"], "\"CW-NEW-DESTINATION\"");
+    assert!(reports[1].evidence["reason"].contains("5000 bytes"));
+    assert_eq!(quarantine_files(&s.dir).len(), 2);
+    std::fs::remove_dir_all(&s.dir).unwrap();
+}
+
+/// A stand-in collector: stores what it is sent, but refuses (as the real one refuses a
+/// malformed batch: `invalid_argument`, ending the stream) any batch holding a summary of
+/// app `poison`, with a message that names no record.
+#[derive(Clone, Default)]
+struct Refusing {
+    stored: Arc<Mutex<Vec<Record>>>,
+    refusals: Arc<std::sync::atomic::AtomicU64>,
+}
+
+type Replies =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<ServerFrame, tonic::Status>> + Send>>;
+
+fn ack(epoch: u64, up_to_seq: u64) -> Result<ServerFrame, tonic::Status> {
+    Ok(ServerFrame {
+        frame: Some(server_frame::Frame::Ack(Ack { epoch, up_to_seq })),
+    })
+}
+
+impl Refusing {
+    fn reply(
+        &self,
+        epoch: &mut u64,
+        frame: agent_frame::Frame,
+    ) -> Result<ServerFrame, tonic::Status> {
+        let stored = || self.stored.lock().unwrap().last().map_or(0, |r| r.seq);
+        match frame {
+            agent_frame::Frame::Hello(h) => {
+                *epoch = h.epoch;
+                ack(*epoch, stored())
+            }
+            agent_frame::Frame::Batch(b) => {
+                let poison = b
+                    .records
+                    .iter()
+                    .any(|r| matches!(&r.body, Some(Body::Summary(s)) if s.app == "poison"));
+                if poison {
+                    self.refusals.fetch_add(1, Ordering::Relaxed);
+                    return Err(tonic::Status::invalid_argument(
+                        "a field this collector does not take",
+                    ));
+                }
+                self.stored.lock().unwrap().extend(b.records);
+                ack(*epoch, stored())
+            }
+            agent_frame::Frame::Heartbeat(_) => ack(*epoch, stored()),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Ingest for Refusing {
+    type StreamStream = Replies;
+
+    async fn stream(
+        &self,
+        req: tonic::Request<tonic::Streaming<AgentFrame>>,
+    ) -> Result<tonic::Response<Replies>, tonic::Status> {
+        let mut inbound = req.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut epoch = 0;
+            while let Ok(Some(f)) = inbound.message().await {
+                let Some(frame) = f.frame else { continue };
+                let reply = me.reply(&mut epoch, frame);
+                let end = reply.is_err();
+                if tx.send(reply).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        Ok(tonic::Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+#[test]
+fn a_batch_refused_as_invalid_is_halved_until_the_refused_record_is_quarantined() {
+    let dir = temp_dir("refused");
+    let (_ca, server) = host_pki(&dir, now() - 60, now() + 86_400);
+    let collector = Refusing::default();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let tls = tonic::transport::ServerTlsConfig::new().identity(
+        tonic::transport::Identity::from_pem(&server.cert, &server.key),
+    );
+    let serve = tonic::transport::Server::builder()
+        .tls_config(tls)
+        .unwrap()
+        .add_service(
+            IngestServer::new(collector.clone())
+                .accept_compressed(tonic::codec::CompressionEncoding::Zstd)
+                .send_compressed(tonic::codec::CompressionEncoding::Zstd),
+        )
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+    rt.spawn(serve);
+    let mut export = export_to(&dir, port);
+    export.batch_records = 64;
+    let sp = spool(&dir, 150);
+    let poison = append_raw(&sp, &[summary_record("poison")])[0];
+    append_raw(
+        &sp,
+        &(0..150)
+            .map(|i| summary_record(&format!("after-{i}")))
+            .collect::<Vec<_>>(),
+    );
+    let critical = append_raw(
+        &sp,
+        &[finding_record("CW-READ-THEN-SEND", Severity::Critical, &[])],
+    )[0];
+    let ex = Exporter::start(&export, sp.clone(), hello()).unwrap();
+    wait_until(
+        "every other record at the collector",
+        Duration::from_secs(60),
+        || sp.lock().unwrap().acked() == critical + 1,
+    );
+    ex.stop();
+    let refusals = collector.refusals.load(Ordering::Relaxed);
+    // 64 → 32 → 16 → 8 → 4 → 2 → 1: at most seven refusals.
+    assert!((2..=7).contains(&refusals), "{refusals} refusals");
+    let stored = collector.stored.lock().unwrap();
+    let seqs: Vec<u64> = stored.iter().map(|r| r.seq).collect();
+    let expected: Vec<u64> = (1..=critical + 1).filter(|s| *s != poison).collect();
+    assert_eq!(seqs, expected, "all but the refused one, in order, once");
+    let Some(Body::Finding(report)) = &stored.last().unwrap().body else {
+        panic!("{:?}", stored.last())
+    };
+    assert_eq!(report.rule, "CW-SENSOR-QUARANTINE");
+    assert_eq!(report.evidence["seq"], poison.to_string());
+    assert!(
+        report.evidence["reason"].contains("does not take"),
+        "{report:?}"
+    );
+    assert_eq!(quarantine_files(&dir).len(), 1);
+    drop(stored);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

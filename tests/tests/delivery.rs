@@ -30,8 +30,9 @@ fn collector(
     db: &Path,
 ) -> SharedStore {
     let store: SharedStore = Arc::new(Mutex::new(store::open(&db.display().to_string()).unwrap()));
-    let tls = clinicwatch_collector::listen::ServerTls::from_pem(&server.cert, &server.key, &ca.cert)
-        .unwrap();
+    let tls =
+        clinicwatch_collector::listen::ServerTls::from_pem(&server.cert, &server.key, &ca.cert)
+            .unwrap();
     let c = Collector::new(CollectorConfig::default(), store.clone(), tls);
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))

@@ -13,9 +13,12 @@
 //! - `run -- ARGS`: builds and runs `clinicwatch-agent ARGS`.
 //! - `package`: builds in release, then the Debian packages of the agent and the collector
 //!   in `target/debian/` (`--no-build`: from the release binaries already built).
+//! - `fuzz`: installs cargo-fuzz if missing, then runs each fuzz target of `fuzz/` for a few
+//!   seconds (nightly, libFuzzer) from the corpus in `fuzz/corpus/`.
 
 mod apt;
 mod demo;
+mod fuzz;
 mod package;
 mod setup;
 mod util;
@@ -90,6 +93,24 @@ enum Cmd {
         #[arg(long)]
         allow_skips: bool,
         /// Extra arguments for the kernel test binary (after `--`), e.g. a test name filter.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run the fuzz targets (cargo-fuzz on the nightly toolchain, installed if missing), all
+    /// or some, each for a few seconds; fails on a crash and says where its input is.
+    Fuzz {
+        /// Seconds each target runs.
+        #[arg(long, default_value_t = fuzz::DEFAULT_SECS)]
+        secs: u64,
+        /// Build in release with AddressSanitizer (slower to build, faster to run) instead
+        /// of the quick debug build: for long runs.
+        #[arg(long)]
+        release: bool,
+        /// A target to run (`ring_buffer`, `dns`, `tls_plaintext`, `btf`, `frames`); repeat
+        /// for several. Default: every target.
+        #[arg(long = "target")]
+        targets: Vec<String>,
+        /// Extra libFuzzer arguments (after `--`), e.g. `-- -jobs=2`.
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -177,6 +198,17 @@ fn main() -> anyhow::Result<()> {
             })
         }
         Cmd::Package { no_build } => package::package(!no_build),
+        Cmd::Fuzz {
+            secs,
+            release,
+            targets,
+            args,
+        } => fuzz::fuzz(&fuzz::Options {
+            secs,
+            release,
+            targets,
+            args,
+        }),
         Cmd::Run { args } => {
             setup::setup()?;
             util::build(false)?;

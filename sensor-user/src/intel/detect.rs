@@ -5,10 +5,13 @@ use super::{
     baseline::Baseline,
     classes::FileClass,
     dest::AllowList,
-    finding::{human, Finding},
+    finding::{human, top, Finding},
     rules::{Rule, RuleKind, Rules},
     window::WindowSummary,
 };
+
+/// Destinations named in one finding's evidence (the largest senders; the rest counted).
+const TOP_DESTINATIONS: usize = 20;
 
 pub struct Ctx<'a> {
     pub rules: &'a Rules,
@@ -169,13 +172,14 @@ pub fn window_findings(ctx: &Ctx, w: &WindowSummary) -> Vec<Finding> {
                     && sent >= *min_bytes
                     && (*min_ratio..=*max_ratio).contains(&ratio)
                 {
-                    let dests: Vec<String> = w
+                    let dests: Vec<(String, u64)> = w
                         .destinations
                         .iter()
                         .filter(non_vendor)
                         .filter(|d| d.bytes_sent > 0)
-                        .map(|d| d.key())
+                        .map(|d| (d.key(), d.bytes_sent))
                         .collect();
+                    let count = dests.len();
                     out.push(
                         base(rule, w, "pm_data")
                             .summary(format!(
@@ -187,7 +191,8 @@ pub fn window_findings(ctx: &Ctx, w: &WindowSummary) -> Vec<Finding> {
                             .with("pm_data_bytes_read", read)
                             .with("bytes_sent_non_vendor", sent)
                             .with("ratio", (ratio * 1000.0).round() / 1000.0)
-                            .with("destinations", dests),
+                            .with("destinations_count", count)
+                            .with("destinations", top(dests, TOP_DESTINATIONS)),
                     );
                 }
             }

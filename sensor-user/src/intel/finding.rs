@@ -44,6 +44,18 @@ impl Finding {
     }
 }
 
+/// The names of the `n` largest `(name, size)` items, largest first, then `+N more` for the
+/// rest: a list in evidence stays short however many items there are.
+pub fn top(mut items: Vec<(String, u64)>, n: usize) -> Vec<String> {
+    items.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let rest = items.len().saturating_sub(n);
+    let mut out: Vec<String> = items.into_iter().take(n).map(|(name, _)| name).collect();
+    if rest > 0 {
+        out.push(format!("+{rest} more"));
+    }
+    out
+}
+
 /// Bytes for people: `12.3 MiB`.
 pub fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
