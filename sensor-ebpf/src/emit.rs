@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use clinicwatch_common::{EventHeader, HookCounters};
 
-use crate::maps::{EVENTS, HOOK_COUNTERS};
+use crate::maps::{EVENTS, HOOK_COUNTERS, QUOTAS};
 
 /// Which counter of [`HookCounters`] to bump.
 #[derive(Clone, Copy)]
@@ -15,6 +15,7 @@ pub enum Counter {
     RingbufDrop,
     ReadError,
     MapFull,
+    Quota,
 }
 
 #[inline(always)]
@@ -27,6 +28,7 @@ pub fn count(hook: u32, what: Counter) {
             Counter::RingbufDrop => c.ringbuf_drops += 1,
             Counter::ReadError => c.read_errors += 1,
             Counter::MapFull => c.map_full += 1,
+            Counter::Quota => c.quota_refused += 1,
         }
     }
 }
@@ -80,6 +82,36 @@ pub fn add(counter: &mut u64, v: u64) {
     use core::intrinsics::{atomic_xadd, AtomicOrdering};
     // SAFETY: `counter` points into a map value; the add is a single atomic instruction.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, v) };
+}
+
+/// Takes one entry of quota `slot` (of at most `max`): `Err(Quota)` when it is used up. Two
+/// racing takers may both pass at the limit: a quota, not a lock.
+#[inline(always)]
+pub fn quota_take(slot: u32, max: u64) -> HookResult {
+    let Some(used) = QUOTAS.get_ptr_mut(slot) else {
+        return Err(Counter::Quota);
+    };
+    // SAFETY: a map value pointer; the read may race, the add is atomic.
+    unsafe {
+        if *used >= max {
+            return Err(Counter::Quota);
+        }
+        add(&mut *used, 1);
+    }
+    Ok(())
+}
+
+/// Gives back one entry of quota `slot` (never below zero).
+#[inline(always)]
+pub fn quota_give(slot: u32) {
+    if let Some(used) = QUOTAS.get_ptr_mut(slot) {
+        // SAFETY: a map value pointer; the add of -1 is atomic.
+        unsafe {
+            if *used > 0 {
+                add(&mut *used, u64::MAX);
+            }
+        }
+    }
 }
 
 /// Data waiting in the ring buffer above which the agent is woken at once. Below it, events

@@ -2,10 +2,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use clinicwatch_common::{
-    capacity, hook, FileKey, FileStats, FlowStats, HookCounters, InodeKey, TlsReadArgs, WatchedProc,
+    capacity, hook, quota, FileKey, FileStats, FlowStats, HookCounters, InodeKey, TlsReadArgs,
+    WatchedProc,
 };
 
 /// Rare events for the agent.
@@ -30,6 +31,16 @@ pub static PROTECTED: HashMap<InodeKey, u32> = HashMap::with_max_entries(capacit
 #[map]
 pub static FILE_STATS: LruHashMap<FileKey, FileStats> =
     LruHashMap::with_max_entries(capacity::FILE_STATS, 0);
+
+/// Read, open and mmap counters per (followed protected reader, file): apart from
+/// `FILE_STATS`, so that a reader opening many files evicts only its own counters.
+#[map]
+pub static READER_FILES: LruHashMap<FileKey, FileStats> =
+    LruHashMap::with_max_entries(capacity::READER_FILES, 0);
+
+/// Entries of followed protected readers in `WATCHED` and `FLOWS` (see `quota`).
+#[map]
+pub static QUOTAS: Array<u64> = Array::with_max_entries(quota::COUNT, 0);
 
 /// Byte counters per flow of a watched process, by socket cookie.
 #[map]

@@ -67,9 +67,11 @@ pub struct HookHealth {
     pub ringbuf_drops: u64,
     pub read_errors: u64,
     pub map_full: u64,
+    #[serde(default)]
+    pub quota_refused: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Health {
     pub hooks: Vec<HookHealth>,
     pub ringbuf_drops: u64,
@@ -83,6 +85,26 @@ pub struct Health {
     /// Events that could not be written to the output (disk full, closed pipe).
     pub output_write_errors: u64,
     pub watched_processes: usize,
+    /// Map pressure: what a local user trying to blind the sensor would cause.
+    #[serde(default)]
+    pub watched_capacity: usize,
+    /// Map inserts refused because a map was full, all hooks.
+    #[serde(default)]
+    pub map_full: u64,
+    /// Protected-reader entries the kernel refused over the readers' quota, all hooks.
+    #[serde(default)]
+    pub quota_refused: u64,
+    /// Protected readers the agent did not follow (quota used up).
+    #[serde(default)]
+    pub readers_not_followed: u64,
+    /// Followed protected readers' processes in the watched map, and their flows.
+    #[serde(default)]
+    pub reader_processes: u64,
+    #[serde(default)]
+    pub reader_flows: u64,
+    /// Open flows of watched processes whose counters were evicted before they closed.
+    #[serde(default)]
+    pub flows_evicted: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -112,6 +112,13 @@ pub fn health(time: f64, h: &Health, spool_dropped: u64) -> pb::Health {
         output_write_errors: h.output_write_errors,
         watched_processes: h.watched_processes as u64,
         spool_dropped_summaries: spool_dropped,
+        map_full: h.map_full,
+        quota_refused: h.quota_refused,
+        readers_not_followed: h.readers_not_followed,
+        flows_evicted: h.flows_evicted,
+        reader_processes: h.reader_processes,
+        reader_flows: h.reader_flows,
+        watched_capacity: h.watched_capacity as u64,
     }
 }
 

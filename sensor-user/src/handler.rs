@@ -155,6 +155,12 @@ pub struct Handler {
     pub reaped: u64,
     /// File counters evicted from the LRU map before their process exited.
     pub evicted: u64,
+    /// Open flows whose counters the LRU map evicted before they closed.
+    pub flows_evicted: u64,
+    /// Open flows without counters at the last snapshot.
+    flows_missing: std::collections::HashSet<u64>,
+    /// Protected readers not followed: the readers' quota was used up.
+    pub readers_not_followed: u64,
     /// Processes found gone at the last `reap_dead`.
     suspects: Vec<u32>,
     apps: Vec<String>,
@@ -220,7 +226,7 @@ fn random_key_hash() -> impl Fn(&str) -> u64 + Send {
 }
 
 /// The application index of processes followed because they opened a protected file.
-pub const READER_APP: u32 = u32::MAX;
+pub const READER_APP: u32 = clinicwatch_common::READER_APP;
 
 impl Handler {
     pub fn new(cfg: &Config) -> Self {
@@ -231,6 +237,9 @@ impl Handler {
             unknown_process: 0,
             reaped: 0,
             evicted: 0,
+            flows_evicted: 0,
+            flows_missing: Default::default(),
+            readers_not_followed: 0,
             suspects: Vec::new(),
             apps: cfg.apps.iter().map(|a| a.name.clone()).collect(),
             // Validated in `Config::validate`.
@@ -473,6 +482,9 @@ impl Handler {
                             ProcInfo::new(e.ppid, READER_APP, e.hdr.tgid, exe.clone()),
                         ),
                         Err(err) => {
+                            if matches!(err, crate::sensor::SensorError::ReaderQuota { .. }) {
+                                self.readers_not_followed += 1;
+                            }
                             tracing::debug!(error = %err, "cannot follow a protected reader")
                         }
                     }
@@ -659,6 +671,36 @@ impl Handler {
         }
     }
 
+    /// The open flows' counters into their processes. A flow whose counters are gone at two
+    /// snapshots in a row (not one: its close may be in flight) was evicted from the kernel's
+    /// LRU map before it closed: counted, and forgotten.
+    fn flows_into(&mut self, sensor: &mut Sensor, procs: &mut BTreeMap<u32, ProcessCounters>) {
+        let mut missing = std::collections::HashSet::new();
+        for (&cookie, &pid) in &self.open_flows {
+            match sensor.flow_stats(cookie) {
+                Some(s) => {
+                    if let Some(pc) = procs.get_mut(&pid) {
+                        pc.flows.push(flow_counters(cookie, &s));
+                    }
+                }
+                None => {
+                    missing.insert(cookie);
+                }
+            }
+        }
+        let evicted: Vec<u64> = missing
+            .iter()
+            .filter(|c| self.flows_missing.contains(c))
+            .copied()
+            .collect();
+        for cookie in &evicted {
+            missing.remove(cookie);
+            self.open_flows.remove(cookie);
+        }
+        self.flows_evicted += evicted.len() as u64;
+        self.flows_missing = missing;
+    }
+
     /// Counters of every watched process and the sensor's health.
     pub fn snapshot(&mut self, sensor: &mut Sensor, output_write_errors: u64) -> Event {
         let mut procs: BTreeMap<u32, ProcessCounters> = BTreeMap::new();
@@ -685,11 +727,7 @@ impl Handler {
                 },
             );
         }
-        for (&cookie, &pid) in &self.open_flows {
-            if let (Some(s), Some(pc)) = (sensor.flow_stats(cookie), procs.get_mut(&pid)) {
-                pc.flows.push(flow_counters(cookie, &s));
-            }
-        }
+        self.flows_into(sensor, &mut procs);
         let counters = sensor.hook_counters();
         let hooks: Vec<HookHealth> = counters
             .iter()
@@ -700,12 +738,21 @@ impl Handler {
                 ringbuf_drops: c.ringbuf_drops,
                 read_errors: c.read_errors,
                 map_full: c.map_full,
+                quota_refused: c.quota_refused,
             })
             .collect();
+        let census = sensor.census();
         Event::Snapshot {
             time: self.clock.now(),
             processes: procs.into_values().collect(),
             health: Health {
+                quota_refused: hooks.iter().map(|h| h.quota_refused).sum(),
+                map_full: hooks.iter().map(|h| h.map_full).sum(),
+                watched_capacity: clinicwatch_common::capacity::WATCHED as usize,
+                reader_processes: census.reader_processes,
+                reader_flows: census.reader_flows,
+                readers_not_followed: self.readers_not_followed,
+                flows_evicted: self.flows_evicted,
                 ringbuf_drops: hooks.iter().map(|h| h.ringbuf_drops).sum(),
                 hooks,
                 decode: self.decode,
@@ -713,7 +760,7 @@ impl Handler {
                 exits_missed: self.reaped,
                 file_counters_evicted: self.evicted,
                 output_write_errors,
-                watched_processes: sensor.watched_count(),
+                watched_processes: census.watched,
             },
         }
     }

@@ -6,13 +6,14 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
     Btf as AyaBtf, Ebpf, EbpfError, EbpfLoader,
 };
 use clinicwatch_common::{
     hook,
     names::{global, map},
-    FileKey, FileStats, FlowStats, HookCounters, InodeKey, KernelOffsets, WatchedProc,
+    quota, FileKey, FileStats, FlowStats, HookCounters, InodeKey, KernelOffsets, WatchedProc,
+    READER_APP,
 };
 use tracing::warn;
 
@@ -45,6 +46,19 @@ pub enum SensorError {
     NoCgroup2,
     #[error(transparent)]
     Attach(#[from] AttachError),
+    #[error("the protected readers' quota of {max} processes in `WATCHED` is used up")]
+    ReaderQuota { max: u64 },
+}
+
+/// How full the maps that a local user could try to fill are (read at each snapshot).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Census {
+    /// Entries in `WATCHED` (of `capacity::WATCHED`).
+    pub watched: usize,
+    /// Of which followed protected readers (quota [`quota::MAX_PROCESSES`]).
+    pub reader_processes: u64,
+    /// Flows of followed protected readers in `FLOWS` (quota [`quota::MAX_FLOWS`]).
+    pub reader_flows: u64,
 }
 
 pub struct SensorOptions {
@@ -209,11 +223,76 @@ impl Sensor {
         BpfHashMap::try_from(m).map_err(map_err(name))
     }
 
-    /// Marks a process watched (used to seed processes that were running before the agent).
+    /// Marks a process watched (used to seed processes that were running before the agent,
+    /// and to follow a protected reader, within the readers' quota).
     pub fn watch(&mut self, tgid: u32, w: WatchedProc) -> Result<(), SensorError> {
+        let used = (w.app == READER_APP).then(|| self.quota_used(quota::PROCESSES));
+        if let Some(used) = used {
+            if used >= quota::MAX_PROCESSES {
+                return Err(SensorError::ReaderQuota {
+                    max: quota::MAX_PROCESSES,
+                });
+            }
+        }
         self.hash::<u32, WatchedProc>(map::WATCHED)?
             .insert(tgid, w, 0)
-            .map_err(map_err(map::WATCHED))
+            .map_err(map_err(map::WATCHED))?;
+        if let Some(used) = used {
+            // Not atomic with the kernel's counting: the next census heals any drift.
+            self.set_quota_used(quota::PROCESSES, used + 1);
+        }
+        Ok(())
+    }
+
+    /// Entries of quota `slot` in use, as counted.
+    pub fn quota_used(&mut self, slot: u32) -> u64 {
+        self.ebpf
+            .map_mut(map::QUOTAS)
+            .and_then(|m| Array::<_, u64>::try_from(m).ok())
+            .and_then(|a| a.get(&slot, 0).ok())
+            .unwrap_or(0)
+    }
+
+    fn set_quota_used(&mut self, slot: u32, v: u64) {
+        if let Some(mut a) = self
+            .ebpf
+            .map_mut(map::QUOTAS)
+            .and_then(|m| Array::<_, u64>::try_from(m).ok())
+        {
+            if let Err(e) = a.set(slot, v, 0) {
+                warn!(slot, error = %e, "cannot set a reader quota counter");
+            }
+        }
+    }
+
+    /// Counts `WATCHED` (and the readers in it), and the readers' flows when their counter
+    /// says the quota is used up (an LRU eviction of a reader's flow is never given back by
+    /// the kernel); writes back what it counted, so that the quotas never drift for long.
+    pub fn census(&mut self) -> Census {
+        let (mut watched, mut readers) = (0usize, 0u64);
+        if let Ok(m) = self.hash::<u32, WatchedProc>(map::WATCHED) {
+            for (_, w) in m.iter().flatten() {
+                watched += 1;
+                readers += u64::from(w.app == READER_APP);
+            }
+        }
+        self.set_quota_used(quota::PROCESSES, readers);
+        let mut reader_flows = self.quota_used(quota::FLOWS);
+        if reader_flows >= quota::MAX_FLOWS {
+            if let Ok(m) = self.hash::<u64, FlowStats>(map::FLOWS) {
+                reader_flows = m
+                    .iter()
+                    .flatten()
+                    .filter(|(_, f)| f.app == READER_APP)
+                    .count() as u64;
+            }
+            self.set_quota_used(quota::FLOWS, reader_flows);
+        }
+        Census {
+            watched,
+            reader_processes: readers,
+            reader_flows,
+        }
     }
 
     pub fn unwatch(&mut self, tgid: u32) -> Result<(), SensorError> {
@@ -231,35 +310,38 @@ impl Sensor {
             .is_ok_and(|m| m.get(&tgid, 0).is_ok())
     }
 
-    pub fn watched_count(&mut self) -> usize {
-        self.hash::<u32, WatchedProc>(map::WATCHED)
-            .map(|m| m.keys().count())
-            .unwrap_or(0)
-    }
-
+    /// The counters of a (process, file): in `FILE_STATS`, or `READER_FILES` for a followed
+    /// protected reader.
     pub fn file_stats(&mut self, key: &FileKey) -> Option<FileStats> {
-        self.hash::<FileKey, FileStats>(map::FILE_STATS)
-            .ok()?
-            .get(key, 0)
-            .ok()
+        [map::FILE_STATS, map::READER_FILES]
+            .into_iter()
+            .find_map(|name| self.hash::<FileKey, FileStats>(name).ok()?.get(key, 0).ok())
     }
 
     pub fn remove_file_stats(&mut self, key: &FileKey) {
-        if let Ok(mut m) = self.hash::<FileKey, FileStats>(map::FILE_STATS) {
-            let _ = m.remove(key);
+        for name in [map::FILE_STATS, map::READER_FILES] {
+            if let Ok(mut m) = self.hash::<FileKey, FileStats>(name) {
+                let _ = m.remove(key);
+            }
         }
     }
 
     /// Reads and removes the counters of a (process, file): one `BPF_MAP_LOOKUP_AND_DELETE_ELEM`
-    /// (hash maps, 5.14+), or a lookup then a delete where the kernel lacks it.
+    /// per map (hash maps, 5.14+), or a lookup then a delete where the kernel lacks it.
     pub fn take_file_stats(&mut self, key: &FileKey) -> Option<FileStats> {
-        if let Some(Map::LruHashMap(data)) = self.ebpf.map_mut(map::FILE_STATS) {
-            let mut value = FileStats::default();
-            match lookup_and_delete(data.fd().as_fd().as_raw_fd(), key, &mut value) {
-                Ok(true) => return Some(value),
-                Ok(false) => return None,
-                Err(_) => {} // not supported here: the two-call way below
+        let mut supported = true;
+        for name in [map::FILE_STATS, map::READER_FILES] {
+            if let Some(Map::LruHashMap(data)) = self.ebpf.map_mut(name) {
+                let mut value = FileStats::default();
+                match lookup_and_delete(data.fd().as_fd().as_raw_fd(), key, &mut value) {
+                    Ok(true) => return Some(value),
+                    Ok(false) => {}
+                    Err(_) => supported = false, // the two-call way below
+                }
             }
+        }
+        if supported {
+            return None;
         }
         let stats = self.file_stats(key)?;
         self.remove_file_stats(key);
@@ -290,6 +372,7 @@ impl Sensor {
                         sum.ringbuf_drops += c.ringbuf_drops;
                         sum.read_errors += c.read_errors;
                         sum.map_full += c.map_full;
+                        sum.quota_refused += c.quota_refused;
                     }
                 }
                 sum

@@ -57,6 +57,7 @@ fn health(drops: u64) -> Health {
         file_counters_evicted: 0,
         output_write_errors: 0,
         watched_processes: 1,
+        ..Health::default()
     }
 }
 

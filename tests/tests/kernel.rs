@@ -809,3 +809,134 @@ fn a_tls_write_by_the_watched_program_becomes_a_query_template() {
     assert_eq!(agent.tls_libraries().len(), 1);
     agent.stop();
 }
+
+#[test]
+fn a_local_user_filling_the_maps_cannot_blind_the_sensor_and_is_reported() {
+    use clinicwatch_common::quota;
+    if !require_root("a_local_user_filling_the_maps_cannot_blind_the_sensor_and_is_reported") {
+        return;
+    }
+    let fx = Fixture::new(WORKLOAD, "blind");
+    let secret = fx.data_file("profile/logins.json", 4096);
+    let data = fx.data_file("pmdata/patients.db", 1 << 20);
+    let text = format!(
+        "[agent]\nsnapshot_interval_secs = 1\nstate_dir = \"{}\"\n\
+         [[app]]\nname = \"pm-client\"\nexe = \"{}\"\n\
+         [[protected]]\nname = \"firefox-logins\"\npath = \"{}\"\n",
+        fx.state_dir().display(),
+        fx.app.display(),
+        secret.display()
+    );
+    let cfg = clinicwatch_agent::config::Config::from_toml(&text).unwrap();
+    let (agent, rx) = start_agent(&cfg);
+    // The PM client's connection, open before the attack and used after it.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = echo_server(listener, 200_000, 1000);
+    let mut pm = std::process::Command::new(&fx.app)
+        .args(["connect-wait", &addr.to_string(), "200000", "1000"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pm_pid = pm.id();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(pm.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "connected");
+    // More children than the readers' quota, more sockets than the whole flow map.
+    let forks = quota::MAX_PROCESSES as usize + 100;
+    let sockets = clinicwatch_common::capacity::FLOWS as usize + 200;
+    let mut attacker = std::process::Command::new(&fx.other)
+        .args([
+            "blind",
+            secret.to_str().unwrap(),
+            &forks.to_string(),
+            &sockets.to_string(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(attacker.stdout.take().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    let held: Vec<usize> = ready
+        .split_whitespace()
+        .skip(1)
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(
+        held,
+        [forks, sockets],
+        "the attacker holds its children and sockets: {ready}"
+    );
+
+    // The PM client's child is still followed and its reads counted exactly; its flow too.
+    let (_, out) = run(&fx.app, &["fork-read", data.to_str().unwrap(), "4096"]);
+    let child: u32 = out.trim().parse().unwrap();
+    assert_eq!(file_bytes(&exit_of(&rx, child), &data).0, 1 << 20);
+    std::io::Write::write_all(pm.stdin.as_mut().unwrap(), b"go\n").unwrap();
+    assert!(pm.wait().unwrap().success());
+    server.join().unwrap();
+    let close = expect_event(
+        &rx,
+        WAIT,
+        "the PM client's flow close",
+        |e| matches!(e, Event::NetClose { pid: p, .. } if *p == pm_pid),
+    );
+    let Event::NetClose { counters, .. } = close else {
+        unreachable!()
+    };
+    assert_eq!(
+        (counters.bytes_sent, counters.bytes_recv),
+        (200_000, 1000),
+        "exact bytes beside the attacker's {sockets} sockets"
+    );
+
+    // The attempt reaches the SOC as map pressure, and the readers stayed in their quotas.
+    let f = expect_event(
+        &rx,
+        WAIT,
+        "a map-pressure finding",
+        |e| matches!(e, Event::Finding(f) if f.rule == "CW-SENSOR-MAP-PRESSURE"),
+    );
+    let Event::Finding(f) = f else { unreachable!() };
+    let n = |k: &str| f.evidence[k].as_u64().unwrap_or(0);
+    assert!(n("quota_refused_total") >= 100, "{:?}", f.evidence);
+    // A quota, not a lock: racing forks and the agent's recount may pass it by a few.
+    let slack = |max: u64| max + max / 32;
+    assert!(
+        n("reader_processes") <= slack(quota::MAX_PROCESSES),
+        "{:?}",
+        f.evidence
+    );
+    assert!(
+        n("reader_flows") <= slack(quota::MAX_FLOWS),
+        "{:?}",
+        f.evidence
+    );
+    let snapshot = expect_event(
+        &rx,
+        WAIT,
+        "a snapshot",
+        |e| matches!(e, Event::Snapshot { health, .. } if health.reader_processes > 0),
+    );
+    let Event::Snapshot { health, .. } = snapshot else {
+        unreachable!()
+    };
+    assert!(
+        health.reader_processes <= slack(quota::MAX_PROCESSES),
+        "{health:?}"
+    );
+    assert!(health.watched_processes < clinicwatch_common::capacity::WATCHED as usize);
+    drop(attacker.stdin.take());
+    attacker.wait().unwrap();
+    agent.stop();
+}

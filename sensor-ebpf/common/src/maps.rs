@@ -2,6 +2,12 @@
 
 use core::mem::size_of;
 
+/// The application index of a followed protected reader (a process outside the watched apps
+/// that opened a protected file, and its children): its processes and flows are held under
+/// quotas ([`quota`]) and its file counters in a map of their own, so that a local user
+/// cannot push the watched apps out of the maps.
+pub const READER_APP: u32 = u32::MAX;
+
 /// A watched process (key: thread-group id).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -136,6 +142,8 @@ pub struct HookCounters {
     pub read_errors: u64,
     /// Map inserts that failed (a non-LRU map full).
     pub map_full: u64,
+    /// Protected-reader entries refused because the reader quota ([`quota`]) was reached.
+    pub quota_refused: u64,
 }
 
 /// Indexes into the `HOOK_COUNTERS` map: one per capability the kernel serves.
@@ -181,6 +189,24 @@ pub mod capacity {
     pub const EVENTS_BYTES: u32 = 1 << 20;
     /// How many ancestors of an opened file are checked against the protected set.
     pub const PROTECTED_DEPTH: u32 = 8;
+    /// Followed protected readers' per-(process, file) counters (their own LRU map).
+    pub const READER_FILES: u32 = 2_048;
+}
+
+/// Quotas of followed protected readers in the shared maps: slots of the `QUOTAS` array
+/// (entries in use), and their limits. The kernel counts its own inserts and removals
+/// atomically; the agent counts the entries it adds or removes and recounts at each
+/// snapshot, which heals any drift (an LRU eviction, a race).
+pub mod quota {
+    /// Reader processes in `WATCHED`.
+    pub const PROCESSES: u32 = 0;
+    /// Reader flows in `FLOWS`.
+    pub const FLOWS: u32 = 1;
+    pub const COUNT: u32 = 2;
+    /// At most an eighth of `WATCHED` for readers: the apps keep 14,336 entries.
+    pub const MAX_PROCESSES: u64 = (super::capacity::WATCHED / 8) as u64;
+    /// At most an eighth of `FLOWS` for readers.
+    pub const MAX_FLOWS: u64 = (super::capacity::FLOWS / 8) as u64;
 }
 
 const _: () = assert!(size_of::<WatchedProc>() == 16);
@@ -188,7 +214,7 @@ const _: () = assert!(size_of::<InodeKey>() == 16);
 const _: () = assert!(size_of::<FileKey>() == 16);
 const _: () = assert!(size_of::<FileStats>() == 32);
 const _: () = assert!(size_of::<FlowStats>() == 80);
-const _: () = assert!(size_of::<HookCounters>() == 32);
+const _: () = assert!(size_of::<HookCounters>() == 40);
 const _: () = assert!(size_of::<TlsReadArgs>() == 32);
 
 #[cfg(feature = "user")]

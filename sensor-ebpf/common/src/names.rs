@@ -10,7 +10,9 @@ pub mod map {
     pub const FLOWS: &str = "FLOWS";
     pub const HOOK_COUNTERS: &str = "HOOK_COUNTERS";
     pub const TLS_READS: &str = "TLS_READS";
-    pub const ALL: [&str; 8] = [
+    pub const READER_FILES: &str = "READER_FILES";
+    pub const QUOTAS: &str = "QUOTAS";
+    pub const ALL: [&str; 10] = [
         EVENTS,
         WATCHED,
         WATCHED_EXES,
@@ -19,6 +21,8 @@ pub mod map {
         FLOWS,
         HOOK_COUNTERS,
         TLS_READS,
+        READER_FILES,
+        QUOTAS,
     ];
 }
 

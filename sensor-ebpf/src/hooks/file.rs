@@ -21,14 +21,15 @@ use aya_ebpf::{
 };
 use clinicwatch_common::{
     capacity, hook, kind, origin, Ancestor, FileEvent, FileKey, FileStats, InodeKey,
-    ProtectedOpenEvent, WatchedProc, ANCESTORS,
+    ProtectedOpenEvent, WatchedProc, ANCESTORS, READER_APP,
 };
 
 use crate::{
     emit::{add, current_ids, finish, reserve, submit, Counter, HookResult},
     kernel::{self, agent_tgid, protect_enabled},
-    maps::{FILE_STATS, PROTECTED, WATCHED},
+    maps::{FILE_STATS, PROTECTED, READER_FILES, WATCHED},
 };
+use aya_ebpf::maps::LruHashMap;
 
 /// Offsets in the syscall tracepoint records (after the 8-byte common header and the
 /// 8-byte `__syscall_nr` slot).
@@ -147,6 +148,17 @@ pub fn tp_mmap_enter(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// The file counters of `app`: a followed protected reader's are kept apart, so that its
+/// opens evict only its own.
+#[inline(always)]
+fn files(app: u32) -> &'static LruHashMap<FileKey, FileStats> {
+    if app == READER_APP {
+        &READER_FILES
+    } else {
+        &FILE_STATS
+    }
+}
+
 #[inline(always)]
 fn watched(tgid: u32) -> Option<WatchedProc> {
     // SAFETY: a map value pointer from a successful lookup.
@@ -173,7 +185,7 @@ fn on_open((pid, tgid, w): (u32, u32, Option<WatchedProc>), file: u64) -> HookRe
     match w {
         Some(w) => {
             let fk = file_key(tgid, file)?;
-            if let Some(s) = FILE_STATS.get_ptr_mut(fk) {
+            if let Some(s) = files(w.app).get_ptr_mut(fk) {
                 // SAFETY: a map value pointer; the add is atomic.
                 unsafe { add(&mut (*s).opens, 1) };
                 return Ok(());
@@ -222,11 +234,12 @@ fn first_seen(
     pid: u32,
     seen: &Seen,
 ) -> HookResult {
-    if FILE_STATS.insert(fk, stats, BPF_NOEXIST as u64).is_ok() {
+    let map = files(app);
+    if map.insert(fk, stats, BPF_NOEXIST as u64).is_ok() {
         return report_file(fk, app, file, pid, seen);
     }
     // Another thread inserted it first: add to its counters instead.
-    if let Some(s) = FILE_STATS.get_ptr_mut(fk) {
+    if let Some(s) = map.get_ptr_mut(fk) {
         // SAFETY: a map value pointer; the adds are atomic.
         unsafe {
             add(&mut (*s).bytes_read, stats.bytes_read);
@@ -293,7 +306,7 @@ fn account_read(file: u64, bytes: u64, pid: u32, tgid: u32, app: u32) -> HookRes
     let Some(fk) = regular_file_key(tgid, file)? else {
         return Ok(());
     };
-    if let Some(s) = FILE_STATS.get_ptr_mut(fk) {
+    if let Some(s) = files(app).get_ptr_mut(fk) {
         // SAFETY: a map value pointer; the adds are atomic.
         unsafe {
             add(&mut (*s).bytes_read, bytes);
@@ -318,7 +331,7 @@ fn on_mmap(file: u64) -> HookResult {
     let Some(fk) = regular_file_key(tgid, file)? else {
         return Ok(());
     };
-    if let Some(s) = FILE_STATS.get_ptr_mut(fk) {
+    if let Some(s) = files(w.app).get_ptr_mut(fk) {
         // SAFETY: a map value pointer; the add is atomic.
         let first = unsafe { (*s).mmaps } == 0;
         unsafe { add(&mut (*s).mmaps, 1) };

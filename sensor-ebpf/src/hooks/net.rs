@@ -15,11 +15,15 @@ use aya_ebpf::{
     EbpfContext,
 };
 use clinicwatch_common::{
-    hook, kind, ConnectEvent, DnsEvent, FlowAddr, FlowCloseEvent, FlowStats, DNS_LEN,
+    hook, kind, quota, ConnectEvent, DnsEvent, FlowAddr, FlowCloseEvent, FlowStats, DNS_LEN,
+    READER_APP,
 };
 
 use crate::{
-    emit::{add, copy_in_pieces, current_ids, finish, reserve, submit, Counter, HookResult},
+    emit::{
+        add, copy_in_pieces, current_ids, finish, quota_give, quota_take, reserve, submit, Counter,
+        HookResult,
+    },
     maps::{FLOWS, WATCHED},
 };
 
@@ -92,7 +96,16 @@ fn on_connect(ctx: &SockAddrContext, family: u16) -> HookResult {
         remote,
         ..FlowStats::default()
     };
+    // A protected reader's flows are held within its quota (a connect again on the same
+    // socket takes no more), so that its sockets cannot evict the watched apps' counters.
+    let reader = app == READER_APP && FLOWS.get_ptr(cookie).is_none();
+    if reader {
+        quota_take(quota::FLOWS, quota::MAX_FLOWS)?;
+    }
     if FLOWS.insert(cookie, stats, 0).is_err() {
+        if reader {
+            quota_give(quota::FLOWS);
+        }
         return Err(Counter::MapFull);
     }
     let mut entry = reserve::<ConnectEvent>(hook::NET_CONNECT, kind::NET_CONNECT, pid, tgid)?;
@@ -275,7 +288,9 @@ fn on_release(ctx: &SockContext) -> HookResult {
     };
     // SAFETY: a map value pointer from a successful lookup.
     let stats = unsafe { *s };
-    let _ = FLOWS.remove(cookie);
+    if FLOWS.remove(cookie).is_ok() && stats.app == READER_APP {
+        quota_give(quota::FLOWS);
+    }
     let mut entry =
         reserve::<FlowCloseEvent>(hook::NET_CLOSE, kind::NET_CLOSE, stats.tgid, stats.tgid)?;
     // SAFETY: the entry is reserved for a `FlowCloseEvent`; every field is written.

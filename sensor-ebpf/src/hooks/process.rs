@@ -14,10 +14,12 @@ use aya_ebpf::{
     macros::{btf_tracepoint, raw_tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
-use clinicwatch_common::{hook, kind, ExecEvent, ExitEvent, ForkEvent, WatchedProc, ARGV_LEN};
+use clinicwatch_common::{
+    hook, kind, quota, ExecEvent, ExitEvent, ForkEvent, WatchedProc, ARGV_LEN, READER_APP,
+};
 
 use crate::{
-    emit::{current_ids, finish, reserve, submit, Counter, HookResult},
+    emit::{current_ids, finish, quota_give, quota_take, reserve, submit, Counter, HookResult},
     kernel::{self, agent_tgid},
     maps::{WATCHED, WATCHED_EXES},
 };
@@ -158,7 +160,16 @@ fn on_fork(parent: u64, child: u64) -> HookResult {
         depth: w.depth + 1,
         _pad: 0,
     };
+    // A protected reader's children are followed within its quota: a local user forking
+    // without end fills an eighth of the map, never the watched apps' part.
+    let reader = w.app == READER_APP;
+    if reader {
+        quota_take(quota::PROCESSES, quota::MAX_PROCESSES)?;
+    }
     if WATCHED.insert(ctgid, cw, 0).is_err() {
+        if reader {
+            quota_give(quota::PROCESSES);
+        }
         return Err(Counter::MapFull);
     }
     let mut entry = reserve::<ForkEvent>(hook::PROC_FORK, kind::FORK, ctgid, ctgid)?;
@@ -185,7 +196,9 @@ fn on_exit(task: u64) -> HookResult {
     }
     // SAFETY: a map value pointer from a successful lookup.
     let app = unsafe { (*w).app };
-    let _ = WATCHED.remove(tgid);
+    if WATCHED.remove(tgid).is_ok() && app == READER_APP {
+        quota_give(quota::PROCESSES);
+    }
     let mut entry = reserve::<ExitEvent>(hook::PROC_EXIT, kind::EXIT, tgid, tgid)?;
     // SAFETY: the entry is reserved for an `ExitEvent`; every field is written.
     let ev = unsafe { &mut *entry.as_mut_ptr() };

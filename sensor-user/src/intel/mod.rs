@@ -12,6 +12,7 @@ pub mod detect;
 pub mod finding;
 pub mod hist;
 pub mod hours;
+pub mod pressure;
 pub mod privacy;
 pub mod rules;
 pub mod window;
@@ -54,6 +55,7 @@ pub struct Intel {
     /// Processes that opened a protected file (and their children): pid → (time, exe, rule).
     readers: HashMap<u32, (f64, String, String)>,
     drops_seen: Option<u64>,
+    pressure: pressure::Pressure,
     startups: u64,
     /// How the previous run on this state ended: `Some(true)` stopped cleanly, `Some(false)`
     /// did not (killed, crashed, power lost), `None` no previous run.
@@ -130,6 +132,7 @@ impl Intel {
             quiet: BTreeMap::new(),
             readers: HashMap::new(),
             drops_seen: None,
+            pressure: pressure::Pressure::default(),
             startups: 0,
             previous_run,
             clock: None,
@@ -281,6 +284,19 @@ impl Intel {
                 }
             }
             Event::Snapshot { time, health, .. } => {
+                let pressure = self
+                    .rule(|k| matches!(k, RuleKind::SensorPressure { .. }))
+                    .map(|r| (r.id.clone(), r.severity, r.kind.clone()));
+                if let Some((id, severity, RuleKind::SensorPressure { watched_percent })) = pressure
+                {
+                    found.extend(self.pressure.check(
+                        &id,
+                        severity,
+                        watched_percent,
+                        *time,
+                        health,
+                    ));
+                }
                 let total = drops(health);
                 let before = self.drops_seen.replace(total);
                 if let (Some(before), Some(r)) = (

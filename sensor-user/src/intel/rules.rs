@@ -92,6 +92,10 @@ pub enum RuleKind {
     SensorDrops {
         min_drops: u64,
     },
+    /// Map pressure: full maps, reader quotas used up, flows evicted, a watched map filling.
+    SensorPressure {
+        watched_percent: f64,
+    },
     SensorHooks {},
     AgentRestart {},
     ClockJump {
@@ -128,6 +132,7 @@ const KIND_KEYS: &[(&str, &[&str])] = &[
     ("new_query", &[]),
     ("query_off_hours", &["floor_requests"]),
     ("sensor_drops", &["min_drops"]),
+    ("sensor_pressure", &["watched_percent"]),
     ("sensor_hooks", &[]),
     ("agent_restart", &[]),
     ("clock_jump", &["max_jump_secs"]),

@@ -265,3 +265,64 @@ pub fn echo(addr: &str, secs: f64) -> std::io::Result<()> {
     })?);
     Ok(())
 }
+
+/// What a local user trying to blind the sensor does: opens a protected file (so that the
+/// agent follows it), forks `forks` children that wait, and connects `sockets` UDP sockets
+/// (raising its descriptor limit as root can); prints `ready`, holds all of it until stdin
+/// closes, then lets the children go and waits for them.
+pub fn blind(file: &Path, forks: usize, sockets: usize) -> std::io::Result<()> {
+    use std::io::BufRead as _;
+    let _protected = std::fs::File::open(file)?;
+    // The agent follows a reader once it has seen the open.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let want = (sockets + 64) as libc::rlim_t;
+    let lim = libc::rlimit {
+        rlim_cur: want,
+        rlim_max: want,
+    };
+    // SAFETY: a plain struct; failure leaves the old limit (then fewer sockets open).
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    let mut fds = [0i32; 2];
+    // SAFETY: `fds` has room for the two descriptors.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut children = 0;
+    for _ in 0..forks {
+        // SAFETY: the child only blocks on the pipe and leaves with `_exit`.
+        match unsafe { libc::fork() } {
+            -1 => break,
+            0 => unsafe {
+                // SAFETY: descriptors of this process; the read returns 0 once the parent
+                // closes its end.
+                libc::close(fds[1]);
+                let mut b = [0u8; 1];
+                libc::read(fds[0], b.as_mut_ptr().cast(), 1);
+                libc::_exit(0);
+            },
+            _ => children += 1,
+        }
+    }
+    let mut held = Vec::new();
+    for _ in 0..sockets {
+        let Ok(s) = std::net::UdpSocket::bind("127.0.0.1:0") else {
+            break;
+        };
+        if s.connect("127.0.0.1:9").is_ok() {
+            held.push(s);
+        }
+    }
+    println!("ready {children} {}", held.len());
+    std::io::stdout().flush()?;
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
+    drop(held);
+    // SAFETY: our own descriptor; the children see end of file and leave.
+    unsafe { libc::close(fds[1]) };
+    for _ in 0..children {
+        let mut status = 0;
+        // SAFETY: waiting for our own children.
+        unsafe { libc::waitpid(-1, &mut status, 0) };
+    }
+    Ok(())
+}

@@ -18,6 +18,8 @@ fn usage() -> ExitCode {
          read|pread|readv|preadv FILE CHUNK   read FILE to the end in CHUNK-byte calls\n\
          fork-read FILE CHUNK                 a forked child reads FILE; prints the child's pid\n\
          connect ADDR SEND RECV               send SEND bytes to ADDR, read RECV bytes back\n\
+         connect-wait ADDR SEND RECV          connect, print `connected`, wait for a line on\n\
+                                              stdin, then as `connect`\n\
          shell                                run `/bin/sh -c 'exit 3'`\n\
          thread-exec PROGRAM ARGS...          a second thread execs PROGRAM\n\
          mmap FILE                            map FILE and touch every page\n\
@@ -30,6 +32,9 @@ fn usage() -> ExitCode {
          burst-open DIR RATE SECS | burst-connect RATE SECS   paced opens / UDP connects\n\
          spawn-many N FILE                    fork N children in turn, each reads FILE\n\
          read-dir-then-wait DIR               read every file of DIR, then wait for stdin\n\
+         blind FILE FORKS SOCKETS             open FILE, fork FORKS children and connect\n\
+                                              SOCKETS UDP sockets, print `ready`, hold them\n\
+                                              until stdin closes\n\
          pm-normal FILE ADDR SECS             a practice's day: 64 KiB of FILE and 512 B to ADDR\n\
                                               every 200 ms, on one connection\n\
          pm-exfil FILE ADDR                   read FILE in 1 MiB chunks, sending each to ADDR\n\
@@ -159,6 +164,18 @@ fn run(args: &[String]) -> std::io::Result<ExitCode> {
             }
         }
         "connect" => connect(arg(1), num(2)?, num(3)?)?,
+        "connect-wait" => {
+            // Connected first, then (after a line on stdin) the exchange: a flow that lives
+            // through what happens meanwhile.
+            let mut s = TcpStream::connect(arg(1))?;
+            println!("connected");
+            std::io::stdout().flush()?;
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut std::io::stdin().lock(), &mut line)?;
+            s.write_all(&vec![b'x'; num(2)?])?;
+            let mut back = vec![0u8; num(3)?];
+            s.read_exact(&mut back)?;
+        }
         "thread-exec" => {
             // A thread other than the main one replaces the program: the kernel kills the
             // main thread first, and the process lives on under the same pid.
@@ -278,6 +295,7 @@ fn run(args: &[String]) -> std::io::Result<ExitCode> {
         "burst-connect" => loops::burst_connect(secs(1)?, secs(2)?)?,
         "spawn-many" => loops::spawn_many(num(1)? as u32, Path::new(arg(2)))?,
         "read-dir-then-wait" => loops::read_dir_then_wait(Path::new(arg(1)))?,
+        "blind" => loops::blind(Path::new(arg(1)), num(2)?, num(3)?)?,
         _ => return Ok(usage()),
     }
     Ok(ExitCode::SUCCESS)
