@@ -37,7 +37,8 @@ struct Core {
     intel: Intel,
     /// Records for the collector, when exporting.
     spool: Option<Arc<Mutex<crate::spool::Spool>>>,
-    spool_errors: u64,
+    /// Records the spool could not take yet.
+    unspooled: crate::unspooled::Unspooled,
     /// TLS libraries found in watched processes and probed.
     tls: crate::tls::Discovery,
     query_profiling: bool,
@@ -64,17 +65,43 @@ impl Core {
         }
     }
 
-    /// Summaries, findings and health go to the spool (when exporting); a failed append
-    /// (full disk) is counted and logged, the event still goes to the output.
+    /// Summaries, findings and health go to the spool (when exporting). One the spool cannot
+    /// take (a full disk) waits in memory ([`crate::unspooled`]); the end of such an episode
+    /// is reported by a finding, spooled and emitted like the others.
     fn spool(&mut self, ev: &Event) {
         let Some(spool) = &self.spool else { return };
-        let mut s = spool.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((kind, payload)) = crate::export::record(ev, s.dropped) {
-            if let Err(e) = s.append(kind, &payload) {
-                self.spool_errors += 1;
-                warn!(error = %e, errors = self.spool_errors, "cannot spool a record");
+        let now = self.handler.clock.now();
+        let report = {
+            let mut s = spool.lock().unwrap_or_else(|p| p.into_inner());
+            match crate::export::record(ev, s.dropped) {
+                Some((kind, payload)) => self.unspooled.put(&mut s, kind, payload, now),
+                None => None,
             }
+        };
+        if let Some(f) = report {
+            self.spool_report(f);
         }
+    }
+
+    /// Writes what waits for the spool, if it can be written again (each tick).
+    fn drain_unspooled(&mut self) {
+        let Some(spool) = &self.spool else { return };
+        if self.unspooled.is_empty() {
+            return;
+        }
+        let now = self.handler.clock.now();
+        let report = self
+            .unspooled
+            .drain(&mut spool.lock().unwrap_or_else(|p| p.into_inner()), now);
+        if let Some(f) = report {
+            self.spool_report(f);
+        }
+    }
+
+    fn spool_report(&mut self, f: crate::intel::finding::Finding) {
+        let ev = Event::Finding(f);
+        self.spool(&ev);
+        self.output.emit(ev);
     }
 
     /// Probes the TLS library of any watched process that loaded one since the last look.
@@ -100,6 +127,7 @@ impl Core {
     /// Called before each batch of ring-buffer records, so records of the next window do not
     /// close this one first.
     fn tick(&mut self) {
+        self.drain_unspooled();
         let now = self.handler.clock.now();
         if self.intel.window_due(now) {
             let snap = self
@@ -108,7 +136,10 @@ impl Core {
             self.emit(snap);
         }
         let drift = self.handler.clock.wall_drift();
+        // A window closed by time alone (no snapshot at its end: a stall, a suspend, a clock
+        // step) and the clock-jump finding go to the collector like the rest.
         for e in self.intel.tick(now, Some(drift)) {
+            self.spool(&e);
             self.output.emit(e);
         }
         if self.intel.take_clock_jump() {
@@ -395,7 +426,7 @@ impl Agent {
             output,
             intel,
             spool,
-            spool_errors: 0,
+            unspooled: crate::unspooled::Unspooled::new(crate::unspooled::MAX_BYTES),
             tls: crate::tls::Discovery::default(),
             query_profiling: cfg.intel.query_profiling,
         };

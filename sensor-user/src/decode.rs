@@ -107,7 +107,7 @@ pub fn decode(buf: &[u8]) -> Result<KernelEvent, DecodeError> {
         kind::PROTECTED_OPEN => KernelEvent::ProtectedOpen(read_exact(k, buf)?),
         kind::NET_CONNECT => KernelEvent::Connect(read_exact(k, buf)?),
         kind::NET_CLOSE => KernelEvent::FlowClose(read_exact(k, buf)?),
-        kind::DNS_ANSWER => KernelEvent::Dns(read_exact(k, buf)?),
+        kind::DNS_ANSWER | kind::DNS_QUERY => KernelEvent::Dns(read_exact(k, buf)?),
         kind::TLS_WRITE => KernelEvent::TlsWrite(read_exact(k, buf)?),
         kind::TLS_READ => KernelEvent::TlsRead(read_exact(k, buf)?),
         other => return Err(DecodeError::UnknownKind(other)),

@@ -2,9 +2,11 @@
 //! name each answered address was asked for, so destinations carry names. Bounds-checked;
 //! never panics on a malformed packet.
 //!
-//! The kernel captures answers only, never the queries, so an answer cannot be matched to
-//! the query it claims to answer. What stands in for that match:
-//! - the flow: answers are read only on a UDP socket the application connected to a
+//! The kernel captures the queries a watched flow sends and the answers it receives. An
+//! answer is read only:
+//! - for a question its flow asked ([`Asked`]): same flow, same transaction id, same name,
+//!   within [`ANSWER_MEMORY_NS`]; an unsolicited answer is counted and ignored;
+//! - on the flow: answers are read only on a UDP socket the application connected to a
 //!   configured resolver's port 53 (the handler checks the resolver), and Linux delivers to
 //!   a connected UDP socket only datagrams from that address and port, so another local
 //!   process cannot answer in the resolver's place without forging packets (raw sockets);
@@ -69,6 +71,83 @@ fn name_at(b: &[u8], mut at: usize) -> Option<(String, usize)> {
         }
     }
     None
+}
+
+/// The transaction id, the flags and the lowercase name of a message's one question.
+fn question(b: &[u8]) -> Option<(u16, u16, String)> {
+    let (id, flags) = (u16_at(b, 0)?, u16_at(b, 2)?);
+    if u16_at(b, 4)? != 1 {
+        return None;
+    }
+    let (qname, at) = name_at(b, 12)?;
+    (u16_at(b, at + 2)? == CLASS_IN).then_some((id, flags, qname))
+}
+
+/// Questions asked per flow and transaction, remembered [`ANSWER_MEMORY_NS`]: an answer is
+/// read only for a question its flow asked (a repeat of an answer still is, so that a
+/// disagreeing repeat can withdraw what the first taught, [`Names::learn`]).
+pub struct Asked {
+    map: HashMap<(u64, u16), (String, u64)>,
+    order: VecDeque<(u64, u16, u64)>,
+    cap: usize,
+    /// Queries remembered, and answers ignored because their flow asked no such question.
+    pub queries: u64,
+    pub unasked: u64,
+}
+
+impl Asked {
+    pub fn new(cap: usize) -> Asked {
+        Asked {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            cap,
+            queries: 0,
+            unasked: 0,
+        }
+    }
+
+    fn expire(&mut self, now_ns: u64) {
+        while let Some(&(flow, id, t)) = self.order.front() {
+            if now_ns.saturating_sub(t) <= ANSWER_MEMORY_NS && self.order.len() <= self.cap {
+                break;
+            }
+            self.order.pop_front();
+            if self.map.get(&(flow, id)).is_some_and(|(_, at)| *at == t) {
+                self.map.remove(&(flow, id));
+            }
+        }
+    }
+
+    /// A query `flow` sent at `time_ns` (boot-time nanoseconds).
+    pub fn ask(&mut self, flow: u64, time_ns: u64, payload: &[u8]) {
+        let Some((id, flags, qname)) = question(payload) else {
+            return;
+        };
+        if flags & 0x8000 != 0 {
+            return; // a response sent, not a query
+        }
+        self.queries += 1;
+        self.map.insert((flow, id), (qname, time_ns));
+        self.order.push_back((flow, id, time_ns));
+        self.expire(time_ns);
+    }
+
+    /// Whether `flow` asked the question this answer answers.
+    pub fn asked(&mut self, flow: u64, time_ns: u64, payload: &[u8]) -> bool {
+        self.expire(time_ns);
+        let ok = question(payload).is_some_and(|(id, _, qname)| {
+            self.map.get(&(flow, id)).is_some_and(|(q, _)| *q == qname)
+        });
+        if !ok {
+            self.unasked += 1;
+        }
+        ok
+    }
+
+    /// Forgets a flow's questions (its socket closed).
+    pub fn forget(&mut self, flow: u64) {
+        self.map.retain(|(f, _), _| *f != flow);
+    }
 }
 
 /// A DNS response, as far as it names addresses.
@@ -370,6 +449,58 @@ mod tests {
         let conf = "# x\nnameserver 127.0.0.53\nnameserver fe80::1%eth0\nsearch lan\n";
         let want: Vec<IpAddr> = vec!["127.0.0.53".parse().unwrap(), "fe80::1".parse().unwrap()];
         assert_eq!(resolvers(conf), want);
+    }
+
+    /// A query for `name` with transaction `id`.
+    fn query(id: u16, name: &str) -> Vec<u8> {
+        let mut q = id.to_be_bytes().to_vec();
+        q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+        for label in name.split('.') {
+            q.push(label.len() as u8);
+            q.extend_from_slice(label.as_bytes());
+        }
+        q.extend_from_slice(&[0, 0, 1, 0, 1]);
+        q
+    }
+
+    #[test]
+    fn an_answer_is_read_only_for_a_question_its_flow_asked() {
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let mut a = Asked::new(16);
+        a.ask(1, 0, &query(7, "Pm.Vendor.example"));
+        assert_eq!(a.queries, 1);
+        let answer = response(7, "pm.vendor.example", &[ip]);
+        assert!(a.asked(1, 10, &answer), "the question asked, case aside");
+        assert!(
+            a.asked(1, 11, &answer),
+            "a repeat still reaches the repeat check"
+        );
+        assert!(!a.asked(2, 12, &answer), "another flow asked nothing");
+        assert!(
+            !a.asked(1, 13, &response(8, "pm.vendor.example", &[ip])),
+            "another id"
+        );
+        assert!(
+            !a.asked(1, 14, &response(7, "evil.example", &[ip])),
+            "another name"
+        );
+        assert!(
+            !a.asked(1, ANSWER_MEMORY_NS + 1, &answer),
+            "remembered for a while only"
+        );
+        assert_eq!(a.unasked, 4);
+        // A response sent is not a question; a closed flow's questions are forgotten.
+        a.ask(3, 0, &answer);
+        assert_eq!(a.queries, 1);
+        a.ask(4, 0, &query(9, "a.example"));
+        a.forget(4);
+        assert!(!a.asked(4, 1, &response(9, "a.example", &[ip])));
+        // Bounded: past `cap` questions the oldest is forgotten.
+        for id in 0..20u16 {
+            a.ask(5, 2, &query(id, "b.example"));
+        }
+        assert!(!a.asked(5, 3, &response(0, "b.example", &[ip])));
+        assert!(a.asked(5, 3, &response(19, "b.example", &[ip])));
     }
 
     #[test]

@@ -232,9 +232,9 @@ fn shape_finding(f: &mut pb::Finding) -> usize {
     }
     let mut cut = 0;
     let oversized = f.evidence.len() > MAX_EVIDENCE
-        || f.evidence
-            .iter()
-            .any(|(k, v)| k.len() > MAX_TEXT || v.len() > MAX_TEXT || k.contains('\0'));
+        || f.evidence.iter().any(|(k, v)| {
+            k.len() > MAX_TEXT || v.len() > MAX_TEXT || k.contains('\0') || v.contains('\0')
+        });
     if oversized {
         let mut entries: Vec<(String, String)> = f.evidence.drain().collect();
         entries.sort();
@@ -250,6 +250,7 @@ fn shape_finding(f: &mut pb::Finding) -> usize {
                 v = fitted;
                 cut += n;
             }
+            fit(&mut v);
             f.evidence.insert(k, v);
         }
     }

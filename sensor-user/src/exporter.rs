@@ -217,6 +217,9 @@ pub(crate) fn report_drops(s: &mut Spool, r: &mut DropReport) -> Result<(), Spoo
     Ok(())
 }
 
+/// Records quarantined by one [`next_batch`] at most (the next call goes on).
+const QUARANTINES_PER_CALL: usize = 16;
+
 /// The next batch to send: pending records up to the first bad one, after quarantining any
 /// bad one that is the oldest; `None` when nothing is pending.
 pub(crate) fn next_batch(
@@ -229,7 +232,8 @@ pub(crate) fn next_batch(
     if let Err(e) = report_drops(&mut s, drops) {
         tracing::warn!(error = %e, "cannot spool the report of dropped findings");
     }
-    loop {
+    // At most a few quarantines per call: each syncs files, under the spool's lock.
+    for _ in 0..QUARANTINES_PER_CALL {
         let limit = screen.batch_limit(s.acked(), max_records);
         let entries = s.read_after(s.acked(), limit, clinicwatch_proto::MAX_FRAME_BYTES / 2)?;
         match screen.screen(entries) {
@@ -238,6 +242,7 @@ pub(crate) fn next_batch(
             Screened::Send(records) => return Ok(Some(records)),
         }
     }
+    Ok(None)
 }
 
 async fn run(cfg: ExportConfig, spool: Arc<Mutex<Spool>>, hello: Hello, stop: Arc<AtomicBool>) {
@@ -366,6 +371,9 @@ async fn session(
     screen: &mut Screen,
     drops: &mut DropReport,
 ) -> Result<(), Ended> {
+    // A batch of an earlier session that ended unacked is not the one a refusal in this
+    // session is about.
+    screen.settled();
     let m = read_material(cfg)?;
     let channel = endpoint(&cfg.collector, &m.ca, Some((&m.cert, &m.key)))?
         .connect()

@@ -184,6 +184,8 @@ pub struct Handler {
     resolvers: std::collections::HashSet<IpAddr>,
     /// Open flows to port 53: cookie → (server, application).
     dns_flows: HashMap<u64, (IpAddr, u32)>,
+    /// The questions those flows asked: an answer is read only for one of them.
+    pub dns_asked: crate::dns::Asked,
     /// Makes query templates from TLS plaintext (the agent gives it the clinic's key).
     pub templater: crate::query::Templater,
     /// The last request's template per TLS connection (process, `SSL *`), for its response.
@@ -194,6 +196,9 @@ pub struct Handler {
 
 /// TLS connections whose last request is remembered (past it, the memory is cleared).
 const TLS_CONNECTIONS_KEPT: usize = 4096;
+
+/// DNS questions remembered at once, for their answers.
+const DNS_QUESTIONS_KEPT: usize = 4096;
 
 /// Flows to port 53 remembered at once (past it, the oldest knowledge is dropped).
 const DNS_FLOWS_KEPT: usize = 1024;
@@ -257,6 +262,7 @@ impl Handler {
             dns_untrusted: 0,
             resolvers: resolvers(&cfg.agent.dns_resolvers),
             dns_flows: HashMap::new(),
+            dns_asked: crate::dns::Asked::new(DNS_QUESTIONS_KEPT),
             templater: crate::query::Templater::new(
                 Box::new(random_key_hash()),
                 &cfg.intel.query_route_words,
@@ -482,7 +488,8 @@ impl Handler {
                             ProcInfo::new(e.ppid, READER_APP, e.hdr.tgid, exe.clone()),
                         ),
                         Err(err) => {
-                            if matches!(err, crate::sensor::SensorError::ReaderQuota { .. }) {
+                            use crate::sensor::SensorError;
+                            if matches!(err, SensorError::ReaderQuota { .. }) {
                                 self.readers_not_followed += 1;
                             }
                             tracing::debug!(error = %err, "cannot follow a protected reader")
@@ -527,16 +534,19 @@ impl Handler {
                 })
             }
             KernelEvent::Dns(e) => {
-                let len = (e.len as usize).min(e.data.len());
+                let data = &e.data[..(e.len as usize).min(e.data.len())];
+                let query = e.hdr.kind == clinicwatch_common::kind::DNS_QUERY;
                 match self.dns_flows.get(&e.cookie) {
+                    Some(_) if query => self.dns_asked.ask(e.cookie, e.hdr.time_ns, data),
                     Some((server, app)) if self.resolvers.contains(server) => {
-                        let named = self
-                            .names
-                            .learn(*app, e.cookie, e.hdr.time_ns, &e.data[..len]);
-                        if named > 0 {
+                        // Only the answer to a question this flow asked.
+                        if self.dns_asked.asked(e.cookie, e.hdr.time_ns, data)
+                            && self.names.learn(*app, e.cookie, e.hdr.time_ns, data) > 0
+                        {
                             self.dns_answers += 1;
                         }
                     }
+                    _ if query => {}
                     _ => self.dns_untrusted += 1,
                 }
                 None
@@ -597,7 +607,9 @@ impl Handler {
             }
             KernelEvent::FlowClose(e) => {
                 self.open_flows.remove(&e.cookie);
-                self.dns_flows.remove(&e.cookie);
+                if self.dns_flows.remove(&e.cookie).is_some() {
+                    self.dns_asked.forget(e.cookie);
+                }
                 Some(Event::NetClose {
                     time: self.clock.unix(e.hdr.time_ns),
                     pid: e.stats.tgid,

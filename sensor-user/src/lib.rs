@@ -28,6 +28,7 @@ pub mod sensor;
 pub mod spool;
 pub mod statefile;
 pub mod tls;
+pub mod unspooled;
 pub mod worker;
 
 pub use agent::Agent;

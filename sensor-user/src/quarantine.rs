@@ -179,7 +179,14 @@ impl Screen {
                     r.seq = e.seq;
                     match self.refused.get(&e.seq) {
                         Some(why) => Err(format!("refused by the collector: {why}")),
-                        None => limits::check_record(&r).map(|()| r).map_err(|l| l.0),
+                        None => match limits::check_record(&r) {
+                            Ok(()) => Ok(r),
+                            // Spooled by an older agent, unshaped: shaped now, it may pass.
+                            Err(l) => {
+                                crate::export::shape(&mut r);
+                                limits::check_record(&r).map(|()| r).map_err(|_| l.0)
+                            }
+                        },
                     }
                 }
             };
@@ -316,12 +323,18 @@ mod tests {
         d
     }
 
+    /// A summary of `app`; one of an app named `nan…` ends at a time that is not a number
+    /// (no shaping can fix it).
     fn summary(app: &str) -> Vec<u8> {
         Record {
             seq: 0,
             body: Some(Body::Summary(WindowSummary {
                 app: app.into(),
-                end: 60.0,
+                end: if app.starts_with("nan") {
+                    f64::NAN
+                } else {
+                    60.0
+                },
                 ..Default::default()
             })),
         }
@@ -438,8 +451,11 @@ mod tests {
             &d,
             50,
             &[
-                (20, "pm\0nul".into()),
-                (30, "x".repeat(limits::MAX_TEXT + 1)),
+                (20, "nan-a".into()),
+                (30, "nan-b".into()),
+                // Spooled unshaped (an older agent): shaped now, and sent.
+                (40, "pm\0nul".into()),
+                (45, "x".repeat(limits::MAX_TEXT + 1)),
             ],
         );
         let mut screen = Screen::new(Quarantine::new(&d, MAX_BYTES));
@@ -460,13 +476,17 @@ mod tests {
             files[0].0.ends_with("-00000000000000000020.rec"),
             "{files:?}"
         );
-        assert!(files[0].1.contains("NUL") && files[0].1.contains("seq: 20"));
-        assert!(files[1].1.contains("4097 bytes"), "{}", files[1].1);
+        assert!(files[0].1.contains("not a number") && files[0].1.contains("seq: 20"));
+        assert!(files[1].1.contains("seq: 30"), "{}", files[1].1);
         let r = &got.reports[0];
         assert_eq!(r.severity, clinicwatch_proto::v1::Severity::Medium as i32);
         assert_eq!(r.evidence["seq"], "20");
         assert_eq!(r.evidence["record_kind"], "\"summary\"");
-        assert!(r.evidence["reason"].contains("NUL"), "{:?}", r.evidence);
+        assert!(
+            r.evidence["reason"].contains("not a number"),
+            "{:?}",
+            r.evidence
+        );
         assert!(r.evidence["kept"].contains("quarantine/"));
         let sp = sp.lock().unwrap();
         assert_eq!((sp.acked(), sp.pending()), (52, 0));

@@ -48,6 +48,8 @@ pub enum SensorError {
     Attach(#[from] AttachError),
     #[error("the protected readers' quota of {max} processes in `WATCHED` is used up")]
     ReaderQuota { max: u64 },
+    #[error("process {tgid} is watched already")]
+    AlreadyWatched { tgid: u32 },
 }
 
 /// How full the maps that a local user could try to fill are (read at each snapshot).
@@ -234,9 +236,22 @@ impl Sensor {
                 });
             }
         }
-        self.hash::<u32, WatchedProc>(map::WATCHED)?
-            .insert(tgid, w, 0)
-            .map_err(map_err(map::WATCHED))?;
+        // A reader is added only if the process is not watched yet: between the kernel's
+        // record and now it may have exec'd a watched program (or its pid been reused).
+        const BPF_NOEXIST: u64 = 1;
+        let flags = if used.is_some() { BPF_NOEXIST } else { 0 };
+        match self
+            .hash::<u32, WatchedProc>(map::WATCHED)?
+            .insert(tgid, w, flags)
+        {
+            Ok(()) => {}
+            Err(MapError::SyscallError(e))
+                if used.is_some() && e.io_error.raw_os_error() == Some(libc::EEXIST) =>
+            {
+                return Err(SensorError::AlreadyWatched { tgid })
+            }
+            Err(e) => return Err(map_err(map::WATCHED)(e)),
+        }
         if let Some(used) = used {
             // Not atomic with the kernel's counting: the next census heals any drift.
             self.set_quota_used(quota::PROCESSES, used + 1);
@@ -269,22 +284,30 @@ impl Sensor {
     /// says the quota is used up (an LRU eviction of a reader's flow is never given back by
     /// the kernel); writes back what it counted, so that the quotas never drift for long.
     pub fn census(&mut self) -> Census {
-        let (mut watched, mut readers) = (0usize, 0u64);
+        // A walk of a hash map starts over when the key it stands on is deleted (a process
+        // exiting meanwhile): keys are counted once each, and the walk is bounded.
+        let mut procs: std::collections::HashMap<u32, bool> = Default::default();
         if let Ok(m) = self.hash::<u32, WatchedProc>(map::WATCHED) {
-            for (_, w) in m.iter().flatten() {
-                watched += 1;
-                readers += u64::from(w.app == READER_APP);
+            let bound = 2 * clinicwatch_common::capacity::WATCHED as usize;
+            for (tgid, w) in m.iter().take(bound).flatten() {
+                procs.insert(tgid, w.app == READER_APP);
             }
         }
+        let watched = procs.len();
+        let readers = procs.values().filter(|r| **r).count() as u64;
         self.set_quota_used(quota::PROCESSES, readers);
         let mut reader_flows = self.quota_used(quota::FLOWS);
         if reader_flows >= quota::MAX_FLOWS {
             if let Ok(m) = self.hash::<u64, FlowStats>(map::FLOWS) {
-                reader_flows = m
+                let bound = 2 * clinicwatch_common::capacity::FLOWS as usize;
+                let cookies: std::collections::HashSet<u64> = m
                     .iter()
+                    .take(bound)
                     .flatten()
                     .filter(|(_, f)| f.app == READER_APP)
-                    .count() as u64;
+                    .map(|(c, _)| c)
+                    .collect();
+                reader_flows = cookies.len() as u64;
             }
             self.set_quota_used(quota::FLOWS, reader_flows);
         }

@@ -88,7 +88,7 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), PathError> {
 }
 
 /// Creates `dir` (and its parents) 0700, or makes an existing one 0700; refuses a symbolic
-/// link at `dir` itself.
+/// link at `dir` itself, and a folder another user owns.
 pub fn make_dir(dir: &Path) -> io::Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -98,7 +98,21 @@ pub fn make_dir(dir: &Path) -> io::Result<()> {
         .read(true)
         .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(dir)?;
-    if d.metadata()?.permissions().mode() & 0o7777 != DIR_MODE {
+    let meta = d.metadata()?;
+    // A folder someone else owns (made ahead to watch or swap the agent's files) is refused.
+    // SAFETY: plain syscall.
+    let me = unsafe { libc::geteuid() };
+    if std::os::unix::fs::MetadataExt::uid(&meta) != me {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "`{}` is owned by uid {}, not by the agent (uid {me}): remove it or chown it",
+                dir.display(),
+                std::os::unix::fs::MetadataExt::uid(&meta)
+            ),
+        ));
+    }
+    if meta.permissions().mode() & 0o7777 != DIR_MODE {
         d.set_permissions(std::fs::Permissions::from_mode(DIR_MODE))?;
     }
     Ok(())

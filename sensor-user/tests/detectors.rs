@@ -923,3 +923,63 @@ fn a_vendor_name_from_dns_allows_a_new_address() {
         run.findings[n..].to_vec()
     );
 }
+
+#[test]
+fn a_protected_readers_traffic_is_summarised_apart_for_the_fleet_and_its_path_names_no_one() {
+    let mut intel = Intel::new(&config(None), None, MONDAY).unwrap();
+    let t = MONDAY + 600.0;
+    let mut out = Vec::new();
+    for ev in [
+        startup(MONDAY, true),
+        reader_open(t, 5000, "/home/dupont/.cache/upd/agent"),
+        Event::NetConnect {
+            time: t + 2.0,
+            pid: 5000,
+            app: "protected-reader".into(),
+            flow: 77,
+            protocol: "tcp".into(),
+            dst: "203.0.113.10".parse().unwrap(),
+            port: 443,
+            name: Some("pm.vendor.example".into()),
+        },
+        Event::NetClose {
+            time: t + 5.0,
+            pid: 5000,
+            app: "protected-reader".into(),
+            counters: flow(77, "203.0.113.10", 443, 5_000, 900),
+        },
+    ] {
+        out.extend(intel.observe(&ev));
+    }
+    out.extend(intel.tick(t + 125.0, None));
+    let summaries: Vec<_> = out
+        .iter()
+        .filter_map(|e| match e {
+            Event::Summary(w) if w.app == "protected-reader" => Some(w),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        summaries.len(),
+        1,
+        "one window with reader activity: {out:#?}"
+    );
+    let d = &summaries[0].destinations[0];
+    assert_eq!(d.name.as_deref(), Some("pm.vendor.example"));
+    assert_eq!((d.bytes_sent, d.bytes_recv, d.connects), (5_000, 900, 1));
+    // The findings name the program without the user's name.
+    let read = out
+        .iter()
+        .find_map(|e| match e {
+            Event::Finding(f) if f.rule == "CW-PROTECTED-READ" => Some(f),
+            _ => None,
+        })
+        .expect("the protected read");
+    assert_eq!(read.evidence["exe"], "/home/~/.cache/upd/agent");
+    assert!(!serde_json::to_string(&out).unwrap().contains("dupont"));
+    // Windows without reader activity make no reader summary.
+    let later = intel.tick(t + 1000.0, None);
+    assert!(!later
+        .iter()
+        .any(|e| matches!(e, Event::Summary(w) if w.app == "protected-reader")));
+}

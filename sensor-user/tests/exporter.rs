@@ -432,10 +432,22 @@ fn quarantine_files(dir: &std::path::Path) -> Vec<String> {
 fn a_record_over_the_limits_is_quarantined_and_every_record_after_it_reaches_the_collector() {
     let s = setup("poison", Config::default(), now() - 60, now() + 30 * 86_400);
     let sp = spool(&s.dir, 5);
-    let bad = append_raw(
+    // Two that no shaping can fix (times that are not numbers), then two an older agent
+    // spooled unshaped (a NUL, an over-long name): those are shaped and sent.
+    let mut nan_finding = finding_record("CW-NEW-DESTINATION", Severity::Low, &[]);
+    let mut nan_summary = summary_record("pm");
+    match (&mut nan_finding.body, &mut nan_summary.body) {
+        (Some(Body::Finding(f)), Some(Body::Summary(w))) => {
+            f.time = f64::NAN;
+            w.start = f64::NAN;
+        }
+        _ => unreachable!(),
+    }
+    let bad = append_raw(&sp, &[nan_finding, nan_summary]);
+    append_raw(
         &sp,
         &[
-            finding_record("CW-NEW-DESTINATION", Severity::Low, &[("name", "\"a\0b\"")]),
+            finding_record("CW-NEW-CHILD", Severity::Low, &[("name", "\"a\0b\"")]),
             summary_record(&"x".repeat(5000)),
         ],
     );
@@ -454,7 +466,7 @@ fn a_record_over_the_limits_is_quarantined_and_every_record_after_it_reaches_the
         )],
     )[0];
     let ex = Exporter::start(&s.export, sp.clone(), hello()).unwrap();
-    // 13 records and the two quarantine findings.
+    // 15 records and the two quarantine findings.
     wait_until(
         "every record at the collector",
         Duration::from_secs(30),
@@ -468,7 +480,7 @@ fn a_record_over_the_limits_is_quarantined_and_every_record_after_it_reaches_the
         "checked before it was sent: nothing refused"
     );
     let mut st = s.store.lock().unwrap();
-    assert_eq!(st.record_count().unwrap(), 11 + 2);
+    assert_eq!(st.record_count().unwrap(), 13 + 2);
     let findings = st.findings_since(0.0).unwrap();
     drop(st);
     let rules: Vec<&str> = findings.iter().map(|f| f.rule.as_str()).collect();
@@ -486,9 +498,14 @@ fn a_record_over_the_limits_is_quarantined_and_every_record_after_it_reaches_the
     assert_eq!(reports[0].severity, Severity::Medium as i32);
     let seqs: Vec<&str> = reports.iter().map(|f| f.evidence["seq"].as_str()).collect();
     assert_eq!(seqs, [bad[0].to_string(), bad[1].to_string()]);
-    assert!(reports[0].evidence["reason"].contains("NUL"));
+    assert!(reports[0].evidence["reason"].contains("time that is not a number"));
     assert_eq!(reports[0].evidence["record_rule"], "\"CW-NEW-DESTINATION\"");
-    assert!(reports[1].evidence["reason"].contains("5000 bytes"));
+    assert!(reports[1].evidence["reason"].contains("start that is not a number"));
+    let shaped = findings.iter().find(|f| f.rule == "CW-NEW-CHILD").unwrap();
+    assert_eq!(
+        shaped.evidence["name"], "\"a\u{fffd}b\"",
+        "shaped, then sent"
+    );
     assert_eq!(quarantine_files(&s.dir).len(), 2);
     std::fs::remove_dir_all(&s.dir).unwrap();
 }

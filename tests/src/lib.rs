@@ -15,6 +15,8 @@ use std::{
 
 use clinicwatch_agent::{Agent, Config, Event};
 
+pub mod delivery;
+
 /// `true` when running as root; otherwise prints why the test is skipped.
 pub fn require_root(test: &str) -> bool {
     // SAFETY: plain syscall.
@@ -188,6 +190,19 @@ pub fn expect_event(
         "no {what} within {timeout:?}; last events seen (newest first):\n{}",
         tail.join("\n")
     );
+}
+
+/// Like [`expect_event`], but an event already received (while waiting for another) counts.
+pub fn find_event(
+    events: &Events,
+    timeout: Duration,
+    what: &str,
+    matches: impl Fn(&Event) -> bool,
+) -> Event {
+    if let Some(ev) = events.seen().into_iter().find(|e| matches(e)) {
+        return ev;
+    }
+    expect_event(events, timeout, what, matches)
 }
 
 /// Receives for `wait` more, then returns every event seen since the agent started, for

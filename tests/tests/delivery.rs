@@ -5,41 +5,14 @@
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use clinicwatch_agent::{Config, Event};
-use clinicwatch_collector::{
-    config::Config as CollectorConfig,
-    ingest::SharedStore,
-    pki,
-    server::Collector,
-    store::{self, HostKey, Store},
-};
-use clinicwatch_tests::*;
+use clinicwatch_collector::store::{self, HostKey, Store};
+use clinicwatch_tests::{delivery::*, *};
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_cw-workload");
-
-/// An in-process collector on `port`, storing into `db`.
-fn collector(
-    rt: &tokio::runtime::Runtime,
-    port: u16,
-    ca: &pki::Pem,
-    server: &pki::Pem,
-    db: &Path,
-) -> SharedStore {
-    let store: SharedStore = Arc::new(Mutex::new(store::open(&db.display().to_string()).unwrap()));
-    let tls =
-        clinicwatch_collector::listen::ServerTls::from_pem(&server.cert, &server.key, &ca.cert)
-            .unwrap();
-    let c = Collector::new(CollectorConfig::default(), store.clone(), tls);
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
-        .expect("the collector's port");
-    rt.spawn(c.run(listener, std::future::pending()));
-    store
-}
 
 #[test]
 fn findings_reach_the_collector_once_through_an_outage_and_a_restart() {
@@ -47,22 +20,9 @@ fn findings_reach_the_collector_once_through_an_outage_and_a_restart() {
         return;
     }
     let fx = Fixture::new(WORKLOAD, "delivery");
-    let ca = pki::new_ca("test CA").unwrap();
-    let server = pki::server_cert(&ca, &["localhost".into()]).unwrap();
-    let me = pki::client_cert(&ca, "clinic-a", "ws1", 30).unwrap();
-    for (name, text) in [
-        ("ca.pem", &ca.cert),
-        ("cert.pem", &me.cert),
-        ("key.pem", &me.key),
-    ] {
-        std::fs::write(fx.dir.join(name), text).unwrap();
-    }
+    let (ca, server) = host_pki(&fx.dir, "clinic-a", "ws1");
     // A port for the collector, not listening yet.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let text = format!(
         "[agent]\nsnapshot_interval_secs = 0\nstate_dir = \"{state}\"\n\
          [intel]\nwindow_secs = 2\nlearning_days = 0\npractice_hours = [\"daily 00:00-24:00\"]\n\
@@ -190,14 +150,6 @@ impl Drop for Proc {
             let _ = self.0.wait();
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn output(cmd: &mut Command) -> String {
@@ -396,17 +348,8 @@ fn agent_kill_9_mid_stream_and_collector_kill_9_mid_batch_lose_and_duplicate_not
     collector1.signal(libc::SIGSTOP);
     busy(3);
     agent1.kill9();
-    let open_spool = || {
-        clinicwatch_agent::spool::Spool::open(clinicwatch_agent::spool::SpoolConfig {
-            dir: fx.state_dir().join("spool"),
-            max_bytes: 256 << 20,
-            segment_bytes: 4 << 20,
-            fsync_each: false,
-        })
-        .unwrap()
-    };
     let killed_with = {
-        let s = open_spool();
+        let s = open_spool(&fx);
         s.pending()
     };
     assert!(killed_with > 0, "the agent died with records not yet acked");
@@ -470,61 +413,14 @@ fn agent_kill_9_mid_stream_and_collector_kill_9_mid_batch_lose_and_duplicate_not
 
     // Every record the agent spooled is stored once or still waits in its spool; every
     // finding it raised is stored once or waits.
-    let spool = open_spool();
-    assert_eq!(spool.dropped, 0);
-    let last = spool.next_seq() - 1;
-    let waiting = spool
-        .read_after(spool.acked(), 1_000_000, usize::MAX)
-        .unwrap();
     let mut s = open();
-    let stored_to = s.stored_up_to(&host, spool.epoch()).unwrap();
-    let stored = s.record_count().unwrap();
-    assert!(
-        stored_to >= spool.acked(),
-        "acked {} but stored only to {stored_to}",
-        spool.acked()
-    );
-    assert_eq!(
-        stored, stored_to,
-        "no gap and no duplicate: {stored} rows up to seq {stored_to}"
-    );
-    let unsent: Vec<_> = waiting.iter().filter(|e| e.seq > stored_to).collect();
-    assert_eq!(
-        stored + unsent.len() as u64,
-        last,
-        "every spooled record is stored or waiting"
-    );
+    let d = assert_each_once(&fx, s.as_mut(), &host, findings_log(&fx));
+    let stored_to = s.stored_up_to(&host, open_spool_epoch(&fx)).unwrap();
     assert!(
         stored_to > stored_at_collector_kill,
         "records made while the collector was frozen arrived after its restart"
     );
-    let mut at_collector: Vec<(String, i64)> = s
-        .findings_since(0.0)
-        .unwrap()
-        .into_iter()
-        .map(|f| (f.rule, (f.time * 1000.0).round() as i64))
-        .collect();
-    for e in unsent {
-        use clinicwatch_proto::v1::{record::Body, Record};
-        use prost::Message as _;
-        if let Ok(Record {
-            body: Some(Body::Finding(f)),
-            ..
-        }) = Record::decode(e.payload.as_slice())
-        {
-            at_collector.push((f.rule, (f.time * 1000.0).round() as i64));
-        }
-    }
-    at_collector.sort();
-    let (raised, _) =
-        clinicwatch_agent::report::read_findings(&fx.state_dir().join("findings.jsonl"), 0.0)
-            .unwrap();
-    let mut raised: Vec<(String, i64)> = raised
-        .into_iter()
-        .map(|f| (f.rule, (f.time * 1000.0).round() as i64))
-        .collect();
-    raised.sort();
-    assert_eq!(at_collector, raised, "each finding exactly once");
+    let (stored, raised) = (d.stored, d.raised);
     assert!(raised.iter().any(|(r, _)| r == "CW-SUSPICIOUS-CHILD"));
     assert!(
         raised

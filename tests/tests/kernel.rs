@@ -739,6 +739,43 @@ fn a_dns_answer_names_the_destination_the_app_then_connects_to() {
     };
     assert_eq!(dst.to_string(), "127.0.0.1");
     assert_eq!(name.as_deref(), Some("api.vendor.example"));
+    agent.stop();
+
+    // A trusted resolver's answer to a question the flow never asked (another transaction
+    // id) names nothing, though the program believes it.
+    let liar = std::net::UdpSocket::bind("127.0.0.3:53").expect("bind 127.0.0.3:53");
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = liar.recv_from(&mut buf) {
+            if n >= 12 {
+                let id = u16::from_be_bytes([buf[0], buf[1]]) ^ 0xffff;
+                let answer = clinicwatch_agent::dns::response(
+                    id,
+                    "api.vendor.example",
+                    &["127.0.0.1".parse().unwrap()],
+                );
+                let _ = liar.send_to(&answer, from);
+            }
+        }
+    });
+    let mut cfg = fx.config("");
+    cfg.agent.dns_resolvers = vec!["127.0.0.3".into()];
+    let (agent, rx) = start_agent(&cfg);
+    let (pid, out) = run(
+        &fx.app,
+        &[
+            "resolve-connect",
+            "127.0.0.3:53",
+            "api.vendor.example",
+            &port,
+        ],
+    );
+    assert_eq!(out.trim(), "127.0.0.1");
+    assert_eq!(
+        tcp_connect_name(&rx, pid),
+        None,
+        "an answer to a question never asked was believed"
+    );
     drop(listener);
     agent.stop();
 }
@@ -861,12 +898,22 @@ fn a_local_user_filling_the_maps_cannot_blind_the_sensor_and_is_reported() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // It opened the protected file; once the agent follows it, it goes on.
+    let mut out = std::io::BufReader::new(attacker.stdout.take().unwrap());
+    let mut opened = String::new();
+    std::io::BufRead::read_line(&mut out, &mut opened).unwrap();
+    assert_eq!(opened.trim(), "opened");
+    let attacker_pid = attacker.id();
+    find_event(
+        &rx,
+        WAIT,
+        "the attacker's protected open",
+        |e| matches!(e, Event::ProtectedOpen { pid, .. } if *pid == attacker_pid),
+    );
+    // The follow is done as the event is handled, before it reaches this test.
+    std::io::Write::write_all(attacker.stdin.as_mut().unwrap(), b"go\n").unwrap();
     let mut ready = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(attacker.stdout.take().unwrap()),
-        &mut ready,
-    )
-    .unwrap();
+    std::io::BufRead::read_line(&mut out, &mut ready).unwrap();
     let held: Vec<usize> = ready
         .split_whitespace()
         .skip(1)
@@ -901,9 +948,12 @@ fn a_local_user_filling_the_maps_cannot_blind_the_sensor_and_is_reported() {
     );
 
     // The attempt reaches the SOC as map pressure, and the readers stayed in their quotas.
-    let f = expect_event(
+    // Slow under TCG: snapshots of two thousand processes and a thousand flows, queued
+    // behind the storm's records.
+    let slow = WAIT * 6;
+    let f = find_event(
         &rx,
-        WAIT,
+        slow,
         "a map-pressure finding",
         |e| matches!(e, Event::Finding(f) if f.rule == "CW-SENSOR-MAP-PRESSURE"),
     );
@@ -922,9 +972,9 @@ fn a_local_user_filling_the_maps_cannot_blind_the_sensor_and_is_reported() {
         "{:?}",
         f.evidence
     );
-    let snapshot = expect_event(
+    let snapshot = find_event(
         &rx,
-        WAIT,
+        slow,
         "a snapshot",
         |e| matches!(e, Event::Snapshot { health, .. } if health.reader_processes > 0),
     );

@@ -14,6 +14,9 @@ pub mod kind {
     pub const NET_CONNECT: u32 = 20;
     pub const NET_CLOSE: u32 = 21;
     pub const DNS_ANSWER: u32 = 22;
+    /// A DNS query sent (a [`super::DnsEvent`] too): answers are matched to the questions
+    /// their flow asked.
+    pub const DNS_QUERY: u32 = 23;
     pub const TLS_WRITE: u32 = 30;
     pub const TLS_READ: u32 = 31;
 }

@@ -4,8 +4,9 @@
 //!   socket cookie that names the flow from then on.
 //! - `cgroup_skb/egress`, `cgroup_skb/ingress` (4.10+): payload bytes per flow, counted only
 //!   for cookies registered at connect (TCP by sequence number, so a retransmission is not
-//!   counted twice); on a UDP flow to port 53, each answer's payload
-//!   (up to 512 bytes) goes to userspace, which reads the names in it.
+//!   counted twice); on a UDP flow to port 53, each query's and answer's payload
+//!   (up to 512 bytes) goes to userspace, which reads the names in the answers to the
+//!   questions asked.
 //! - `cgroup/sock_release` (5.9+): the flow's close, with its final counters.
 
 use aya_ebpf::{
@@ -210,10 +211,17 @@ unsafe fn count_tcp(
 
 const DNS_PORT: u16 = 53;
 
-/// Sends a DNS answer's payload to userspace (copied in pieces of constant size, see
+/// Sends a DNS message's payload (a query sent or an answer received) to userspace (copied in pieces of constant size, see
 /// [`copy_in_pieces`]).
 #[inline(always)]
-fn capture_dns(ctx: &SkBuffContext, cookie: u64, tgid: u32, off: u64, len: u64) -> HookResult {
+fn capture_dns(
+    ctx: &SkBuffContext,
+    cookie: u64,
+    tgid: u32,
+    off: u64,
+    len: u64,
+    kind: u32,
+) -> HookResult {
     if len == 0 || off > 0xffff {
         return Ok(());
     }
@@ -222,7 +230,7 @@ fn capture_dns(ctx: &SkBuffContext, cookie: u64, tgid: u32, off: u64, len: u64) 
     } else {
         len
     };
-    let mut entry = reserve::<DnsEvent>(hook::NET_BYTES, kind::DNS_ANSWER, tgid, tgid)?;
+    let mut entry = reserve::<DnsEvent>(hook::NET_BYTES, kind, tgid, tgid)?;
     // SAFETY: the entry is reserved for a `DnsEvent`; the fields read are written below.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
     ev.cookie = cookie;
@@ -273,8 +281,14 @@ fn on_packet(ctx: &SkBuffContext, egress: bool) -> HookResult {
     }
     // SAFETY: a map value pointer from a successful lookup.
     let (remote, tgid) = unsafe { ((*s).remote, (*s).tgid) };
-    if !egress && remote.protocol == IPPROTO_UDP as u16 && remote.port == DNS_PORT {
-        capture_dns(ctx, cookie, tgid, p.off, p.len)?;
+    if remote.protocol == IPPROTO_UDP as u16 && remote.port == DNS_PORT {
+        // Queries too: an answer is believed only for a question its flow asked.
+        let kind = if egress {
+            kind::DNS_QUERY
+        } else {
+            kind::DNS_ANSWER
+        };
+        capture_dns(ctx, cookie, tgid, p.off, p.len, kind)?;
     }
     Ok(())
 }

@@ -65,6 +65,16 @@ pub struct Intel {
     unsaved: u64,
 }
 
+/// The apps windows are made for: the configured ones, and the followed protected readers
+/// as one more when they are followed.
+fn window_apps(apps: &[String], readers: bool) -> Vec<String> {
+    let mut v = apps.to_vec();
+    if readers {
+        v.push(PROTECTED_READER_APP.to_string());
+    }
+    v
+}
+
 fn drops(h: &crate::event::Health) -> u64 {
     h.ringbuf_drops
         + h.decode.truncated
@@ -122,7 +132,12 @@ impl Intel {
         Ok(Intel {
             rules,
             allow: dest::AllowList::new(&cfg.intel.vendor_allow),
-            windows: window::Windows::new(cfg.intel.window_secs, apps, classifier, hours),
+            windows: window::Windows::new(
+                cfg.intel.window_secs,
+                window_apps(&apps, cfg.intel.follow_protected_readers),
+                classifier,
+                hours,
+            ),
             baselines,
             slow_every: cfg.intel.slow_learning_every,
             cooldown: cfg.intel.finding_cooldown_secs as f64,
@@ -195,6 +210,11 @@ impl Intel {
     fn closed(&mut self, summaries: Vec<window::WindowSummary>, out: &mut Vec<Event>) {
         for w in summaries {
             let Some(b) = self.baselines.get(&w.app) else {
+                // Followed protected readers: no baseline, their own rules; the summary goes
+                // to the collector (where a vendor destination among them is a fleet rule).
+                if w.app == PROTECTED_READER_APP {
+                    out.push(Event::Summary(w));
+                }
                 continue;
             };
             let found = detect::window_findings(
@@ -329,6 +349,8 @@ impl Intel {
                 uid,
                 ..
             } => {
+                // The path as it may leave the host (no user's name in it).
+                let exe = &privacy::exe_path(exe);
                 self.readers
                     .insert(*pid, (*time, exe.clone(), prule.clone()));
                 if let Some(r) = self.rule(|k| matches!(k, RuleKind::ProtectedRead {})) {

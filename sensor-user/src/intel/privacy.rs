@@ -101,6 +101,31 @@ impl Privacy {
     }
 }
 
+/// Folders whose first component below is a user's name (or uid).
+const USER_FOLDERS: &[&str] = &[
+    "/home/",
+    "/var/home/",
+    "/run/user/",
+    "/media/",
+    "/run/media/",
+];
+
+/// An executable's path as it may leave the host: without the user's name
+/// (`/home/dupont/bin/x` → `/home/~/bin/x`; also `/var/home/`, `/run/user/UID/`, `/media/`),
+/// the rest kept, since a program's path is what the SOC compares across clinics (the same
+/// dropper in `/tmp/.x/` on many hosts). `/root/` names no one.
+pub fn exe_path(path: &str) -> String {
+    for prefix in USER_FOLDERS {
+        if let Some(rest) = path.strip_prefix(prefix) {
+            return match rest.split_once('/') {
+                Some((_, tail)) => format!("{prefix}~/{tail}"),
+                None => format!("{prefix}~"),
+            };
+        }
+    }
+    path.to_string()
+}
+
 fn parse_hex(text: &str) -> Option<Vec<u8>> {
     let t = text.trim();
     if !t.len().is_multiple_of(2) {
@@ -166,6 +191,19 @@ fn host_key(path: &Path) -> Result<Vec<u8>, KeyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_executables_path_leaves_without_the_users_name() {
+        assert_eq!(
+            exe_path("/home/dupont/.cache/x/run"),
+            "/home/~/.cache/x/run"
+        );
+        assert_eq!(exe_path("/run/user/1000/tool"), "/run/user/~/tool");
+        assert_eq!(exe_path("/var/home/jean/bin/a"), "/var/home/~/bin/a");
+        assert_eq!(exe_path("/home/dupont"), "/home/~");
+        assert_eq!(exe_path("/usr/bin/python3.11"), "/usr/bin/python3.11");
+        assert_eq!(exe_path("/tmp/.x/stealer"), "/tmp/.x/stealer");
+    }
 
     #[test]
     fn tokens_are_keyed_and_keep_only_known_extensions() {

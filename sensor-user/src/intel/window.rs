@@ -288,8 +288,12 @@ impl Windows {
         let mut acc = std::mem::take(&mut self.acc);
         self.apps
             .iter()
-            .map(|app| {
-                let a = acc.remove(app).unwrap_or_default();
+            .filter_map(|app| {
+                // Followed protected readers have a summary only when they did something.
+                let a = match acc.remove(app) {
+                    None if app == super::PROTECTED_READER_APP => return None,
+                    a => a.unwrap_or_default(),
+                };
                 let mut classes = a.classes;
                 for (c, set) in &a.files {
                     if let Some(s) = classes.get_mut(c) {
@@ -305,7 +309,7 @@ impl Windows {
                     })
                     .collect();
                 queries.sort_by(|x, y| y.requests.cmp(&x.requests).then(x.key().cmp(&y.key())));
-                WindowSummary {
+                Some(WindowSummary {
                     app: app.clone(),
                     start,
                     end: start + self.len,
@@ -316,7 +320,7 @@ impl Windows {
                     children: a.children,
                     processes: a.pids.len() as u64,
                     queries,
-                }
+                })
             })
             .collect()
     }
@@ -406,7 +410,9 @@ impl Windows {
             } if !ancestry.is_empty() && self.apps.contains(app) => {
                 let acc = self.acc(app);
                 acc.pids.insert(*pid);
-                *acc.children.entry(exe.clone()).or_default() += 1;
+                *acc.children
+                    .entry(super::privacy::exe_path(exe))
+                    .or_default() += 1;
             }
             Event::FileOpen { app, pid, file, .. } | Event::FileMmap { app, pid, file, .. }
                 if self.apps.contains(app) =>

@@ -267,14 +267,18 @@ pub fn echo(addr: &str, secs: f64) -> std::io::Result<()> {
 }
 
 /// What a local user trying to blind the sensor does: opens a protected file (so that the
-/// agent follows it), forks `forks` children that wait, and connects `sockets` UDP sockets
-/// (raising its descriptor limit as root can); prints `ready`, holds all of it until stdin
-/// closes, then lets the children go and waits for them.
+/// agent follows it), prints `opened` and waits for a line on stdin; then forks `forks`
+/// children that wait, and connects `sockets` UDP sockets (raising its descriptor limit as
+/// root can); prints `ready`, holds all of it until stdin closes, then lets the children go
+/// and waits for them.
 pub fn blind(file: &Path, forks: usize, sockets: usize) -> std::io::Result<()> {
     use std::io::BufRead as _;
     let _protected = std::fs::File::open(file)?;
-    // The agent follows a reader once it has seen the open.
-    std::thread::sleep(std::time::Duration::from_secs(1));
+    // The agent follows a reader once it has seen the open: the test says when.
+    println!("opened");
+    std::io::stdout().flush()?;
+    let mut go = String::new();
+    std::io::stdin().lock().read_line(&mut go)?;
     let want = (sockets + 64) as libc::rlim_t;
     let lim = libc::rlimit {
         rlim_cur: want,
