@@ -925,16 +925,25 @@ fn a_local_user_filling_the_maps_cannot_blind_the_sensor_and_is_reported() {
         "the attacker holds its children and sockets: {ready}"
     );
 
+    // Slow under TCG from here: the agent takes snapshots of two thousand processes and a
+    // thousand flows, and the storm's records queue before them.
+    let slow = WAIT * 6;
     // The PM client's child is still followed and its reads counted exactly; its flow too.
     let (_, out) = run(&fx.app, &["fork-read", data.to_str().unwrap(), "4096"]);
     let child: u32 = out.trim().parse().unwrap();
-    assert_eq!(file_bytes(&exit_of(&rx, child), &data).0, 1 << 20);
+    let exit = find_event(
+        &rx,
+        slow,
+        "the PM client's child's exit",
+        |e| matches!(e, Event::Exit { pid, .. } if *pid == child),
+    );
+    assert_eq!(file_bytes(&exit, &data).0, 1 << 20);
     std::io::Write::write_all(pm.stdin.as_mut().unwrap(), b"go\n").unwrap();
     assert!(pm.wait().unwrap().success());
     server.join().unwrap();
-    let close = expect_event(
+    let close = find_event(
         &rx,
-        WAIT,
+        slow,
         "the PM client's flow close",
         |e| matches!(e, Event::NetClose { pid: p, .. } if *p == pm_pid),
     );
@@ -948,9 +957,6 @@ fn a_local_user_filling_the_maps_cannot_blind_the_sensor_and_is_reported() {
     );
 
     // The attempt reaches the SOC as map pressure, and the readers stayed in their quotas.
-    // Slow under TCG: snapshots of two thousand processes and a thousand flows, queued
-    // behind the storm's records.
-    let slow = WAIT * 6;
     let f = find_event(
         &rx,
         slow,

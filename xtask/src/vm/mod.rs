@@ -19,7 +19,7 @@ use crate::util::{root, target_dir};
 /// The kernels `vm-test` boots without `--kernel`: Debian 12's own and its newer series.
 pub const DEFAULT_KERNELS: &[&str] = &["6.1", "6.12"];
 /// Seconds one VM may run before it counts as hung (a whole run takes about 50 s).
-pub const DEFAULT_TIMEOUT_SECS: u64 = 600;
+pub const DEFAULT_TIMEOUT_SECS: u64 = 900;
 
 /// Set for the kernel tests in the VMs: every agent they start must have the best hook for
 /// every capability (the tests' harness asserts it), so the assertions run on LSM and fentry.
