@@ -141,6 +141,13 @@ pub fn record(ev: &Event, spool_dropped: u64) -> Option<(Kind, Vec<u8>)> {
     Some((kind, rec.encode_to_vec()))
 }
 
+/// The wall clock in unix seconds, as records carry it.
+pub fn unix_time() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// List and evidence entries cut by [`shape`] since the agent started.
 static TRIMMED: AtomicU64 = AtomicU64::new(0);
 

@@ -190,9 +190,7 @@ pub(crate) fn report_drops(s: &mut Spool, r: &mut DropReport) -> Result<(), Spoo
     if new == 0 || r.last.is_some_and(|t| t.elapsed() < DROP_REPORT_EVERY) {
         return Ok(());
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
+    let now = crate::export::unix_time();
     let f = Finding::new(SPOOL_FULL_RULE, Severity::High, "-", now, "spool")
         .summary(format!(
             "the spool reached its {}-byte cap with findings alone (the collector unreachable for long?): its {new} oldest finding(s) were dropped",
@@ -477,9 +475,7 @@ async fn session(
                 last_beat = tokio::time::Instant::now();
                 let s = spool.lock().unwrap_or_else(|p| p.into_inner());
                 Frame::Heartbeat(Heartbeat {
-                    time: std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0.0, |d| d.as_secs_f64()),
+                    time: crate::export::unix_time(),
                     spooled: s.pending(),
                     dropped: s.dropped,
                 })

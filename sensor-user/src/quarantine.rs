@@ -256,7 +256,7 @@ impl Screen {
         if rule == RULE {
             return Ok(());
         }
-        let f = Finding::new(RULE, Severity::Medium, "-", now(), "quarantine")
+        let f = Finding::new(RULE, Severity::Medium, "-", crate::export::unix_time(), "quarantine")
             .summary(format!(
                 "a {kind} record (seq {}) the collector would refuse was kept on the host instead of sent: {}",
                 e.seq,
@@ -297,12 +297,6 @@ fn describe(r: Option<&Record>) -> (&'static str, String, String) {
         None if r.is_some() => ("empty", String::new(), String::new()),
         None => ("undecodable", String::new(), String::new()),
     }
-}
-
-fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 #[cfg(test)]
