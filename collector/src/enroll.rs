@@ -14,6 +14,7 @@
 //!   the new key is recorded as pending and both are accepted until a stream opens with the
 //!   new one, so a renewal whose reply is lost leaves the host its old certificate.
 
+use crate::status;
 use hmac::{Hmac, Mac};
 use rcgen::{
     CertificateSigningRequestParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, Issuer,
@@ -88,7 +89,7 @@ pub fn make_token(key: &[u8], clinic: &str, expires: u64) -> Result<(String, Str
 /// Makes a token for `clinic` and records it in the store with `uses` uses, bound to
 /// `host` when not empty: what `enroll-token` does.
 pub fn issue_token(
-    store: &mut dyn crate::store::Store,
+    store: &dyn crate::store::Store,
     key: &[u8],
     clinic: &str,
     host: &str,
@@ -230,7 +231,7 @@ impl EnrollService {
     fn by_token(&self, req: &EnrollRequest) -> Result<HostKey, Status> {
         let now = crate::ingest::now() as u64;
         let clinic = check_token(&self.token_key, &req.token, now)
-            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+            .map_err(|e| status::unauthenticated(e.to_string()))?;
         Ok(HostKey {
             clinic,
             host: req.host_id.clone(),
@@ -246,15 +247,13 @@ impl EnrollService {
         existing: Option<&Enrollment>,
     ) -> Result<(), Status> {
         match (presented, existing) {
-            (None, Some(e)) if !e.revoked => Err(Status::already_exists(format!(
+            (None, Some(e)) if !e.revoked => Err(status::precondition(format!(
                 "{c}/{h} is already enrolled; to enroll it again (a reinstalled host), run \
                  `clinicwatch-collector unenroll --clinic {c} --host {h}` first",
                 c = host.clinic,
                 h = host.host
             ))),
-            (Some(key), e) => check_key(e, key)
-                .map(|_| ())
-                .map_err(Status::permission_denied),
+            (Some(key), e) => check_key(e, key).map(|_| ()).map_err(status::denied),
             _ => Ok(()),
         }
     }
@@ -275,18 +274,18 @@ impl Enroll for EnrollService {
         };
         let (clinic, hostname) = (host.clinic.clone(), host.host.clone());
         if clinic == crate::soc::SOC_ORG {
-            return Err(Status::permission_denied(
+            return Err(status::denied(
                 "analyst certificates are issued by hand (`issue --soc`), not enrolled",
             ));
         }
         if !valid_id(&hostname) {
-            return Err(Status::invalid_argument(format!(
+            return Err(status::invalid(format!(
                 "host id `{}` must be 1 to 64 letters, digits, `.`, `_` or `-`",
                 hostname.escape_debug()
             )));
         }
         if renewing && req.get_ref().host_id != hostname {
-            return Err(Status::permission_denied(format!(
+            return Err(status::denied(format!(
                 "this certificate is for {clinic}/{hostname}, not {}",
                 req.get_ref().host_id.escape_debug()
             )));
@@ -301,10 +300,10 @@ impl Enroll for EnrollService {
             &hostname,
             self.cert_days,
         )
-        .map_err(Status::invalid_argument)?;
+        .map_err(status::invalid)?;
         let key = crate::pki::pem_to_der(&cert_pem)
             .and_then(|der| crate::pki::key_fingerprint(&der))
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(|e| status::unavailable(e.to_string()))?;
         let now = crate::ingest::now();
         // A renewal keeps the presented key valid until the new one is used (two-phase).
         let record = match &presented {
@@ -334,7 +333,7 @@ impl Enroll for EnrollService {
         .await?;
         if let Err(why) = taken {
             tracing::warn!(%clinic, host = %hostname, %why, "enrollment token refused");
-            return Err(Status::permission_denied(why.to_string()));
+            return Err(status::denied(why.to_string()));
         }
         self.metrics
             .enrolled

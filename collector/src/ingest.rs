@@ -8,6 +8,7 @@
 //! stream per host (a newer one closes the older); a stream silent for
 //! `limits.stream_idle_secs` is closed.
 
+use crate::status;
 use std::{
     pin::Pin,
     sync::{atomic::Ordering, Arc, Mutex},
@@ -29,7 +30,8 @@ use crate::{
 };
 
 /// The store, shared by every stream; calls run off the async threads.
-pub type SharedStore = Arc<Mutex<Box<dyn Store>>>;
+/// The store the services share: its calls may run in parallel (see [`Store`]).
+pub type SharedStore = Arc<dyn Store>;
 
 /// Where a stream's identity comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,14 +127,14 @@ pub fn now() -> f64 {
 pub(crate) fn peer_of<T>(req: &Request<T>) -> Result<(HostKey, String), Status> {
     let certs = req
         .peer_certs()
-        .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+        .ok_or_else(|| status::unauthenticated("a client certificate is required"))?;
     let der = certs
         .first()
-        .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+        .ok_or_else(|| status::unauthenticated("a client certificate is required"))?;
     let (clinic, host) =
-        crate::pki::identity(der).map_err(|e| Status::unauthenticated(e.to_string()))?;
+        crate::pki::identity(der).map_err(|e| status::unauthenticated(e.to_string()))?;
     let key =
-        crate::pki::key_fingerprint(der).map_err(|e| Status::unauthenticated(e.to_string()))?;
+        crate::pki::key_fingerprint(der).map_err(|e| status::unauthenticated(e.to_string()))?;
     Ok((HostKey { clinic, host }, key))
 }
 
@@ -142,7 +144,7 @@ fn host_from_metadata<T>(req: &Request<T>) -> Result<HostKey, Status> {
             .get(k)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
-            .ok_or_else(|| Status::unauthenticated(format!("`{k}` metadata is required")))
+            .ok_or_else(|| status::unauthenticated(format!("`{k}` metadata is required")))
     };
     Ok(HostKey {
         clinic: get("x-clinicwatch-clinic")?,
@@ -150,34 +152,31 @@ fn host_from_metadata<T>(req: &Request<T>) -> Result<HostKey, Status> {
     })
 }
 
-/// Runs a store call off the async threads (SQLite and the PostgreSQL client block).
+/// Runs a store call off the async threads (the store's calls block).
 pub(crate) async fn on_store<T: Send + 'static>(
     store: &SharedStore,
     metrics: &Metrics,
-    f: impl FnOnce(&mut dyn Store) -> Result<T, StoreError> + Send + 'static,
+    f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, Status> {
     let store = store.clone();
-    let r = tokio::task::spawn_blocking(move || {
-        let mut s = store.lock().unwrap_or_else(|p| p.into_inner());
-        f(s.as_mut())
-    })
-    .await;
+    let r = tokio::task::spawn_blocking(move || f(store.as_ref())).await;
     match r {
         Ok(Ok(v)) => {
             metrics.store_ok.store(true, Ordering::Relaxed);
             Ok(v)
         }
-        Ok(Err(StoreError::Invalid(why))) => {
-            metrics.reject(Rejection::Invalid);
-            Err(Status::invalid_argument(why))
-        }
         Ok(Err(e)) => {
-            metrics.store_ok.store(false, Ordering::Relaxed);
-            metrics.reject(Rejection::Storage);
-            tracing::error!(error = %e, "store call failed; the agent will resend");
-            Err(Status::unavailable(format!("storage: {e}")))
+            let refusal = crate::status::Refusal::from(&e);
+            if matches!(refusal, crate::status::Refusal::Invalid(_)) {
+                metrics.reject(Rejection::Invalid);
+            } else {
+                metrics.store_ok.store(false, Ordering::Relaxed);
+                metrics.reject(Rejection::Storage);
+                tracing::error!(error = %e, "store call failed; the agent will resend");
+            }
+            Err(refusal.into())
         }
-        Err(_) => Err(Status::internal("store task failed")),
+        Err(_) => Err(status::unavailable("store task failed")),
     }
 }
 
@@ -185,15 +184,6 @@ fn ack(epoch: u64, up_to_seq: u64) -> ServerFrame {
     ServerFrame {
         frame: Some(server_frame::Frame::Ack(Ack { epoch, up_to_seq })),
     }
-}
-
-/// `resource_exhausted` with the gRPC retry pushback (milliseconds) in the trailers.
-pub fn exhausted(why: String, pushback_ms: u32) -> Status {
-    let mut s = Status::resource_exhausted(why);
-    if let Ok(v) = pushback_ms.to_string().parse() {
-        s.metadata_mut().insert("grpc-retry-pushback-ms", v);
-    }
-    s
 }
 
 /// Decrements the open-stream gauge when the stream's task ends.
@@ -210,7 +200,7 @@ type Frames = Pin<Box<dyn Stream<Item = Result<ServerFrame, Status>> + Send>>;
 /// Whether the certificate (its key) may still act for the host: checked at Hello and again
 /// with every batch and heartbeat, so that `unenroll` cuts an open stream off at once.
 fn authorized(
-    s: &mut dyn Store,
+    s: &dyn Store,
     host: &HostKey,
     key: Option<&str>,
 ) -> Result<Result<KeyUse, String>, StoreError> {
@@ -247,7 +237,7 @@ impl Session {
             Some(Frame::Heartbeat(hb)) => self.heartbeat(hb).await,
             None => {
                 self.metrics.reject(Rejection::Invalid);
-                Err(Status::invalid_argument("empty frame"))
+                Err(status::invalid("empty frame"))
             }
         }
     }
@@ -255,20 +245,20 @@ impl Session {
     fn denied(&self, why: String) -> Status {
         self.metrics.reject(Rejection::Permission);
         tracing::warn!(clinic = %self.host.clinic, host = %self.host.host, %why, "certificate refused");
-        Status::permission_denied(why)
+        status::denied(why)
     }
 
     fn epoch(&self) -> Result<u64, Status> {
         self.epoch.ok_or_else(|| {
             self.metrics.reject(Rejection::Invalid);
-            Status::failed_precondition("Hello first")
+            status::precondition("Hello first")
         })
     }
 
     async fn hello(&mut self, h: Hello) -> Result<Vec<ServerFrame>, Status> {
         if let Err(e) = crate::store::validate_hello(&h) {
             self.metrics.reject(Rejection::Invalid);
-            return Err(Status::invalid_argument(e.to_string()));
+            return Err(status::invalid(e.to_string()));
         }
         let host = self.host.clone();
         if h.clinic_id != host.clinic || h.host_id != host.host {
@@ -321,7 +311,7 @@ impl Session {
             Decision::Refuse { pushback_ms } => {
                 self.metrics.reject(Rejection::Throttled);
                 tracing::info!(clinic = %self.host.clinic, host = %self.host.host, pushback_ms, cost, what, "host over its rate; refused");
-                Err(exhausted(
+                Err(status::exhausted(
                     format!(
                         "over {} record units/s; retry in {pushback_ms} ms",
                         self.limiter.rate()
@@ -336,7 +326,7 @@ impl Session {
         let e = self.epoch()?;
         if e != b.epoch {
             self.metrics.reject(Rejection::Invalid);
-            return Err(Status::invalid_argument(format!(
+            return Err(status::invalid(format!(
                 "batch of epoch {} on a stream that said epoch {e}",
                 b.epoch
             )));
@@ -441,9 +431,7 @@ impl IngestService {
         .inspect_err(|_| self.metrics.reject(Rejection::Unauthenticated))?;
         if host.clinic == crate::soc::SOC_ORG {
             self.metrics.reject(Rejection::Permission);
-            return Err(Status::permission_denied(
-                "an analyst certificate cannot send records",
-            ));
+            return Err(status::denied("an analyst certificate cannot send records"));
         }
         Ok((host, key))
     }
@@ -471,7 +459,7 @@ async fn serve_stream(
             () = replaced => {
                 session.metrics.reject(Rejection::Superseded);
                 tracing::info!(%clinic, host = %hostname, "stream replaced by a newer one from this host");
-                let _ = tx.send(Err(Status::aborted("a newer stream from this host replaced this one"))).await;
+                let _ = tx.send(Err(status::unavailable("a newer stream from this host replaced this one"))).await;
                 return;
             }
         };
@@ -480,7 +468,7 @@ async fn serve_stream(
                 session.metrics.reject(Rejection::Idle);
                 let why = format!("no frame in {} s", idle.as_secs());
                 tracing::info!(%clinic, host = %hostname, %why, "idle stream closed");
-                let _ = tx.send(Err(Status::deadline_exceeded(why))).await;
+                let _ = tx.send(Err(status::unavailable(why))).await;
                 return;
             }
             Ok(Ok(Some(f))) => f,
@@ -490,7 +478,7 @@ async fn serve_stream(
                     Some(why) => {
                         session.metrics.reject(Rejection::Invalid);
                         tracing::warn!(%clinic, host = %hostname, %why, "frame refused");
-                        let _ = tx.send(Err(Status::invalid_argument(why))).await;
+                        let _ = tx.send(Err(status::invalid(why))).await;
                     }
                     None => tracing::debug!(%clinic, host = %hostname, error = %e, "stream ended"),
                 }
@@ -530,7 +518,7 @@ impl Ingest for IngestService {
         let guard = StreamGuard(metrics.clone());
         if open as usize > self.limits.max_streams {
             metrics.reject(Rejection::TooManyStreams);
-            return Err(exhausted(
+            return Err(status::exhausted(
                 format!(
                     "{} streams are open (at most {})",
                     open - 1,

@@ -20,5 +20,6 @@ pub mod pki;
 pub mod server;
 pub mod siem;
 pub mod soc;
+pub mod status;
 pub mod store;
 pub mod web;

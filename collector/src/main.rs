@@ -5,7 +5,7 @@ use std::{
     io::Write as _,
     os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::Arc,
 };
 
 use anyhow::Context as _;
@@ -281,10 +281,10 @@ async fn enroll_token(
     let key = token_key(dir)?;
     let now = clinicwatch_collector::ingest::now();
     let exp = now as u64 + days as u64 * 86_400;
-    let mut st = open_store(dir, sa).await?;
+    let st = open_store(dir, sa).await?;
     let (c, h) = (clinic.clone(), host.clone().unwrap_or_default());
     let (token, row) = tokio::task::spawn_blocking(move || {
-        enroll::issue_token(st.as_mut(), &key, &c, &h, uses, exp)
+        enroll::issue_token(st.as_ref(), &key, &c, &h, uses, exp)
     })
     .await?
     .map_err(anyhow::Error::msg)?;
@@ -299,7 +299,7 @@ async fn enroll_token(
     Ok(())
 }
 
-fn tokens(st: &mut dyn store::Store, cmd: TokensCmd) -> anyhow::Result<()> {
+fn tokens(st: &dyn store::Store, cmd: TokensCmd) -> anyhow::Result<()> {
     match cmd {
         TokensCmd::List { json } => {
             for t in st.tokens()? {
@@ -333,7 +333,7 @@ fn tokens(st: &mut dyn store::Store, cmd: TokensCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn incidents(st: &mut dyn store::Store, cmd: IncidentsCmd) -> anyhow::Result<()> {
+fn incidents(st: &dyn store::Store, cmd: IncidentsCmd) -> anyhow::Result<()> {
     let now = clinicwatch_collector::ingest::now();
     match cmd {
         IncidentsCmd::List { state, json } => {
@@ -495,8 +495,8 @@ async fn main() -> anyhow::Result<()> {
             store: sa,
         } => enroll_token(&dir, clinic, days, uses, host, sa).await?,
         Cmd::Tokens { cmd, store: sa } => {
-            let mut st = open_store(&dir, sa).await?;
-            tokio::task::spawn_blocking(move || tokens(st.as_mut(), cmd)).await??;
+            let st = open_store(&dir, sa).await?;
+            tokio::task::spawn_blocking(move || tokens(st.as_ref(), cmd)).await??;
         }
         Cmd::Issue {
             clinic,
@@ -533,7 +533,7 @@ async fn main() -> anyhow::Result<()> {
             // Its key becomes the holder's: an earlier certificate of the same name is
             // refused from now on, and `unenroll` can revoke this one.
             let key = pki::key_fingerprint(&pki::pem_to_der(&c.cert)?)?;
-            let mut st = open_store(&dir, sa).await?;
+            let st = open_store(&dir, sa).await?;
             let hk = store::HostKey {
                 clinic: clinic.clone(),
                 host: host.clone(),
@@ -569,7 +569,7 @@ async fn main() -> anyhow::Result<()> {
                 host: host.clone(),
             };
             tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-                let mut st = store::open(&url)?;
+                let st = store::open(&url)?;
                 let known = st.enrollment(&key)?.is_some() || st.hosts()?.iter().any(|h| {
                     h.clinic == key.clinic && h.host == key.host
                 });
@@ -595,11 +595,11 @@ async fn main() -> anyhow::Result<()> {
             println!("{clinic}/{host} unenrolled: its certificates are refused until it enrolls again with a token");
         }
         Cmd::Incidents { cmd, store: sa } => {
-            let mut st = open_store(&dir, sa).await?;
-            tokio::task::spawn_blocking(move || incidents(st.as_mut(), cmd)).await??;
+            let st = open_store(&dir, sa).await?;
+            tokio::task::spawn_blocking(move || incidents(st.as_ref(), cmd)).await??;
         }
         Cmd::Hosts { json, store: sa } => {
-            let mut st = open_store(&dir, sa).await?;
+            let st = open_store(&dir, sa).await?;
             let hosts = tokio::task::spawn_blocking(move || st.hosts()).await??;
             let now = clinicwatch_collector::ingest::now();
             for h in hosts {
@@ -629,7 +629,7 @@ async fn main() -> anyhow::Result<()> {
             cmd: IndicatorsCmd::Top { hours, limit },
             store: sa,
         } => {
-            let mut st = open_store(&dir, sa).await?;
+            let st = open_store(&dir, sa).await?;
             let since = clinicwatch_collector::ingest::now() - hours * 3600.0;
             let top =
                 tokio::task::spawn_blocking(move || st.top_indicators(since, limit)).await??;
@@ -655,10 +655,10 @@ async fn main() -> anyhow::Result<()> {
                 Ok::<_, store::StoreError>((store::open(&url)?, store::open_background(&url)?))
             })
             .await??;
-            let st = Arc::new(Mutex::new(st));
+            let st: clinicwatch_collector::ingest::SharedStore = Arc::from(st);
             let mut c =
                 server::Collector::new(cfg.clone(), st.clone(), server::tls_from_dir(&dir)?);
-            c.background = background.map(|b| Arc::new(Mutex::new(b)));
+            c.background = background.map(Arc::from);
             c.enroll = Some(enroll::EnrollService {
                 ca: ca(&dir)?,
                 token_key: token_key(&dir)?,

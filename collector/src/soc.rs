@@ -3,6 +3,7 @@
 //! --name NAME`). A clinic's certificate is refused here; an analyst's is refused by Ingest
 //! and cannot be had through enrollment.
 
+use crate::status;
 use std::sync::Arc;
 
 use clinicwatch_proto::v1::{
@@ -51,7 +52,7 @@ impl SocService {
     async fn analyst<T>(&self, req: &Request<T>) -> Result<String, Status> {
         let (who, key) = peer_of(req)?;
         if who.clinic != SOC_ORG {
-            return Err(Status::permission_denied(format!(
+            return Err(status::denied(format!(
                 "the SOC service needs an analyst certificate (O={SOC_ORG}); this one is clinic {}",
                 who.clinic
             )));
@@ -60,7 +61,7 @@ impl SocService {
         let e = on_store(&self.store, &self.metrics, move |s| s.enrollment(&w)).await?;
         crate::enroll::check_key(e.as_ref(), &key).map_err(|why| {
             tracing::warn!(analyst = %who.host, %why, "analyst certificate refused");
-            Status::permission_denied(why)
+            status::denied(why)
         })?;
         Ok(who.host)
     }
@@ -75,7 +76,7 @@ impl Soc for SocService {
         self.analyst(&req).await?;
         let state = req.into_inner().state;
         if !matches!(state.as_str(), "" | "new" | "acknowledged" | "closed") {
-            return Err(Status::invalid_argument(format!(
+            return Err(status::invalid(format!(
                 "state `{}`: new, acknowledged, closed or empty",
                 state.escape_debug()
             )));
@@ -98,7 +99,7 @@ impl Soc for SocService {
         on_store(&self.store, &self.metrics, move |s| s.incident(id))
             .await?
             .map(|i| Response::new(view(i)))
-            .ok_or_else(|| Status::not_found(format!("no incident #{id}")))
+            .ok_or_else(|| status::invalid(format!("no incident #{id}")))
     }
 
     async fn set_incident_state(
@@ -108,7 +109,7 @@ impl Soc for SocService {
         let who = self.analyst(&req).await?;
         let r = req.into_inner();
         if !matches!(r.state.as_str(), "acknowledged" | "closed" | "new") {
-            return Err(Status::invalid_argument(format!(
+            return Err(status::invalid(format!(
                 "state `{}`: acknowledged, closed or new",
                 r.state.escape_debug()
             )));
@@ -123,7 +124,7 @@ impl Soc for SocService {
             }
         })
         .await?;
-        let i = found.ok_or_else(|| Status::not_found(format!("no incident #{id}")))?;
+        let i = found.ok_or_else(|| status::invalid(format!("no incident #{id}")))?;
         tracing::info!(id, state = %r.state, analyst = %who, "incident state set");
         Ok(Response::new(view(i)))
     }

@@ -145,7 +145,7 @@ fn ca_init_tokens_unenroll_and_config_errors() {
     );
     assert!(ok, "{err}");
     assert!(out.contains("unenrolled"), "{out}");
-    let mut st = store::open(&dir.join("collector.db").display().to_string()).unwrap();
+    let st = store::open(&dir.join("collector.db").display().to_string()).unwrap();
     let e = st
         .enrollment(&HostKey {
             clinic: "cab-dupont".into(),

@@ -120,8 +120,8 @@ fn one_host_cannot_switch_off_fleet_detection() {
             f.contact(&format!("c{c}"), "pm-client", ip, "", NOW - 600.0);
         }
     }
-    engine().pass(f.st.as_mut(), NOW).unwrap();
-    let keys: Vec<String> = open(f.st.as_mut(), "CW-FLEET-RARE-DESTINATION")
+    engine().pass(f.st.as_ref(), NOW).unwrap();
+    let keys: Vec<String> = open(f.st.as_ref(), "CW-FLEET-RARE-DESTINATION")
         .into_iter()
         .map(|i| i.key)
         .collect();
@@ -140,7 +140,7 @@ fn engine() -> Engine {
     }
 }
 
-fn open(st: &mut dyn Store, rule: &str) -> Vec<Incident> {
+fn open(st: &dyn Store, rule: &str) -> Vec<Incident> {
     let mut v: Vec<Incident> = st
         .incidents(None)
         .unwrap()
@@ -279,9 +279,9 @@ fn scenarios(st: Box<dyn Store>) {
         f.finding_on(clinic, host, rule, t, &[]);
     }
 
-    let r = e.pass(f.st.as_mut(), NOW).unwrap();
+    let r = e.pass(f.st.as_ref(), NOW).unwrap();
     assert!(r.led);
-    let staged = open(f.st.as_mut(), "CW-FLEET-SHELL-THEN-NEW-DESTINATION");
+    let staged = open(f.st.as_ref(), "CW-FLEET-SHELL-THEN-NEW-DESTINATION");
     assert_eq!(staged.len(), 1, "{staged:#?}");
     assert_eq!(staged[0].clinics, ["t0", "t1"]);
     assert_eq!(staged[0].hosts, ["t0/ws1", "t1/ws2"]);
@@ -294,7 +294,7 @@ fn scenarios(st: Box<dyn Store>) {
         NOW - 29_000.0,
         "when t0's sequence completed"
     );
-    let rare = open(f.st.as_mut(), "CW-FLEET-RARE-DESTINATION");
+    let rare = open(f.st.as_ref(), "CW-FLEET-RARE-DESTINATION");
     let keys: Vec<&str> = rare.iter().map(|i| i.key.as_str()).collect();
     assert_eq!(
         keys,
@@ -305,25 +305,25 @@ fn scenarios(st: Box<dyn Store>) {
     assert_eq!(rare[1].state, "new");
     assert_eq!(rare[1].severity, "critical");
     assert_eq!(rare[1].evidence["clinics_ever"], "6");
-    let steal = open(f.st.as_mut(), "CW-FLEET-INFOSTEALER");
+    let steal = open(f.st.as_ref(), "CW-FLEET-INFOSTEALER");
     let keys: Vec<&str> = steal.iter().map(|i| i.key.as_str()).collect();
     assert_eq!(
         keys,
         ["destination:203.0.113.77:443", "exe:/tmp/.cache/upd"]
     );
     assert_eq!(steal[1].clinics, ["c30", "c31", "c32"]);
-    let surge = open(f.st.as_mut(), "CW-FLEET-SURGE");
+    let surge = open(f.st.as_ref(), "CW-FLEET-SURGE");
     assert_eq!(surge.len(), 1);
     assert_eq!(surge[0].clinics.len(), 10);
     assert_eq!(surge[0].severity, "critical", "outside practice hours");
-    let vendor = open(f.st.as_mut(), "CW-FLEET-VENDOR-FROM-OTHER-PROCESS");
+    let vendor = open(f.st.as_ref(), "CW-FLEET-VENDOR-FROM-OTHER-PROCESS");
     assert_eq!(vendor.len(), 1);
     assert_eq!(vendor[0].key, "dest_name:login.vendor.example");
     let total = f.st.incidents(None).unwrap().len();
     assert_eq!(total, 7, "{:#?}", f.st.incidents(None).unwrap());
 
     // Idempotent: the same pass again changes nothing.
-    let again = e.pass(f.st.as_mut(), NOW).unwrap();
+    let again = e.pass(f.st.as_ref(), NOW).unwrap();
     assert!(
         again.opened.is_empty() && again.updated.is_empty(),
         "{again:?}"
@@ -341,8 +341,8 @@ fn scenarios(st: Box<dyn Store>) {
         "exfil.example",
         NOW - 200.0,
     );
-    let later = e.pass(f.st.as_mut(), NOW + 3600.0).unwrap();
-    let rare = open(f.st.as_mut(), "CW-FLEET-RARE-DESTINATION");
+    let later = e.pass(f.st.as_ref(), NOW + 3600.0).unwrap();
+    let rare = open(f.st.as_ref(), "CW-FLEET-RARE-DESTINATION");
     let keys: Vec<&str> = rare.iter().map(|i| i.key.as_str()).collect();
     assert_eq!(
         keys,
@@ -373,7 +373,7 @@ fn scenarios(st: Box<dyn Store>) {
         "exfil.example",
         NOW + 3500.0,
     );
-    let r = e.pass(f.st.as_mut(), NOW + 3600.0).unwrap();
+    let r = e.pass(f.st.as_ref(), NOW + 3600.0).unwrap();
     assert!(!r.opened.is_empty());
     assert_eq!(
         f.st.incidents(Some("new"))
@@ -385,7 +385,7 @@ fn scenarios(st: Box<dyn Store>) {
     );
 
     // Silence: of 40 active clinics' hosts, 3 stop reporting 6 minutes ago.
-    let mut g = Fleet::new(std::mem::replace(
+    let g = Fleet::new(std::mem::replace(
         &mut f.st,
         store::open(":memory:").unwrap(),
     ));
@@ -398,8 +398,8 @@ fn scenarios(st: Box<dyn Store>) {
         let last = if c < 3 { t - 360.0 } else { t - 10.0 };
         g.st.heartbeat(&key, &Default::default(), last).unwrap();
     }
-    let r = e.pass(g.st.as_mut(), t).unwrap();
-    let silent = open(g.st.as_mut(), "CW-FLEET-SENSORS-SILENT");
+    let r = e.pass(g.st.as_ref(), t).unwrap();
+    let silent = open(g.st.as_ref(), "CW-FLEET-SENSORS-SILENT");
     assert_eq!(silent.len(), 1, "{r:?}");
     assert_eq!(silent[0].hosts, ["c00/ws1", "c01/ws1", "c02/ws1"]);
 }
@@ -421,14 +421,14 @@ fn postgres_campaigns_become_incidents_and_one_collector_leads() {
     scenarios(store::open(&url).unwrap());
     // Two collectors: one leads; when its connection ends, the other takes over, and its
     // pass finds the incidents already there.
-    let (mut a, mut b) = (store::open(&url).unwrap(), store::open(&url).unwrap());
+    let (a, b) = (store::open(&url).unwrap(), store::open(&url).unwrap());
     let e = engine();
-    assert!(e.pass(a.as_mut(), NOW + 3600.0).unwrap().led);
-    assert!(!e.pass(b.as_mut(), NOW + 3600.0).unwrap().led, "a leads");
+    assert!(e.pass(a.as_ref(), NOW + 3600.0).unwrap().led);
+    assert!(!e.pass(b.as_ref(), NOW + 3600.0).unwrap().led, "a leads");
     let before = b.incidents(None).unwrap().len();
     drop(a);
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let r = e.pass(b.as_mut(), NOW + 3600.0).unwrap();
+    let r = e.pass(b.as_ref(), NOW + 3600.0).unwrap();
     assert!(r.led, "b took over");
     assert!(r.opened.is_empty(), "no incident doubled: {r:?}");
     assert_eq!(b.incidents(None).unwrap().len(), before);

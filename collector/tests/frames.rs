@@ -89,7 +89,7 @@ fn mutate(r: &mut Rng, bytes: &mut Vec<u8>) {
 fn mutated_frames_never_panic_and_what_is_accepted_is_stored_exactly() {
     let mut r = Rng::from_env("mutated_frames");
     let dir = support::temp_dir("frames");
-    let mut st = store::open(&dir.join("c.db").display().to_string()).unwrap();
+    let st = store::open(&dir.join("c.db").display().to_string()).unwrap();
     let host = HostKey {
         clinic: "c".into(),
         host: "h".into(),

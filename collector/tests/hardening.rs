@@ -125,7 +125,7 @@ async fn one_stream_per_host_and_idle_streams_close() {
         .unwrap();
     assert_eq!(acks, vec![0, 3]);
     let e = first.message().await.unwrap_err();
-    assert_eq!(e.code(), tonic::Code::Aborted, "{e}");
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e}");
     assert!(e.message().contains("newer stream"), "{e}");
     drop(tx1);
     // A stream that says nothing after Hello is closed after `stream_idle_secs`.
@@ -139,7 +139,7 @@ async fn one_stream_per_host_and_idle_streams_close() {
     assert!(quiet.message().await.unwrap().is_some());
     let started = std::time::Instant::now();
     let e = quiet.message().await.unwrap_err();
-    assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e}");
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e}");
     assert!(started.elapsed() < Duration::from_secs(5));
     drop(tx3);
     srv.shutdown().await;
@@ -163,7 +163,7 @@ async fn implausible_times_are_stored_and_counted_but_never_correlated() {
         .unwrap();
     assert_eq!(acks, vec![0, 3], "acked: they never block delivery");
     assert_eq!(srv.records(), 3, "kept for the record");
-    let f = blocking(|| srv.store.lock().unwrap().findings_since(f64::MIN).unwrap());
+    let f = blocking(|| srv.store.findings_since(f64::MIN).unwrap());
     assert_eq!(f.len(), 1, "only the plausible one can join an incident");
     assert_eq!(
         srv.metrics
@@ -311,7 +311,7 @@ async fn renewal_is_two_phase_and_unenroll_cuts_open_streams() {
     assert!(e.message().contains("replaced"), "{e}");
     // Unenrolled while its stream is open: the next batch is refused, and nothing stored.
     blocking(|| {
-        let mut st = srv.store.lock().unwrap();
+        let st = &srv.store;
         st.set_enrollment(
             &store::HostKey {
                 clinic: "clinic-a".into(),
@@ -350,20 +350,15 @@ async fn tokens_are_counted_bound_and_revocable_and_analysts_revocable() {
     let id = clinicwatch_collector::enroll::token_id(&three)
         .unwrap()
         .to_string();
-    assert!(blocking(|| srv
-        .store
-        .lock()
-        .unwrap()
-        .revoke_token(&id)
-        .unwrap()));
+    assert!(blocking(|| srv.store.revoke_token(&id).unwrap()));
     let e = enroll(&srv.url, &p, None, &three, "ws3").await.unwrap_err();
     assert!(e.message().contains("revoked"), "{e}");
     // Bound to a host id: no other name can be squatted with it.
     let exp = clinicwatch_collector::ingest::now() as u64 + 600;
     let (bound, _) = blocking(|| {
-        let mut st = srv.store.lock().unwrap();
+        let st = &srv.store;
         clinicwatch_collector::enroll::issue_token(
-            st.as_mut(),
+            st.as_ref(),
             &p.token_key,
             "clinic-a",
             "ws9",
@@ -392,8 +387,6 @@ async fn tokens_are_counted_bound_and_revocable_and_analysts_revocable() {
         let (who, key) = (who.clone(), key.clone());
         blocking(|| {
             srv.store
-                .lock()
-                .unwrap()
                 .set_enrollment(
                     &who,
                     &store::Enrollment {

@@ -34,7 +34,7 @@ async fn batches_are_acked_after_storage_and_a_resend_is_stored_once() {
         .unwrap();
     assert_eq!(acks, vec![10, 15]);
     assert_eq!(srv.records(), 15, "each record once");
-    let f = srv.store.lock().unwrap().findings_since(0.0).unwrap();
+    let f = srv.store.findings_since(0.0).unwrap();
     assert_eq!(f[0].clinic, "clinic-a");
     assert_eq!(
         srv.metrics
@@ -241,14 +241,12 @@ async fn enrollment_issues_a_certificate_for_the_tokens_clinic_and_renews_it() {
     // A token does not take over an enrolled host...
     let (csr3, key3) = csr("clinic-a");
     let e = anon.enroll(req(&token, "ws7", &csr3)).await.unwrap_err();
-    assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e}");
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
     assert!(e.message().contains("unenroll"), "{e}");
     // ...until an operator unenrolls it (`clinicwatch-collector unenroll`): then its
     // certificates are refused, and the token enrolls it again.
     blocking(|| {
         srv.store
-            .lock()
-            .unwrap()
             .set_enrollment(
                 &clinicwatch_collector::store::HostKey {
                     clinic: "clinic-a".into(),
@@ -494,10 +492,7 @@ async fn heartbeats_health_metrics_and_scheduled_retention() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert_eq!(
-        srv.store.lock().unwrap().findings_since(0.0).unwrap().len(),
-        3
-    );
+    assert_eq!(srv.store.findings_since(0.0).unwrap().len(), 3);
     srv.shutdown().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -603,7 +598,7 @@ async fn a_campaign_streamed_by_agents_becomes_an_incident_at_the_collector() {
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let incident = loop {
-        let found = blocking(|| srv.store.lock().unwrap().incidents(None).unwrap())
+        let found = blocking(|| srv.store.incidents(None).unwrap())
             .into_iter()
             .find(|i| i.key == "dest_name:exfil.example");
         if let Some(i) = found {
@@ -738,9 +733,9 @@ fn campaign_records(c: usize, now: f64) -> Vec<clinicwatch_proto::v1::Record> {
 
 /// (rule, key, clinics, hosts) of every incident, sorted.
 fn incident_view(
-    st: &std::sync::Arc<std::sync::Mutex<Box<dyn clinicwatch_collector::store::Store>>>,
+    st: &clinicwatch_collector::ingest::SharedStore,
 ) -> Vec<(String, String, Vec<String>, Vec<String>)> {
-    let mut v: Vec<_> = blocking(|| st.lock().unwrap().incidents(None).unwrap())
+    let mut v: Vec<_> = blocking(|| st.incidents(None).unwrap())
         .into_iter()
         .map(|i| (i.rule, i.key, i.clinics, i.hosts))
         .collect();

@@ -136,7 +136,7 @@ async fn postgresql_restarted_under_load_loses_and_duplicates_nothing() {
     );
     let u = url.clone();
     let (records, findings) = blocking(move || {
-        let mut s = store::open(&u).unwrap();
+        let s = store::open(&u).unwrap();
         (
             s.record_count().unwrap(),
             s.findings_since(f64::MIN).unwrap().len() as u64,

@@ -24,8 +24,6 @@ async fn analysts_see_incidents_clinics_cannot_and_analysts_cannot_send() {
         .unwrap();
     let id = blocking(|| {
         srv.store
-            .lock()
-            .unwrap()
             .save_incident(&Incident {
                 rule: "CW-FLEET-RARE-DESTINATION".into(),
                 key: "dest_name:exfil.example".into(),
@@ -69,7 +67,7 @@ async fn analysts_see_incidents_clinics_cannot_and_analysts_cannot_send() {
         .get_incident(GetIncidentRequest { id: 999 })
         .await
         .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::NotFound);
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
     let e = soc
         .set_incident_state(SetIncidentStateRequest {
             id,

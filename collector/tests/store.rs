@@ -16,7 +16,7 @@ fn host(c: &str) -> HostKey {
 
 /// Dedup, resume, findings, heartbeats, retention; `reopen` gives the same store again (a
 /// collector restart).
-fn conformance(mut s: Box<dyn Store>, reopen: &dyn Fn() -> Box<dyn Store>) {
+fn conformance(s: Box<dyn Store>, reopen: &dyn Fn() -> Box<dyn Store>) {
     let a = host("clinic-a");
     let hello = Hello {
         epoch: 7,
@@ -72,7 +72,7 @@ fn conformance(mut s: Box<dyn Store>, reopen: &dyn Fn() -> Box<dyn Store>) {
     )
     .unwrap();
     drop(s);
-    let mut s = reopen();
+    let s = reopen();
     assert_eq!(s.record_count().unwrap(), 45);
     assert_eq!(
         s.hello(&a, &hello, 4.0).unwrap(),
@@ -166,7 +166,7 @@ fn conformance(mut s: Box<dyn Store>, reopen: &dyn Fn() -> Box<dyn Store>) {
 }
 
 /// A summary from `clinic` at time `t` with one destination.
-fn contact(s: &mut dyn Store, clinic: &str, seq: u64, ip: &str, t: f64) {
+fn contact(s: &dyn Store, clinic: &str, seq: u64, ip: &str, t: f64) {
     let b = Batch {
         epoch: 1,
         first_seq: seq,
@@ -189,7 +189,7 @@ fn contact(s: &mut dyn Store, clinic: &str, seq: u64, ip: &str, t: f64) {
     );
 }
 
-fn clinics_ever(s: &mut dyn Store, ip: &str) -> (u64, bool) {
+fn clinics_ever(s: &dyn Store, ip: &str) -> (u64, bool) {
     let st = s.indicator_stats(&[("dest_ip".into(), ip.into())]).unwrap();
     (st[0].clinics, st[0].clinics_estimated)
 }
@@ -201,22 +201,22 @@ fn prevalence(stores: &mut [Box<dyn Store>], ip: &str) {
     let n = stores.len();
     for i in 0..exact {
         contact(
-            stores[i as usize % n].as_mut(),
+            stores[i as usize % n].as_ref(),
             &format!("pc-{ip}-{i}"),
             1,
             ip,
             100.0,
         );
     }
-    contact(stores[0].as_mut(), &format!("pc-{ip}-0"), 2, ip, 150.0);
+    contact(stores[0].as_ref(), &format!("pc-{ip}-0"), 2, ip, 150.0);
     assert_eq!(
-        clinics_ever(stores[0].as_mut(), ip),
+        clinics_ever(stores[0].as_ref(), ip),
         (exact, false),
         "exact"
     );
     for i in exact..1_000 {
         contact(
-            stores[i as usize % n].as_mut(),
+            stores[i as usize % n].as_ref(),
             &format!("pc-{ip}-{i}"),
             1,
             ip,
@@ -226,7 +226,7 @@ fn prevalence(stores: &mut [Box<dyn Store>], ip: &str) {
     // Clinics seen again, through either collector, are not counted again.
     for i in 0..300 {
         contact(
-            stores[(i + 1) % n].as_mut(),
+            stores[(i + 1) % n].as_ref(),
             &format!("pc-{ip}-{i}"),
             3,
             ip,
@@ -234,7 +234,7 @@ fn prevalence(stores: &mut [Box<dyn Store>], ip: &str) {
         );
     }
     for s in stores.iter_mut() {
-        let (clinics, estimated) = clinics_ever(s.as_mut(), ip);
+        let (clinics, estimated) = clinics_ever(s.as_ref(), ip);
         assert!(
             estimated && (970..=1_030).contains(&clinics),
             "1,000 clinics estimated as {clinics} (estimated: {estimated})"
@@ -265,7 +265,7 @@ fn postgres_store() {
     conformance(open(), &open);
     // Two collectors on one database: a batch stored through one is a duplicate through the
     // other, and either tells the agent where to resume.
-    let (mut c1, mut c2) = (open(), open());
+    let (c1, c2) = (open(), open());
     let h = host("clinic-z");
     let hello = Hello {
         epoch: 1,
@@ -293,4 +293,169 @@ fn postgres_errors_name_the_server_not_the_password() {
         Err(e) => e.to_string(),
     };
     assert!(e.contains("127.0.0.1:1") && !e.contains("s3cret"), "{e}");
+}
+
+fn open_err(spec: &str) -> String {
+    match store::open(spec) {
+        Ok(_) => panic!("`{spec}` opened"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// The store reaches PostgreSQL over TLS `verify-full`: the right CA and name connect; a
+/// name the certificate does not carry, another CA, or plaintext (which this server's
+/// `pg_hba.conf` refuses over TCP) do not, and each says why.
+#[test]
+fn postgres_tls_is_verified_and_required() {
+    let Some((db, server)) = support::pg::new_database("postgres_tls_is_verified_and_required")
+    else {
+        return;
+    };
+    store::open(&server.url("localhost", &db))
+        .unwrap()
+        .ping()
+        .unwrap();
+    let e = open_err(&server.url("127.0.0.1", &db));
+    assert!(e.contains("certificate") && e.contains("127.0.0.1"), "{e}");
+    let dir = support::temp_dir("pg-other-ca");
+    let other = dir.join("other-ca.pem");
+    let ca = clinicwatch_collector::pki::new_ca("another CA").unwrap();
+    std::fs::write(&other, ca.cert).unwrap();
+    let e = open_err(&format!(
+        "postgres://cw@localhost:{}/{db}?sslrootcert={}",
+        server.port,
+        other.display()
+    ));
+    assert!(e.contains("certificate"), "{e}");
+    let e = open_err(&format!(
+        "postgres://cw@localhost:{}/{db}?sslmode=disable",
+        server.port
+    ));
+    assert!(
+        e.contains("no encryption"),
+        "plaintext refused by the server: {e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Streams of different hosts commit in parallel on PostgreSQL: while another session
+/// holds host A's row (so A's batch waits at its last statement), host B's batch commits.
+/// One connection behind a lock would make B wait behind A.
+#[test]
+fn postgres_commits_the_batches_of_different_hosts_in_parallel() {
+    let Some((db, server)) = support::pg::new_database("postgres_commits_in_parallel") else {
+        return;
+    };
+    let st: std::sync::Arc<dyn Store> =
+        std::sync::Arc::from(store::open(&server.url("localhost", &db)).unwrap());
+    let (a, b) = (host("clinic-a"), host("clinic-b"));
+    let hello = Hello {
+        epoch: 1,
+        ..Default::default()
+    };
+    st.hello(&a, &hello, 1.0).unwrap();
+    st.hello(&b, &hello, 1.0).unwrap();
+    let mut other = support::pg::admin_client(&server, &db);
+    let mut holding = other.transaction().unwrap();
+    holding
+        .execute(
+            "SELECT 1 FROM hosts WHERE clinic = 'clinic-a' FOR UPDATE",
+            &[],
+        )
+        .unwrap();
+    let st_a = st.clone();
+    let waiting = std::thread::spawn(move || {
+        st_a.ingest(&a, &batch(1, 1, 10), 2.0, store::TimeWindow::UNBOUNDED)
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(!waiting.is_finished(), "A's batch waits on its row");
+    let got = st
+        .ingest(&b, &batch(1, 1, 10), 2.0, store::TimeWindow::UNBOUNDED)
+        .unwrap();
+    assert_eq!(got.stored, 10);
+    assert!(!waiting.is_finished(), "B committed while A still waited");
+    holding.rollback().unwrap();
+    assert_eq!(waiting.join().unwrap().unwrap().stored, 10);
+    assert_eq!(st.record_count().unwrap(), 20);
+}
+
+/// What a 0.1 database holds before migrations existed.
+const OLD_ROWS: &str = "
+INSERT INTO hosts (clinic, host, hostname, agent_version, kernel, epoch, last_seen)
+  VALUES ('clinic-old', 'ws1', 'ws1', '0.1.0', '6.1', 3, 100);
+INSERT INTO records (clinic, host, epoch, seq, kind, received, body)
+  VALUES ('clinic-old', 'ws1', 3, 41, 'health', 100, 'x');
+INSERT INTO tokens (id, clinic, host, expires, uses_left, revoked, created)
+  VALUES ('t1', 'clinic-old', '', 1e12, 2, FALSE, 50);
+INSERT INTO incidents (rule, key, state, severity, title, first_seen, last_seen, clinics,
+  hosts, evidence, created, updated)
+  VALUES ('CW-FLEET-X', 'k', 'new', 'high', 'old one', 1, 2, '[\"clinic-old\"]',
+  '[\"clinic-old/ws1\"]', '{}', 3, 4);
+";
+
+/// The database as a 0.1 collector left it still reads, and takes new batches, once the
+/// store's migrations ran on it; a second open applies nothing.
+fn upgraded(st: &dyn Store) {
+    let old = HostKey {
+        clinic: "clinic-old".into(),
+        host: "ws1".into(),
+    };
+    assert_eq!(st.stored_up_to(&old, 3).unwrap(), 41);
+    assert_eq!(st.tokens().unwrap()[0].uses_left, 2);
+    assert_eq!(st.incidents(None).unwrap()[0].title, "old one");
+    assert_eq!(st.incidents(None).unwrap()[0].clinics, ["clinic-old"]);
+    let b = batch(3, 42, 5);
+    assert_eq!(
+        st.ingest(&old, &b, 200.0, store::TimeWindow::UNBOUNDED)
+            .unwrap()
+            .stored,
+        5
+    );
+    assert!(st.use_token("t1", "ws1", 60.0).unwrap().is_ok());
+}
+
+#[test]
+fn sqlite_store_upgrades_a_database_of_the_0_1_schema() {
+    let dir = support::temp_dir("store-upgrade");
+    let path = dir.join("collector.db");
+    let db = rusqlite::Connection::open(&path).unwrap();
+    db.execute_batch(include_str!("fixtures/schema-0.1-sqlite.sql"))
+        .unwrap();
+    db.execute_batch(OLD_ROWS).unwrap();
+    drop(db);
+    let st = store::open(&path.display().to_string()).unwrap();
+    upgraded(st.as_ref());
+    drop(st);
+    let db = rusqlite::Connection::open(&path).unwrap();
+    let versions: i64 = db
+        .query_row("SELECT COUNT(*) FROM refinery_schema_history", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(versions, 1);
+    store::open(&path.display().to_string()).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn postgres_store_upgrades_a_database_of_the_0_1_schema() {
+    let Some((db, server)) = support::pg::new_database("postgres_store_upgrades") else {
+        return;
+    };
+    support::pg::admin(
+        &server,
+        &db,
+        include_str!("fixtures/schema-0.1-postgres.sql"),
+    )
+    .unwrap();
+    support::pg::admin(&server, &db, OLD_ROWS).unwrap();
+    let url = server.url("localhost", &db);
+    upgraded(store::open(&url).unwrap().as_ref());
+    store::open(&url).unwrap();
+    let mut c = support::pg::admin_client(&server, &db);
+    let versions: i64 = c
+        .query_one("SELECT COUNT(*) FROM refinery_schema_history", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(versions, 1);
 }

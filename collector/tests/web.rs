@@ -26,7 +26,10 @@ async fn the_page_shows_the_incident_in_a_headless_browser() {
         if std::env::var("CLINICWATCH_EXPECT_CHROMIUM").as_deref() == Ok("1") {
             panic!("Chromium is needed (`cargo xtask setup` installs Debian's `chromium`)");
         }
-        eprintln!("SKIP the_page_shows_the_incident_in_a_headless_browser: no Chromium");
+        clinicwatch_testkit::skip(
+            "the_page_shows_the_incident_in_a_headless_browser",
+            "no Chromium",
+        );
         return;
     };
     let p = new_pki();
@@ -40,8 +43,6 @@ async fn the_page_shows_the_incident_in_a_headless_browser() {
     let now = clinicwatch_collector::ingest::now();
     blocking(|| {
         srv.store
-            .lock()
-            .unwrap()
             .save_incident(&Incident {
                 rule: "CW-FLEET-RARE-DESTINATION".into(),
                 key: "dest_name:exfil.example".into(),

@@ -292,7 +292,10 @@ mod tests {
     #[test]
     fn reads_this_kernel() {
         let Ok(btf) = Btf::from_sys_fs() else {
-            eprintln!("skipped: no readable {VMLINUX_BTF}");
+            clinicwatch_testkit::skip(
+                "btf::reads_this_kernel",
+                &format!("no readable {VMLINUX_BTF}"),
+            );
             return;
         };
         let off = btf

@@ -460,9 +460,9 @@ mod object_tests {
 
     use super::EBPF_OBJECT;
 
-    fn object_or_skip() -> Option<aya_obj::Object> {
+    fn object_or_skip(test: &str) -> Option<aya_obj::Object> {
         if EBPF_OBJECT.is_empty() {
-            eprintln!("skipped: built without bpf-linker, so there is no eBPF object to check (run `cargo xtask setup`)");
+            clinicwatch_testkit::skip(test, "built without bpf-linker, so there is no eBPF object to check (run `cargo xtask setup`)");
             return None;
         }
         Some(aya_obj::Object::parse(EBPF_OBJECT).expect("the embedded eBPF object parses"))
@@ -470,7 +470,11 @@ mod object_tests {
 
     #[test]
     fn every_program_and_map_the_agent_expects_is_in_the_object() {
-        let Some(obj) = object_or_skip() else { return };
+        let Some(obj) =
+            object_or_skip("sensor::every_program_and_map_the_agent_expects_is_in_the_object")
+        else {
+            return;
+        };
         for name in prog::ALL {
             assert!(
                 obj.programs.contains_key(name),
@@ -491,7 +495,10 @@ mod object_tests {
     #[test]
     fn load_time_globals_are_in_the_object() {
         if EBPF_OBJECT.is_empty() {
-            eprintln!("skipped: no eBPF object");
+            clinicwatch_testkit::skip(
+                "sensor::load_time_globals_are_in_the_object",
+                "no eBPF object",
+            );
             return;
         }
         let file = object::File::parse(EBPF_OBJECT).expect("an ELF object");

@@ -884,9 +884,8 @@ mod tests {
 
     #[test]
     fn a_full_disk_is_an_error_naming_the_spool_and_loses_nothing_accepted() {
-        // SAFETY: plain syscall.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIPPED: needs root to mount a small tmpfs");
+        const TEST: &str = "a_full_disk_is_an_error_naming_the_spool_and_loses_nothing_accepted";
+        if !clinicwatch_testkit::require_root(TEST, "to mount a small tmpfs") {
             return;
         }
         let d = dir("full");
@@ -897,7 +896,7 @@ mod tests {
             .status()
             .is_ok_and(|s| s.success());
         if !ok {
-            eprintln!("SKIPPED: cannot mount a tmpfs");
+            clinicwatch_testkit::skip(TEST, "cannot mount a tmpfs");
             return;
         }
         let mut s = Spool::open(cfg(&d, 1 << 30, 1 << 20)).unwrap();

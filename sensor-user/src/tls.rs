@@ -155,7 +155,10 @@ mod tests {
             .stdout(std::process::Stdio::piped())
             .spawn()
         else {
-            eprintln!("SKIPPED: no /usr/bin/python3");
+            clinicwatch_testkit::skip(
+                "tls::a_process_that_loaded_libssl_has_it_attached_once",
+                "no /usr/bin/python3",
+            );
             return;
         };
         let mut line = String::new();

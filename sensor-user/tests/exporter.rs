@@ -86,9 +86,8 @@ fn setup(name: &str, cfg: Config, nb: i64, na: i64) -> Setup {
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
     let port = listener.local_addr().unwrap().port();
-    let st: clinicwatch_collector::ingest::SharedStore = Arc::new(Mutex::new(
-        store::open(&dir.join("c.db").display().to_string()).unwrap(),
-    ));
+    let st: clinicwatch_collector::ingest::SharedStore =
+        Arc::from(store::open(&dir.join("c.db").display().to_string()).unwrap());
     let tls =
         clinicwatch_collector::listen::ServerTls::from_pem(&server.cert, &server.key, &ca.cert)
             .unwrap();
@@ -198,7 +197,7 @@ fn a_backlog_drains_at_the_collectors_pace_then_heartbeats_keep_the_host_alive()
     wait_until("heartbeats", Duration::from_secs(10), || {
         m.heartbeats.load(Ordering::Relaxed) >= hb + 2
     });
-    let hosts = s.store.lock().unwrap().hosts().unwrap();
+    let hosts = s.store.hosts().unwrap();
     assert_eq!(hosts[0].spooled, 0);
     ex.stop();
     std::fs::remove_dir_all(&s.dir).unwrap();
@@ -354,7 +353,7 @@ fn a_spool_restored_from_an_older_copy_starts_a_new_epoch_and_loses_nothing() {
         clinic: "clinic-a".into(),
         host: "ws1".into(),
     };
-    let mut st = s.store.lock().unwrap();
+    let st = &s.store;
     assert_eq!(st.stored_up_to(&host, epoch).unwrap(), 50);
     assert_eq!(
         st.stored_up_to(&host, new_epoch).unwrap(),
@@ -362,7 +361,6 @@ fn a_spool_restored_from_an_older_copy_starts_a_new_epoch_and_loses_nothing() {
         "the new records were stored, not taken for duplicates"
     );
     assert_eq!(st.record_count().unwrap(), 80);
-    drop(st);
     std::fs::remove_dir_all(&s.dir).unwrap();
 }
 
@@ -479,10 +477,9 @@ fn a_record_over_the_limits_is_quarantined_and_every_record_after_it_reaches_the
         0,
         "checked before it was sent: nothing refused"
     );
-    let mut st = s.store.lock().unwrap();
+    let st = &s.store;
     assert_eq!(st.record_count().unwrap(), 13 + 2);
     let findings = st.findings_since(0.0).unwrap();
-    drop(st);
     let rules: Vec<&str> = findings.iter().map(|f| f.rule.as_str()).collect();
     assert!(
         findings

@@ -1,10 +1,7 @@
 //! Shared by the delivery and fault tests: an in-process collector over mutual TLS, the
 //! agent's side of the PKI, and the check that every record and finding arrived once.
 
-use std::{
-    path::Path,
-    sync::{Arc, Mutex},
-};
+use std::{path::Path, sync::Arc};
 
 use clinicwatch_collector::{
     config::Config as CollectorConfig,
@@ -33,7 +30,7 @@ pub fn collector(
     server: &pki::Pem,
     db: &Path,
 ) -> SharedStore {
-    let store: SharedStore = Arc::new(Mutex::new(store::open(&db.display().to_string()).unwrap()));
+    let store: SharedStore = Arc::from(store::open(&db.display().to_string()).unwrap());
     let tls =
         clinicwatch_collector::listen::ServerTls::from_pem(&server.cert, &server.key, &ca.cert)
             .unwrap();
@@ -105,7 +102,7 @@ pub fn findings_log(fx: &Fixture) -> Vec<(String, i64)> {
 /// is stopped.
 pub fn assert_each_once(
     fx: &Fixture,
-    s: &mut dyn Store,
+    s: &dyn Store,
     host: &HostKey,
     mut raised: Vec<(String, i64)>,
 ) -> Delivered {

@@ -19,12 +19,7 @@ pub mod delivery;
 
 /// `true` when running as root; otherwise prints why the test is skipped.
 pub fn require_root(test: &str) -> bool {
-    // SAFETY: plain syscall.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("SKIPPED {test}: needs root to load eBPF programs");
-    }
-    root
+    clinicwatch_testkit::require_root(test, "to load eBPF programs")
 }
 
 pub struct Fixture {

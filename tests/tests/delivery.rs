@@ -60,7 +60,7 @@ fn findings_reach_the_collector_once_through_an_outage_and_a_restart() {
     std::thread::sleep(Duration::from_secs(1));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let store = collector(&rt, port, &ca, &server, &fx.dir.join("collector.db"));
-    let stored_findings = || store.lock().unwrap().findings_since(0.0).unwrap();
+    let stored_findings = || store.findings_since(0.0).unwrap();
     wait_until(
         "the findings at the collector",
         Duration::from_secs(40),
@@ -81,7 +81,7 @@ fn findings_reach_the_collector_once_through_an_outage_and_a_restart() {
         .iter()
         .all(|f| f.clinic == "clinic-a" && f.host == "ws1"));
     assert!(got.iter().any(|f| f.rule == "CW-SUSPICIOUS-CHILD"));
-    let records = store.lock().unwrap().record_count().unwrap();
+    let records = store.record_count().unwrap();
     assert!(
         records > got.len() as u64,
         "summaries arrived too ({records} records)"
@@ -413,8 +413,8 @@ fn agent_kill_9_mid_stream_and_collector_kill_9_mid_batch_lose_and_duplicate_not
 
     // Every record the agent spooled is stored once or still waits in its spool; every
     // finding it raised is stored once or waits.
-    let mut s = open();
-    let d = assert_each_once(&fx, s.as_mut(), &host, findings_log(&fx));
+    let s = open();
+    let d = assert_each_once(&fx, s.as_ref(), &host, findings_log(&fx));
     let stored_to = s.stored_up_to(&host, open_spool_epoch(&fx)).unwrap();
     assert!(
         stored_to > stored_at_collector_kill,

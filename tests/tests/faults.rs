@@ -48,8 +48,6 @@ fn findings(rx: &Events) -> usize {
 /// Findings of `rule` the collector stored.
 fn stored(store: &clinicwatch_collector::ingest::SharedStore, rule: &str) -> usize {
     store
-        .lock()
-        .unwrap()
         .findings_since(0.0)
         .unwrap()
         .iter()
@@ -103,12 +101,7 @@ fn collector_down_for_minutes_under_continuous_findings_loses_and_duplicates_not
     );
     let caught_up = up.elapsed();
     agent.stop();
-    let d = assert_each_once(
-        &fx,
-        store.lock().unwrap().as_mut(),
-        &host(),
-        findings_log(&fx),
-    );
+    let d = assert_each_once(&fx, store.as_ref(), &host(), findings_log(&fx));
     assert_eq!(shells(), raised, "each finding once");
     eprintln!(
         "{name}: down {OUTAGE:?}: {raised_down} findings made meanwhile; {raised} in all stored \
@@ -228,7 +221,7 @@ fn a_full_state_folder_holds_findings_in_memory_and_delivers_them_once_with_a_re
             _ => None,
         })
         .collect();
-    let d = assert_each_once(&fx, store.lock().unwrap().as_mut(), &host(), events);
+    let d = assert_each_once(&fx, store.as_ref(), &host(), events);
     assert_eq!(stored("CW-SUSPICIOUS-CHILD"), raised, "each finding once");
     eprintln!(
         "{name}: {} records stored, {} still spooled; the report: {}",

@@ -171,7 +171,10 @@ fn exfiltration_after_learning_raises_bulk_read_new_destination_and_read_then_se
     assert!(b.knows_dest(&format!("{vendor}/tcp")));
     let agent_bin = agent_binary();
     if !agent_bin.is_file() {
-        eprintln!("SKIPPED the CLI part: {} not built", agent_bin.display());
+        clinicwatch_testkit::skip(
+            "exfiltration_after_learning_raises_bulk_read_new_destination_and_read_then_send/cli",
+            &format!("{} not built", agent_bin.display()),
+        );
         return;
     }
     let cli = |args: &[&str]| {

@@ -173,7 +173,10 @@ fn loopback_connect_yields_destination_and_exact_bytes() {
     let (agent, rx) = start_agent(&fx.config(""));
     for (bind, ip) in [("127.0.0.1:0", "127.0.0.1"), ("[::1]:0", "::1")] {
         let Ok(listener) = TcpListener::bind(bind) else {
-            eprintln!("no {ip} on this host; skipping that family");
+            clinicwatch_testkit::skip(
+                &format!("loopback_connect_yields_destination_and_exact_bytes/{ip}"),
+                &format!("no {ip} on this host"),
+            );
             continue;
         };
         let addr = listener.local_addr().unwrap();
@@ -467,9 +470,9 @@ fn agent_run_unprivileged_says_what_is_missing() {
         .unwrap()
         .join("clinicwatch-agent");
     if !agent.is_file() {
-        eprintln!(
-            "SKIPPED: {} not built (cargo xtask test builds it)",
-            agent.display()
+        clinicwatch_testkit::skip(
+            "agent_run_unprivileged_says_what_is_missing",
+            &format!("{} not built (cargo xtask test builds it)", agent.display()),
         );
         return;
     }
@@ -603,7 +606,10 @@ fn executable_and_protected_file_on_a_btrfs_subvolume_are_matched() {
     // kernel programs see: matching must not trust stat's device.
     let fx = Fixture::new(WORKLOAD, "btrfs");
     let Some(fs) = Btrfs::new(&fx.dir) else {
-        eprintln!("SKIPPED: mkfs.btrfs is not installed (cargo xtask setup installs btrfs-progs)");
+        clinicwatch_testkit::skip(
+            "executable_and_protected_file_on_a_btrfs_subvolume_are_matched",
+            "mkfs.btrfs is not installed (cargo xtask setup installs btrfs-progs)",
+        );
         return;
     };
     let sub = fs.mnt.join("sub");
@@ -787,7 +793,10 @@ fn a_tls_write_by_the_watched_program_becomes_a_query_template() {
     }
     const LIB: &str = "/usr/lib/x86_64-linux-gnu/libssl.so.3";
     if !Path::new(LIB).exists() {
-        eprintln!("SKIPPED: {LIB} is not installed (Debian's libssl3)");
+        clinicwatch_testkit::skip(
+            "a_tls_write_by_the_watched_program_becomes_a_query_template",
+            &format!("{LIB} is not installed (Debian's libssl3)"),
+        );
         return;
     }
     let fx = Fixture::new(WORKLOAD, "tls");

@@ -213,9 +213,10 @@ fn host_users() -> String {
 
 #[test]
 fn packages_install_into_a_scratch_root() {
-    // SAFETY: plain syscall.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED packages_install_into_a_scratch_root: needs root (dpkg --root, chown)");
+    if !clinicwatch_testkit::require_root(
+        "packages_install_into_a_scratch_root",
+        "dpkg --root, chown",
+    ) {
         return;
     }
     // Root on Debian: dpkg is there; its absence fails the test rather than skipping it.

@@ -21,6 +21,7 @@ mod demo;
 mod fuzz;
 mod package;
 mod setup;
+mod skips;
 mod util;
 mod vm;
 

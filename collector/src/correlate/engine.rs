@@ -76,7 +76,7 @@ pub struct Engine {
 
 impl Engine {
     /// Runs every enabled rule at `now` (unix seconds).
-    pub fn pass(&self, store: &mut dyn Store, now: f64) -> Result<PassReport, StoreError> {
+    pub fn pass(&self, store: &dyn Store, now: f64) -> Result<PassReport, StoreError> {
         let mut report = PassReport::default();
         if !store.lead_correlation()? {
             return Ok(report);
@@ -119,7 +119,7 @@ impl Engine {
 
     fn value_count(
         &self,
-        store: &mut dyn Store,
+        store: &dyn Store,
         rule: &Rule,
         sightings: &[crate::store::SightingRow],
         lookback: f64,
@@ -217,7 +217,7 @@ impl Engine {
     /// Opens or updates the incident of this rule and group.
     fn record(
         &self,
-        store: &mut dyn Store,
+        store: &dyn Store,
         rule: &Rule,
         g: Group,
         now: f64,
@@ -449,7 +449,7 @@ fn temporal(rule: &Rule, findings: &[StoredFinding], lookback: f64) -> Vec<Group
 
 /// Hosts that were reporting and stopped within the window: at least
 /// max(min_hosts, min(fraction × hosts seen in the last day, max_hosts)).
-fn silence(store: &mut dyn Store, rule: &Rule, now: f64) -> Result<Vec<Group>, StoreError> {
+fn silence(store: &dyn Store, rule: &Rule, now: f64) -> Result<Vec<Group>, StoreError> {
     let hosts = store.hosts()?;
     let active = hosts
         .iter()

@@ -1,15 +1,23 @@
 //! Where agents' records land, behind one trait with two backends:
 //! - [`SqliteStore`]: embedded SQLite in WAL mode with `synchronous = FULL` (the default; one
 //!   collector).
-//! - [`PgStore`]: PostgreSQL, for deployments where several collectors share one database.
+//! - [`PgStore`]: PostgreSQL, for deployments where several collectors share one database
+//!   (a pool of connections, TLS `verify-full`).
+//!
+//! The logic (statements, dedup, prevalence, enrollment, incidents) is written once in
+//! `sql/`, over the connection contract of `conn`; the schemas are migrations
+//! (`migrations/{sqlite,postgres}`, applied by refinery when a store opens).
 //!
 //! Records are keyed by (clinic, host, epoch, seq): a batch sent again after a lost ack is
 //! stored once and counted as duplicates. A batch is durable when `ingest` returns, which is
 //! when the collector acks it. Findings are also kept in their own table for queries;
 //! summaries and health stay as encoded records.
 
+pub(crate) mod conn;
+mod pg_target;
 mod postgres;
 pub mod prevalence;
+mod sql;
 mod sqlite;
 mod validate;
 
@@ -24,12 +32,37 @@ pub enum StoreError {
     /// The batch is malformed; nothing of it was stored (`invalid_argument`).
     #[error("invalid batch: {0}")]
     Invalid(String),
-    #[error("store `{path}`: {source}")]
+    #[error("store `{path}`: {}", chain(source.as_ref()))]
     Db {
         path: String,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The store's URL or TLS settings cannot work (the collector does not start).
+    #[error("store `{path}`: {why}")]
+    Config { path: String, why: String },
+    /// The schema could not be brought to this version.
+    #[error("store `{path}`: migrating the schema: {why}")]
+    Migration { path: String, why: String },
+    /// A row that does not read as this version wrote it.
+    #[error("store data: {0}")]
+    Data(String),
+}
+
+/// An error with its causes, `a: b: c` (a driver's "error performing TLS handshake" says
+/// why only in its source), without repeating a cause its parent already shows.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
 }
 
 /// Who sent it: taken from the client certificate, never from the frames.
@@ -237,81 +270,75 @@ pub struct Pruned {
 }
 
 /// A record store. Every method is blocking (the ingest service calls them off the async
-/// threads); `ingest` returns only once the batch is durable.
-pub trait Store: Send {
+/// threads); `ingest` returns only once the batch is durable. Calls may run in parallel
+/// (PostgreSQL's run on connections of a pool; SQLite's take turns on its connection).
+pub trait Store: Send + Sync {
     /// Records a Hello; returns the highest seq stored for its epoch (the agent resumes
     /// after it: it sends in order and resends from its last ack, so everything below is
     /// stored, or was dropped by its full spool, which it reports).
-    fn hello(&mut self, host: &HostKey, hello: &Hello, now: f64) -> Result<u64, StoreError>;
+    fn hello(&self, host: &HostKey, hello: &Hello, now: f64) -> Result<u64, StoreError>;
     /// The highest seq stored for the host's epoch (0 if none).
-    fn stored_up_to(&mut self, host: &HostKey, epoch: u64) -> Result<u64, StoreError>;
+    fn stored_up_to(&self, host: &HostKey, epoch: u64) -> Result<u64, StoreError>;
     /// The host's enrollment, if it ever enrolled (hosts given a certificate by hand with
     /// `issue` have none).
-    fn enrollment(&mut self, host: &HostKey) -> Result<Option<Enrollment>, StoreError>;
+    fn enrollment(&self, host: &HostKey) -> Result<Option<Enrollment>, StoreError>;
     /// Records the host's current key (or its revocation).
-    fn set_enrollment(&mut self, host: &HostKey, e: &Enrollment) -> Result<(), StoreError>;
+    fn set_enrollment(&self, host: &HostKey, e: &Enrollment) -> Result<(), StoreError>;
     /// Records a new enrollment token.
-    fn put_token(&mut self, t: &TokenRow) -> Result<(), StoreError>;
+    fn put_token(&self, t: &TokenRow) -> Result<(), StoreError>;
     /// Takes one use of token `id`, atomically, or says why it cannot be used.
     fn use_token(
-        &mut self,
+        &self,
         id: &str,
         host: &str,
         now: f64,
     ) -> Result<Result<TokenRow, TokenRefusal>, StoreError>;
-    fn tokens(&mut self) -> Result<Vec<TokenRow>, StoreError>;
+    fn tokens(&self) -> Result<Vec<TokenRow>, StoreError>;
     /// Revokes token `id`; false when there is no such token.
-    fn revoke_token(&mut self, id: &str) -> Result<bool, StoreError>;
+    fn revoke_token(&self, id: &str) -> Result<bool, StoreError>;
     /// Notes a heartbeat: the host is alive, with this much waiting in its spool.
-    fn heartbeat(&mut self, host: &HostKey, hb: &Heartbeat, now: f64) -> Result<(), StoreError>;
-    /// Stores a batch in one transaction; a record already stored is a duplicate.
-    /// Stores a batch durably; records outside `window` are stored but not correlated.
+    fn heartbeat(&self, host: &HostKey, hb: &Heartbeat, now: f64) -> Result<(), StoreError>;
+    /// Stores a batch durably, in one transaction; a record already stored is a
+    /// duplicate; records outside `window` are stored but not correlated.
     fn ingest(
-        &mut self,
+        &self,
         host: &HostKey,
         batch: &Batch,
         now: f64,
         window: TimeWindow,
     ) -> Result<Ingested, StoreError>;
-    fn findings_since(&mut self, since: f64) -> Result<Vec<StoredFinding>, StoreError>;
-    fn hosts(&mut self) -> Result<Vec<HostRow>, StoreError>;
+    fn findings_since(&self, since: f64) -> Result<Vec<StoredFinding>, StoreError>;
+    fn hosts(&self) -> Result<Vec<HostRow>, StoreError>;
     /// Deletes summaries and health received before `summaries_before` and findings (raised)
     /// before `findings_before`.
-    fn prune(&mut self, summaries_before: f64, findings_before: f64) -> Result<Pruned, StoreError>;
+    fn prune(&self, summaries_before: f64, findings_before: f64) -> Result<Pruned, StoreError>;
     /// Sightings whose last time is at or after `since`, of one app or of all.
     fn sightings_since(
-        &mut self,
+        &self,
         since: f64,
         app: Option<&str>,
     ) -> Result<Vec<SightingRow>, StoreError>;
     /// Fleet-wide first seen and prevalence of these (kind, value) pairs (unknown ones are
     /// left out).
-    fn indicator_stats(
-        &mut self,
-        keys: &[(String, String)],
-    ) -> Result<Vec<IndicatorStat>, StoreError>;
+    fn indicator_stats(&self, keys: &[(String, String)]) -> Result<Vec<IndicatorStat>, StoreError>;
     /// Indicators seen by the most clinics since `since` (event time).
-    fn top_indicators(
-        &mut self,
-        since: f64,
-        limit: usize,
-    ) -> Result<Vec<IndicatorStat>, StoreError>;
+    fn top_indicators(&self, since: f64, limit: usize) -> Result<Vec<IndicatorStat>, StoreError>;
     /// Whether this collector runs correlation passes: with several collectors on one
     /// PostgreSQL, one holds an advisory lock (taken over if its connection ends); alone, yes.
-    fn lead_correlation(&mut self) -> Result<bool, StoreError>;
+    fn lead_correlation(&self) -> Result<bool, StoreError>;
     /// The open (not closed) incident of this rule and key.
-    fn open_incident(&mut self, rule: &str, key: &str) -> Result<Option<Incident>, StoreError>;
+    fn open_incident(&self, rule: &str, key: &str) -> Result<Option<Incident>, StoreError>;
     /// Inserts (id 0) or updates an incident; returns its id.
-    fn save_incident(&mut self, inc: &Incident) -> Result<i64, StoreError>;
+    fn save_incident(&self, inc: &Incident) -> Result<i64, StoreError>;
     /// Incidents, newest first; `state` filters.
-    fn incidents(&mut self, state: Option<&str>) -> Result<Vec<Incident>, StoreError>;
-    fn incident(&mut self, id: i64) -> Result<Option<Incident>, StoreError>;
+    fn incidents(&self, state: Option<&str>) -> Result<Vec<Incident>, StoreError>;
+    fn incident(&self, id: i64) -> Result<Option<Incident>, StoreError>;
     /// Sets an incident's state; false if there is no such incident.
-    fn set_incident_state(&mut self, id: i64, state: &str, now: f64) -> Result<bool, StoreError>;
+    fn set_incident_state(&self, id: i64, state: &str, now: f64) -> Result<bool, StoreError>;
     /// A cheap round trip: is the store answering?
-    fn ping(&mut self) -> Result<(), StoreError>;
+    fn ping(&self) -> Result<(), StoreError>;
     /// Rows in the record table.
-    fn record_count(&mut self) -> Result<u64, StoreError>;
+    fn record_count(&self) -> Result<u64, StoreError>;
 }
 
 /// The columns an incident is read from, in `Incident` order.

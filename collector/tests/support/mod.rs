@@ -5,10 +5,7 @@
 pub mod pg;
 pub mod raw;
 
-use std::{
-    path::PathBuf,
-    sync::{Arc, Mutex},
-};
+use std::{path::PathBuf, sync::Arc};
 
 use clinicwatch_collector::{
     config::Config,
@@ -46,12 +43,12 @@ pub struct Running {
 impl Running {
     /// Records stored (blocking: from a multi-threaded runtime's test or a plain thread).
     pub fn records(&self) -> u64 {
-        blocking(|| self.store.lock().unwrap().record_count().unwrap())
+        blocking(|| self.store.record_count().unwrap())
     }
 
     /// Hosts as stored.
     pub fn hosts(&self) -> Vec<clinicwatch_collector::store::HostRow> {
-        blocking(|| self.store.lock().unwrap().hosts().unwrap())
+        blocking(|| self.store.hosts().unwrap())
     }
 
     /// An enrollment token for `clinic`, recorded in this collector's store with `uses`
@@ -59,9 +56,9 @@ impl Running {
     pub fn token(&self, p: &Pki, clinic: &str, uses: u32) -> String {
         let exp = clinicwatch_collector::ingest::now() as u64 + 3600;
         blocking(|| {
-            let mut st = self.store.lock().unwrap();
+            let st = &self.store;
             clinicwatch_collector::enroll::issue_token(
-                st.as_mut(),
+                st.as_ref(),
                 &p.token_key,
                 clinic,
                 "",
@@ -123,9 +120,9 @@ pub async fn serve_stores(
 ) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let store: SharedStore = Arc::new(Mutex::new(store));
+    let store: SharedStore = Arc::from(store);
     let mut c = Collector::new(cfg.clone(), store.clone(), server_tls(p));
-    c.background = background.map(|b| Arc::new(Mutex::new(b)));
+    c.background = background.map(Arc::from);
     c.enroll = Some(EnrollService {
         ca: p.ca.clone(),
         token_key: p.token_key.clone(),

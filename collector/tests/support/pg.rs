@@ -1,7 +1,13 @@
 //! A private PostgreSQL server from the machine's Debian packages (`postgresql`, installed by
 //! `cargo xtask setup`), or the one `CLINICWATCH_PG_URL` names. One server per test binary,
-//! on a Unix socket in a temporary folder, run as the `postgres` user when we are root; it
-//! dies with the test process. Each test gets its own database.
+//! run as the `postgres` user when we are root; it dies with the test process. Each test
+//! gets its own database.
+//!
+//! The server has TLS on, with a certificate for `localhost` from a CA of the test's own,
+//! and its `pg_hba.conf` accepts TCP only over TLS: the URLs tests get are
+//! `postgres://cw@localhost:PORT/DB?sslmode=verify-full&sslrootcert=CA`, so every
+//! PostgreSQL test runs the store's TLS path. Administration (creating databases) goes
+//! over the Unix socket.
 
 use std::{
     os::unix::process::CommandExt as _,
@@ -57,9 +63,59 @@ fn as_user(cmd: &mut Command, uid: u32, gid: u32) -> &mut Command {
     }
 }
 
-fn start() -> Result<String, String> {
+/// The private server: where to administer it and how tests reach it.
+#[derive(Clone)]
+pub struct Server {
+    /// libpq key=value over the Unix socket (no TLS), without `dbname`.
+    admin: String,
+    /// The TCP port (TLS).
+    pub port: u16,
+    /// The CA the server's certificate chains to.
+    pub ca: PathBuf,
+    dir: PathBuf,
+}
+
+impl Server {
+    /// A URL of database `db` over TCP with TLS `verify-full` against the test CA.
+    pub fn url(&self, host: &str, db: &str) -> String {
+        format!(
+            "postgres://cw@{host}:{}/{db}?sslmode=verify-full&sslrootcert={}",
+            self.port,
+            self.ca.display()
+        )
+    }
+}
+
+/// The CA, and the server's certificate and key (owned by the server's user, 0600).
+fn tls_files(dir: &Path, uid: u32, gid: u32) -> Result<(PathBuf, PathBuf, PathBuf), String> {
+    use clinicwatch_collector::pki;
+    use std::os::unix::fs::PermissionsExt as _;
+    let ca = pki::new_ca("clinicwatch test PostgreSQL CA").map_err(|e| e.to_string())?;
+    let server = pki::server_cert(&ca, &["localhost".to_string()]).map_err(|e| e.to_string())?;
+    let (ca_path, cert, key) = (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    );
+    std::fs::write(&ca_path, &ca.cert).map_err(|e| e.to_string())?;
+    std::fs::write(&cert, &server.cert).map_err(|e| e.to_string())?;
+    std::fs::write(&key, &server.key).map_err(|e| e.to_string())?;
+    for f in [&cert, &key] {
+        std::os::unix::fs::chown(f, Some(uid), Some(gid)).map_err(|e| e.to_string())?;
+    }
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| e.to_string())?;
+    Ok((ca_path, cert, key))
+}
+
+fn start() -> Result<Server, String> {
     if let Ok(url) = std::env::var("CLINICWATCH_PG_URL") {
-        return Ok(url);
+        return Ok(Server {
+            admin: url,
+            port: 0,
+            ca: PathBuf::new(),
+            dir: PathBuf::new(),
+        });
     }
     let bin = pg_bin().ok_or("PostgreSQL is not installed (/usr/lib/postgresql/*/bin/initdb); `cargo xtask setup` installs it")?;
     let (uid, gid) = run_as()?;
@@ -97,11 +153,25 @@ fn start() -> Result<String, String> {
             String::from_utf8_lossy(&out.stderr)
         ));
     }
+    let (ca, cert, key) = tls_files(&dir, uid, gid)?;
+    // The socket for administration; TCP only with TLS (a plaintext TCP connection finds
+    // no entry and is refused).
+    std::fs::write(
+        data.join("pg_hba.conf"),
+        "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n",
+    )
+    .map_err(|e| e.to_string())?;
     let port = 50_000 + (std::process::id() % 10_000) as u16;
     // The server is started from a thread that lives as long as the process, so that the
     // parent-death signal fires only when the test process ends.
     let (tx, rx) = std::sync::mpsc::channel();
-    let (d, s, b) = (data.clone(), dir.clone(), bin.clone());
+    let (d, s, b, cert, key) = (
+        data.clone(),
+        dir.clone(),
+        bin.clone(),
+        cert.clone(),
+        key.clone(),
+    );
     std::thread::spawn(move || {
         let child = as_user(
             Command::new(b.join("postgres"))
@@ -111,7 +181,13 @@ fn start() -> Result<String, String> {
                 .arg(&s)
                 .args([
                     "-c",
-                    "listen_addresses=",
+                    "listen_addresses=localhost",
+                    "-c",
+                    "ssl=on",
+                    "-c",
+                    &format!("ssl_cert_file={}", cert.display()),
+                    "-c",
+                    &format!("ssl_key_file={}", key.display()),
                     "-c",
                     "fsync=on",
                     "-p",
@@ -153,22 +229,37 @@ fn start() -> Result<String, String> {
             Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
         }
     }
-    Ok(base)
+    Ok(Server {
+        admin: base,
+        port,
+        ca,
+        dir,
+    })
 }
 
-static SERVER: OnceLock<Result<String, String>> = OnceLock::new();
+static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// A URL of a fresh database, or why there is none. Missing PostgreSQL fails the test when
 /// `CLINICWATCH_EXPECT_PG=1` (as `cargo xtask test` sets), else the caller skips.
 pub fn database(test: &str) -> Option<String> {
-    let base = match SERVER.get_or_init(start) {
-        Ok(b) => b.clone(),
+    let (name, server) = new_database(test)?;
+    Some(if server.port == 0 {
+        format!("{} dbname={name}", server.admin)
+    } else {
+        server.url("localhost", &name)
+    })
+}
+
+/// A fresh database's name and the server it is on, or `None` (skipped; see [`database`]).
+pub fn new_database(test: &str) -> Option<(String, Server)> {
+    let server = match SERVER.get_or_init(start) {
+        Ok(s) => s.clone(),
         Err(why) => {
             if std::env::var("CLINICWATCH_EXPECT_PG").as_deref() == Ok("1") {
                 panic!("{test}: PostgreSQL is needed: {why}");
             }
-            eprintln!("SKIP {test}: {why}");
+            clinicwatch_testkit::skip(test, why);
             return None;
         }
     };
@@ -177,27 +268,42 @@ pub fn database(test: &str) -> Option<String> {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::SeqCst)
     );
-    let mut admin = postgres::Client::connect(&format!("{base} dbname=postgres"), postgres::NoTls)
-        .unwrap_or_else(|e| panic!("{test}: cannot connect to PostgreSQL at `{base}`: {e:?}"));
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
+    admin(&server, "postgres", &format!("CREATE DATABASE {name}"))
         .unwrap_or_else(|e| panic!("{test}: CREATE DATABASE: {e}"));
-    Some(format!("{base} dbname={name}"))
+    Some((name, server))
 }
 
+/// Runs `sql` in database `db` over the administration socket (no TLS).
+pub fn admin(server: &Server, db: &str, sql: &str) -> Result<(), String> {
+    let base = &server.admin;
+    let mut c = postgres::Client::connect(&format!("{base} dbname={db}"), postgres::NoTls)
+        .map_err(|e| format!("cannot connect to PostgreSQL at `{base}`: {e:?}"))?;
+    c.batch_execute(sql).map_err(|e| format!("{e:?}"))
+}
+
+/// A connection to database `db` over the administration socket, for tests that hold
+/// locks or read what the store wrote.
 #[allow(dead_code)]
-pub fn socket_dir(url: &str) -> Option<&Path> {
-    url.split_whitespace()
-        .find_map(|kv| kv.strip_prefix("host="))
-        .map(Path::new)
+pub fn admin_client(server: &Server, db: &str) -> postgres::Client {
+    let base = &server.admin;
+    postgres::Client::connect(&format!("{base} dbname={db}"), postgres::NoTls)
+        .unwrap_or_else(|e| panic!("cannot connect to PostgreSQL at `{base}`: {e:?}"))
+}
+
+/// The private server's folder (its socket, data and logs).
+fn server_dir() -> Option<PathBuf> {
+    match SERVER.get() {
+        Some(Ok(s)) if s.port != 0 => Some(s.dir.clone()),
+        _ => None,
+    }
 }
 
 /// Restarts the private server (fast shutdown: open connections are cut, as when the
 /// database host reboots), with the options it had; returns once it accepts connections
 /// again. The restarted server is a daemon: [`stop`] it when done.
 #[allow(dead_code)]
-pub fn restart(url: &str) -> Result<(), String> {
-    let dir = socket_dir(url).ok_or("no socket folder in the URL")?;
+pub fn restart(_url: &str) -> Result<(), String> {
+    let dir = server_dir().ok_or("no private PostgreSQL server to restart")?;
     let bin = pg_bin().ok_or("no PostgreSQL")?;
     let (uid, gid) = run_as()?;
     let out = as_user(
@@ -227,8 +333,8 @@ pub fn restart(url: &str) -> Result<(), String> {
 
 /// Stops the private server (after [`restart`], which leaves it running as a daemon).
 #[allow(dead_code)]
-pub fn stop(url: &str) {
-    let (Some(dir), Some(bin), Ok((uid, gid))) = (socket_dir(url), pg_bin(), run_as()) else {
+pub fn stop(_url: &str) {
+    let (Some(dir), Some(bin), Ok((uid, gid))) = (server_dir(), pg_bin(), run_as()) else {
         return;
     };
     let _ = as_user(

@@ -206,14 +206,14 @@ pub fn run(o: &FleetOptions) -> anyhow::Result<()> {
         lateness_secs: 7200.0,
         vendor_domains: vec![VENDOR.into()],
     };
-    let mut st = store::open(&db.display().to_string())?;
+    let st = store::open(&db.display().to_string())?;
     let t = Instant::now();
     // Every 2 hours: each pass looks back 1 hour (the shortest destination rule) plus
     // 2 hours of lateness, so together they cover the whole day.
     let mut at = day_end - 86_400.0 + 7200.0;
     let mut passes = 0;
     while at <= day_end + 1.0 {
-        engine.pass(st.as_mut(), at)?;
+        engine.pass(st.as_ref(), at)?;
         at += 7200.0;
         passes += 1;
     }

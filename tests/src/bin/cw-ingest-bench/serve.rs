@@ -1,9 +1,6 @@
 //! The collector under test: the real server over SQLite, until SIGTERM.
 
-use std::{
-    path::Path,
-    sync::{Arc, Mutex},
-};
+use std::{path::Path, sync::Arc};
 
 use anyhow::Context as _;
 use clinicwatch_collector::{
@@ -28,8 +25,8 @@ pub fn serve(dir: &Path, tls: bool) -> anyhow::Result<()> {
             Ok::<_, store::StoreError>((store::open(&db)?, store::open_background(&db)?))
         })
         .await??;
-        let mut c = Collector::new(cfg, Arc::new(Mutex::new(st)), tls_from_dir(dir)?);
-        c.background = background.map(|b| Arc::new(Mutex::new(b)));
+        let mut c = Collector::new(cfg, Arc::from(st), tls_from_dir(dir)?);
+        c.background = background.map(Arc::from);
         if !tls {
             c.tls = None;
             c.identity = IdentitySource::TrustedMetadataForBenchmarks;
