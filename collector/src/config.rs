@@ -184,6 +184,17 @@ pub struct LimitsConfig {
     pub max_clock_skew_secs: u64,
 }
 
+impl LimitsConfig {
+    /// The event times plausible at `now`: `max_record_age_secs` before to
+    /// `max_clock_skew_secs` after (see [`crate::store::TimeWindow`]).
+    pub fn window(&self, now: f64) -> crate::store::TimeWindow {
+        crate::store::TimeWindow::between(
+            now - self.max_record_age_secs as f64,
+            now + self.max_clock_skew_secs as f64,
+        )
+    }
+}
+
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
@@ -261,12 +272,12 @@ impl Config {
         if l.records_per_sec == 0 {
             return bad("limits.records_per_sec", "must be at least 1");
         }
-        if (l.burst_records as usize) < crate::store::MAX_BATCH_RECORDS {
+        if (l.burst_records as usize) < clinicwatch_proto::limits::MAX_BATCH_RECORDS {
             return bad(
                 "limits.burst_records",
                 &format!(
                     "must be at least {} (one full batch)",
-                    crate::store::MAX_BATCH_RECORDS
+                    clinicwatch_proto::limits::MAX_BATCH_RECORDS
                 ),
             );
         }

@@ -26,7 +26,8 @@ use tonic::{Request, Response, Status};
 use clinicwatch_proto::v1::{enroll_server::Enroll, EnrollRequest, EnrollResponse};
 
 use crate::{
-    ingest::{on_store, SharedStore},
+    calls::{on_store, SharedStore},
+    identity::check_key,
     pki::Pem,
     store::{Enrollment, HostKey},
 };
@@ -104,7 +105,7 @@ pub fn issue_token(
         expires: expires as f64,
         uses_left: uses as i64,
         revoked: false,
-        created: crate::ingest::now(),
+        created: crate::calls::now(),
     };
     store.put_token(&row).map_err(|e| e.to_string())?;
     Ok((token, row))
@@ -178,45 +179,6 @@ pub fn sign_csr(
     Ok((cert.pem(), secs))
 }
 
-/// Which of a host's keys a certificate holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyUse {
-    /// The host has no record (a certificate made by hand before `issue` recorded keys).
-    Unrecorded,
-    Current,
-    /// The key of the last renewal, used for the first time: it becomes the current one.
-    Pending,
-}
-
-/// Whether a certificate with this key may act for the host. A revoked host, or a key that
-/// is neither its current one nor the one of its last renewal, does not.
-pub fn check_key(e: Option<&Enrollment>, key_sha256: &str) -> Result<KeyUse, String> {
-    match e {
-        None => Ok(KeyUse::Unrecorded),
-        Some(e) if e.revoked => Err("this certificate's holder was unenrolled or revoked: \
-             enroll it again with a token (an analyst: a new `issue --soc`)"
-            .into()),
-        Some(e) if e.key_sha256 == key_sha256 => Ok(KeyUse::Current),
-        Some(e) if !e.pending_key_sha256.is_empty() && e.pending_key_sha256 == key_sha256 => {
-            Ok(KeyUse::Pending)
-        }
-        Some(_) => {
-            Err("this certificate was replaced by a later enrollment or renewal of the host".into())
-        }
-    }
-}
-
-/// After a certificate with the pending key was used: that key is the host's, the old one
-/// is refused from now on.
-pub fn promoted(e: &Enrollment, now: f64) -> Enrollment {
-    Enrollment {
-        key_sha256: e.pending_key_sha256.clone(),
-        revoked: false,
-        updated: now,
-        pending_key_sha256: String::new(),
-    }
-}
-
 pub struct EnrollService {
     pub ca: Pem,
     pub token_key: Vec<u8>,
@@ -229,7 +191,7 @@ impl EnrollService {
     /// The host a token enrolls, checked against the token's signature (the database's
     /// record of it is checked, and one use taken, once the CSR has been signed).
     fn by_token(&self, req: &EnrollRequest) -> Result<HostKey, Status> {
-        let now = crate::ingest::now() as u64;
+        let now = crate::calls::now() as u64;
         let clinic = check_token(&self.token_key, &req.token, now)
             .map_err(|e| status::unauthenticated(e.to_string()))?;
         Ok(HostKey {
@@ -267,13 +229,13 @@ impl Enroll for EnrollService {
     ) -> Result<Response<EnrollResponse>, Status> {
         let renewing = req.get_ref().token.is_empty();
         let (host, presented) = if renewing {
-            let (who, key) = crate::ingest::peer_of(&req)?;
+            let (who, key) = crate::identity::peer_of(&req)?;
             (who, Some(key))
         } else {
             (self.by_token(req.get_ref())?, None)
         };
         let (clinic, hostname) = (host.clinic.clone(), host.host.clone());
-        if clinic == crate::soc::SOC_ORG {
+        if clinic == crate::identity::SOC_ORG {
             return Err(status::denied(
                 "analyst certificates are issued by hand (`issue --soc`), not enrolled",
             ));
@@ -304,7 +266,7 @@ impl Enroll for EnrollService {
         let key = crate::pki::pem_to_der(&cert_pem)
             .and_then(|der| crate::pki::key_fingerprint(&der))
             .map_err(|e| status::unavailable(e.to_string()))?;
-        let now = crate::ingest::now();
+        let now = crate::calls::now();
         // A renewal keeps the presented key valid until the new one is used (two-phase).
         let record = match &presented {
             Some(old) => Enrollment {

@@ -23,15 +23,14 @@ use tokio_stream::{wrappers::ReceiverStream, Stream};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
-    enroll::{check_key, KeyUse},
     limit::{Decision, Limiter},
     metrics::{Metrics, Rejection},
-    store::{record_time, HostKey, Store, StoreError, TimeWindow},
+    store::{record_time, HostKey, Store, StoreError},
 };
 
-/// The store, shared by every stream; calls run off the async threads.
-/// The store the services share: its calls may run in parallel (see [`Store`]).
-pub type SharedStore = Arc<dyn Store>;
+use crate::calls::on_store;
+pub use crate::calls::{now, SharedStore};
+use crate::identity::{check_key, peer_of, KeyUse};
 
 /// Where a stream's identity comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,28 +115,6 @@ impl Drop for Registered {
     }
 }
 
-pub fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// The host a request comes from and its key's fingerprint: its client certificate, or
-/// `unauthenticated`.
-pub(crate) fn peer_of<T>(req: &Request<T>) -> Result<(HostKey, String), Status> {
-    let certs = req
-        .peer_certs()
-        .ok_or_else(|| status::unauthenticated("a client certificate is required"))?;
-    let der = certs
-        .first()
-        .ok_or_else(|| status::unauthenticated("a client certificate is required"))?;
-    let (clinic, host) =
-        crate::pki::identity(der).map_err(|e| status::unauthenticated(e.to_string()))?;
-    let key =
-        crate::pki::key_fingerprint(der).map_err(|e| status::unauthenticated(e.to_string()))?;
-    Ok((HostKey { clinic, host }, key))
-}
-
 fn host_from_metadata<T>(req: &Request<T>) -> Result<HostKey, Status> {
     let get = |k: &str| {
         req.metadata()
@@ -150,34 +127,6 @@ fn host_from_metadata<T>(req: &Request<T>) -> Result<HostKey, Status> {
         clinic: get("x-clinicwatch-clinic")?,
         host: get("x-clinicwatch-host")?,
     })
-}
-
-/// Runs a store call off the async threads (the store's calls block).
-pub(crate) async fn on_store<T: Send + 'static>(
-    store: &SharedStore,
-    metrics: &Metrics,
-    f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, Status> {
-    let store = store.clone();
-    let r = tokio::task::spawn_blocking(move || f(store.as_ref())).await;
-    match r {
-        Ok(Ok(v)) => {
-            metrics.store_ok.store(true, Ordering::Relaxed);
-            Ok(v)
-        }
-        Ok(Err(e)) => {
-            let refusal = crate::status::Refusal::from(&e);
-            if matches!(refusal, crate::status::Refusal::Invalid(_)) {
-                metrics.reject(Rejection::Invalid);
-            } else {
-                metrics.store_ok.store(false, Ordering::Relaxed);
-                metrics.reject(Rejection::Storage);
-                tracing::error!(error = %e, "store call failed; the agent will resend");
-            }
-            Err(refusal.into())
-        }
-        Err(_) => Err(status::unavailable("store task failed")),
-    }
 }
 
 fn ack(epoch: u64, up_to_seq: u64) -> ServerFrame {
@@ -276,7 +225,7 @@ impl Session {
             if verdict == Ok(KeyUse::Pending) {
                 // The renewed certificate is in use: the old one is refused from now on.
                 if let Some(old) = s.enrollment(&host)? {
-                    s.set_enrollment(&host, &crate::enroll::promoted(&old, t))?;
+                    s.set_enrollment(&host, &crate::identity::promoted(&old, t))?;
                 }
             }
             match verdict {
@@ -335,7 +284,7 @@ impl Session {
         let mut out: Vec<ServerFrame> = self.admit(cost, "batch")?.into_iter().collect();
         let newest = b.records.iter().map(record_time).fold(0.0, f64::max);
         let (host, key, t) = (self.host.clone(), self.key.clone(), now());
-        let window = TimeWindow::around(t, &self.limits);
+        let window = self.limits.window(t);
         let started = Instant::now();
         let r = on_store(&self.store, &self.metrics, move |s| {
             if let Err(why) = authorized(s, &host, key.as_deref())? {
@@ -429,7 +378,7 @@ impl IngestService {
             }
         }
         .inspect_err(|_| self.metrics.reject(Rejection::Unauthenticated))?;
-        if host.clinic == crate::soc::SOC_ORG {
+        if host.clinic == crate::identity::SOC_ORG {
             self.metrics.reject(Rejection::Permission);
             return Err(status::denied("an analyst certificate cannot send records"));
         }

@@ -9,9 +9,11 @@
 //!
 //! Correlation across clinics and the SOC surface come next; see ARCHITECTURE.md.
 
+pub mod calls;
 pub mod config;
 pub mod correlate;
 pub mod enroll;
+pub mod identity;
 pub mod ingest;
 pub mod limit;
 pub mod listen;

@@ -1,16 +1,28 @@
-//! The collector's counters, rendered in the Prometheus text format, and a small HTTP
-//! endpoint that serves them (`GET /metrics`) with a liveness check (`GET /healthz`).
+//! The collector's counters and their exposition. The services bump atomics; at each
+//! scrape prometheus-client renders them (a [`Collector`] over them), so the text format,
+//! escaping and `# EOF` are the library's. Label sets are bounded: the reasons are enums.
+//! Per-host figures are not series (15,000 agents would be 75,000 of them on every
+//! scrape): they are kept here, bounded, for `/api/hosts`.
 
 use std::{
     collections::BTreeMap,
-    fmt::Write as _,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        Mutex,
+        Arc, Mutex,
     },
 };
 
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _},
+    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
+    registry::Registry,
+};
+
 use crate::store::HostKey;
+
+/// Hosts remembered for `/api/hosts`; past it, those not heard from for a day are forgotten.
+const MAX_HOSTS: usize = 100_000;
 
 /// Why a frame or stream was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,23 +98,16 @@ impl Refusal {
     }
 }
 
-#[derive(Debug, Default, Clone)]
-struct HostStats {
-    accepted: u64,
-    duplicates: u64,
+/// What this collector saw of a host since it started.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct HostStats {
+    pub accepted: u64,
+    pub duplicates: u64,
     /// Receive time minus the newest record's own time, at the last batch.
-    lag_secs: f64,
-    spooled: u64,
-    last_seen: f64,
+    pub lag_secs: f64,
+    pub spooled: u64,
+    pub last_seen: f64,
 }
-
-/// A per-host series: name, type, help, value.
-type HostSeries = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&HostStats) -> String,
-);
 
 #[derive(Default)]
 pub struct Metrics {
@@ -134,10 +139,10 @@ pub struct Metrics {
     hosts: Mutex<BTreeMap<HostKey, HostStats>>,
 }
 
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
 }
 
 impl Metrics {
@@ -167,211 +172,195 @@ impl Metrics {
         self.rejected[i].load(Ordering::Relaxed)
     }
 
+    /// The host's entry, made if new (forgetting hosts silent for a day when full).
+    fn host<T>(&self, host: &HostKey, now: f64, f: impl FnOnce(&mut HostStats) -> T) -> T {
+        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        if hosts.len() >= MAX_HOSTS && !hosts.contains_key(host) {
+            hosts.retain(|_, h| now - h.last_seen < 86_400.0);
+        }
+        let h = hosts.entry(host.clone()).or_default();
+        h.last_seen = now;
+        f(h)
+    }
+
     /// A batch was stored.
     pub fn batch(&self, host: &HostKey, stored: u64, duplicates: u64, newest: f64, now: f64) {
         self.accepted.fetch_add(stored, Ordering::Relaxed);
         self.duplicates.fetch_add(duplicates, Ordering::Relaxed);
         self.batches.fetch_add(1, Ordering::Relaxed);
-        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
-        let h = hosts.entry(host.clone()).or_default();
-        h.accepted += stored;
-        h.duplicates += duplicates;
-        h.lag_secs = (now - newest).max(0.0);
-        h.last_seen = now;
+        self.host(host, now, |h| {
+            h.accepted += stored;
+            h.duplicates += duplicates;
+            h.lag_secs = (now - newest).max(0.0);
+        });
     }
 
     pub fn heartbeat(&self, host: &HostKey, spooled: u64, now: f64) {
         self.heartbeats.fetch_add(1, Ordering::Relaxed);
-        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
-        let h = hosts.entry(host.clone()).or_default();
-        h.spooled = spooled;
-        h.last_seen = now;
+        self.host(host, now, |h| h.spooled = spooled);
     }
 
     pub fn seen(&self, host: &HostKey, now: f64) {
-        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
-        hosts.entry(host.clone()).or_default().last_seen = now;
+        self.host(host, now, |_| ());
     }
 
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
-        let mut o = String::new();
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let mut one = |name: &str, kind: &str, help: &str, v: u64| {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
-        };
-        one(
-            "clinicwatch_collector_records_accepted_total",
-            "counter",
-            "Records stored (new).",
-            g(&self.accepted),
-        );
-        one(
-            "clinicwatch_collector_records_duplicate_total",
-            "counter",
-            "Records received again and not stored twice.",
-            g(&self.duplicates),
-        );
-        one(
-            "clinicwatch_collector_batches_total",
-            "counter",
-            "Batches stored and acked.",
-            g(&self.batches),
-        );
-        one(
-            "clinicwatch_collector_heartbeats_total",
-            "counter",
-            "Heartbeats received.",
-            g(&self.heartbeats),
-        );
-        one(
-            "clinicwatch_collector_throttles_total",
-            "counter",
-            "Throttle frames sent.",
-            g(&self.throttles),
-        );
-        one(
-            "clinicwatch_collector_streams_active",
-            "gauge",
-            "Agent streams open now.",
-            g(&self.streams_active),
-        );
-        one(
-            "clinicwatch_collector_streams_total",
-            "counter",
-            "Agent streams opened.",
-            g(&self.streams_total),
-        );
-        one(
-            "clinicwatch_collector_enrolled_total",
-            "counter",
-            "Certificates issued by enrollment or renewal.",
-            g(&self.enrolled),
-        );
-        one(
-            "clinicwatch_collector_incidents_opened_total",
-            "counter",
-            "Incidents opened by correlation.",
-            g(&self.incidents_opened),
-        );
-        one(
-            "clinicwatch_collector_siem_exported_total",
-            "counter",
-            "Items exported (OCSF file, CEF syslog, webhook) without error.",
-            g(&self.siem_exported),
-        );
-        one(
-            "clinicwatch_collector_siem_errors_total",
-            "counter",
-            "Items whose export failed somewhere (see the log).",
-            g(&self.siem_errors),
-        );
-        one(
-            "clinicwatch_collector_siem_dropped_total",
-            "counter",
-            "Items dropped because the export queue was full.",
-            g(&self.siem_dropped),
-        );
-        one(
-            "clinicwatch_collector_correlation_passes_total",
-            "counter",
-            "Correlation passes run by this collector (the leader).",
-            g(&self.correlation_passes),
-        );
-        one(
-            "clinicwatch_collector_correlation_leader",
-            "gauge",
-            "1 when this collector leads correlation (one per database), else 0.",
-            self.correlation_leader.load(Ordering::Relaxed) as u64,
-        );
-        one(
-            "clinicwatch_collector_pruned_rows_total",
-            "counter",
-            "Rows removed by retention.",
-            g(&self.pruned),
-        );
-        let _ = writeln!(
-            o,
-            "# HELP clinicwatch_collector_store_batch_seconds_total Time spent storing batches.\n# TYPE clinicwatch_collector_store_batch_seconds_total counter\nclinicwatch_collector_store_batch_seconds_total {}",
-            g(&self.store_micros) as f64 / 1e6
-        );
-        let _ = writeln!(o, "# HELP clinicwatch_collector_rejected_total Frames or streams refused, by reason.\n# TYPE clinicwatch_collector_rejected_total counter");
-        for r in Rejection::ALL {
-            let _ = writeln!(
-                o,
-                "clinicwatch_collector_rejected_total{{reason=\"{}\"}} {}",
-                r.label(),
-                self.rejected(r)
-            );
+    /// What this collector saw of each host since it started.
+    pub fn hosts(&self) -> BTreeMap<HostKey, HostStats> {
+        self.hosts.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The exposition (OpenMetrics text, which Prometheus reads).
+    pub fn render(self: &Arc<Self>) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Exposition(self.clone())));
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+            tracing::error!(error = %e, "rendering metrics");
         }
-        let _ = writeln!(o, "# HELP clinicwatch_collector_connections_refused_total Connections closed before a request, by the limit that closed them.\n# TYPE clinicwatch_collector_connections_refused_total counter");
-        for r in Refusal::ALL {
-            let _ = writeln!(
-                o,
-                "clinicwatch_collector_connections_refused_total{{reason=\"{}\"}} {}",
-                r.label(),
-                self.refused(r)
-            );
-        }
-        let _ = writeln!(
-            o,
-            "# HELP clinicwatch_collector_records_out_of_window_total Records stored but not correlated: their time is implausible.\n# TYPE clinicwatch_collector_records_out_of_window_total counter\nclinicwatch_collector_records_out_of_window_total {}",
-            g(&self.out_of_window)
-        );
-        let _ = writeln!(o, "# HELP clinicwatch_collector_store_up Whether the last store call succeeded.\n# TYPE clinicwatch_collector_store_up gauge\nclinicwatch_collector_store_up {}", self.store_ok.load(Ordering::Relaxed) as u8);
-        let hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
-        let per_host: [HostSeries; 5] = [
-            (
-                "clinicwatch_host_records_accepted_total",
-                "counter",
-                "Records stored from this host.",
-                |h| h.accepted.to_string(),
-            ),
-            (
-                "clinicwatch_host_records_duplicate_total",
-                "counter",
-                "Records from this host received again.",
-                |h| h.duplicates.to_string(),
-            ),
-            (
-                "clinicwatch_host_lag_seconds",
-                "gauge",
-                "At the host's last batch: receive time minus its newest record's time.",
-                |h| format!("{:.3}", h.lag_secs),
-            ),
-            (
-                "clinicwatch_host_spooled_records",
-                "gauge",
-                "Records waiting in the host's spool (last heartbeat).",
-                |h| h.spooled.to_string(),
-            ),
-            (
-                "clinicwatch_host_last_seen_timestamp_seconds",
-                "gauge",
-                "When the host was last heard from (unix seconds).",
-                |h| format!("{:.3}", h.last_seen),
-            ),
-        ];
-        for (name, kind, help, value) in per_host {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (k, h) in hosts.iter() {
-                let _ = writeln!(
-                    o,
-                    "{name}{{clinic=\"{}\",host=\"{}\"}} {}",
-                    escape(&k.clinic),
-                    escape(&k.host),
-                    value(h)
-                );
-            }
-        }
-        o
+        out
     }
 }
 
-/// Serves `/metrics` and `/healthz` until the listener fails (the SOC page needs the store:
-/// [`crate::web::serve`]).
-pub async fn serve(listener: tokio::net::TcpListener, metrics: std::sync::Arc<Metrics>) {
-    crate::web::serve(listener, metrics, None, Vec::new()).await
+/// The counters as prometheus-client sees them at a scrape.
+#[derive(Debug)]
+struct Exposition(Arc<Metrics>);
+
+/// (name without `_total`, help, value) of the plain counters.
+fn counters(m: &Metrics) -> [(&'static str, &'static str, u64); 14] {
+    let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    [
+        (
+            "clinicwatch_collector_records_accepted",
+            "Records stored (new).",
+            g(&m.accepted),
+        ),
+        (
+            "clinicwatch_collector_records_duplicate",
+            "Records received again and not stored twice.",
+            g(&m.duplicates),
+        ),
+        (
+            "clinicwatch_collector_batches",
+            "Batches stored and acked.",
+            g(&m.batches),
+        ),
+        (
+            "clinicwatch_collector_heartbeats",
+            "Heartbeats received.",
+            g(&m.heartbeats),
+        ),
+        (
+            "clinicwatch_collector_throttles",
+            "Throttle frames sent.",
+            g(&m.throttles),
+        ),
+        (
+            "clinicwatch_collector_streams",
+            "Agent streams opened.",
+            g(&m.streams_total),
+        ),
+        (
+            "clinicwatch_collector_enrolled",
+            "Certificates issued by enrollment or renewal.",
+            g(&m.enrolled),
+        ),
+        (
+            "clinicwatch_collector_incidents_opened",
+            "Incidents opened by correlation.",
+            g(&m.incidents_opened),
+        ),
+        (
+            "clinicwatch_collector_siem_exported",
+            "Items exported (OCSF file, CEF syslog, webhook) without error.",
+            g(&m.siem_exported),
+        ),
+        (
+            "clinicwatch_collector_siem_errors",
+            "Items whose export failed somewhere (see the log).",
+            g(&m.siem_errors),
+        ),
+        (
+            "clinicwatch_collector_siem_dropped",
+            "Items dropped because the export queue was full.",
+            g(&m.siem_dropped),
+        ),
+        (
+            "clinicwatch_collector_correlation_passes",
+            "Correlation passes run by this collector (the leader).",
+            g(&m.correlation_passes),
+        ),
+        (
+            "clinicwatch_collector_pruned_rows",
+            "Rows removed by retention.",
+            g(&m.pruned),
+        ),
+        (
+            "clinicwatch_collector_records_out_of_window",
+            "Records stored but not correlated: their time is implausible.",
+            g(&m.out_of_window),
+        ),
+    ]
+}
+
+impl Collector for Exposition {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let m = &self.0;
+        for (name, help, v) in counters(m) {
+            let c = ConstCounter::new(v);
+            c.encode(e.encode_descriptor(name, help, None, MetricType::Counter)?)?;
+        }
+        let secs = ConstCounter::new(m.store_micros.load(Ordering::Relaxed) as f64 / 1e6);
+        secs.encode(e.encode_descriptor(
+            "clinicwatch_collector_store_batch_seconds",
+            "Time spent storing batches.",
+            None,
+            MetricType::Counter,
+        )?)?;
+        let gauges = [
+            (
+                "clinicwatch_collector_streams_active",
+                "Agent streams open now.",
+                m.streams_active.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "clinicwatch_collector_correlation_leader",
+                "1 when this collector leads correlation (one per database), else 0.",
+                i64::from(m.correlation_leader.load(Ordering::Relaxed)),
+            ),
+            (
+                "clinicwatch_collector_store_up",
+                "1 when the last store call succeeded.",
+                i64::from(m.store_ok.load(Ordering::Relaxed)),
+            ),
+        ];
+        for (name, help, v) in gauges {
+            ConstGauge::new(v).encode(e.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
+        let mut f = e.encode_descriptor(
+            "clinicwatch_collector_rejected",
+            "Frames or streams refused, by reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        for r in Rejection::ALL {
+            ConstCounter::new(m.rejected(r)).encode(f.encode_family(&[("reason", r.label())])?)?;
+        }
+        let mut f = e.encode_descriptor(
+            "clinicwatch_collector_connections_refused",
+            "Connections closed before a request, by the limit that closed them.",
+            None,
+            MetricType::Counter,
+        )?;
+        for r in Refusal::ALL {
+            ConstCounter::new(m.refused(r)).encode(f.encode_family(&[("reason", r.label())])?)?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -379,8 +368,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_counters_and_escaped_host_labels() {
-        let m = Metrics::new();
+    fn renders_counters_with_bounded_labels_and_keeps_hosts_for_the_api() {
+        let m = Arc::new(Metrics::new());
         let h = HostKey {
             clinic: "clinic \"A\"".into(),
             host: "ws1".into(),
@@ -389,23 +378,36 @@ mod tests {
         m.reject(Rejection::Throttled);
         m.store_micros.store(1_500_000, Ordering::Relaxed);
         let t = m.render();
-        assert!(
-            t.contains("clinicwatch_collector_records_accepted_total 10\n"),
-            "{t}"
-        );
-        assert!(
-            t.contains("clinicwatch_collector_rejected_total{reason=\"throttled\"} 1\n"),
-            "{t}"
-        );
-        assert!(
-            t.contains(
-                "clinicwatch_host_lag_seconds{clinic=\"clinic \\\"A\\\"\",host=\"ws1\"} 3.500\n"
-            ),
-            "{t}"
-        );
-        assert!(
-            t.contains("clinicwatch_collector_store_batch_seconds_total 1.5\n"),
-            "{t}"
+        for want in [
+            "clinicwatch_collector_records_accepted_total 10\n",
+            "clinicwatch_collector_rejected_total{reason=\"throttled\"} 1\n",
+            "clinicwatch_collector_rejected_total{reason=\"invalid\"} 0\n",
+            "clinicwatch_collector_store_batch_seconds_total 1.5\n",
+            "# TYPE clinicwatch_collector_streams_active gauge\n",
+            "# EOF\n",
+        ] {
+            assert!(t.contains(want), "{want} in {t}");
+        }
+        assert!(!t.contains("clinic \\\"A"), "no per-host series: {t}");
+        assert_eq!(m.hosts()[&h].lag_secs, 3.5);
+    }
+
+    #[test]
+    fn hosts_silent_for_a_day_are_forgotten_when_the_map_is_full() {
+        let m = Metrics::new();
+        let key = |i: usize| HostKey {
+            clinic: "c".into(),
+            host: format!("h{i}"),
+        };
+        for i in 0..MAX_HOSTS {
+            m.seen(&key(i), 0.0);
+        }
+        m.seen(&key(0), 90_000.0);
+        m.seen(&key(MAX_HOSTS), 90_000.0);
+        assert_eq!(
+            m.hosts().len(),
+            2,
+            "the day-old hosts went, the fresh stayed"
         );
     }
 }

@@ -8,9 +8,10 @@ use clinicwatch_proto::v1::{enroll_server::EnrollServer, ingest_server::IngestSe
 use tonic::codec::CompressionEncoding;
 
 use crate::{
+    calls::{on_store, SharedStore},
     config::Config,
     enroll::EnrollService,
-    ingest::{on_store, IdentitySource, IngestService, SharedStore},
+    ingest::{IdentitySource, IngestService},
     listen::ServerTls,
     metrics::Metrics,
 };
@@ -122,7 +123,7 @@ impl Collector {
             );
             tasks.spawn(async move {
                 loop {
-                    let now = crate::ingest::now();
+                    let now = crate::calls::now();
                     let (s, f) = (
                         now - r.summaries_days * 86_400.0,
                         now - r.findings_days * 86_400.0,
@@ -164,7 +165,7 @@ impl Collector {
                 loop {
                     tokio::time::sleep(Duration::from_secs(c.every_secs)).await;
                     let e = engine.clone();
-                    let now = crate::ingest::now();
+                    let now = crate::calls::now();
                     // The pass, then the incidents it opened or updated (for the exports).
                     let pass = on_store(&store, &metrics, move |s| {
                         let r = e.pass(s, now)?;

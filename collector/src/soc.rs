@@ -14,13 +14,13 @@ use clinicwatch_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::{
-    ingest::{on_store, peer_of, SharedStore},
+    calls::{on_store, SharedStore},
+    identity::peer_of,
     metrics::Metrics,
     store::Incident,
 };
 
-/// The organization of analysts' certificates; never a clinic.
-pub const SOC_ORG: &str = "clinicwatch-soc";
+pub use crate::identity::SOC_ORG;
 
 pub struct SocService {
     pub store: SharedStore,
@@ -59,7 +59,7 @@ impl SocService {
         }
         let w = who.clone();
         let e = on_store(&self.store, &self.metrics, move |s| s.enrollment(&w)).await?;
-        crate::enroll::check_key(e.as_ref(), &key).map_err(|why| {
+        crate::identity::check_key(e.as_ref(), &key).map_err(|why| {
             tracing::warn!(analyst = %who.host, %why, "analyst certificate refused");
             status::denied(why)
         })?;
@@ -115,7 +115,7 @@ impl Soc for SocService {
             )));
         }
         let (id, state) = (r.id, r.state.clone());
-        let now = crate::ingest::now();
+        let now = crate::calls::now();
         let found = on_store(&self.store, &self.metrics, move |s| {
             if s.set_incident_state(id, &state, now)? {
                 s.incident(id)
@@ -164,7 +164,7 @@ impl Soc for SocService {
             24.0
         };
         let limit = if r.limit > 0 { r.limit.min(1000) } else { 20 } as usize;
-        let since = crate::ingest::now() - hours * 3600.0;
+        let since = crate::calls::now() - hours * 3600.0;
         let top = on_store(&self.store, &self.metrics, move |s| {
             s.top_indicators(since, limit)
         })

@@ -58,7 +58,7 @@ impl Fleet {
                     }],
                 },
                 received,
-                store::TimeWindow::default_at(received),
+                clinicwatch_collector::config::LimitsConfig::default().window(received),
             )
             .unwrap();
     }

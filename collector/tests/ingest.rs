@@ -451,7 +451,7 @@ async fn heartbeats_health_metrics_and_scheduled_retention() {
     // Prometheus over HTTP.
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    tokio::spawn(clinicwatch_collector::metrics::serve(
+    tokio::spawn(clinicwatch_collector::web::serve_metrics(
         l,
         srv.metrics.clone(),
     ));
@@ -471,14 +471,18 @@ async fn heartbeats_health_metrics_and_scheduled_retention() {
         m.contains("clinicwatch_collector_records_accepted_total 9\n"),
         "{m}"
     );
-    assert!(
-        m.contains("clinicwatch_host_spooled_records{clinic=\"clinic-a\",host=\"ws1\"} 42\n"),
-        "{m}"
-    );
-    assert!(
-        m.contains("clinicwatch_host_lag_seconds{clinic=\"clinic-a\",host=\"ws1\"}"),
-        "{m}"
-    );
+    assert!(m.contains("application/openmetrics-text"), "{m}");
+    assert!(m.trim_end().ends_with("# EOF"), "{m}");
+    // Per-host figures are not series (bounded labels): they are kept for `/api/hosts`.
+    assert!(!m.contains("clinic-a"), "{m}");
+    let seen = srv.metrics.hosts();
+    let a = &seen[&clinicwatch_collector::store::HostKey {
+        clinic: "clinic-a".into(),
+        host: "ws1".into(),
+    }];
+    assert_eq!((a.spooled, a.accepted), (42, 9));
+    // The query string does not choose the resource; other methods are not served.
+    assert!(get("/metrics?x").await.starts_with("HTTP/1.1 200"));
     assert!(get("/healthz").await.starts_with("HTTP/1.1 200"));
     assert!(get("/nope").await.starts_with("HTTP/1.1 404"));
 

@@ -106,3 +106,55 @@ async fn the_page_shows_the_incident_in_a_headless_browser() {
     srv.shutdown().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The plain-HTTP side's limits, over real sockets: a `Host` that is not ours is 421; at
+/// most 64 connections at once (the next is closed at accept); a connection that sends no
+/// request head is closed after 5 s, which frees its slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_refuses_foreign_hosts_and_caps_connections_and_idle_heads() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let metrics = std::sync::Arc::new(clinicwatch_collector::metrics::Metrics::new());
+    tokio::spawn(clinicwatch_collector::web::serve_metrics(l, metrics));
+    let get = |host: &'static str| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out).await;
+        out
+    };
+    assert!(get("127.0.0.1").await.starts_with("HTTP/1.1 200"));
+    let r = get("rebind.attacker.example:9464").await;
+    assert!(r.starts_with("HTTP/1.1 421"), "{r}");
+    let cap = clinicwatch_collector::web::MAX_CONNECTIONS;
+    let mut idle = Vec::new();
+    for _ in 0..cap {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let over = get("127.0.0.1").await;
+    assert!(
+        over.is_empty(),
+        "the connection over the cap is closed: {over}"
+    );
+    let started = std::time::Instant::now();
+    let mut first = idle.swap_remove(0);
+    let mut buf = [0u8; 64];
+    let n = first.read(&mut buf).await.unwrap_or(0);
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_secs(4) && waited < std::time::Duration::from_secs(15),
+        "an idle connection is closed after the head timeout ({waited:?}, {n} bytes)"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        get("127.0.0.1").await.starts_with("HTTP/1.1 200"),
+        "slots are free again"
+    );
+}

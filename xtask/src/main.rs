@@ -17,6 +17,8 @@
 //!   seconds (nightly, libFuzzer) from the corpus in `fuzz/corpus/`.
 
 mod apt;
+#[cfg(test)]
+mod cycles;
 mod demo;
 mod fuzz;
 mod package;

@@ -140,7 +140,7 @@ impl Engine {
             if domain_matches(name, &self.vendor_domains) {
                 vendor_ips.insert((s.clinic.as_str(), ip));
             }
-            *name_public.entry(name).or_default() |= !super::indicators::private(ip);
+            *name_public.entry(name).or_default() |= !crate::store::indicators::private(ip);
         }
         for s in sightings {
             let skip = match s.kind.as_str() {
@@ -152,7 +152,7 @@ impl Engine {
                 "dest_ip" => {
                     (rule.exclude_vendor_domains
                         && vendor_ips.contains(&(s.clinic.as_str(), s.value.as_str())))
-                        || (rule.exclude_private && super::indicators::private(&s.value))
+                        || (rule.exclude_private && crate::store::indicators::private(&s.value))
                 }
                 _ => false,
             };

@@ -14,6 +14,7 @@
 //! summaries and health stay as encoded records.
 
 pub(crate) mod conn;
+pub mod indicators;
 mod pg_target;
 mod postgres;
 pub mod prevalence;
@@ -102,16 +103,9 @@ impl TimeWindow {
         latest: f64::INFINITY,
     };
 
-    pub fn around(now: f64, limits: &crate::config::LimitsConfig) -> TimeWindow {
-        TimeWindow {
-            earliest: now - limits.max_record_age_secs as f64,
-            latest: now + limits.max_clock_skew_secs as f64,
-        }
-    }
-
-    /// The default limits' window at `now`.
-    pub fn default_at(now: f64) -> TimeWindow {
-        TimeWindow::around(now, &crate::config::LimitsConfig::default())
+    /// From `earliest` to `latest` (unix seconds).
+    pub fn between(earliest: f64, latest: f64) -> TimeWindow {
+        TimeWindow { earliest, latest }
     }
 
     pub fn contains(&self, t: f64) -> bool {

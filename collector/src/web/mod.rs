@@ -1,16 +1,28 @@
-//! The collector's plain-HTTP side (`server.metrics_listen`, 127.0.0.1 by default):
-//! `/metrics` (Prometheus), `/healthz`, and, when given the store, a small SOC page at `/`
-//! (incidents, a timeline, clinics affected, host health) fed by `/api/incidents` and
-//! `/api/hosts`. It has no authentication of its own: keep it on localhost, or behind an
-//! authenticating reverse proxy; remote tools use the `Soc` gRPC service. A request whose
-//! `Host` is not an IP address, `localhost` or one of `server.web_hosts` is refused (DNS
-//! rebinding), and at most [`MAX_CONNECTIONS`] connections are served at once.
+//! The collector's plain-HTTP side (`server.metrics_listen`, 127.0.0.1 by default), an axum
+//! router: `/metrics` (OpenMetrics text from prometheus-client), `/healthz`, and, when given
+//! the store, a small SOC page at `/` (incidents, a timeline, clinics affected, host health)
+//! fed by `/api/incidents` and `/api/hosts`. It has no authentication of its own: keep it on
+//! localhost, or behind an authenticating reverse proxy; remote tools use the `Soc` gRPC
+//! service.
+//!
+//! Limits: at most [`MAX_CONNECTIONS`] connections at once (more are closed at accept), a
+//! request head must arrive within [`HEAD_TIMEOUT`] and an answer take at most
+//! [`ANSWER_TIMEOUT`]. A request whose `Host` is not an IP address, `localhost` or one of
+//! `server.web_hosts` is refused with 421 (DNS rebinding).
 
 use std::sync::{atomic::Ordering, Arc};
+use std::time::Duration;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use axum::{
+    extract::{Request, State},
+    http::{header, HeaderValue, StatusCode},
+    middleware::{self, Next},
+    response::{Html, IntoResponse, Response},
+    routing::get,
+    Json, Router,
+};
 
-use crate::{ingest::SharedStore, metrics::Metrics};
+use crate::{calls::SharedStore, metrics::Metrics};
 
 const INDEX: &str = include_str!("index.html");
 
@@ -19,23 +31,27 @@ const SILENT_SECS: f64 = 300.0;
 
 /// Connections served at once; more are closed at once.
 pub const MAX_CONNECTIONS: usize = 64;
+/// Time a connection has to send its request head.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time an answer may take (the store's calls included).
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The `Host` header of a request head, without its port.
-fn host_header(head: &str) -> Option<&str> {
-    let v = head.lines().skip(1).find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim().eq_ignore_ascii_case("host").then_some(v.trim())
-    })?;
-    Some(match v.strip_prefix('[') {
-        Some(rest) => rest.split(']').next().unwrap_or(""),
-        None => v.rsplit_once(':').map_or(v, |(h, p)| {
-            if p.bytes().all(|b| b.is_ascii_digit()) {
-                h
-            } else {
-                v
-            }
-        }),
-    })
+#[derive(Clone)]
+struct Web {
+    metrics: Arc<Metrics>,
+    store: Option<SharedStore>,
+    allowed: Arc<Vec<String>>,
+}
+
+/// The host a `Host` header names, without its port or brackets.
+fn host_of(value: &str) -> Option<String> {
+    let a: axum::http::uri::Authority = value.parse().ok()?;
+    Some(
+        a.host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+    )
 }
 
 /// Whether a request naming `host` may be answered: IP literals and `localhost` (a
@@ -50,116 +66,184 @@ pub fn host_allowed(host: Option<&str>, allowed: &[String]) -> bool {
         || allowed.iter().any(|a| a.eq_ignore_ascii_case(h))
 }
 
-async fn api(path: &str, store: &SharedStore, metrics: &Metrics) -> Option<String> {
-    let now = crate::ingest::now();
-    let r = match path {
-        "/api/incidents" => crate::ingest::on_store(store, metrics, |s| s.incidents(None))
-            .await
-            .map(|mut v| {
-                v.truncate(500);
-                serde_json::to_string(&v).unwrap_or_else(|_| "[]".into())
-            }),
-        "/api/hosts" => crate::ingest::on_store(store, metrics, |s| s.hosts())
-            .await
-            .map(|hosts| {
-                let v: Vec<serde_json::Value> = hosts
-                    .into_iter()
-                    .map(|h| {
-                        serde_json::json!({
-                            "clinic": h.clinic, "host": h.host, "hostname": h.hostname,
-                            "agent_version": h.agent_version, "kernel": h.kernel,
-                            "last_seen": h.last_seen, "spooled": h.spooled, "dropped": h.dropped,
-                            "silent": now - h.last_seen > SILENT_SECS,
-                        })
-                    })
-                    .collect();
-                serde_json::Value::Array(v).to_string()
-            }),
-        _ => return None,
+/// Every answer: the `Host` check first, a time limit, and headers that keep the page's
+/// answers out of caches and other origins.
+async fn guard(State(w): State<Web>, req: Request, next: Next) -> Response {
+    let host = match req.headers().get(header::HOST).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(v)) => host_of(v).or(Some(String::new())),
+        Some(Err(_)) => Some(String::new()),
     };
-    Some(r.unwrap_or_else(|s| serde_json::json!({"error": s.message()}).to_string()))
+    let mut res = if !host_allowed(host.as_deref(), &w.allowed) {
+        (
+            StatusCode::MISDIRECTED_REQUEST,
+            "this Host is not served here (see server.web_hosts)\n",
+        )
+            .into_response()
+    } else {
+        match tokio::time::timeout(ANSWER_TIMEOUT, next.run(req)).await {
+            Ok(r) => r,
+            Err(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the answer took too long\n",
+            )
+                .into_response(),
+        }
+    };
+    let h = res.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'",
+        ),
+    );
+    res
 }
 
-/// Serves until the listener fails.
+async fn metrics(State(w): State<Web>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        w.metrics.render(),
+    )
+}
+
+async fn healthz(State(w): State<Web>) -> (StatusCode, &'static str) {
+    if w.metrics.store_ok.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "store failing\n")
+    }
+}
+
+fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, "not found\n").into_response()
+}
+
+async fn index(State(w): State<Web>) -> Response {
+    match w.store {
+        Some(_) => Html(INDEX).into_response(),
+        None => not_found(),
+    }
+}
+
+/// A store call's answer as JSON, or 503 with the reason.
+fn json<T: serde::Serialize>(r: Result<T, tonic::Status>) -> Response {
+    match r {
+        Ok(v) => Json(v).into_response(),
+        Err(s) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "error": s.message() })),
+        )
+            .into_response(),
+    }
+}
+
+async fn incidents(State(w): State<Web>) -> Response {
+    let Some(store) = &w.store else {
+        return not_found();
+    };
+    let r = crate::calls::on_store(store, &w.metrics, |s| s.incidents(None)).await;
+    json(r.map(|mut v| {
+        v.truncate(500);
+        v
+    }))
+}
+
+/// The hosts as the store knows them, with what this collector saw of each since it
+/// started (records, duplicates, lag).
+async fn hosts(State(w): State<Web>) -> Response {
+    let Some(store) = &w.store else {
+        return not_found();
+    };
+    let now = crate::calls::now();
+    let seen = w.metrics.hosts();
+    let r = crate::calls::on_store(store, &w.metrics, |s| s.hosts()).await;
+    json(r.map(|hosts| {
+        hosts
+            .into_iter()
+            .map(|h| {
+                let key = crate::store::HostKey {
+                    clinic: h.clinic.clone(),
+                    host: h.host.clone(),
+                };
+                let here = seen.get(&key).cloned().unwrap_or_default();
+                serde_json::json!({
+                    "clinic": h.clinic, "host": h.host, "hostname": h.hostname,
+                    "agent_version": h.agent_version, "kernel": h.kernel,
+                    "last_seen": h.last_seen, "spooled": h.spooled, "dropped": h.dropped,
+                    "silent": now - h.last_seen > SILENT_SECS,
+                    "records_accepted": here.accepted, "records_duplicate": here.duplicates,
+                    "lag_secs": here.lag_secs,
+                })
+            })
+            .collect::<Vec<_>>()
+    }))
+}
+
+fn router(w: Web) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/", get(index))
+        .route("/api/incidents", get(incidents))
+        .route("/api/hosts", get(hosts))
+        .fallback(|| async { not_found() })
+        .layer(middleware::from_fn_with_state(w.clone(), guard))
+        .with_state(w)
+}
+
+/// Serves until the listener fails: each connection on its own task, at most
+/// [`MAX_CONNECTIONS`] at once.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     store: Option<SharedStore>,
     allowed_hosts: Vec<String>,
 ) {
+    let app = router(Web {
+        metrics,
+        store,
+        allowed: Arc::new(allowed_hosts),
+    });
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let allowed = Arc::new(allowed_hosts);
     loop {
-        let (mut sock, _) = match listener.accept().await {
-            Ok(s) => s,
+        let sock = match listener.accept().await {
+            Ok((s, _)) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "HTTP listener");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             continue;
         };
-        let (metrics, store, allowed) = (metrics.clone(), store.clone(), allowed.clone());
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            let mut buf = Vec::with_capacity(1024);
-            let mut chunk = [0u8; 1024];
-            let read = async {
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
-                    match sock.read(&mut chunk).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-            };
-            if tokio::time::timeout(std::time::Duration::from_secs(5), read)
-                .await
-                .is_err()
-            {
-                return;
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(sock), service)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "HTTP connection");
             }
-            let line = String::from_utf8_lossy(&buf).to_string();
-            let target = line.split_whitespace().nth(1).unwrap_or("");
-            // The query string does not choose the resource (`/metrics?x` is `/metrics`).
-            let path = target.split('?').next().unwrap_or("");
-            let get = line.starts_with("GET ");
-            let host_ok = host_allowed(host_header(&line), &allowed);
-            let (status, ctype, body) = match (get, path, &store) {
-                _ if !host_ok => (
-                    "421 Misdirected Request",
-                    "text/plain",
-                    "this Host is not served here (see server.web_hosts)\n".to_string(),
-                ),
-                (true, "/metrics", _) => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
-                (true, "/healthz", _) => {
-                    if metrics.store_ok.load(Ordering::Relaxed) {
-                        ("200 OK", "text/plain", "ok\n".to_string())
-                    } else {
-                        (
-                            "503 Service Unavailable",
-                            "text/plain",
-                            "store failing\n".to_string(),
-                        )
-                    }
-                }
-                (true, "/", Some(_)) => ("200 OK", "text/html; charset=utf-8", INDEX.to_string()),
-                (true, p, Some(st)) if p.starts_with("/api/") => match api(p, st, &metrics).await {
-                    Some(json) => ("200 OK", "application/json", json),
-                    None => ("404 Not Found", "text/plain", "not found\n".to_string()),
-                },
-                _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
-            };
-            let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nContent-Security-Policy: default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = sock.write_all(head.as_bytes()).await;
-            let _ = sock.write_all(body.as_bytes()).await;
-            let _ = sock.shutdown().await;
         });
     }
+}
+
+/// `/metrics` and `/healthz` only (no store: no page, no API).
+pub async fn serve_metrics(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
+    serve(listener, metrics, None, Vec::new()).await
 }
 
 #[cfg(test)]
@@ -169,18 +253,16 @@ mod tests {
     #[test]
     fn only_ip_literals_localhost_and_configured_names_are_served() {
         let allowed = vec!["soc.example".to_string()];
-        for (head, ok) in [
-            ("GET / HTTP/1.1\r\nHost: 127.0.0.1:9464\r\n", true),
-            ("GET / HTTP/1.1\r\nhost: localhost:9464\r\n", true),
-            ("GET / HTTP/1.1\r\nHost: [::1]:9464\r\n", true),
-            ("GET / HTTP/1.1\r\nHost: SOC.example\r\n", true),
-            (
-                "GET / HTTP/1.1\r\nHost: rebind.attacker.example:9464\r\n",
-                false,
-            ),
-            ("GET / HTTP/1.0\r\n", true),
+        for (header, ok) in [
+            (Some("127.0.0.1:9464"), true),
+            (Some("localhost:9464"), true),
+            (Some("[::1]:9464"), true),
+            (Some("SOC.example"), true),
+            (Some("rebind.attacker.example:9464"), false),
+            (None, true),
         ] {
-            assert_eq!(host_allowed(host_header(head), &allowed), ok, "{head}");
+            let host = header.and_then(host_of);
+            assert_eq!(host_allowed(host.as_deref(), &allowed), ok, "{header:?}");
         }
     }
 }

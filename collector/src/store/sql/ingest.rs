@@ -8,8 +8,8 @@ use std::sync::Mutex;
 use clinicwatch_proto::v1::{record::Body, Batch, Record};
 use prost::Message;
 
-use crate::correlate::indicators::fold;
 use crate::store::conn::{args, Conn, Param};
+use crate::store::indicators::fold;
 use clinicwatch_proto::hll::Hll;
 
 use crate::store::prevalence::{self, SketchCache};
