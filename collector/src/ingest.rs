@@ -21,6 +21,7 @@ use clinicwatch_proto::v1::{
 };
 use tokio_stream::{wrappers::ReceiverStream, Stream};
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument as _;
 
 use crate::{
     limit::{Decision, Limiter},
@@ -193,7 +194,7 @@ impl Session {
 
     fn denied(&self, why: String) -> Status {
         self.metrics.reject(Rejection::Permission);
-        tracing::warn!(clinic = %self.host.clinic, host = %self.host.host, %why, "certificate refused");
+        tracing::warn!(%why, "certificate refused");
         status::denied(why)
     }
 
@@ -259,7 +260,9 @@ impl Session {
             }
             Decision::Refuse { pushback_ms } => {
                 self.metrics.reject(Rejection::Throttled);
-                tracing::info!(clinic = %self.host.clinic, host = %self.host.host, pushback_ms, cost, what, "host over its rate; refused");
+                // Counted (`rejected_total{reason="throttled"}`); a host over its rate for minutes
+                // would otherwise log a line per batch.
+                tracing::debug!(pushback_ms, cost, what, "host over its rate; refused");
                 Err(status::exhausted(
                     format!(
                         "over {} record units/s; retry in {pushback_ms} ms",
@@ -309,7 +312,7 @@ impl Session {
             self.metrics
                 .out_of_window
                 .fetch_add(i.out_of_window, Ordering::Relaxed);
-            tracing::warn!(clinic = %self.host.clinic, host = %self.host.host, records = i.out_of_window,
+            tracing::warn!(records = i.out_of_window,
                 "records dated outside the plausible window (a wrong clock, or a forgery): stored, not correlated");
         }
         self.export(&i, b);
@@ -394,7 +397,6 @@ async fn serve_stream(
     tx: tokio::sync::mpsc::Sender<Result<ServerFrame, Status>>,
     idle: std::time::Duration,
 ) {
-    let (clinic, hostname) = (session.host.clinic.clone(), session.host.host.clone());
     loop {
         let superseded = session.me.as_ref().map(|m| m.superseded.clone());
         let replaced = async {
@@ -407,7 +409,7 @@ async fn serve_stream(
             m = tokio::time::timeout(idle, inbound.message()) => m,
             () = replaced => {
                 session.metrics.reject(Rejection::Superseded);
-                tracing::info!(%clinic, host = %hostname, "stream replaced by a newer one from this host");
+                tracing::info!("stream replaced by a newer one from this host");
                 let _ = tx.send(Err(status::unavailable("a newer stream from this host replaced this one"))).await;
                 return;
             }
@@ -416,7 +418,7 @@ async fn serve_stream(
             Err(_) => {
                 session.metrics.reject(Rejection::Idle);
                 let why = format!("no frame in {} s", idle.as_secs());
-                tracing::info!(%clinic, host = %hostname, %why, "idle stream closed");
+                tracing::info!(%why, "idle stream closed");
                 let _ = tx.send(Err(status::unavailable(why))).await;
                 return;
             }
@@ -426,10 +428,10 @@ async fn serve_stream(
                 match read_error(&e) {
                     Some(why) => {
                         session.metrics.reject(Rejection::Invalid);
-                        tracing::warn!(%clinic, host = %hostname, %why, "frame refused");
+                        tracing::warn!(%why, "frame refused");
                         let _ = tx.send(Err(status::invalid(why))).await;
                     }
-                    None => tracing::debug!(%clinic, host = %hostname, error = %e, "stream ended"),
+                    None => tracing::debug!(error = %e, "stream ended"),
                 }
                 return;
             }
@@ -444,7 +446,7 @@ async fn serve_stream(
             }
             Err(s) => {
                 if s.code() == tonic::Code::InvalidArgument {
-                    tracing::warn!(%clinic, host = %hostname, why = %s.message(), "frame refused");
+                    tracing::warn!(why = %s.message(), "frame refused");
                 }
                 let _ = tx.send(Err(s)).await;
                 return;
@@ -493,10 +495,16 @@ impl Ingest for IngestService {
         let idle = std::time::Duration::from_secs(self.limits.stream_idle_secs);
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let inbound = req.into_inner();
-        tokio::spawn(async move {
-            let _guard = guard;
-            serve_stream(session, inbound, tx, idle).await;
-        });
+        // Every line logged for the stream carries its clinic and host.
+        let span =
+            tracing::info_span!("stream", clinic = %session.host.clinic, host = %session.host.host);
+        tokio::spawn(
+            async move {
+                let _guard = guard;
+                serve_stream(session, inbound, tx, idle).await;
+            }
+            .instrument(span),
+        );
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

@@ -412,6 +412,16 @@ fn upgraded(st: &dyn Store) {
         5
     );
     assert!(st.use_token("t1", "ws1", 60.0).unwrap().is_ok());
+    // Enrollments (a column 0.1 added late) read and write.
+    assert_eq!(st.enrollment(&old).unwrap(), None);
+    let e = store::Enrollment {
+        key_sha256: "k1".into(),
+        pending_key_sha256: "k2".into(),
+        updated: 5.0,
+        ..Default::default()
+    };
+    st.set_enrollment(&old, &e).unwrap();
+    assert_eq!(st.enrollment(&old).unwrap(), Some(e));
 }
 
 #[test]

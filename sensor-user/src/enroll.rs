@@ -117,7 +117,7 @@ async fn request(
     } else {
         None
     };
-    let ep = crate::exporter::endpoint(
+    let ep = crate::channel::endpoint(
         &cfg.collector,
         ca,
         current.as_ref().map(|(c, k)| (c.as_str(), k.as_str())),

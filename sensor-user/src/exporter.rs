@@ -23,10 +23,7 @@ use clinicwatch_proto::v1::{
     agent_frame::Frame, ingest_client::IngestClient, server_frame, AgentFrame, Batch, Heartbeat,
     Hello, Record,
 };
-use tonic::{
-    codec::CompressionEncoding,
-    transport::{Certificate, ClientTlsConfig, Endpoint, Identity},
-};
+use tonic::codec::CompressionEncoding;
 
 use crate::{
     config::ExportConfig,
@@ -63,32 +60,7 @@ fn read_material(cfg: &ExportConfig) -> anyhow::Result<Material> {
     })
 }
 
-/// The host part of the collector URL (the name its certificate must carry).
-pub(crate) fn domain_of(url: &str) -> String {
-    let rest = url.trim_start_matches("https://");
-    if let Some(v6) = rest.strip_prefix('[') {
-        return v6.split(']').next().unwrap_or("").to_string();
-    }
-    rest.split([':', '/']).next().unwrap_or("").to_string()
-}
-
-/// An endpoint for the collector: TLS with the CA, and our identity when we have one.
-pub(crate) fn endpoint(url: &str, ca: &str, me: Option<(&str, &str)>) -> anyhow::Result<Endpoint> {
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca))
-        .domain_name(domain_of(url));
-    if let Some((cert, key)) = me {
-        tls = tls.identity(Identity::from_pem(cert, key));
-    }
-    Ok(Endpoint::from_shared(url.to_string())
-        .with_context(|| format!("`export.collector` `{url}` is not a valid URL"))?
-        .tls_config(tls)
-        .context("bad TLS material in `export`")?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(60))
-        .keep_alive_timeout(Duration::from_secs(20)))
-}
+use crate::channel::endpoint;
 
 impl Exporter {
     /// Starts the exporter thread; the files are read now, so a missing one is an error here.
@@ -124,9 +96,11 @@ impl Exporter {
 
 fn jitter(d: Duration) -> Duration {
     let mut b = [0u8; 2];
-    // SAFETY: writes two bytes into b.
-    unsafe { libc::getrandom(b.as_mut_ptr().cast(), 2, 0) };
-    let f = 0.5 + (u16::from_le_bytes(b) as f64 / u16::MAX as f64); // 0.5..1.5
+    // 0.5..1.5; without randomness (never on Linux ≥ 3.17), no jitter.
+    let f = match getrandom::fill(&mut b) {
+        Ok(()) => 0.5 + (u16::from_le_bytes(b) as f64 / u16::MAX as f64),
+        Err(_) => 1.0,
+    };
     d.mul_f64(f)
 }
 
@@ -540,15 +514,5 @@ mod tests {
         report_drops(&mut s, &mut r).unwrap();
         assert_eq!(s.next_seq(), before, "not again within 10 minutes");
         std::fs::remove_dir_all(&d).unwrap();
-    }
-
-    #[test]
-    fn the_domain_is_the_urls_host() {
-        assert_eq!(
-            super::domain_of("https://collector.example:7443"),
-            "collector.example"
-        );
-        assert_eq!(super::domain_of("https://localhost"), "localhost");
-        assert_eq!(super::domain_of("https://[::1]:7443/"), "::1");
     }
 }

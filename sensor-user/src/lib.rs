@@ -8,6 +8,7 @@ pub mod agent;
 pub mod bootstrap;
 pub mod btf;
 pub mod capabilities;
+pub(crate) mod channel;
 pub mod config;
 pub mod decode;
 pub mod dns;

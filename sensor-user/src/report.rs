@@ -7,6 +7,10 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
+use time::{
+    format_description::FormatItem, macros::format_description, Date, OffsetDateTime,
+    PrimitiveDateTime, Time,
+};
 
 use crate::{
     config::Config,
@@ -42,63 +46,27 @@ pub fn parse_since(s: &str, now: f64) -> anyhow::Result<f64> {
         return Ok(t);
     }
     let (date, time) = s.split_once('T').unwrap_or((s, "00:00"));
-    let d: Vec<i64> = date
-        .split('-')
-        .map(|p| p.parse().ok())
-        .collect::<Option<_>>()
-        .with_context(bad)?;
-    let t: Vec<i64> = time
-        .trim_end_matches('Z')
-        .split(':')
-        .map(|p| p.parse().ok())
-        .collect::<Option<_>>()
-        .with_context(bad)?;
-    let (&[y, mo, da], [h, mi, rest @ ..]) = (d.as_slice(), t.as_slice()) else {
+    let d = Date::parse(date, DATE).ok().filter(|d| d.year() >= 1970);
+    let t = time.trim_end_matches('Z');
+    let t = Time::parse(t, HMS).or_else(|_| Time::parse(t, HM)).ok();
+    let (Some(d), Some(t)) = (d, t) else {
         bail!(bad());
     };
-    if !(1970..=9999).contains(&y)
-        || !(1..=12).contains(&mo)
-        || !(1..=31).contains(&da)
-        || !(0..=23).contains(h)
-        || !(0..=59).contains(mi)
-    {
-        bail!(bad());
-    }
-    let sec = rest.first().copied().unwrap_or(0).clamp(0, 60);
-    Ok((days_from_civil(y, mo, da) * 86_400 + h * 3600 + mi * 60 + sec) as f64)
+    Ok(PrimitiveDateTime::new(d, t).assume_utc().unix_timestamp() as f64)
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
+const DATE: &[FormatItem<'static>] = format_description!("[year]-[month]-[day]");
+const HM: &[FormatItem<'static>] = format_description!("[hour]:[minute]");
+const HMS: &[FormatItem<'static>] = format_description!("[hour]:[minute]:[second]");
 
 /// A UTC timestamp for people: `2026-11-29 08:00:00Z`.
 pub fn utc(t: f64) -> String {
-    let secs = t.floor() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Inverse of days_from_civil.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    const SHOWN: &[FormatItem<'static>] =
+        format_description!("[year]-[month]-[day] [hour]:[minute]:[second]Z");
+    OffsetDateTime::from_unix_timestamp(t.floor() as i64)
+        .ok()
+        .and_then(|d| d.format(SHOWN).ok())
+        .unwrap_or_else(|| format!("{t} (unix seconds)"))
 }
 
 /// `baseline show`: what the agent considers normal, for people.

@@ -168,7 +168,7 @@ fn metric(port: u16, name: &str) -> f64 {
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
         return -1.0;
     };
-    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n");
+    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
     let mut page = String::new();
     let _ = s.read_to_string(&mut page);
     page.lines()

@@ -45,6 +45,11 @@ impl<'a> From<&Option<&'a str>> for Param<'a> {
         v.map_or(Param::Null, Param::Text)
     }
 }
+impl<'a> From<&&'a [u8]> for Param<'a> {
+    fn from(v: &&'a [u8]) -> Self {
+        Param::Bytes(v)
+    }
+}
 impl From<&i64> for Param<'_> {
     fn from(v: &i64) -> Self {
         Param::I64(*v)
@@ -204,7 +209,16 @@ impl dyn Conn + '_ {
             Dialect::Sqlite => "BEGIN IMMEDIATE",
             Dialect::Postgres => "BEGIN",
         })?;
-        let done = f(self).and_then(|v| self.batch("COMMIT").map(|()| v));
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut *self)));
+        let ran = match ran {
+            Ok(r) => r,
+            Err(panic) => {
+                // Never leave the transaction open on a connection that is used again.
+                let _ = self.batch("ROLLBACK");
+                std::panic::resume_unwind(panic)
+            }
+        };
+        let done = ran.and_then(|v| self.batch("COMMIT").map(|()| v));
         if done.is_err() {
             // Nothing to roll back after a failed COMMIT in PostgreSQL; SQLite may still
             // hold the transaction open. A broken connection is dropped by its pool.

@@ -52,7 +52,7 @@ pub enum StoreError {
 
 /// An error with its causes, `a: b: c` (a driver's "error performing TLS handshake" says
 /// why only in its source), without repeating a cause its parent already shows.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut next = e.source();
     while let Some(cause) = next {

@@ -32,35 +32,58 @@ pub struct Target {
     pub shown: String,
 }
 
-/// The spec without `sslmode` and `sslrootcert`, and their values.
+/// The spec without `sslmode` and `sslrootcert`, and their values. The rest is kept byte
+/// for byte (tokio-postgres parses it: several hosts, percent-encoding).
 fn split_tls(spec: &str) -> Result<(String, Option<String>, Option<String>), String> {
     let (mut mode, mut root) = (None, None);
+    let mut take = |kv: &str| -> bool {
+        match kv.split_once('=') {
+            Some(("sslmode", v)) => mode = Some(decoded(v)),
+            Some(("sslrootcert", v)) => root = Some(decoded(v)),
+            _ => return false,
+        }
+        true
+    };
     if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
-        let mut url = url::Url::parse(spec).map_err(|e| format!("not a URL: {e}"))?;
-        let mut kept = Vec::new();
-        for (k, v) in url.query_pairs() {
-            match k.as_ref() {
-                "sslmode" => mode = Some(v.into_owned()),
-                "sslrootcert" => root = Some(v.into_owned()),
-                _ => kept.push((k.into_owned(), v.into_owned())),
-            }
-        }
-        url.set_query(None);
-        if !kept.is_empty() {
-            url.query_pairs_mut().extend_pairs(kept);
-        }
-        return Ok((url.to_string(), mode, root));
+        let Some((base, query)) = spec.split_once('?') else {
+            return Ok((spec.to_string(), None, None));
+        };
+        let kept: Vec<&str> = query.split('&').filter(|kv| !take(kv)).collect();
+        let rest = if kept.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        };
+        return Ok((rest, mode, root));
     }
     // key=value: the two settings must be written without quotes or spaces.
-    let mut kept = Vec::new();
-    for kv in spec.split_whitespace() {
-        match kv.split_once('=') {
-            Some(("sslmode", v)) => mode = Some(v.to_string()),
-            Some(("sslrootcert", v)) => root = Some(v.to_string()),
-            _ => kept.push(kv),
+    let kept: Vec<&str> = spec.split_whitespace().filter(|kv| !take(kv)).collect();
+    Ok((kept.join(" "), mode, root))
+}
+
+/// A URL query value, percent-decoded (a path with spaces, `%20`).
+fn decoded(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
         }
     }
-    Ok((kept.join(" "), mode, root))
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl Target {
@@ -72,7 +95,10 @@ impl Target {
         };
         let (rest, mode, root) = split_tls(spec).map_err(&bad)?;
         let mut config: tokio_postgres::Config = rest.parse().map_err(|e| bad(format!("{e}")))?;
-        let sockets_only = !config.get_hosts().is_empty()
+        // A `hostaddr` is dialled over TCP whatever `host` says: only hosts that are all
+        // sockets, with no address, carry no TLS.
+        let sockets_only = config.get_hostaddrs().is_empty()
+            && !config.get_hosts().is_empty()
             && config
                 .get_hosts()
                 .iter()
@@ -241,9 +267,26 @@ mod tests {
         assert!(e.contains("Unix-socket"), "{e}");
         let e = tls("postgres://cw@db/cw?sslmode=sometimes").unwrap_err();
         assert!(e.contains("unknown sslmode `sometimes`"), "{e}");
-        // Other settings are kept.
-        let t = Target::parse("postgres://cw@db/cw?sslmode=disable&application_name=x").unwrap();
-        assert_eq!(t.config.get_application_name(), Some("x"));
+        // A `hostaddr` is TCP: not a socket, so TLS stays on.
+        assert_eq!(
+            tls("host=/run/pg hostaddr=203.0.113.5 user=cw dbname=cw"),
+            full("system")
+        );
+        // Other settings are kept as written; several hosts with ports still parse.
+        let t =
+            Target::parse("postgres://cw@db/cw?sslmode=disable&application_name=a%20b").unwrap();
+        assert_eq!(t.config.get_application_name(), Some("a b"));
+        let t = Target::parse(
+            "postgres://cw@h1:5432,h2:5433/cw?sslrootcert=/etc/my%20ca.pem&connect_timeout=3",
+        )
+        .unwrap();
+        assert_eq!(t.config.get_ports(), [5432, 5433]);
+        assert_eq!(
+            t.tls,
+            Tls::VerifyFull {
+                roots: "/etc/my ca.pem".into()
+            }
+        );
     }
 
     #[test]

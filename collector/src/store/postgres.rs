@@ -162,7 +162,7 @@ impl PgStore {
                 .await
                 .map_err(|e| StoreError::Migration {
                     path: shown,
-                    why: e.to_string(),
+                    why: super::chain(&e),
                 });
             let _ = client
                 .execute("SELECT pg_advisory_unlock($1)", &[&SCHEMA_LOCK])
@@ -196,7 +196,16 @@ impl Backend for PgStore {
             store: self,
             broken: false,
         };
-        let out = f(&mut conn);
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut conn)));
+        let out = match out {
+            Ok(out) => out,
+            Err(panic) => {
+                // It may be mid-transaction (`transaction` rolls back, but a panic outside
+                // one may leave anything): never hand it out again.
+                drop(Object::take(client));
+                std::panic::resume_unwind(panic)
+            }
+        };
         if conn.broken {
             // Its transaction could not be rolled back: never hand it out again.
             drop(Object::take(client));

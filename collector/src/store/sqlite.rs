@@ -3,6 +3,7 @@
 //! has one writer at a time anyway, and the collector opens a second store for its
 //! background work (see `open_background`). The schema comes from `migrations/sqlite`.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -24,9 +25,18 @@ PRAGMA synchronous = FULL;
 PRAGMA cache_size = -131072;
 ";
 
+/// The connection and the statements it was given, in SQLite's spelling (translated once).
+struct Inner {
+    db: Connection,
+    spelled: HashMap<String, String>,
+}
+
+/// Statements kept translated; past it, the map starts again.
+const SPELLED_MAX: usize = 512;
+
 pub struct SqliteStore {
     path: String,
-    db: Mutex<Connection>,
+    db: Mutex<Inner>,
     sketches: Mutex<SketchCache>,
 }
 
@@ -84,19 +94,54 @@ impl SqliteStore {
         let mut db = Connection::open(path).map_err(db_err(&p))?;
         db.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(db_err(&p))?;
+        // Every statement of the store stays prepared (the default keeps 16).
+        db.set_prepared_statement_cache_capacity(64);
         db.execute_batch(PRAGMAS).map_err(db_err(&p))?;
+        legacy_columns(&db).map_err(db_err(&p))?;
         migrations::migrations::runner()
             .run(&mut db)
             .map_err(|e| StoreError::Migration {
                 path: p.clone(),
-                why: e.to_string(),
+                why: super::chain(&e),
             })?;
         Ok(SqliteStore {
             path: p,
-            db: Mutex::new(db),
+            db: Mutex::new(Inner {
+                db,
+                spelled: HashMap::new(),
+            }),
             sketches: Mutex::default(),
         })
     }
+}
+
+/// Files from before migrations, made by a 0.1 build older than two columns (whose store
+/// added them with `ALTER TABLE` when it opened the file): the columns are added, so that
+/// the first migration (`CREATE TABLE IF NOT EXISTS`) finds the schema it describes.
+fn legacy_columns(db: &Connection) -> rusqlite::Result<()> {
+    for (table, column, ddl) in [
+        (
+            "indicators",
+            "clinics_sketch",
+            "ALTER TABLE indicators ADD COLUMN clinics_sketch BLOB",
+        ),
+        (
+            "enrollments",
+            "pending_key",
+            "ALTER TABLE enrollments ADD COLUMN pending_key TEXT NOT NULL DEFAULT ''",
+        ),
+    ] {
+        let (has_table, has_column): (i64, i64) = db.query_row(
+            "SELECT (SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1),
+                    (SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2)",
+            [table, column],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        if has_table == 1 && has_column == 0 {
+            db.execute_batch(ddl)?;
+        }
+    }
+    Ok(())
 }
 
 impl Backend for SqliteStore {
@@ -104,9 +149,15 @@ impl Backend for SqliteStore {
         &self,
         f: impl FnOnce(&mut dyn Conn) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        let mut inner = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        let Inner { db, spelled } = &mut *inner;
+        if !db.is_autocommit() {
+            // A call that panicked inside its transaction: nothing of it is kept.
+            let _ = db.execute_batch("ROLLBACK");
+        }
         f(&mut SqliteConn {
-            db: &mut db,
+            db,
+            spelled,
             path: &self.path,
         })
     }
@@ -123,6 +174,7 @@ impl Backend for SqliteStore {
 
 struct SqliteConn<'a> {
     db: &'a mut Connection,
+    spelled: &'a mut HashMap<String, String>,
     path: &'a str,
 }
 
@@ -150,18 +202,39 @@ fn value(v: ValueRef<'_>) -> Value {
     }
 }
 
-impl SqliteConn<'_> {
-    fn rows(&mut self, sql: &str, p: &[Param<'_>]) -> rusqlite::Result<Vec<Row>> {
-        let mut st = self.db.prepare_cached(&sqlite_spelling(sql))?;
-        let n = st.column_count();
-        let mut rows = st.query(rusqlite::params_from_iter(p))?;
-        let mut out = Vec::new();
-        while let Some(r) = rows.next()? {
-            out.push(Row((0..n)
-                .map(|i| r.get_ref(i).map(value))
-                .collect::<Result<_, _>>()?));
+/// `sql` in SQLite's spelling, translated once per statement text.
+fn spelled<'m>(cache: &'m mut HashMap<String, String>, sql: &str) -> &'m str {
+    if !cache.contains_key(sql) {
+        if cache.len() >= SPELLED_MAX {
+            cache.clear();
         }
-        Ok(out)
+        cache.insert(sql.to_string(), sqlite_spelling(sql));
+    }
+    cache.get(sql).map_or("", String::as_str)
+}
+
+fn collect(st: &mut rusqlite::Statement<'_>, p: &[Param<'_>]) -> rusqlite::Result<Vec<Row>> {
+    let n = st.column_count();
+    let mut rows = st.query(rusqlite::params_from_iter(p))?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(Row((0..n)
+            .map(|i| r.get_ref(i).map(value))
+            .collect::<Result<_, _>>()?));
+    }
+    Ok(out)
+}
+
+impl SqliteConn<'_> {
+    /// The rows of a statement; `cached` keeps it in the connection's statement cache (a
+    /// one-off statement would only evict others from that small cache).
+    fn rows(&mut self, sql: &str, p: &[Param<'_>], cached: bool) -> rusqlite::Result<Vec<Row>> {
+        if cached {
+            let sql = spelled(self.spelled, sql);
+            collect(&mut *self.db.prepare_cached(sql)?, p)
+        } else {
+            collect(&mut self.db.prepare(&sqlite_spelling(sql))?, p)
+        }
     }
 }
 
@@ -171,10 +244,10 @@ impl Conn for SqliteConn<'_> {
     }
 
     fn exec(&mut self, sql: &str, p: &[Param<'_>]) -> Result<u64, StoreError> {
-        let sql = sqlite_spelling(sql);
+        let sql = spelled(self.spelled, sql);
         let n = self
             .db
-            .prepare_cached(&sql)
+            .prepare_cached(sql)
             .and_then(|mut st| st.execute(rusqlite::params_from_iter(p)))
             .map_err(db_err(self.path))?;
         Ok(n as u64)
@@ -182,12 +255,12 @@ impl Conn for SqliteConn<'_> {
 
     fn query(&mut self, sql: &str, p: &[Param<'_>]) -> Result<Vec<Row>, StoreError> {
         let path = self.path;
-        self.rows(sql, p).map_err(db_err(path))
+        self.rows(sql, p, true).map_err(db_err(path))
     }
 
     fn query_once(&mut self, sql: &str, p: &[Param<'_>]) -> Result<Vec<Row>, StoreError> {
-        // The statement cache is a small LRU: a one-off statement only evicts others.
-        self.query(sql, p)
+        let path = self.path;
+        self.rows(sql, p, false).map_err(db_err(path))
     }
 
     fn batch(&mut self, sql: &str) -> Result<(), StoreError> {

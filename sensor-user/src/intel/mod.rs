@@ -98,8 +98,8 @@ impl Intel {
         } else {
             // Replay reads no key (it needs no root): a random one for this run only.
             let mut key = vec![0u8; 32];
-            // SAFETY: writes at most key.len() bytes.
-            unsafe { libc::getrandom(key.as_mut_ptr().cast(), key.len(), 0) };
+            getrandom::fill(&mut key)
+                .map_err(|e| anyhow::anyhow!("no randomness for this run's privacy key: {e}"))?;
             privacy::Privacy::new(key, cfg.privacy.keep_argv)
         };
         let apps: Vec<String> = cfg.apps.iter().map(|a| a.name.clone()).collect();

@@ -167,11 +167,7 @@ fn host_key(path: &Path) -> Result<Vec<u8>, KeyError> {
         std::fs::create_dir_all(dir).map_err(create)?;
     }
     let mut key = vec![0u8; 32];
-    // SAFETY: writes at most key.len() bytes into key.
-    let n = unsafe { libc::getrandom(key.as_mut_ptr().cast(), key.len(), 0) };
-    if n != key.len() as isize {
-        return Err(create(std::io::Error::last_os_error()));
-    }
+    getrandom::fill(&mut key).map_err(|e| create(std::io::Error::other(e.to_string())))?;
     let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
     let mut f = std::fs::OpenOptions::new()
         .write(true)

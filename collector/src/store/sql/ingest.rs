@@ -8,14 +8,14 @@ use std::sync::Mutex;
 use clinicwatch_proto::v1::{record::Body, Batch, Record};
 use prost::Message;
 
-use crate::store::conn::{args, Conn, Param};
+use crate::store::conn::{args, Conn, Dialect, Param};
 use crate::store::indicators::fold;
 use clinicwatch_proto::hll::Hll;
 
 use crate::store::prevalence::{self, SketchCache};
 use crate::store::{kind, record_time, HostKey, Ingested, StoreError, TimeWindow};
 
-/// Records per insert statement (3 parameters each, 4 shared).
+/// Records per PostgreSQL insert statement (3 parameters each, 4 shared).
 const ROWS_PER_INSERT: usize = 500;
 
 /// Sketches written by a batch: cached only once it committed.
@@ -75,7 +75,10 @@ pub fn ingest(
     }
 }
 
-/// Inserts the batch's records; the sequence numbers that were new (not duplicates).
+/// Inserts the batch's records; the sequence numbers that were new (not duplicates). SQLite
+/// takes them one prepared insert at a time (a statement costs no round trip there, and the
+/// changed-row count says whether each was new); PostgreSQL in multi-row inserts whose
+/// `RETURNING` names the new ones (one round trip per chunk).
 fn insert_records(
     c: &mut dyn Conn,
     host: &HostKey,
@@ -83,12 +86,33 @@ fn insert_records(
     now: f64,
 ) -> Result<HashSet<u64>, StoreError> {
     let bodies: Vec<Vec<u8>> = batch.records.iter().map(|r| r.encode_to_vec()).collect();
+    let mut new = HashSet::new();
+    if c.dialect() == Dialect::Sqlite {
+        for (r, body) in batch.records.iter().zip(&bodies) {
+            let added = c.exec(
+                "INSERT INTO records (clinic, host, epoch, seq, kind, received, body)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                args![
+                    host.clinic,
+                    host.host,
+                    batch.epoch,
+                    r.seq,
+                    kind(r),
+                    now,
+                    *body
+                ],
+            )?;
+            if added == 1 {
+                new.insert(r.seq);
+            }
+        }
+        return Ok(new);
+    }
     let seqs: Vec<i64> = batch
         .records
         .iter()
         .map(|r| r.seq.min(i64::MAX as u64) as i64)
         .collect();
-    let mut new = HashSet::new();
     for start in (0..batch.records.len()).step_by(ROWS_PER_INSERT) {
         let end = (start + ROWS_PER_INSERT).min(batch.records.len());
         let mut sql = String::from(
@@ -113,7 +137,13 @@ fn insert_records(
             ]);
         }
         sql.push_str(" ON CONFLICT DO NOTHING RETURNING seq");
-        for r in c.query_once(&sql, &params)? {
+        // A full chunk's text is always the same: prepared once per connection.
+        let rows = if end - start == ROWS_PER_INSERT {
+            c.query(&sql, &params)?
+        } else {
+            c.query_once(&sql, &params)?
+        };
+        for r in rows {
             new.insert(r.u64(0)?);
         }
     }
