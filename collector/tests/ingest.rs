@@ -455,19 +455,7 @@ async fn heartbeats_health_metrics_and_scheduled_retention() {
         l,
         srv.metrics.clone(),
     ));
-    let get = |path: &'static str| async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        out
-    };
+    let get = |path: &'static str| http_get(addr, path, "127.0.0.1");
     let m = get("/metrics").await;
     assert!(m.starts_with("HTTP/1.1 200"), "{m}");
     assert!(

@@ -112,23 +112,12 @@ async fn the_page_shows_the_incident_in_a_headless_browser() {
 /// request head is closed after 5 s, which frees its slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_refuses_foreign_hosts_and_caps_connections_and_idle_heads() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let metrics = std::sync::Arc::new(clinicwatch_collector::metrics::Metrics::new());
     tokio::spawn(clinicwatch_collector::web::serve_metrics(l, metrics));
-    let get = |host: &'static str| async move {
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(
-            format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await
-        .unwrap();
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out).await;
-        out
-    };
+    let get = |host: &'static str| http_get(addr, "/metrics", host);
     assert!(get("127.0.0.1").await.starts_with("HTTP/1.1 200"));
     let r = get("rebind.attacker.example:9464").await;
     assert!(r.starts_with("HTTP/1.1 421"), "{r}");

@@ -295,3 +295,19 @@ pub fn contact_summary(app: &str, ip: &str, name: &str, sent: u64, t: f64) -> Wi
         ..Default::default()
     }
 }
+
+/// `GET path` over plain HTTP/1.1 with this `Host`, the connection closed after: the whole
+/// answer, head and body (empty when the server closed without one).
+#[allow(dead_code)]
+pub async fn http_get(addr: std::net::SocketAddr, path: &str, host: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    out
+}

@@ -275,19 +275,22 @@ pub fn new_database(test: &str) -> Option<(String, Server)> {
 
 /// Runs `sql` in database `db` over the administration socket (no TLS).
 pub fn admin(server: &Server, db: &str, sql: &str) -> Result<(), String> {
+    admin_connect(server, db)?
+        .batch_execute(sql)
+        .map_err(|e| format!("{e:?}"))
+}
+
+fn admin_connect(server: &Server, db: &str) -> Result<postgres::Client, String> {
     let base = &server.admin;
-    let mut c = postgres::Client::connect(&format!("{base} dbname={db}"), postgres::NoTls)
-        .map_err(|e| format!("cannot connect to PostgreSQL at `{base}`: {e:?}"))?;
-    c.batch_execute(sql).map_err(|e| format!("{e:?}"))
+    postgres::Client::connect(&format!("{base} dbname={db}"), postgres::NoTls)
+        .map_err(|e| format!("cannot connect to PostgreSQL at `{base}`: {e:?}"))
 }
 
 /// A connection to database `db` over the administration socket, for tests that hold
 /// locks or read what the store wrote.
 #[allow(dead_code)]
 pub fn admin_client(server: &Server, db: &str) -> postgres::Client {
-    let base = &server.admin;
-    postgres::Client::connect(&format!("{base} dbname={db}"), postgres::NoTls)
-        .unwrap_or_else(|e| panic!("cannot connect to PostgreSQL at `{base}`: {e:?}"))
+    admin_connect(server, db).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The private server's folder (its socket, data and logs).
