@@ -1,27 +1,22 @@
 //! clinicwatch collector: the central service of the security operations centre.
 //!
-//! - [`server`]: the gRPC server (Ingest over mutual TLS, Enroll, gRPC health) and its
-//!   background tasks; [`config`]: `collector.toml`.
-//! - [`ingest`]: one stream per agent, identity from the client certificate, acks after the
-//!   durable write; [`limit`]: per-host rate limits; [`metrics`]: Prometheus counters.
-//! - [`store`]: the record store (SQLite, or PostgreSQL for several collectors).
-//! - [`pki`] and [`enroll`]: the CA, enrollment tokens and certificate issue.
-//!
-//! Correlation across clinics and the SOC surface come next; see ARCHITECTURE.md.
+//! The folders are the stages of the data path, in order (`ARCHITECTURE.md` walks them):
+//! [`api`] (the TLS front door, the Ingest, Enroll and Soc gRPC services, per-host limits)
+//! → [`store`] (SQLite or PostgreSQL, written once, with migrations) → [`correlate`]
+//! (fleet rules into incidents) → [`alert`] (OCSF, CEF, webhook). [`http`] serves the page,
+//! `/api/*` and `/metrics`; [`auth`] holds the CA and who a certificate speaks for.
+//! Shared by several stages, each in a module of its own: [`calls`] (the clock, the
+//! blocking-store bridge), [`status`] (the one error→Status map), [`metrics`] (counters).
+//! [`server`] wires them; [`config`] is `collector.toml`.
 
+pub mod alert;
+pub mod api;
+pub mod auth;
 pub mod calls;
 pub mod config;
 pub mod correlate;
-pub mod enroll;
-pub mod identity;
-pub mod ingest;
-pub mod limit;
-pub mod listen;
+pub mod http;
 pub mod metrics;
-pub mod pki;
 pub mod server;
-pub mod siem;
-pub mod soc;
-pub mod status;
+pub(crate) mod status;
 pub mod store;
-pub mod web;

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use clinicwatch_collector::{config::Config, enroll, pki, server, store};
+use clinicwatch_collector::{api::enroll, auth::pki, config::Config, server, store};
 
 #[derive(Parser)]
 #[command(name = "clinicwatch-collector", version)]
@@ -254,7 +254,7 @@ async fn enroll_token(
     if !enroll::valid_id(&clinic) {
         anyhow::bail!("clinic id `{clinic}` must be 1 to 64 letters, digits, `.`, `_` or `-`");
     }
-    if clinic == clinicwatch_collector::soc::SOC_ORG {
+    if clinic == clinicwatch_collector::auth::identity::SOC_ORG {
         anyhow::bail!("`{clinic}` is reserved for analysts' certificates (`issue --soc`)");
     }
     if days == 0 || days > 30 {
@@ -267,7 +267,7 @@ async fn enroll_token(
         anyhow::bail!("host id `{h}` must be 1 to 64 letters, digits, `.`, `_` or `-`");
     }
     let key = token_key(dir)?;
-    let now = clinicwatch_collector::ingest::now();
+    let now = clinicwatch_collector::calls::now();
     let exp = now as u64 + days as u64 * 86_400;
     let st = open_store(dir, sa).await?;
     let (c, h) = (clinic.clone(), host.clone().unwrap_or_default());
@@ -322,7 +322,7 @@ fn tokens(st: &dyn store::Store, cmd: TokensCmd) -> anyhow::Result<()> {
 }
 
 fn incidents(st: &dyn store::Store, cmd: IncidentsCmd) -> anyhow::Result<()> {
-    let now = clinicwatch_collector::ingest::now();
+    let now = clinicwatch_collector::calls::now();
     match cmd {
         IncidentsCmd::List { state, json } => {
             let filter = match state.as_str() {
@@ -501,12 +501,12 @@ async fn main() -> anyhow::Result<()> {
             }
             let (clinic, host) = if soc {
                 (
-                    clinicwatch_collector::soc::SOC_ORG.to_string(),
+                    clinicwatch_collector::auth::identity::SOC_ORG.to_string(),
                     name.unwrap_or_default(),
                 )
             } else {
                 let clinic = clinic.unwrap_or_default();
-                if clinic == clinicwatch_collector::soc::SOC_ORG {
+                if clinic == clinicwatch_collector::auth::identity::SOC_ORG {
                     anyhow::bail!("`{clinic}` is reserved for analysts' certificates (`--soc`)");
                 }
                 (clinic, host.unwrap_or_default())
@@ -532,7 +532,7 @@ async fn main() -> anyhow::Result<()> {
                     &store::Enrollment {
                         key_sha256: key,
                         revoked: false,
-                        updated: clinicwatch_collector::ingest::now(),
+                        updated: clinicwatch_collector::calls::now(),
                         pending_key_sha256: String::new(),
                     },
                 )
@@ -573,7 +573,7 @@ async fn main() -> anyhow::Result<()> {
                     &store::Enrollment {
                         key_sha256: String::new(),
                         revoked: true,
-                        updated: clinicwatch_collector::ingest::now(),
+                        updated: clinicwatch_collector::calls::now(),
                         pending_key_sha256: String::new(),
                     },
                 )?;
@@ -589,7 +589,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Hosts { json, store: sa } => {
             let st = open_store(&dir, sa).await?;
             let hosts = tokio::task::spawn_blocking(move || st.hosts()).await??;
-            let now = clinicwatch_collector::ingest::now();
+            let now = clinicwatch_collector::calls::now();
             for h in hosts {
                 if json {
                     println!(
@@ -618,7 +618,7 @@ async fn main() -> anyhow::Result<()> {
             store: sa,
         } => {
             let st = open_store(&dir, sa).await?;
-            let since = clinicwatch_collector::ingest::now() - hours * 3600.0;
+            let since = clinicwatch_collector::calls::now() - hours * 3600.0;
             let top =
                 tokio::task::spawn_blocking(move || st.top_indicators(since, limit)).await??;
             for i in top {
@@ -643,7 +643,7 @@ async fn main() -> anyhow::Result<()> {
                 Ok::<_, store::StoreError>((store::open(&url)?, store::open_background(&url)?))
             })
             .await??;
-            let st: clinicwatch_collector::ingest::SharedStore = Arc::from(st);
+            let st: clinicwatch_collector::calls::SharedStore = Arc::from(st);
             let mut c =
                 server::Collector::new(cfg.clone(), st.clone(), server::tls_from_dir(&dir)?);
             c.background = background.map(Arc::from);
@@ -663,7 +663,7 @@ async fn main() -> anyhow::Result<()> {
                             cfg.server.metrics_listen
                         )
                     })?;
-                tokio::spawn(clinicwatch_collector::web::serve(
+                tokio::spawn(clinicwatch_collector::http::serve(
                     l,
                     c.metrics.clone(),
                     Some(c.background.clone().unwrap_or_else(|| c.store.clone())),

@@ -8,11 +8,11 @@ use clinicwatch_proto::v1::{enroll_server::EnrollServer, ingest_server::IngestSe
 use tonic::codec::CompressionEncoding;
 
 use crate::{
+    api::enroll::EnrollService,
+    api::ingest::{IdentitySource, IngestService},
+    api::listen::ServerTls,
     calls::{on_store, SharedStore},
     config::Config,
-    enroll::EnrollService,
-    ingest::{IdentitySource, IngestService},
-    listen::ServerTls,
     metrics::Metrics,
 };
 
@@ -78,7 +78,7 @@ impl Collector {
             .background
             .clone()
             .unwrap_or_else(|| self.store.clone());
-        let siem = crate::siem::Siem::start(&cfg.siem, self.metrics.clone())
+        let siem = crate::alert::Siem::start(&cfg.siem, self.metrics.clone())
             .map_err(|e| anyhow::anyhow!("[siem]: {e}"))?;
         let mut ingest =
             IngestService::new(self.store.clone(), self.metrics.clone(), cfg.limits.clone());
@@ -193,7 +193,7 @@ impl Collector {
                             );
                             if let Some(siem) = &siem {
                                 for (incident, opened) in changed {
-                                    siem.send(crate::siem::Item::Incident { incident, opened });
+                                    siem.send(crate::alert::Item::Incident { incident, opened });
                                 }
                             }
                         }
@@ -216,7 +216,7 @@ impl Collector {
             .max_decoding_message_size(clinicwatch_proto::MAX_FRAME_BYTES)
             .accept_compressed(CompressionEncoding::Zstd)
             .send_compressed(CompressionEncoding::Zstd);
-        let soc = clinicwatch_proto::v1::soc_server::SocServer::new(crate::soc::SocService {
+        let soc = clinicwatch_proto::v1::soc_server::SocServer::new(crate::api::soc::SocService {
             store: background.clone(),
             metrics: self.metrics.clone(),
         });
@@ -230,7 +230,7 @@ impl Collector {
         let r = match self.tls {
             Some(tls) => {
                 let incoming =
-                    crate::listen::incoming(listener, tls, &cfg.limits, self.metrics.clone());
+                    crate::api::listen::incoming(listener, tls, &cfg.limits, self.metrics.clone());
                 router
                     .serve_with_incoming_shutdown(incoming, shutdown)
                     .await

@@ -50,11 +50,12 @@ fn ca_init_tokens_unenroll_and_config_errors() {
         .unwrap()
         .as_secs();
     assert_eq!(
-        clinicwatch_collector::enroll::check_token(&key, token.trim(), now).unwrap(),
+        clinicwatch_collector::api::enroll::check_token(&key, token.trim(), now).unwrap(),
         "cab-dupont"
     );
     assert!(
-        clinicwatch_collector::enroll::check_token(&key, token.trim(), now + 8 * 86_400).is_err(),
+        clinicwatch_collector::api::enroll::check_token(&key, token.trim(), now + 8 * 86_400)
+            .is_err(),
         "valid 7 days by default"
     );
     let (ok, _, err) = run(&dir, &["enroll-token", "--clinic", "bad clinic/.."]);
@@ -76,7 +77,7 @@ fn ca_init_tokens_unenroll_and_config_errors() {
     assert_eq!(row["uses_left"], 1);
     let id = row["id"].as_str().unwrap().to_string();
     assert_eq!(
-        clinicwatch_collector::enroll::token_id(token.trim()),
+        clinicwatch_collector::api::enroll::token_id(token.trim()),
         Some(id.as_str())
     );
     let (ok, out, err) = run(&dir, &["tokens", "revoke", &id]);

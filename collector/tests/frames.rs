@@ -182,7 +182,7 @@ async fn hostile_frames_over_tls_get_an_answer_and_the_collector_keeps_serving()
     let p = support::new_pki();
     let dir = support::temp_dir("frames-tls");
     let srv = support::serve(&p, &dir.join("c.db")).await;
-    let me = clinicwatch_collector::pki::client_cert(&p.ca, "clinic-a", "ws1", 30).unwrap();
+    let me = clinicwatch_collector::auth::pki::client_cert(&p.ca, "clinic-a", "ws1", 30).unwrap();
     let hello = support::hello("clinic-a", "ws1", 1).encode_to_vec();
     let mut outcomes = std::collections::BTreeMap::<String, u32>::new();
     for _ in 0..150 {

@@ -8,7 +8,7 @@ mod support;
 
 use std::time::Duration;
 
-use clinicwatch_collector::{config::Config, pki, soc::SOC_ORG, store};
+use clinicwatch_collector::{auth::identity::SOC_ORG, auth::pki, config::Config, store};
 use clinicwatch_proto::v1::{
     agent_frame::Frame, enroll_client::EnrollClient, record::Body, soc_client::SocClient,
     AgentFrame, Batch, Destination, EnrollRequest, Finding, ListHostsRequest, Record,
@@ -152,7 +152,7 @@ async fn implausible_times_are_stored_and_counted_but_never_correlated() {
     let srv = serve(&p, &dir.join("c.db")).await;
     let me = pki::client_cert(&p.ca, "clinic-a", "ws1", 30).unwrap();
     let mut c = client(&srv.url, &p.ca, Some(&me)).await.unwrap();
-    let now = clinicwatch_collector::ingest::now();
+    let now = clinicwatch_collector::calls::now();
     let records = vec![
         finding_at(1, 0.0),
         finding_at(2, 4_102_444_800.0), // 2100
@@ -184,7 +184,7 @@ async fn the_rate_limit_counts_cost_and_oversized_lists_are_refused() {
     let srv = serve_with(&p, &dir.join("c.db"), cfg).await;
     let me = pki::client_cert(&p.ca, "clinic-a", "ws1", 30).unwrap();
     let mut c = client(&srv.url, &p.ca, Some(&me)).await.unwrap();
-    let t = clinicwatch_collector::ingest::now() - 60.0;
+    let t = clinicwatch_collector::calls::now() - 60.0;
     let summary = |seq: u64, n: usize| Record {
         seq,
         body: Some(Body::Summary(WindowSummary {
@@ -347,17 +347,17 @@ async fn tokens_are_counted_bound_and_revocable_and_analysts_revocable() {
     assert!(e.message().contains("as many times"), "{e}");
     // Revoked one by one.
     let three = srv.token(&p, "clinic-a", 3);
-    let id = clinicwatch_collector::enroll::token_id(&three)
+    let id = clinicwatch_collector::api::enroll::token_id(&three)
         .unwrap()
         .to_string();
     assert!(blocking(|| srv.store.revoke_token(&id).unwrap()));
     let e = enroll(&srv.url, &p, None, &three, "ws3").await.unwrap_err();
     assert!(e.message().contains("revoked"), "{e}");
     // Bound to a host id: no other name can be squatted with it.
-    let exp = clinicwatch_collector::ingest::now() as u64 + 600;
+    let exp = clinicwatch_collector::calls::now() as u64 + 600;
     let (bound, _) = blocking(|| {
         let st = &srv.store;
-        clinicwatch_collector::enroll::issue_token(
+        clinicwatch_collector::api::enroll::issue_token(
             st.as_ref(),
             &p.token_key,
             "clinic-a",
@@ -372,7 +372,7 @@ async fn tokens_are_counted_bound_and_revocable_and_analysts_revocable() {
     enroll(&srv.url, &p, None, &bound, "ws9").await.unwrap();
     // A token signed by this collector but unknown to its database is refused.
     let (ghost, _) =
-        clinicwatch_collector::enroll::make_token(&p.token_key, "clinic-a", exp).unwrap();
+        clinicwatch_collector::api::enroll::make_token(&p.token_key, "clinic-a", exp).unwrap();
     let e = enroll(&srv.url, &p, None, &ghost, "ws4").await.unwrap_err();
     assert!(e.message().contains("unknown"), "{e}");
 

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use clinicwatch_collector::{config::Config, pki};
+use clinicwatch_collector::{auth::pki, config::Config};
 use clinicwatch_proto::v1::{
     agent_frame::Frame, enroll_client::EnrollClient, server_frame, AgentFrame, EnrollRequest,
     Heartbeat,
@@ -167,14 +167,14 @@ async fn enrollment_issues_a_certificate_for_the_tokens_clinic_and_renews_it() {
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
 
     // Refused: a token from another collector, an expired one, a bad host id, a bad CSR.
-    let other = clinicwatch_collector::enroll::make_token(
+    let other = clinicwatch_collector::api::enroll::make_token(
         b"another collector's key 32 bytes",
         "clinic-a",
         now + 3600,
     )
     .unwrap()
     .0;
-    let expired = clinicwatch_collector::enroll::make_token(&p.token_key, "clinic-a", now - 1)
+    let expired = clinicwatch_collector::api::enroll::make_token(&p.token_key, "clinic-a", now - 1)
         .unwrap()
         .0;
     for (r, code, says) in [
@@ -451,7 +451,7 @@ async fn heartbeats_health_metrics_and_scheduled_retention() {
     // Prometheus over HTTP.
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    tokio::spawn(clinicwatch_collector::web::serve_metrics(
+    tokio::spawn(clinicwatch_collector::http::serve_metrics(
         l,
         srv.metrics.clone(),
     ));
@@ -585,7 +585,7 @@ async fn a_campaign_streamed_by_agents_becomes_an_incident_at_the_collector() {
     cfg.siem.cef_syslog = format!("udp://{}", syslog.local_addr().unwrap());
     cfg.siem.webhook_url = format!("http://{hook_addr}/soc/hook");
     let srv = serve_with(&p, &dir.join("c.db"), cfg).await;
-    let now = clinicwatch_collector::ingest::now();
+    let now = clinicwatch_collector::calls::now();
     // Six clinics' PM apps contact a destination nobody had seen, minutes apart.
     for c in 0..6 {
         let summary = exfil_summary(1, now - 600.0 + c as f64 * 60.0);
@@ -728,7 +728,7 @@ fn campaign_records(c: usize, now: f64) -> Vec<clinicwatch_proto::v1::Record> {
 
 /// (rule, key, clinics, hosts) of every incident, sorted.
 fn incident_view(
-    st: &clinicwatch_collector::ingest::SharedStore,
+    st: &clinicwatch_collector::calls::SharedStore,
 ) -> Vec<(String, String, Vec<String>, Vec<String>)> {
     let mut v: Vec<_> = blocking(|| st.incidents(None).unwrap())
         .into_iter()
@@ -756,7 +756,7 @@ async fn several_collectors_on_one_postgres_open_the_same_incidents_as_one() {
         serve_stores(&p, cfg.clone(), open(), Some(open())).await,
     ];
     let alone = serve_with(&p, &dir.join("alone.db"), cfg.clone()).await;
-    let now = clinicwatch_collector::ingest::now();
+    let now = clinicwatch_collector::calls::now();
     // Nine clinics: each reaches one of the three collectors (the one alone gets all).
     for c in 0..9 {
         let clinic = format!("clinic-{c}");

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use clinicwatch_collector::{config::Config, pki, store};
+use clinicwatch_collector::{auth::pki, config::Config, store};
 use clinicwatch_proto::v1::server_frame;
 use support::*;
 

@@ -4,7 +4,7 @@
 
 mod support;
 
-use clinicwatch_collector::{pki, soc::SOC_ORG, store::Incident};
+use clinicwatch_collector::{auth::identity::SOC_ORG, auth::pki, store::Incident};
 use clinicwatch_proto::v1::{
     enroll_client::EnrollClient, soc_client::SocClient, EnrollRequest, GetIncidentRequest,
     ListHostsRequest, ListIncidentsRequest, SetIncidentStateRequest, TopIndicatorsRequest,
@@ -112,7 +112,7 @@ async fn analysts_see_incidents_clinics_cannot_and_analysts_cannot_send() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let token = clinicwatch_collector::enroll::make_token(&p.token_key, SOC_ORG, now + 60)
+    let token = clinicwatch_collector::api::enroll::make_token(&p.token_key, SOC_ORG, now + 60)
         .unwrap()
         .0;
     let mut enroll = EnrollClient::new(channel(&srv.url, &p.ca, None).await.unwrap());

@@ -319,7 +319,7 @@ fn postgres_tls_is_verified_and_required() {
     assert!(e.contains("certificate") && e.contains("127.0.0.1"), "{e}");
     let dir = support::temp_dir("pg-other-ca");
     let other = dir.join("other-ca.pem");
-    let ca = clinicwatch_collector::pki::new_ca("another CA").unwrap();
+    let ca = clinicwatch_collector::auth::pki::new_ca("another CA").unwrap();
     std::fs::write(&other, ca.cert).unwrap();
     let e = open_err(&format!(
         "postgres://cw@localhost:{}/{db}?sslrootcert={}",

@@ -35,12 +35,12 @@ async fn the_page_shows_the_incident_in_a_headless_browser() {
     let p = new_pki();
     let dir = temp_dir("web");
     let srv = serve(&p, &dir.join("c.db")).await;
-    let me = clinicwatch_collector::pki::client_cert(&p.ca, "clinic-a", "ws1", 30).unwrap();
+    let me = clinicwatch_collector::auth::pki::client_cert(&p.ca, "clinic-a", "ws1", 30).unwrap();
     let mut c = client(&srv.url, &p.ca, Some(&me)).await.unwrap();
     exchange(&mut c, vec![hello("clinic-a", "ws1", 1), batch(1, 1, 2)])
         .await
         .unwrap();
-    let now = clinicwatch_collector::ingest::now();
+    let now = clinicwatch_collector::calls::now();
     blocking(|| {
         srv.store
             .save_incident(&Incident {
@@ -61,7 +61,7 @@ async fn the_page_shows_the_incident_in_a_headless_browser() {
     });
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    tokio::spawn(clinicwatch_collector::web::serve(
+    tokio::spawn(clinicwatch_collector::http::serve(
         l,
         srv.metrics.clone(),
         Some(srv.store.clone()),
@@ -116,12 +116,12 @@ async fn the_page_refuses_foreign_hosts_and_caps_connections_and_idle_heads() {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let metrics = std::sync::Arc::new(clinicwatch_collector::metrics::Metrics::new());
-    tokio::spawn(clinicwatch_collector::web::serve_metrics(l, metrics));
+    tokio::spawn(clinicwatch_collector::http::serve_metrics(l, metrics));
     let get = |host: &'static str| http_get(addr, "/metrics", host);
     assert!(get("127.0.0.1").await.starts_with("HTTP/1.1 200"));
     let r = get("rebind.attacker.example:9464").await;
     assert!(r.starts_with("HTTP/1.1 421"), "{r}");
-    let cap = clinicwatch_collector::web::MAX_CONNECTIONS;
+    let cap = clinicwatch_collector::http::MAX_CONNECTIONS;
     let mut idle = Vec::new();
     for _ in 0..cap {
         idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());

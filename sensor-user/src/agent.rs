@@ -19,15 +19,15 @@ use clinicwatch_common::{InodeKey, WatchedProc};
 use tracing::{info, warn};
 
 use crate::{
-    capabilities::CapabilityReport,
     config::Config,
-    decode,
     event::Event,
-    handler::Handler,
     intel::{Intel, Persist},
-    output::Output,
-    procfs,
-    sensor::{Sensor, SensorOptions},
+    kernel::capabilities::CapabilityReport,
+    kernel::procfs,
+    kernel::sensor::{Sensor, SensorOptions},
+    pipeline::decode,
+    pipeline::handler::Handler,
+    sinks::output::Output,
 };
 
 struct Core {
@@ -36,11 +36,11 @@ struct Core {
     output: Output,
     intel: Intel,
     /// Records for the collector, when exporting.
-    spool: Option<Arc<Mutex<crate::spool::Spool>>>,
+    spool: Option<Arc<Mutex<crate::sinks::spool::Spool>>>,
     /// Records the spool could not take yet.
-    unspooled: crate::unspooled::Unspooled,
+    unspooled: crate::sinks::unspooled::Unspooled,
     /// TLS libraries found in watched processes and probed.
-    tls: crate::tls::Discovery,
+    tls: crate::kernel::tls::Discovery,
     query_profiling: bool,
 }
 
@@ -66,14 +66,14 @@ impl Core {
     }
 
     /// Summaries, findings and health go to the spool (when exporting). One the spool cannot
-    /// take (a full disk) waits in memory ([`crate::unspooled`]); the end of such an episode
+    /// take (a full disk) waits in memory ([`crate::sinks::unspooled`]); the end of such an episode
     /// is reported by a finding, spooled and emitted like the others.
     fn spool(&mut self, ev: &Event) {
         let Some(spool) = &self.spool else { return };
         let now = self.handler.clock.now();
         let report = {
             let mut s = spool.lock().unwrap_or_else(|p| p.into_inner());
-            match crate::export::record(ev, s.dropped) {
+            match crate::delivery::records::record(ev, s.dropped) {
                 Some((kind, payload)) => self.unspooled.put(&mut s, kind, payload, now),
                 None => None,
             }
@@ -98,7 +98,7 @@ impl Core {
         }
     }
 
-    fn spool_report(&mut self, f: crate::intel::finding::Finding) {
+    fn spool_report(&mut self, f: crate::event::finding::Finding) {
         let ev = Event::Finding(f);
         self.spool(&ev);
         self.output.emit(ev);
@@ -147,7 +147,7 @@ impl Core {
                 drift,
                 "the wall clock jumped: event times follow it from now on"
             );
-            self.handler.clock = crate::handler::Clock::new();
+            self.handler.clock = crate::pipeline::handler::Clock::new();
         }
     }
 }
@@ -160,7 +160,7 @@ pub struct Agent {
     pub capabilities: Vec<CapabilityReport>,
     /// `state_dir/agent.lock`, held while running (when writing output).
     _lock: Option<std::fs::File>,
-    exporter: Option<crate::exporter::Exporter>,
+    exporter: Option<crate::delivery::client::Exporter>,
 }
 
 /// A configured executable: its identity for the kernel, and for `stat(2)` (seeding).
@@ -333,13 +333,13 @@ impl Agent {
                 .then(|| PathBuf::from(&cfg.agent.cgroup_root)),
             disabled_hooks: cfg.agent.disabled_hooks.clone(),
         };
-        crate::privileges::check()?;
+        crate::kernel::privileges::check()?;
         let (sensor, ring) = Sensor::load(&opts)?;
         for c in &sensor.capabilities {
             match (c.hook.as_deref(), c.scope) {
                 (Some(hook), Some(scope)) => {
                     info!(capability = %c.capability, hook, ?scope, "capability served");
-                    if scope == crate::capabilities::Scope::EverySyscall {
+                    if scope == crate::kernel::capabilities::Scope::EverySyscall {
                         warn!(
                             capability = %c.capability,
                             hook,
@@ -356,7 +356,7 @@ impl Agent {
                 info!(capability = %c.capability, hook = %t.hook, reason = %t.error, "hook passed over");
             }
         }
-        let rotation = crate::output::Rotation {
+        let rotation = crate::sinks::output::Rotation {
             max_bytes: cfg.agent.output_max_mb << 20,
             keep: cfg.agent.output_keep,
         };
@@ -369,7 +369,7 @@ impl Agent {
         // The agent that writes events owns the state folder (after the sensor loaded, so
         // an unprivileged start fails on privileges, not on the lock).
         let lock = if write_output {
-            Some(crate::report::lock_state(&cfg.agent.state_dir)?)
+            Some(crate::cli::report::lock_state(&cfg.agent.state_dir)?)
         } else {
             None
         };
@@ -382,7 +382,7 @@ impl Agent {
         let (spool, exporter) = if probe_only || cfg.export.collector.is_empty() {
             (None, None)
         } else {
-            let spool = crate::spool::Spool::open(crate::spool::SpoolConfig {
+            let spool = crate::sinks::spool::Spool::open(crate::sinks::spool::SpoolConfig {
                 dir: cfg.agent.state_dir.join("spool"),
                 max_bytes: cfg.export.spool_max_mb << 20,
                 segment_bytes: 4 << 20,
@@ -411,12 +411,13 @@ impl Agent {
                 epoch: 0,
                 last_acked_seq: 0,
             };
-            let exporter = crate::exporter::Exporter::start(&cfg.export, spool.clone(), hello)
-                .context("cannot start the exporter")?;
+            let exporter =
+                crate::delivery::client::Exporter::start(&cfg.export, spool.clone(), hello)
+                    .context("cannot start the exporter")?;
             (Some(spool), Some(exporter))
         };
         let mut handler = handler;
-        handler.templater = crate::query::Templater::new(
+        handler.templater = crate::pipeline::query::Templater::new(
             Box::new(intel.privacy.hasher()),
             &cfg.intel.query_route_words,
         );
@@ -426,8 +427,8 @@ impl Agent {
             output,
             intel,
             spool,
-            unspooled: crate::unspooled::Unspooled::new(crate::unspooled::MAX_BYTES),
-            tls: crate::tls::Discovery::default(),
+            unspooled: crate::sinks::unspooled::Unspooled::new(crate::sinks::unspooled::MAX_BYTES),
+            tls: crate::kernel::tls::Discovery::default(),
             query_profiling: cfg.intel.query_profiling,
         };
         let startup = Event::Startup {
@@ -563,7 +564,7 @@ fn event_loop(
         }
         while let Some(item) = ring.next() {
             let r = decode::decode(&item);
-            c.handler.decode.record(&r);
+            crate::pipeline::decode::count(&mut c.handler.decode, &r);
             match r {
                 Ok(ev) => {
                     if let Some(out) = c.handler.handle(ev, &mut c.sensor) {

@@ -1,36 +1,23 @@
 //! clinicwatch agent: loads the kernel probes, follows the watched applications' process
-//! trees, and reports their file and network activity.
+//! trees, reports their file and network activity, judges it, and delivers what it found.
 //!
-//! Data path: [`sensor`] (load, offsets from [`btf`], hooks chosen by [`capabilities`]) →
-//! ring buffer → [`decode`] → [`handler`] (process table in [`proctable`]) → [`output`].
+//! The folders are the stages of the data path, in order (`ARCHITECTURE.md` walks them):
+//! [`kernel`] (load, hook table, BTF, uprobe targets) → ring buffer → [`pipeline`] (decode,
+//! one interpreter per event family, process table) → [`event`] (the vocabulary every later
+//! stage shares) → [`intel`] (windows, baselines, detectors, privacy) → [`sinks`] (output,
+//! spool) → [`delivery`] (records, gRPC client, enrollment). [`agent`] wires them, [`config`]
+//! configures them, [`cli`] holds the offline commands.
 
 pub mod agent;
-pub mod bootstrap;
-pub mod btf;
-pub mod capabilities;
-pub(crate) mod channel;
+pub mod cli;
 pub mod config;
-pub mod decode;
-pub mod dns;
-pub mod enroll;
+pub mod delivery;
 pub mod event;
-pub mod export;
-pub mod exporter;
-pub mod handler;
 pub mod intel;
-pub mod output;
-pub mod privileges;
-pub mod procfs;
-pub mod proctable;
-pub mod quarantine;
-pub mod query;
-pub mod report;
-pub mod sensor;
-pub mod spool;
-pub mod statefile;
-pub mod tls;
-pub mod unspooled;
-pub mod worker;
+pub mod kernel;
+pub mod pipeline;
+pub mod sinks;
+pub(crate) mod worker;
 
 pub use agent::Agent;
 pub use config::Config;

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use clinicwatch_agent::{agent::default_config_path, report, Agent, Config};
+use clinicwatch_agent::{agent::default_config_path, cli::report, Agent, Config};
 use tracing_subscriber::EnvFilter;
 
 /// eBPF sensor for practice-management applications.
@@ -99,7 +99,7 @@ fn main() -> std::process::ExitCode {
             eprintln!("Error: {e:?}");
             let permanent = e.chain().any(|c| {
                 c.is::<clinicwatch_agent::config::ConfigError>()
-                    || c.is::<clinicwatch_agent::privileges::PrivilegeError>()
+                    || c.is::<clinicwatch_agent::kernel::privileges::PrivilegeError>()
             });
             std::process::ExitCode::from(if permanent { EXIT_CONFIG } else { 1 })
         }
@@ -239,7 +239,7 @@ struct EnrollArgs {
 }
 
 fn enroll(path: &std::path::Path, a: EnrollArgs) -> anyhow::Result<()> {
-    use clinicwatch_agent::bootstrap::{self, CaSource};
+    use clinicwatch_agent::delivery::bootstrap::{self, CaSource};
     let cfg = Config::from_file(path)?;
     let collector = a.collector.unwrap_or_else(|| cfg.export.collector.clone());
     if collector.is_empty() {
@@ -314,7 +314,7 @@ fn check(config: Option<PathBuf>) -> anyhow::Result<()> {
     println!("kernel {}", kernel.trim());
     print!(
         "{}",
-        clinicwatch_agent::capabilities::render_reports(&agent.capabilities)
+        clinicwatch_agent::kernel::capabilities::render_reports(&agent.capabilities)
     );
     agent.stop();
     Ok(())

@@ -5,10 +5,11 @@
 use std::collections::BTreeSet;
 
 use clinicwatch_agent::{
-    capabilities::{CapabilityReport, Scope},
-    decode::DecodeStats,
+    event::finding::Finding,
+    event::DecodeStats,
     event::{Ancestor, Event, FileCounters, FileRef, FlowCounters, Health, ProcessCounters},
-    intel::{finding::Finding, Intel},
+    intel::Intel,
+    kernel::capabilities::{CapabilityReport, Scope},
     Config,
 };
 
@@ -264,7 +265,7 @@ impl Practice {
 /// exporter would send it.
 fn fits_the_collectors_limits(ev: &Event) {
     use prost::Message as _;
-    if let Some((_, bytes)) = clinicwatch_agent::export::record(ev, 0) {
+    if let Some((_, bytes)) = clinicwatch_agent::delivery::records::record(ev, 0) {
         let mut rec = clinicwatch_proto::v1::Record::decode(bytes.as_slice()).unwrap();
         rec.seq = 1;
         if let Err(e) = clinicwatch_proto::limits::check_record(&rec) {

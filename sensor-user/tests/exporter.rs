@@ -11,10 +11,12 @@ use std::{
 
 use clinicwatch_agent::{
     config::ExportConfig,
-    exporter::Exporter,
-    spool::{Kind, Spool, SpoolConfig},
+    delivery::client::Exporter,
+    sinks::spool::{Kind, Spool, SpoolConfig},
 };
-use clinicwatch_collector::{config::Config, enroll::EnrollService, pki, server::Collector, store};
+use clinicwatch_collector::{
+    api::enroll::EnrollService, auth::pki, config::Config, server::Collector, store,
+};
 use clinicwatch_proto::v1::{
     agent_frame,
     ingest_server::{Ingest, IngestServer},
@@ -34,7 +36,7 @@ struct Setup {
     dir: std::path::PathBuf,
     export: ExportConfig,
     collector: Arc<clinicwatch_collector::metrics::Metrics>,
-    store: clinicwatch_collector::ingest::SharedStore,
+    store: clinicwatch_collector::calls::SharedStore,
     _rt: tokio::runtime::Runtime,
 }
 
@@ -86,11 +88,14 @@ fn setup(name: &str, cfg: Config, nb: i64, na: i64) -> Setup {
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
     let port = listener.local_addr().unwrap().port();
-    let st: clinicwatch_collector::ingest::SharedStore =
+    let st: clinicwatch_collector::calls::SharedStore =
         Arc::from(store::open(&dir.join("c.db").display().to_string()).unwrap());
-    let tls =
-        clinicwatch_collector::listen::ServerTls::from_pem(&server.cert, &server.key, &ca.cert)
-            .unwrap();
+    let tls = clinicwatch_collector::api::listen::ServerTls::from_pem(
+        &server.cert,
+        &server.key,
+        &ca.cert,
+    )
+    .unwrap();
     let mut c = Collector::new(cfg.clone(), st.clone(), tls);
     c.enroll = Some(EnrollService {
         ca: ca.clone(),
@@ -223,7 +228,7 @@ fn a_certificate_in_its_last_third_is_renewed_and_used() {
     ex.stop();
     let after = std::fs::read_to_string(&s.export.cert_file).unwrap();
     assert_ne!(before, after, "renewed");
-    let (nb, na) = clinicwatch_agent::enroll::lifetime(&after).unwrap();
+    let (nb, na) = clinicwatch_agent::delivery::enroll::lifetime(&after).unwrap();
     assert!(
         na - now() > 29 * 86_400 && nb <= now(),
         "a fresh 30-day certificate"
@@ -301,9 +306,10 @@ fn a_certificate_that_becomes_due_during_a_stream_is_renewed_and_the_old_one_ret
         sp.lock().unwrap().acked() == 10
     });
     ex.stop();
-    let (_, na) =
-        clinicwatch_agent::enroll::lifetime(&std::fs::read_to_string(&s.export.cert_file).unwrap())
-            .unwrap();
+    let (_, na) = clinicwatch_agent::delivery::enroll::lifetime(
+        &std::fs::read_to_string(&s.export.cert_file).unwrap(),
+    )
+    .unwrap();
     assert!(na - now() > 29 * 86_400);
     assert_eq!(s.collector.enrolled.load(Ordering::Relaxed), 1);
     std::fs::remove_dir_all(&s.dir).unwrap();

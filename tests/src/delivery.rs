@@ -4,9 +4,9 @@
 use std::{path::Path, sync::Arc};
 
 use clinicwatch_collector::{
+    auth::pki,
+    calls::SharedStore,
     config::Config as CollectorConfig,
-    ingest::SharedStore,
-    pki,
     server::Collector,
     store::{self, HostKey, Store},
 };
@@ -31,9 +31,12 @@ pub fn collector(
     db: &Path,
 ) -> SharedStore {
     let store: SharedStore = Arc::from(store::open(&db.display().to_string()).unwrap());
-    let tls =
-        clinicwatch_collector::listen::ServerTls::from_pem(&server.cert, &server.key, &ca.cert)
-            .unwrap();
+    let tls = clinicwatch_collector::api::listen::ServerTls::from_pem(
+        &server.cert,
+        &server.key,
+        &ca.cert,
+    )
+    .unwrap();
     let c = Collector::new(CollectorConfig::default(), store.clone(), tls);
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
@@ -59,8 +62,8 @@ pub fn host_pki(dir: &Path, clinic: &str, host: &str) -> (pki::Pem, pki::Pem) {
 }
 
 /// The agent's spool in `state_dir/spool` (the agent stopped).
-pub fn open_spool(fx: &Fixture) -> clinicwatch_agent::spool::Spool {
-    clinicwatch_agent::spool::Spool::open(clinicwatch_agent::spool::SpoolConfig {
+pub fn open_spool(fx: &Fixture) -> clinicwatch_agent::sinks::spool::Spool {
+    clinicwatch_agent::sinks::spool::Spool::open(clinicwatch_agent::sinks::spool::SpoolConfig {
         dir: fx.state_dir().join("spool"),
         max_bytes: 256 << 20,
         segment_bytes: 4 << 20,
@@ -89,7 +92,7 @@ pub fn finding_key(rule: &str, time: f64) -> (String, i64) {
 /// The findings the agent logged (`state_dir/findings.jsonl`).
 pub fn findings_log(fx: &Fixture) -> Vec<(String, i64)> {
     let (raised, _) =
-        clinicwatch_agent::report::read_findings(&fx.state_dir().join("findings.jsonl"), 0.0)
+        clinicwatch_agent::cli::report::read_findings(&fx.state_dir().join("findings.jsonl"), 0.0)
             .unwrap();
     raised
         .iter()

@@ -224,7 +224,7 @@ fn agent_kill_9_mid_stream_and_collector_kill_9_mid_batch_lose_and_duplicate_not
 
     // The agent's config has no collector, clinic or CA: it enrolls in one step with the
     // token and the CA's pin, and `enroll` writes them into `[export]`.
-    let pin = clinicwatch_collector::pki::cert_sha256(
+    let pin = clinicwatch_collector::auth::pki::cert_sha256(
         &std::fs::read_to_string(cdir.join("ca.pem")).unwrap(),
     )
     .unwrap();

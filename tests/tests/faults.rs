@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use clinicwatch_agent::{Config, Event};
-use clinicwatch_collector::{pki, store::HostKey};
+use clinicwatch_collector::{auth::pki, store::HostKey};
 use clinicwatch_tests::{delivery::*, *};
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_cw-workload");
@@ -46,7 +46,7 @@ fn findings(rx: &Events) -> usize {
 }
 
 /// Findings of `rule` the collector stored.
-fn stored(store: &clinicwatch_collector::ingest::SharedStore, rule: &str) -> usize {
+fn stored(store: &clinicwatch_collector::calls::SharedStore, rule: &str) -> usize {
     store
         .findings_since(0.0)
         .unwrap()

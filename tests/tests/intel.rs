@@ -114,7 +114,7 @@ fn exfiltration_after_learning_raises_bulk_read_new_destination_and_read_then_se
     let wanted = ["CW-PM-BULK-READ", "CW-NEW-DESTINATION", "CW-READ-THEN-SEND"];
     let deadline = Instant::now() + Duration::from_secs(10);
     let found = loop {
-        let found: Vec<clinicwatch_agent::intel::finding::Finding> = seen
+        let found: Vec<clinicwatch_agent::event::finding::Finding> = seen
             .iter()
             .filter_map(|e| match e {
                 Event::Finding(f) => Some(f.clone()),

@@ -501,7 +501,7 @@ fn agent_run_unprivileged_says_what_is_missing() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     // Every capability it lacks is named, with what it is for.
-    for (_, name, _) in clinicwatch_agent::privileges::REQUIRED {
+    for (_, name, _) in clinicwatch_agent::kernel::privileges::REQUIRED {
         assert!(stderr.contains(&format!("{name} (to ")), "{stderr}");
     }
 }
@@ -673,7 +673,7 @@ fn a_dns_answer_names_the_destination_the_app_then_connects_to() {
                 continue;
             }
             let id = u16::from_be_bytes([buf[0], buf[1]]);
-            let answer = clinicwatch_agent::dns::response(
+            let answer = clinicwatch_agent::pipeline::dns::response(
                 id,
                 "api.vendor.example",
                 &["127.0.0.1".parse().unwrap()],
@@ -755,7 +755,7 @@ fn a_dns_answer_names_the_destination_the_app_then_connects_to() {
         while let Ok((n, from)) = liar.recv_from(&mut buf) {
             if n >= 12 {
                 let id = u16::from_be_bytes([buf[0], buf[1]]) ^ 0xffff;
-                let answer = clinicwatch_agent::dns::response(
+                let answer = clinicwatch_agent::pipeline::dns::response(
                     id,
                     "api.vendor.example",
                     &["127.0.0.1".parse().unwrap()],
@@ -969,7 +969,7 @@ fn a_local_user_filling_the_maps_cannot_blind_the_sensor_and_is_reported() {
     // A finding comes with each snapshot in which a counter grew: the first may be taken in
     // the middle of the storm, so wait for the one that has seen every child admitted or
     // refused (the attacker and its children: forks + 1 entries asked for).
-    let n = |f: &clinicwatch_agent::intel::finding::Finding, k: &str| {
+    let n = |f: &clinicwatch_agent::event::finding::Finding, k: &str| {
         f.evidence.get(k).and_then(|v| v.as_u64()).unwrap_or(0)
     };
     let f = find_event(&rx, slow, "a map-pressure finding after the storm", |e| {

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use clinicwatch_agent::{intel::window::WindowSummary, Agent, Config, Event};
+use clinicwatch_agent::{event::summary::WindowSummary, Agent, Config, Event};
 use clinicwatch_tests::*;
 
 const SERVER: &str = r#"
@@ -149,8 +149,8 @@ fn scraping_through_the_pm_clients_https_api_is_counted_and_found_without_its_co
         panic!("Debian's python3 is needed (`cargo xtask setup` installs it)");
     };
     let fx = Fixture::new(env!("CARGO_BIN_EXE_cw-workload"), "query");
-    let ca = clinicwatch_collector::pki::new_ca("query test ca").unwrap();
-    let cert = clinicwatch_collector::pki::server_cert(&ca, &["localhost".into()]).unwrap();
+    let ca = clinicwatch_collector::auth::pki::new_ca("query test ca").unwrap();
+    let cert = clinicwatch_collector::auth::pki::server_cert(&ca, &["localhost".into()]).unwrap();
     std::fs::write(fx.dir.join("ca.pem"), &ca.cert).unwrap();
     std::fs::write(fx.dir.join("server.pem"), &cert.cert).unwrap();
     std::fs::write(fx.dir.join("server.key"), &cert.key).unwrap();

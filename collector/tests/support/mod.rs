@@ -8,12 +8,12 @@ pub mod raw;
 use std::{path::PathBuf, sync::Arc};
 
 use clinicwatch_collector::{
+    api::enroll::EnrollService,
+    api::listen::ServerTls,
+    auth::pki,
+    calls::SharedStore,
     config::Config,
-    enroll::EnrollService,
-    ingest::SharedStore,
-    listen::ServerTls,
     metrics::Metrics,
-    pki,
     server::Collector,
     store::{self, Store},
 };
@@ -54,10 +54,10 @@ impl Running {
     /// An enrollment token for `clinic`, recorded in this collector's store with `uses`
     /// uses, valid for an hour.
     pub fn token(&self, p: &Pki, clinic: &str, uses: u32) -> String {
-        let exp = clinicwatch_collector::ingest::now() as u64 + 3600;
+        let exp = clinicwatch_collector::calls::now() as u64 + 3600;
         blocking(|| {
             let st = &self.store;
-            clinicwatch_collector::enroll::issue_token(
+            clinicwatch_collector::api::enroll::issue_token(
                 st.as_ref(),
                 &p.token_key,
                 clinic,
@@ -198,7 +198,7 @@ pub fn hello(clinic: &str, host: &str, epoch: u64) -> AgentFrame {
 /// Records `first..first+n`: every third a finding, the others summaries, dated an hour
 /// ago plus their seq in seconds (within the collector's plausible window).
 pub fn records(first: u64, n: u64) -> Vec<Record> {
-    let base = (clinicwatch_collector::ingest::now() - 3600.0).floor();
+    let base = (clinicwatch_collector::calls::now() - 3600.0).floor();
     (first..first + n)
         .map(|seq| Record {
             seq,

@@ -88,7 +88,7 @@ impl Server {
 
 /// The CA, and the server's certificate and key (owned by the server's user, 0600).
 fn tls_files(dir: &Path, uid: u32, gid: u32) -> Result<(PathBuf, PathBuf, PathBuf), String> {
-    use clinicwatch_collector::pki;
+    use clinicwatch_collector::auth::pki;
     use std::os::unix::fs::PermissionsExt as _;
     let ca = pki::new_ca("clinicwatch test PostgreSQL CA").map_err(|e| e.to_string())?;
     let server = pki::server_cert(&ca, &["localhost".to_string()]).map_err(|e| e.to_string())?;

@@ -11,10 +11,13 @@
 use std::hash::{Hash as _, Hasher as _};
 
 use clinicwatch_agent::{
-    btf::Btf,
-    decode::{self, DecodeStats, KernelEvent},
-    dns, handler, procfs,
-    query::{self, Templater, Write},
+    event::DecodeStats,
+    kernel::btf::Btf,
+    kernel::procfs,
+    pipeline::decode::{self, KernelEvent},
+    pipeline::dns,
+    pipeline::handler,
+    pipeline::query::{self, Templater, Write},
 };
 use clinicwatch_common::{ARGV_LEN, TLS_STATUS_LEN};
 use clinicwatch_proto::{
@@ -72,7 +75,7 @@ pub fn target(name: &str) -> Option<&'static Target> {
 pub fn ring_buffer(data: &[u8]) {
     let r = decode::decode(data);
     let mut stats = DecodeStats::default();
-    stats.record(&r);
+    decode::count(&mut stats, &r);
     assert_eq!(
         stats.decoded + stats.dropped(),
         1,

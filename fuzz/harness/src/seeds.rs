@@ -7,7 +7,7 @@
 
 use std::net::IpAddr;
 
-use clinicwatch_agent::dns;
+use clinicwatch_agent::pipeline::dns;
 use clinicwatch_common::{
     kind, ConnectEvent, DnsEvent, EventHeader, ExecEvent, ExitEvent, FileEvent, FlowAddr,
     FlowCloseEvent, ForkEvent, PathBuf as KPath, ProtectedOpenEvent, TlsReadEvent, TlsWriteEvent,

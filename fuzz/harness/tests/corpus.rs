@@ -11,7 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use clinicwatch_agent::{btf::Btf, decode, dns, handler, query};
+use clinicwatch_agent::{
+    kernel::btf::Btf, pipeline::decode, pipeline::dns, pipeline::handler, pipeline::query,
+};
 use clinicwatch_collector::store;
 use clinicwatch_fuzz::{seeds, TARGETS};
 use clinicwatch_proto::{

@@ -10,7 +10,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{classes::FileClass, hist::WeekHist, window::WindowSummary};
+use super::hist::WeekHist;
+use crate::event::{class::FileClass, summary::WindowSummary};
 
 pub const VERSION: u32 = 1;
 
@@ -269,7 +270,7 @@ pub fn path_for(state_dir: &Path, app: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::intel::window::{ClassStats, DestStats};
+    use crate::event::summary::{ClassStats, DestStats};
 
     fn window(start: f64, pm: u64, sent: u64) -> WindowSummary {
         let mut classes = BTreeMap::new();

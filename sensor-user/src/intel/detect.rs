@@ -3,11 +3,13 @@
 
 use super::{
     baseline::Baseline,
-    classes::FileClass,
     dest::AllowList,
-    finding::{human, top, Finding},
     rules::{Rule, RuleKind, Rules},
-    window::WindowSummary,
+};
+use crate::event::{
+    class::FileClass,
+    finding::{human, top, Finding},
+    summary::WindowSummary,
 };
 
 /// Destinations named in one finding's evidence (the largest senders; the rest counted).
@@ -38,7 +40,8 @@ pub fn suspicious(exe: &str, names: &[String], prefixes: &[String]) -> bool {
 pub fn window_findings(ctx: &Ctx, w: &WindowSummary) -> Vec<Finding> {
     let learning = ctx.baseline.learning(w.start);
     let b = ctx.baseline;
-    let non_vendor = |d: &&super::window::DestStats| !ctx.allow.allows(d.dst, d.name.as_deref());
+    let non_vendor =
+        |d: &&crate::event::summary::DestStats| !ctx.allow.allows(d.dst, d.name.as_deref());
     let mut out = Vec::new();
     for rule in ctx.rules.enabled() {
         match &rule.kind {

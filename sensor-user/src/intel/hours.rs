@@ -1,6 +1,6 @@
 //! Time of week: hour-of-week buckets (Monday 00:00 local is hour 0) and practice hours.
 
-use crate::config::UtcOffset;
+use crate::config::{values::Span, UtcOffset};
 
 /// Seconds east of UTC for `unix` under `offset` (`auto`: the host's zone at that time).
 pub fn offset_secs(offset: UtcOffset, unix: f64) -> i64 {
@@ -33,59 +33,6 @@ pub fn local_day_minute(unix: f64, offset_secs: i64) -> (u32, u32) {
 pub fn hour_of_week(unix: f64, offset_secs: i64) -> u16 {
     let (day, minute) = local_day_minute(unix, offset_secs);
     (day * 24 + minute / 60) as u16
-}
-
-const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
-
-/// `mon-fri 07:00-20:00`, `sat 08:00-13:00`, `daily 00:00-24:00`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Span {
-    days: [bool; 7],
-    from: u32,
-    to: u32,
-}
-
-fn minute(s: &str) -> Option<u32> {
-    let (h, m) = s.split_once(':')?;
-    let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
-    (h <= 24 && m < 60 && h * 60 + m <= 1440).then_some(h * 60 + m)
-}
-
-impl Span {
-    pub fn parse(s: &str) -> Result<Span, String> {
-        let bad = || format!("`{s}`: expected `DAY[-DAY] HH:MM-HH:MM`, e.g. `mon-fri 07:00-20:00`");
-        let (days, times) = s.trim().split_once(' ').ok_or_else(bad)?;
-        let day = |d: &str| DAYS.iter().position(|x| *x == d.to_ascii_lowercase());
-        let mut set = [false; 7];
-        if days.eq_ignore_ascii_case("daily") {
-            set = [true; 7];
-        } else {
-            let (a, b) = days.split_once('-').unwrap_or((days, days));
-            let (a, b) = (day(a).ok_or_else(bad)?, day(b).ok_or_else(bad)?);
-            let mut d = a;
-            loop {
-                set[d] = true;
-                if d == b {
-                    break;
-                }
-                d = (d + 1) % 7;
-            }
-        }
-        let (f, t) = times.trim().split_once('-').ok_or_else(bad)?;
-        let (from, to) = (minute(f).ok_or_else(bad)?, minute(t).ok_or_else(bad)?);
-        if from >= to {
-            return Err(format!("`{s}`: the end must be after the start"));
-        }
-        Ok(Span {
-            days: set,
-            from,
-            to,
-        })
-    }
-
-    pub fn contains(&self, day: u32, minute: u32) -> bool {
-        self.days[day as usize % 7] && minute >= self.from && minute < self.to
-    }
 }
 
 /// Practice hours: inside any of the spans.

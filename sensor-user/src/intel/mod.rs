@@ -9,7 +9,6 @@ pub mod baseline;
 pub mod classes;
 pub mod dest;
 pub mod detect;
-pub mod finding;
 pub mod hist;
 pub mod hours;
 pub mod pressure;
@@ -25,9 +24,9 @@ use std::{
 
 use anyhow::Context as _;
 
+use crate::event::finding::Finding;
 use crate::{config::Config, event::Event};
 use baseline::Baseline;
-use finding::Finding;
 use rules::{RuleKind, Rules};
 
 /// Size at which the findings log is rotated.
@@ -110,7 +109,9 @@ impl Intel {
                 .collect::<Vec<_>>(),
             &cfg.classes
                 .iter()
-                .filter_map(|c| classes::FileClass::parse(&c.class).map(|k| (k, c.path.clone())))
+                .filter_map(|c| {
+                    crate::event::class::FileClass::parse(&c.class).map(|k| (k, c.path.clone()))
+                })
                 .collect::<Vec<_>>(),
         );
         let hours =
@@ -207,7 +208,11 @@ impl Intel {
         }
     }
 
-    fn closed(&mut self, summaries: Vec<window::WindowSummary>, out: &mut Vec<Event>) {
+    fn closed(
+        &mut self,
+        summaries: Vec<crate::event::summary::WindowSummary>,
+        out: &mut Vec<Event>,
+    ) {
         for w in summaries {
             let Some(b) = self.baselines.get(&w.app) else {
                 // Followed protected readers: no baseline, their own rules; the summary goes
@@ -393,7 +398,7 @@ impl Intel {
                         unreachable!()
                     };
                     if *time - t <= within_secs {
-                        let d = dest::dest_key(*dst, *port, protocol);
+                        let d = crate::event::summary::dest_key(*dst, *port, protocol);
                         found.push(
                             Finding::new(&r.id, r.severity, "-", *time, &format!("{exe} {d}"))
                                 .summary(format!(

@@ -4,7 +4,7 @@
 //! inserts refused by a full map, reader entries refused by their quota, readers not
 //! followed, open flows evicted before they closed, and a watched map filling up.
 
-use super::{finding::Finding, rules::Severity};
+use crate::event::finding::{Finding, Severity};
 use crate::event::Health;
 
 /// The counters whose growth is map pressure.

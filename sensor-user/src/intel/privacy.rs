@@ -10,7 +10,8 @@ use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _, path::Path};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::classes::{extension, FileClass};
+use super::classes::extension;
+use crate::event::class::FileClass;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {

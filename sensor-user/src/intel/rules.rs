@@ -4,9 +4,9 @@
 
 use std::collections::BTreeSet;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use super::classes::FileClass;
+use crate::event::{class::FileClass, finding::Severity};
 
 pub const DEFAULT_RULES: &str = include_str!("default_rules.toml");
 
@@ -20,16 +20,6 @@ pub enum RuleError {
     },
     #[error("rule file `{path}`: {why}")]
     Invalid { path: String, why: String },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Severity {
-    Info,
-    Low,
-    Medium,
-    High,
-    Critical,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

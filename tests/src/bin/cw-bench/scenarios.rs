@@ -57,9 +57,9 @@ struct Floor {
 }
 
 fn attach_floor() -> anyhow::Result<Floor> {
-    use clinicwatch_agent::capabilities::{OPEN_EXITS, READ_EXITS};
-    let tracefs = clinicwatch_agent::procfs::ensure_tracefs()?;
-    let mut ebpf = aya::EbpfLoader::new().load(clinicwatch_agent::sensor::EBPF_OBJECT)?;
+    use clinicwatch_agent::kernel::capabilities::{OPEN_EXITS, READ_EXITS};
+    let tracefs = clinicwatch_agent::kernel::procfs::ensure_tracefs()?;
+    let mut ebpf = aya::EbpfLoader::new().load(clinicwatch_agent::kernel::sensor::EBPF_OBJECT)?;
     let prog: &mut aya::programs::TracePoint =
         ebpf.program_mut("tp_noop").context("tp_noop")?.try_into()?;
     prog.load()?;

@@ -84,8 +84,8 @@ pub fn run(bench: &Bench, pairs: usize, secs: f64) -> anyhow::Result<Vec<String>
         .context("Debian's python3 is needed (`cargo xtask setup` installs it)")?;
     let dir = bench.dir.join("tls");
     std::fs::create_dir_all(&dir)?;
-    let ca = clinicwatch_collector::pki::new_ca("bench ca")?;
-    let cert = clinicwatch_collector::pki::server_cert(&ca, &["localhost".into()])?;
+    let ca = clinicwatch_collector::auth::pki::new_ca("bench ca")?;
+    let cert = clinicwatch_collector::auth::pki::server_cert(&ca, &["localhost".into()])?;
     std::fs::write(dir.join("ca.pem"), &ca.cert)?;
     std::fs::write(dir.join("server.pem"), &cert.cert)?;
     std::fs::write(dir.join("server.key"), &cert.key)?;

@@ -17,7 +17,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
-use clinicwatch_collector::{ingest::now as wall, pki};
+use clinicwatch_collector::{auth::pki, calls::now as wall};
 use clinicwatch_proto::v1::{record::Body, Destination, Finding, Hello, Severity, WindowSummary};
 use tokio::sync::{mpsc, watch};
 

@@ -29,7 +29,7 @@ use clinicwatch_proto::v1::{record::Body, Destination, Finding, WindowSummary};
 use super::load::{
     agents_with_certificates, bench_root, cpu_of_children, deliver, start_server_with,
 };
-use clinicwatch_collector::ingest::now as wall;
+use clinicwatch_collector::calls::now as wall;
 
 pub struct FleetOptions {
     pub clinics: usize,

@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
-use clinicwatch_collector::pki;
+use clinicwatch_collector::auth::pki;
 use clinicwatch_proto::v1::{
     agent_frame::Frame, ingest_client::IngestClient, record::Body, server_frame, AgentFrame, Batch,
     ClassStats, Destination, Finding, Hello, Record, ServerFrame, WindowSummary,

@@ -4,8 +4,8 @@ use std::{path::Path, sync::Arc};
 
 use anyhow::Context as _;
 use clinicwatch_collector::{
+    api::ingest::IdentitySource,
     config::Config,
-    ingest::IdentitySource,
     server::{tls_from_dir, Collector},
     store,
 };

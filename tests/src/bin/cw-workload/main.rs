@@ -258,7 +258,7 @@ fn run(args: &[String]) -> std::io::Result<ExitCode> {
             sock.send(&q)?;
             let mut buf = [0u8; 512];
             let n = sock.recv(&mut buf)?;
-            let (_, ips) = clinicwatch_agent::dns::answers(&buf[..n])
+            let (_, ips) = clinicwatch_agent::pipeline::dns::answers(&buf[..n])
                 .ok_or_else(|| std::io::Error::other("not a DNS answer"))?;
             let ip = ips
                 .first()

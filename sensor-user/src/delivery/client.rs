@@ -7,7 +7,7 @@
 //!
 //! No record can block the ones after it: each is checked against the collector's limits
 //! before it is sent, and one the collector refuses as invalid anyway is found and
-//! quarantined ([`crate::quarantine`]). Findings the full spool had to drop are reported as
+//! quarantined ([`crate::delivery::quarantine`]). Findings the full spool had to drop are reported as
 //! a `CW-SENSOR-SPOOL-FULL` finding.
 
 use std::{
@@ -27,10 +27,10 @@ use tonic::codec::CompressionEncoding;
 
 use crate::{
     config::ExportConfig,
+    delivery::quarantine::{Quarantine, Screen, Screened},
+    event::finding::{Finding, Severity},
     event::Event,
-    intel::{finding::Finding, rules::Severity},
-    quarantine::{Quarantine, Screen, Screened},
-    spool::{Spool, SpoolError},
+    sinks::spool::{Spool, SpoolError},
 };
 
 pub struct Exporter {
@@ -60,7 +60,7 @@ fn read_material(cfg: &ExportConfig) -> anyhow::Result<Material> {
     })
 }
 
-use crate::channel::endpoint;
+use crate::delivery::channel::endpoint;
 
 impl Exporter {
     /// Starts the exporter thread; the files are read now, so a missing one is an error here.
@@ -164,7 +164,7 @@ pub(crate) fn report_drops(s: &mut Spool, r: &mut DropReport) -> Result<(), Spoo
     if new == 0 || r.last.is_some_and(|t| t.elapsed() < DROP_REPORT_EVERY) {
         return Ok(());
     }
-    let now = crate::export::unix_time();
+    let now = crate::delivery::records::unix_time();
     let f = Finding::new(SPOOL_FULL_RULE, Severity::High, "-", now, "spool")
         .summary(format!(
             "the spool reached its {}-byte cap with findings alone (the collector unreachable for long?): its {new} oldest finding(s) were dropped",
@@ -182,7 +182,7 @@ pub(crate) fn report_drops(s: &mut Spool, r: &mut DropReport) -> Result<(), Spoo
     );
     r.reported = s.dropped_findings;
     r.last = Some(std::time::Instant::now());
-    if let Some((kind, payload)) = crate::export::record(&Event::Finding(f), s.dropped) {
+    if let Some((kind, payload)) = crate::delivery::records::record(&Event::Finding(f), s.dropped) {
         s.append(kind, &payload)?;
     }
     // Findings the report itself pushes out are reported next time.
@@ -220,7 +220,7 @@ pub(crate) fn next_batch(
 async fn run(cfg: ExportConfig, spool: Arc<Mutex<Spool>>, hello: Hello, stop: Arc<AtomicBool>) {
     let quarantine = Quarantine::new(
         spool.lock().unwrap_or_else(|p| p.into_inner()).dir(),
-        crate::quarantine::MAX_BYTES,
+        crate::delivery::quarantine::MAX_BYTES,
     );
     let mut screen = Screen::new(quarantine);
     let mut drops = DropReport::default();
@@ -230,7 +230,7 @@ async fn run(cfg: ExportConfig, spool: Arc<Mutex<Spool>>, hello: Hello, stop: Ar
     while !stop.load(Ordering::SeqCst) {
         let renew_allowed = renew_failed.is_none_or(|t| t.elapsed() >= Duration::from_secs(600));
         if cfg.renew && renew_allowed {
-            match crate::enroll::renew_if_due(&cfg).await {
+            match crate::delivery::enroll::renew_if_due(&cfg).await {
                 Ok(()) => renew_failed = None,
                 Err(e) => {
                     renew_failed = Some(std::time::Instant::now());
@@ -413,7 +413,7 @@ async fn session(
     // When the certificate enters its last third: end the session, so that `run` renews it
     // and reconnects with the new one (a stream can outlive a certificate's renewal window).
     let renew_at = if cfg.renew && renew_allowed {
-        crate::enroll::lifetime(&m.cert)
+        crate::delivery::enroll::lifetime(&m.cert)
             .ok()
             .map(|(nb, na)| na - (na - nb).max(1) / 3)
     } else {
@@ -421,7 +421,7 @@ async fn session(
     };
     let mut last_beat = tokio::time::Instant::now();
     loop {
-        if renew_at.is_some_and(|t| crate::enroll::unix_now() >= t) {
+        if renew_at.is_some_and(|t| crate::delivery::enroll::unix_now() >= t) {
             tracing::info!("certificate due for renewal: reconnecting");
             return Ok(());
         }
@@ -449,7 +449,7 @@ async fn session(
                 last_beat = tokio::time::Instant::now();
                 let s = spool.lock().unwrap_or_else(|p| p.into_inner());
                 Frame::Heartbeat(Heartbeat {
-                    time: crate::export::unix_time(),
+                    time: crate::delivery::records::unix_time(),
                     spooled: s.pending(),
                     dropped: s.dropped,
                 })
@@ -477,7 +477,7 @@ mod tests {
     use prost::Message as _;
 
     use super::*;
-    use crate::spool::{Kind, SpoolConfig};
+    use crate::sinks::spool::{Kind, SpoolConfig};
 
     #[test]
     fn findings_dropped_by_the_full_spool_are_reported_at_once_then_at_most_every_10_minutes() {

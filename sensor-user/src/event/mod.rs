@@ -1,4 +1,10 @@
-//! What the agent reports: one JSON object per line, tagged by `type`.
+//! What the agent reports: one JSON object per line, tagged by `type`. The vocabulary
+//! every stage after the kernel shares: file classes ([`class`]), window summaries
+//! ([`summary`]) and findings ([`finding`]) are defined here, below the stages that make them.
+
+pub mod class;
+pub mod finding;
+pub mod summary;
 
 use std::net::IpAddr;
 
@@ -6,7 +12,22 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{capabilities::CapabilityReport, decode::DecodeStats};
+use crate::kernel::capabilities::CapabilityReport;
+
+/// Counts of records dropped by the decoder, by reason.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecodeStats {
+    pub decoded: u64,
+    pub truncated: u64,
+    pub bad_size: u64,
+    pub unknown_kind: u64,
+}
+
+impl DecodeStats {
+    pub fn dropped(&self) -> u64 {
+        self.truncated + self.bad_size + self.unknown_kind
+    }
+}
 
 /// A process of a watched tree, as seen in an ancestry chain.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -247,9 +268,9 @@ pub enum Event {
         status: u16,
     },
     /// One app's aggregation window (counts by file class, destinations, children).
-    Summary(crate::intel::window::WindowSummary),
+    Summary(summary::WindowSummary),
     /// Something a rule found.
-    Finding(crate::intel::finding::Finding),
+    Finding(crate::event::finding::Finding),
 }
 
 impl Event {

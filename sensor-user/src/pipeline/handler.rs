@@ -15,13 +15,14 @@ use regex::Regex;
 
 use crate::{
     config::Config,
-    decode::{DecodeStats, KernelEvent},
+    event::DecodeStats,
     event::{
         Ancestor, Event, FileCounters, FileRef, FlowCounters, Health, HookHealth, ProcessCounters,
     },
-    procfs,
-    proctable::{ProcInfo, ProcTable},
-    sensor::Sensor,
+    kernel::procfs,
+    kernel::sensor::Sensor,
+    pipeline::decode::KernelEvent,
+    pipeline::proctable::{ProcInfo, ProcTable},
 };
 
 /// Converts the kernel's boot-time clock to Unix time.
@@ -174,7 +175,7 @@ pub struct Handler {
     /// Watch a process outside the apps once it opens a protected file.
     follow_readers: bool,
     /// Names from the DNS answers watched flows received, by application and address.
-    pub names: crate::dns::Names,
+    pub names: crate::pipeline::dns::Names,
     /// DNS answers that named addresses.
     pub dns_answers: u64,
     /// Answers from servers other than the resolvers, ignored (a process could otherwise
@@ -185,9 +186,9 @@ pub struct Handler {
     /// Open flows to port 53: cookie → (server, application).
     dns_flows: HashMap<u64, (IpAddr, u32)>,
     /// The questions those flows asked: an answer is read only for one of them.
-    pub dns_asked: crate::dns::Asked,
+    pub dns_asked: crate::pipeline::dns::Asked,
     /// Makes query templates from TLS plaintext (the agent gives it the clinic's key).
-    pub templater: crate::query::Templater,
+    pub templater: crate::pipeline::query::Templater,
     /// The last request's template per TLS connection (process, `SSL *`), for its response.
     last_request: HashMap<(u32, u64), (String, String, String)>,
     /// TLS writes that were not the start of a request (bodies, other protocols).
@@ -211,10 +212,11 @@ fn resolvers(configured: &[String]) -> std::collections::HashSet<IpAddr> {
     if !configured.is_empty() {
         return configured.iter().filter_map(|r| r.parse().ok()).collect();
     }
-    let mut set: std::collections::HashSet<IpAddr> =
-        crate::dns::resolvers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
-            .into_iter()
-            .collect();
+    let mut set: std::collections::HashSet<IpAddr> = crate::pipeline::dns::resolvers(
+        &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+    )
+    .into_iter()
+    .collect();
     set.insert(IpAddr::from([127, 0, 0, 53]));
     set
 }
@@ -257,13 +259,13 @@ impl Handler {
             open_flows: BTreeMap::new(),
             rejected: Default::default(),
             follow_readers: cfg.intel.follow_protected_readers,
-            names: crate::dns::Names::new(NAMES_KEPT),
+            names: crate::pipeline::dns::Names::new(NAMES_KEPT),
             dns_answers: 0,
             dns_untrusted: 0,
             resolvers: resolvers(&cfg.agent.dns_resolvers),
             dns_flows: HashMap::new(),
-            dns_asked: crate::dns::Asked::new(DNS_QUESTIONS_KEPT),
-            templater: crate::query::Templater::new(
+            dns_asked: crate::pipeline::dns::Asked::new(DNS_QUESTIONS_KEPT),
+            templater: crate::pipeline::query::Templater::new(
                 Box::new(random_key_hash()),
                 &cfg.intel.query_route_words,
             ),
@@ -488,7 +490,7 @@ impl Handler {
                             ProcInfo::new(e.ppid, READER_APP, e.hdr.tgid, exe.clone()),
                         ),
                         Err(err) => {
-                            use crate::sensor::SensorError;
+                            use crate::kernel::sensor::SensorError;
                             if matches!(err, SensorError::ReaderQuota { .. }) {
                                 self.readers_not_followed += 1;
                             }
@@ -553,32 +555,32 @@ impl Handler {
             }
             KernelEvent::TlsWrite(e) => {
                 let data = &e.data[..(e.captured as usize).min(e.data.len())];
-                let (protocol, requests, method, host, path, ids) = match crate::query::parse(data)
-                {
-                    crate::query::Write::Http1(r) => {
-                        let t = self.templater.template(&r);
-                        if self.last_request.len() >= TLS_CONNECTIONS_KEPT {
-                            self.last_request.clear();
+                let (protocol, requests, method, host, path, ids) =
+                    match crate::pipeline::query::parse(data) {
+                        crate::pipeline::query::Write::Http1(r) => {
+                            let t = self.templater.template(&r);
+                            if self.last_request.len() >= TLS_CONNECTIONS_KEPT {
+                                self.last_request.clear();
+                            }
+                            self.last_request.insert(
+                                (e.hdr.tgid, e.ssl),
+                                (t.method.clone(), t.host.clone(), t.path.clone()),
+                            );
+                            ("http/1.1", 1, t.method, t.host, t.path, t.ids)
                         }
-                        self.last_request.insert(
-                            (e.hdr.tgid, e.ssl),
-                            (t.method.clone(), t.host.clone(), t.path.clone()),
-                        );
-                        ("http/1.1", 1, t.method, t.host, t.path, t.ids)
-                    }
-                    crate::query::Write::Http2 { requests } if requests > 0 => (
-                        "h2",
-                        requests,
-                        String::new(),
-                        String::new(),
-                        "{h2}".to_string(),
-                        Vec::new(),
-                    ),
-                    _ => {
-                        self.tls_other += 1;
-                        return None;
-                    }
-                };
+                        crate::pipeline::query::Write::Http2 { requests } if requests > 0 => (
+                            "h2",
+                            requests,
+                            String::new(),
+                            String::new(),
+                            "{h2}".to_string(),
+                            Vec::new(),
+                        ),
+                        _ => {
+                            self.tls_other += 1;
+                            return None;
+                        }
+                    };
                 Some(Event::Query {
                     time: self.clock.unix(e.hdr.time_ns),
                     pid: e.hdr.tgid,

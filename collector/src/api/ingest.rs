@@ -24,14 +24,13 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument as _;
 
 use crate::{
-    limit::{Decision, Limiter},
+    api::limit::{Decision, Limiter},
     metrics::{Metrics, Rejection},
     store::{record_time, HostKey, Store, StoreError},
 };
 
-use crate::calls::on_store;
-pub use crate::calls::{now, SharedStore};
-use crate::identity::{check_key, peer_of, KeyUse};
+use crate::auth::identity::{check_key, peer_of, KeyUse};
+use crate::calls::{now, on_store, SharedStore};
 
 /// Where a stream's identity comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +49,7 @@ pub struct IngestService {
     pub limits: crate::config::LimitsConfig,
     pub identity: IdentitySource,
     /// Exports of what is stored (OCSF, CEF), when configured.
-    pub siem: Option<crate::siem::Siem>,
+    pub siem: Option<crate::alert::Siem>,
     pub streams: Arc<Streams>,
 }
 
@@ -169,7 +168,7 @@ struct Session {
     metrics: Arc<Metrics>,
     limiter: Arc<Limiter>,
     limits: crate::config::LimitsConfig,
-    siem: Option<crate::siem::Siem>,
+    siem: Option<crate::alert::Siem>,
     /// The stream's epoch (after Hello) and the last seq acked on it.
     epoch: Option<u64>,
     acked: u64,
@@ -226,7 +225,7 @@ impl Session {
             if verdict == Ok(KeyUse::Pending) {
                 // The renewed certificate is in use: the old one is refused from now on.
                 if let Some(old) = s.enrollment(&host)? {
-                    s.set_enrollment(&host, &crate::identity::promoted(&old, t))?;
+                    s.set_enrollment(&host, &crate::auth::identity::promoted(&old, t))?;
                 }
             }
             match verdict {
@@ -334,7 +333,7 @@ impl Session {
             .filter(|r| new.contains(&r.seq))
             .collect();
         if !records.is_empty() {
-            siem.send(crate::siem::Item::Records {
+            siem.send(crate::alert::Item::Records {
                 host: self.host.clone(),
                 records,
             });
@@ -381,7 +380,7 @@ impl IngestService {
             }
         }
         .inspect_err(|_| self.metrics.reject(Rejection::Unauthenticated))?;
-        if host.clinic == crate::identity::SOC_ORG {
+        if host.clinic == crate::auth::identity::SOC_ORG {
             self.metrics.reject(Rejection::Permission);
             return Err(status::denied("an analyst certificate cannot send records"));
         }

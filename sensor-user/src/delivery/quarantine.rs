@@ -24,10 +24,10 @@ use clinicwatch_proto::{
 use prost::Message as _;
 
 use crate::{
+    event::finding::{Finding, Severity},
     event::Event,
-    intel::{finding::Finding, rules::Severity},
-    spool::{Entry, Spool, SpoolError},
-    statefile,
+    sinks::spool::{Entry, Spool, SpoolError},
+    sinks::statefile,
 };
 
 /// The rule of the finding that reports a quarantined record.
@@ -183,7 +183,7 @@ impl Screen {
                             Ok(()) => Ok(r),
                             // Spooled by an older agent, unshaped: shaped now, it may pass.
                             Err(l) => {
-                                crate::export::shape(&mut r);
+                                crate::delivery::records::shape(&mut r);
                                 limits::check_record(&r).map(|()| r).map_err(|_| l.0)
                             }
                         },
@@ -256,7 +256,7 @@ impl Screen {
         if rule == RULE {
             return Ok(());
         }
-        let f = Finding::new(RULE, Severity::Medium, "-", crate::export::unix_time(), "quarantine")
+        let f = Finding::new(RULE, Severity::Medium, "-", crate::delivery::records::unix_time(), "quarantine")
             .summary(format!(
                 "a {kind} record (seq {}) the collector would refuse was kept on the host instead of sent: {}",
                 e.seq,
@@ -277,7 +277,9 @@ impl Screen {
                 },
             )
             .with("quarantined_since_start", self.quarantined);
-        if let Some((kind, payload)) = crate::export::record(&Event::Finding(f), spool.dropped) {
+        if let Some((kind, payload)) =
+            crate::delivery::records::record(&Event::Finding(f), spool.dropped)
+        {
             spool.append(kind, &payload)?;
         }
         Ok(())
@@ -307,8 +309,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        exporter::{next_batch, DropReport},
-        spool::{Kind, SpoolConfig},
+        delivery::client::{next_batch, DropReport},
+        sinks::spool::{Kind, SpoolConfig},
     };
 
     fn dir(name: &str) -> PathBuf {

@@ -241,19 +241,20 @@ fn export_for(cfg: &crate::Config, req: &Request) -> ExportConfig {
 pub async fn enroll(req: &Request) -> anyhow::Result<Enrolled> {
     let cfg = crate::Config::from_file(&req.config)?;
     let mut export = export_for(&cfg, req);
-    crate::enroll::check_not_enrolled(&export, req.force)?;
+    crate::delivery::enroll::check_not_enrolled(&export, req.force)?;
     let ca = match &req.ca {
         CaSource::File(p) => std::fs::read_to_string(p)
             .with_context(|| format!("cannot read the collector's CA `{}`", p.display()))?,
         CaSource::Pin(pin) => fetch_pinned_ca(&req.collector, pin).await?,
     };
     // Makes the key's and certificate's folders (`enroll::store`).
-    let (clinic, not_after) = crate::enroll::enroll(&export, &ca, &req.token, req.force).await?;
+    let (clinic, not_after) =
+        crate::delivery::enroll::enroll(&export, &ca, &req.token, req.force).await?;
     if let Some(dir) = export.ca_file.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot make `{}`", dir.display()))?;
     }
     // Root's and world-readable: the service's user reads it, and cannot replace it.
-    crate::enroll::write_atomic_mode(&export.ca_file, &ca, 0o644, None)?;
+    crate::delivery::enroll::write_atomic_mode(&export.ca_file, &ca, 0o644, None)?;
     export.clinic = clinic;
     write_export(&req.config, &export)?;
     Ok(Enrolled { export, not_after })
@@ -290,7 +291,7 @@ pub fn write_export(path: &Path, export: &ExportConfig) -> anyhow::Result<()> {
     use std::os::unix::fs::MetadataExt as _;
     let meta =
         std::fs::metadata(path).with_context(|| format!("cannot stat `{}`", path.display()))?;
-    crate::enroll::write_atomic_mode(
+    crate::delivery::enroll::write_atomic_mode(
         path,
         &out,
         meta.mode() & 0o7777,

@@ -14,13 +14,11 @@ use clinicwatch_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::{
+    auth::identity::{peer_of, SOC_ORG},
     calls::{on_store, SharedStore},
-    identity::peer_of,
     metrics::Metrics,
     store::Incident,
 };
-
-pub use crate::identity::SOC_ORG;
 
 pub struct SocService {
     pub store: SharedStore,
@@ -59,7 +57,7 @@ impl SocService {
         }
         let w = who.clone();
         let e = on_store(&self.store, &self.metrics, move |s| s.enrollment(&w)).await?;
-        crate::identity::check_key(e.as_ref(), &key).map_err(|why| {
+        crate::auth::identity::check_key(e.as_ref(), &key).map_err(|why| {
             tracing::warn!(analyst = %who.host, %why, "analyst certificate refused");
             status::denied(why)
         })?;

@@ -31,7 +31,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::statefile;
+use crate::sinks::statefile;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -843,7 +843,7 @@ mod tests {
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
-                "spool::tests::crash_writer",
+                "sinks::spool::tests::crash_writer",
                 "--ignored",
                 "--nocapture",
                 "--test-threads=1",

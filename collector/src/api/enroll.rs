@@ -26,9 +26,9 @@ use tonic::{Request, Response, Status};
 use clinicwatch_proto::v1::{enroll_server::Enroll, EnrollRequest, EnrollResponse};
 
 use crate::{
+    auth::identity::check_key,
+    auth::pki::Pem,
     calls::{on_store, SharedStore},
-    identity::check_key,
-    pki::Pem,
     store::{Enrollment, HostKey},
 };
 
@@ -229,13 +229,13 @@ impl Enroll for EnrollService {
     ) -> Result<Response<EnrollResponse>, Status> {
         let renewing = req.get_ref().token.is_empty();
         let (host, presented) = if renewing {
-            let (who, key) = crate::identity::peer_of(&req)?;
+            let (who, key) = crate::auth::identity::peer_of(&req)?;
             (who, Some(key))
         } else {
             (self.by_token(req.get_ref())?, None)
         };
         let (clinic, hostname) = (host.clinic.clone(), host.host.clone());
-        if clinic == crate::identity::SOC_ORG {
+        if clinic == crate::auth::identity::SOC_ORG {
             return Err(status::denied(
                 "analyst certificates are issued by hand (`issue --soc`), not enrolled",
             ));
@@ -263,8 +263,8 @@ impl Enroll for EnrollService {
             self.cert_days,
         )
         .map_err(status::invalid)?;
-        let key = crate::pki::pem_to_der(&cert_pem)
-            .and_then(|der| crate::pki::key_fingerprint(&der))
+        let key = crate::auth::pki::pem_to_der(&cert_pem)
+            .and_then(|der| crate::auth::pki::key_fingerprint(&der))
             .map_err(|e| status::unavailable(e.to_string()))?;
         let now = crate::calls::now();
         // A renewal keeps the presented key valid until the new one is used (two-phase).
@@ -341,7 +341,7 @@ mod tests {
 
     #[test]
     fn a_csr_is_signed_for_the_tokens_clinic_whatever_it_claims() {
-        let ca = crate::pki::new_ca("test CA").unwrap();
+        let ca = crate::auth::pki::new_ca("test CA").unwrap();
         let key = KeyPair::generate().unwrap();
         let mut p = rcgen::CertificateParams::default();
         p.distinguished_name
@@ -351,7 +351,7 @@ mod tests {
         let (cert, not_after) = sign_csr(&ca, &csr, "clinic-a", "ws1", 30).unwrap();
         let der = rustls_pemfile_der(&cert);
         assert_eq!(
-            crate::pki::identity(&der).unwrap(),
+            crate::auth::pki::identity(&der).unwrap(),
             ("clinic-a".to_string(), "ws1".to_string())
         );
         assert!(not_after > 0.0);

@@ -18,8 +18,8 @@ use clinicwatch_common::{
 use tracing::warn;
 
 use crate::{
-    btf::{Btf, BtfError, VMLINUX_BTF},
-    capabilities::{AttachError, Attacher, CapabilityReport, Links},
+    kernel::btf::{Btf, BtfError, VMLINUX_BTF},
+    kernel::capabilities::{AttachError, Attacher, CapabilityReport, Links},
 };
 
 /// The eBPF object, built by this crate's build script (empty when bpf-linker was missing).
@@ -139,16 +139,16 @@ impl Sensor {
 
         let cgroup_root = match &opts.cgroup_root {
             Some(p) => p.clone(),
-            None => crate::procfs::find_cgroup2_root().ok_or(SensorError::NoCgroup2)?,
+            None => crate::kernel::procfs::find_cgroup2_root().ok_or(SensorError::NoCgroup2)?,
         };
-        let tracefs = match crate::procfs::ensure_tracefs() {
+        let tracefs = match crate::kernel::procfs::ensure_tracefs() {
             Ok(p) => p,
             Err(e) => {
                 warn!(error = %e, "no tracefs and cannot mount it: tracepoint hooks will fail");
                 PathBuf::from("/sys/kernel/tracing")
             }
         };
-        let lsms = crate::procfs::active_lsms().map_err(|e| {
+        let lsms = crate::kernel::procfs::active_lsms().map_err(|e| {
             format!("cannot read the active LSM list `/sys/kernel/security/lsm`: {e}")
         });
         let btf = AyaBtf::from_sys_fs().map_err(|_| SensorError::NoBtf)?;

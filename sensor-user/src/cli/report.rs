@@ -14,11 +14,13 @@ use time::{
 
 use crate::{
     config::Config,
-    event::Event,
+    event::{
+        class::FileClass,
+        finding::{human, Finding},
+        Event,
+    },
     intel::{
         baseline::{self, Baseline},
-        classes::FileClass,
-        finding::{human, Finding},
         Intel,
     },
 };

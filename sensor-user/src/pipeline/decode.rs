@@ -3,6 +3,7 @@
 
 use std::mem::size_of;
 
+use crate::event::DecodeStats;
 use clinicwatch_common::{
     kind, ConnectEvent, DnsEvent, EventHeader, ExecEvent, ExitEvent, FileEvent, FlowCloseEvent,
     ForkEvent, ProtectedOpenEvent, TlsReadEvent, TlsWriteEvent,
@@ -46,29 +47,13 @@ pub enum DecodeError {
     UnknownKind(u32),
 }
 
-/// Counts of records dropped by the decoder, by reason.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct DecodeStats {
-    pub decoded: u64,
-    pub truncated: u64,
-    pub bad_size: u64,
-    pub unknown_kind: u64,
-}
-
-impl DecodeStats {
-    pub fn record(&mut self, r: &Result<KernelEvent, DecodeError>) {
-        match r {
-            Ok(_) => self.decoded += 1,
-            Err(DecodeError::Truncated { .. }) => self.truncated += 1,
-            Err(DecodeError::BadSize { .. } | DecodeError::SizeMismatch { .. }) => {
-                self.bad_size += 1
-            }
-            Err(DecodeError::UnknownKind(_)) => self.unknown_kind += 1,
-        }
-    }
-
-    pub fn dropped(&self) -> u64 {
-        self.truncated + self.bad_size + self.unknown_kind
+/// Counts `r` in `stats`: decoded, or dropped by reason.
+pub fn count(stats: &mut DecodeStats, r: &Result<KernelEvent, DecodeError>) {
+    match r {
+        Ok(_) => stats.decoded += 1,
+        Err(DecodeError::Truncated { .. }) => stats.truncated += 1,
+        Err(DecodeError::BadSize { .. } | DecodeError::SizeMismatch { .. }) => stats.bad_size += 1,
+        Err(DecodeError::UnknownKind(_)) => stats.unknown_kind += 1,
     }
 }
 
@@ -172,7 +157,7 @@ mod tests {
         for c in &cases {
             let r = decode(c);
             assert!(r.is_err(), "{} bytes decoded", c.len());
-            stats.record(&r);
+            count(&mut stats, &r);
         }
         assert_eq!(stats.dropped(), cases.len() as u64);
         assert_eq!(stats.truncated, 3);
@@ -200,7 +185,7 @@ mod tests {
                 let n = buf.len() as u32;
                 buf[4..8].copy_from_slice(&n.to_ne_bytes());
             }
-            stats.record(&decode(&buf));
+            count(&mut stats, &decode(&buf));
         }
         assert_eq!(stats.decoded + stats.dropped(), 4096);
     }

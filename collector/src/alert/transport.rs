@@ -274,8 +274,10 @@ mod tests {
 
     /// An HTTPS server for `localhost` under a CA of its own; answers one request per
     /// connection with 204 and hands over what it read.
-    async fn https_server(ca: &crate::pki::Pem) -> (u16, tokio::sync::mpsc::Receiver<String>) {
-        let cert = crate::pki::server_cert(ca, &["localhost".to_string()]).unwrap();
+    async fn https_server(
+        ca: &crate::auth::pki::Pem,
+    ) -> (u16, tokio::sync::mpsc::Receiver<String>) {
+        let cert = crate::auth::pki::server_cert(ca, &["localhost".to_string()]).unwrap();
         let chain =
             vec![rustls_pki_types::CertificateDer::from_pem_slice(cert.cert.as_bytes()).unwrap()];
         let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(cert.key.as_bytes()).unwrap();
@@ -319,8 +321,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("cw-webhook-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let (ca, other) = (
-            crate::pki::new_ca("soc ca").unwrap(),
-            crate::pki::new_ca("someone else").unwrap(),
+            crate::auth::pki::new_ca("soc ca").unwrap(),
+            crate::auth::pki::new_ca("someone else").unwrap(),
         );
         let (ca_file, other_file) = (dir.join("ca.pem"), dir.join("other.pem"));
         std::fs::write(&ca_file, &ca.cert).unwrap();

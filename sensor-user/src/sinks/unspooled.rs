@@ -8,8 +8,8 @@
 use std::collections::VecDeque;
 
 use crate::{
-    intel::{finding::Finding, rules::Severity},
-    spool::{Kind, Spool},
+    event::finding::{Finding, Severity},
+    sinks::spool::{Kind, Spool},
 };
 
 /// The rule of the finding that reports records the spool could not take.
@@ -48,11 +48,6 @@ impl Unspooled {
             failures: 0,
             lost: 0,
         }
-    }
-
-    /// Records waiting now.
-    pub fn len(&self) -> usize {
-        self.waiting.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -142,7 +137,7 @@ fn report(e: &Episode, now: f64) -> Finding {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::SpoolConfig;
+    use crate::sinks::spool::SpoolConfig;
 
     #[test]
     fn records_wait_in_order_while_the_spool_fails_and_the_episode_is_reported() {
@@ -168,7 +163,7 @@ mod tests {
         }
         assert!(u.failures > 0, "appends failed");
         assert!(u.lost > 0, "over the 64-byte bound some were lost");
-        let waiting = u.len();
+        let waiting = u.waiting.len();
         assert!(waiting > 0);
         std::fs::remove_file(&d).unwrap();
         std::fs::rename(&moved, &d).unwrap();

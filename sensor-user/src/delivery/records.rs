@@ -13,9 +13,12 @@ use clinicwatch_proto::{
 use prost::Message;
 
 use crate::{
+    event::{
+        finding::{Finding, Severity},
+        summary::WindowSummary,
+    },
     event::{Event, Health},
-    intel::{finding::Finding, rules::Severity, window::WindowSummary},
-    spool::Kind,
+    sinks::spool::Kind,
 };
 
 fn severity(s: Severity) -> pb::Severity {
@@ -314,7 +317,7 @@ fn fit_evidence(json: &str) -> (String, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::intel::rules::Severity;
+    use crate::event::finding::Severity;
 
     #[test]
     fn findings_become_records_with_json_evidence() {
@@ -351,7 +354,7 @@ mod tests {
 
     #[test]
     fn a_summary_over_every_limit_keeps_its_largest_entries_and_fits() {
-        use crate::intel::window::{DestStats, QueryStats, WindowSummary};
+        use crate::event::summary::{DestStats, QueryStats, WindowSummary};
         let long = format!("/opt/{}\0x", "é".repeat(3000));
         let w = WindowSummary {
             app: "pm\0".repeat(2000),

@@ -135,6 +135,8 @@ pub enum UtcOffset {
     Auto,
 }
 
+pub mod values;
+
 mod auto {
     use serde::{de::Error, Deserialize, Deserializer};
 
@@ -335,7 +337,7 @@ impl Config {
             }
         }
         for (i, hook) in self.agent.disabled_hooks.iter().enumerate() {
-            let known: Vec<&str> = crate::capabilities::CAPABILITIES
+            let known: Vec<&str> = crate::kernel::capabilities::CAPABILITIES
                 .iter()
                 .flat_map(|c| c.options.iter().map(|o| o.name))
                 .collect();
@@ -363,13 +365,13 @@ impl Config {
             }
         }
         for (i, c) in self.classes.iter().enumerate() {
-            if crate::intel::classes::FileClass::parse(&c.class).is_none() {
+            if crate::event::class::FileClass::parse(&c.class).is_none() {
                 return bad(
                     format!("class[{i}].class"),
                     &format!(
                         "unknown class `{}`; known: {}",
                         c.class,
-                        crate::intel::classes::FileClass::ALL
+                        crate::event::class::FileClass::ALL
                             .iter()
                             .map(|c| c.as_str())
                             .collect::<Vec<_>>()
@@ -433,12 +435,12 @@ impl Config {
             return bad("intel.slow_learning_every".into(), "must be at least 1");
         }
         for (i, v) in intel.vendor_allow.iter().enumerate() {
-            if let Err(why) = crate::intel::dest::Allow::parse(v) {
+            if let Err(why) = values::Allow::parse(v) {
                 return bad(format!("intel.vendor_allow[{i}]"), &why);
             }
         }
         for (i, h) in intel.practice_hours.iter().enumerate() {
-            if let Err(why) = crate::intel::hours::Span::parse(h) {
+            if let Err(why) = values::Span::parse(h) {
                 return bad(format!("intel.practice_hours[{i}]"), &why);
             }
         }
@@ -479,17 +481,17 @@ mod tests {
         for (name, text) in [
             (
                 "examples/agent.toml",
-                include_str!("../../examples/agent.toml"),
+                include_str!("../../../examples/agent.toml"),
             ),
             (
                 "packaging/agent/agent.toml",
-                include_str!("../../packaging/agent/agent.toml"),
+                include_str!("../../../packaging/agent/agent.toml"),
             ),
         ] {
             let cfg = Config::from_toml(text).unwrap_or_else(|e| panic!("`{name}`: {e}"));
             assert!(!cfg.apps.is_empty(), "`{name}` watches an application");
         }
-        let example = Config::from_toml(include_str!("../../examples/agent.toml")).unwrap();
+        let example = Config::from_toml(include_str!("../../../examples/agent.toml")).unwrap();
         assert_eq!(
             example.agent,
             AgentConfig::default(),

@@ -81,7 +81,7 @@ pub(crate) fn write_atomic_mode(
     std::fs::rename(&tmp, path)
         .with_context(|| format!("cannot rename `{}` to `{}`", tmp.display(), path.display()))?;
     // The rename is durable once the folder is.
-    crate::statefile::sync_parent(path)
+    crate::sinks::statefile::sync_parent(path)
         .with_context(|| format!("cannot sync the folder of `{}`", path.display()))
 }
 
@@ -117,7 +117,7 @@ async fn request(
     } else {
         None
     };
-    let ep = crate::channel::endpoint(
+    let ep = crate::delivery::channel::endpoint(
         &cfg.collector,
         ca,
         current.as_ref().map(|(c, k)| (c.as_str(), k.as_str())),
@@ -204,7 +204,7 @@ fn store(cfg: &ExportConfig, key: &str, cert: &str) -> anyhow::Result<()> {
         if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::DirBuilder::new()
                 .recursive(true)
-                .mode(crate::statefile::DIR_MODE)
+                .mode(crate::sinks::statefile::DIR_MODE)
                 .create(dir)
                 .with_context(|| format!("cannot make `{}`", dir.display()))?;
         }

@@ -21,9 +21,9 @@ pub(crate) fn peer_of<T>(req: &Request<T>) -> Result<(HostKey, String), Status> 
         .first()
         .ok_or_else(|| status::unauthenticated("a client certificate is required"))?;
     let (clinic, host) =
-        crate::pki::identity(der).map_err(|e| status::unauthenticated(e.to_string()))?;
-    let key =
-        crate::pki::key_fingerprint(der).map_err(|e| status::unauthenticated(e.to_string()))?;
+        crate::auth::pki::identity(der).map_err(|e| status::unauthenticated(e.to_string()))?;
+    let key = crate::auth::pki::key_fingerprint(der)
+        .map_err(|e| status::unauthenticated(e.to_string()))?;
     Ok((HostKey { clinic, host }, key))
 }
 

@@ -1,0 +1,3 @@
+//! The agent's offline commands: baselines, findings, replay ([`report`]).
+
+pub mod report;

@@ -1,0 +1,11 @@
+//! The kernel side, seen from userspace: loading the probes ([`sensor`]), the hook table
+//! that picks a hook per capability for this kernel ([`capabilities`]), struct offsets from
+//! BTF ([`btf`]), the TLS libraries uprobes attach to ([`tls`]), `/proc`, tracefs and the
+//! LSM list ([`procfs`]), and the capabilities the agent needs ([`privileges`]).
+
+pub mod btf;
+pub mod capabilities;
+pub mod privileges;
+pub mod procfs;
+pub mod sensor;
+pub(crate) mod tls;
