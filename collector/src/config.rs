@@ -249,30 +249,66 @@ impl Config {
             path: shown.to_string(),
             source,
         })?;
-        let bad = |key, why: &str| {
-            Err(ConfigError::Invalid {
-                path: shown.to_string(),
-                key,
-                why: why.to_string(),
-            })
-        };
-        let r = &cfg.retention;
+        cfg.check().map_err(|(key, why)| ConfigError::Invalid {
+            path: shown.to_string(),
+            key,
+            why,
+        })?;
+        Ok(cfg)
+    }
+
+    /// The first key with an unusable value, section by section.
+    fn check(&self) -> Result<(), Invalid> {
+        self.retention.check()?;
+        self.limits.check()?;
+        if self.enroll.cert_days == 0 || self.enroll.cert_days > 825 {
+            return bad("enroll.cert_days", "must be between 1 and 825");
+        }
+        self.siem.check()?;
+        if self.correlation.every_secs == 0 {
+            return bad("correlation.every_secs", "must be at least 1");
+        }
+        if let Err(e) = crate::correlate::rules::load(&self.correlation.rules_file) {
+            return Err(("correlation.rules_file", e.to_string()));
+        }
+        let m = &self.server.metrics_listen;
+        if !m.is_empty() && m.parse::<SocketAddr>().is_err() {
+            return bad("server.metrics_listen", "must be ADDRESS:PORT or empty");
+        }
+        Ok(())
+    }
+}
+
+/// A key whose value is unusable, and why.
+type Invalid = (&'static str, String);
+
+fn bad(key: &'static str, why: &str) -> Result<(), Invalid> {
+    Err((key, why.to_string()))
+}
+
+impl RetentionConfig {
+    fn check(&self) -> Result<(), Invalid> {
         for (key, v) in [
-            ("retention.summaries_days", r.summaries_days),
-            ("retention.findings_days", r.findings_days),
+            ("retention.summaries_days", self.summaries_days),
+            ("retention.findings_days", self.findings_days),
         ] {
             if !(v.is_finite() && v > 0.0) {
                 return bad(key, "must be a number of days > 0");
             }
         }
-        if r.every_secs == 0 {
+        if self.every_secs == 0 {
             return bad("retention.every_secs", "must be at least 1");
         }
-        let l = &cfg.limits;
-        if l.records_per_sec == 0 {
+        Ok(())
+    }
+}
+
+impl LimitsConfig {
+    fn check(&self) -> Result<(), Invalid> {
+        if self.records_per_sec == 0 {
             return bad("limits.records_per_sec", "must be at least 1");
         }
-        if (l.burst_records as usize) < clinicwatch_proto::limits::MAX_BATCH_RECORDS {
+        if (self.burst_records as usize) < clinicwatch_proto::limits::MAX_BATCH_RECORDS {
             return bad(
                 "limits.burst_records",
                 &format!(
@@ -282,59 +318,47 @@ impl Config {
             );
         }
         for (key, v) in [
-            ("limits.max_streams", l.max_streams as u64),
-            ("limits.stream_idle_secs", l.stream_idle_secs),
-            ("limits.max_connections", l.max_connections as u64),
-            ("limits.max_handshakes", l.max_handshakes as u64),
+            ("limits.max_streams", self.max_streams as u64),
+            ("limits.stream_idle_secs", self.stream_idle_secs),
+            ("limits.max_connections", self.max_connections as u64),
+            ("limits.max_handshakes", self.max_handshakes as u64),
             (
                 "limits.max_handshakes_per_ip",
-                l.max_handshakes_per_ip as u64,
+                self.max_handshakes_per_ip as u64,
             ),
-            ("limits.handshake_timeout_secs", l.handshake_timeout_secs),
+            ("limits.handshake_timeout_secs", self.handshake_timeout_secs),
             (
                 "limits.unauthenticated_idle_secs",
-                l.unauthenticated_idle_secs,
+                self.unauthenticated_idle_secs,
             ),
-            ("limits.max_record_age_secs", l.max_record_age_secs),
+            ("limits.max_record_age_secs", self.max_record_age_secs),
         ] {
             if v == 0 {
                 return bad(key, "must be at least 1");
             }
         }
-        if cfg.enroll.cert_days == 0 || cfg.enroll.cert_days > 825 {
-            return bad("enroll.cert_days", "must be between 1 and 825");
-        }
-        let s = &cfg.siem;
-        if !(s.cef_syslog.is_empty()
-            || s.cef_syslog.starts_with("udp://")
-            || s.cef_syslog.starts_with("tcp://"))
+        Ok(())
+    }
+}
+
+impl SiemConfig {
+    fn check(&self) -> Result<(), Invalid> {
+        if !(self.cef_syslog.is_empty()
+            || self.cef_syslog.starts_with("udp://")
+            || self.cef_syslog.starts_with("tcp://"))
         {
             return bad(
                 "siem.cef_syslog",
                 "must be udp://HOST:PORT or tcp://HOST:PORT",
             );
         }
-        if !s.webhook_url.is_empty()
-            && !s.webhook_url.starts_with("http://")
-            && !s.webhook_url.starts_with("https://")
+        if !self.webhook_url.is_empty()
+            && !self.webhook_url.starts_with("http://")
+            && !self.webhook_url.starts_with("https://")
         {
             return bad("siem.webhook_url", "must be an http:// or https:// URL");
         }
-        if cfg.correlation.every_secs == 0 {
-            return bad("correlation.every_secs", "must be at least 1");
-        }
-        if let Err(e) = crate::correlate::rules::load(&cfg.correlation.rules_file) {
-            return Err(ConfigError::Invalid {
-                path: shown.to_string(),
-                key: "correlation.rules_file",
-                why: e.to_string(),
-            });
-        }
-        let m = &cfg.server.metrics_listen;
-        if !m.is_empty() && m.parse::<SocketAddr>().is_err() {
-            return bad("server.metrics_listen", "must be ADDRESS:PORT or empty");
-        }
-        Ok(cfg)
+        Ok(())
     }
 }
 

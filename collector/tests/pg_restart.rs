@@ -3,6 +3,9 @@
 //! gets `unavailable` while the database is down, resends from where the collector says it
 //! stored, and every record is stored exactly once.
 
+// The suite's support, shared: this test stops the private PostgreSQL it restarts, so it
+// runs in a binary (and a PostgreSQL) of its own.
+#[path = "suite/support/mod.rs"]
 mod support;
 
 use std::{

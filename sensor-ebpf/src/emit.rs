@@ -2,8 +2,9 @@
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, helpers::generated::bpf_ktime_get_boot_ns,
-    maps::ring_buf::RingBufEntry,
+    maps::ring_buf::RingBufEntry, EbpfContext,
 };
+use aya_log_ebpf::warn;
 use clinicwatch_common::{EventHeader, HookCounters};
 
 use crate::maps::{EVENTS, HOOK_COUNTERS, QUOTAS};
@@ -18,29 +19,57 @@ pub enum Counter {
     Quota,
 }
 
+/// Bumps `what` for `hook` on this CPU; returns the new count (0 without the map).
 #[inline(always)]
-pub fn count(hook: u32, what: Counter) {
-    if let Some(c) = HOOK_COUNTERS.get_ptr_mut(hook) {
-        // SAFETY: per-CPU value, no concurrent writer on this CPU.
-        let c: &mut HookCounters = unsafe { &mut *c };
-        match what {
-            Counter::Event => c.events += 1,
-            Counter::RingbufDrop => c.ringbuf_drops += 1,
-            Counter::ReadError => c.read_errors += 1,
-            Counter::MapFull => c.map_full += 1,
-            Counter::Quota => c.quota_refused += 1,
-        }
-    }
+pub fn count(hook: u32, what: Counter) -> u64 {
+    let Some(c) = HOOK_COUNTERS.get_ptr_mut(hook) else {
+        return 0;
+    };
+    // SAFETY: per-CPU value, no concurrent writer on this CPU.
+    let c: &mut HookCounters = unsafe { &mut *c };
+    let n = match what {
+        Counter::Event => &mut c.events,
+        Counter::RingbufDrop => &mut c.ringbuf_drops,
+        Counter::ReadError => &mut c.read_errors,
+        Counter::MapFull => &mut c.map_full,
+        Counter::Quota => &mut c.quota_refused,
+    };
+    *n += 1;
+    *n
 }
 
 /// The outcome of a hook body: `Err` carries the counter to bump.
 pub type HookResult = Result<(), Counter>;
 
-/// Counts the error of a hook body, if any.
+/// Counts the error of a hook body, if any. The first error of each kind for a hook on a
+/// CPU is also logged through aya-log: a diagnostic line for the operator (which hook, what
+/// went wrong), at most hooks x kinds x CPUs lines per load, never one per event; the
+/// counters say how many followed.
 #[inline(always)]
-pub fn finish(hook: u32, r: HookResult) {
+pub fn finish<C: EbpfContext>(ctx: &C, hook: u32, r: HookResult) {
     if let Err(what) = r {
-        count(hook, what);
+        if count(hook, what) == 1 {
+            first_error(ctx, hook, what);
+        }
+    }
+}
+
+#[inline(always)]
+fn first_error<C: EbpfContext>(ctx: &C, hook: u32, what: Counter) {
+    match what {
+        Counter::RingbufDrop => {
+            warn!(
+                ctx,
+                "hook {}: first ring-buffer drop on this CPU (the agent is behind)", hook
+            )
+        }
+        Counter::ReadError => warn!(ctx, "hook {}: first kernel read error on this CPU", hook),
+        Counter::MapFull => warn!(ctx, "hook {}: first full map on this CPU", hook),
+        Counter::Quota => warn!(
+            ctx,
+            "hook {}: first quota refusal on this CPU (a followed reader is at its limit)", hook
+        ),
+        Counter::Event => {}
     }
 }
 

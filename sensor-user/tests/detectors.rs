@@ -795,8 +795,7 @@ fn baseline_rules_wait_for_the_learning_period_but_a_shell_does_not() {
 
 #[test]
 fn a_site_can_disable_and_tune_rules() {
-    let dir = std::env::temp_dir().join(format!("cw-site-rules-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = clinicwatch_testkit::TempDir::new("site-rules");
     let path = dir.join("site.toml");
     std::fs::write(
         &path,
@@ -819,7 +818,6 @@ fn a_site_can_disable_and_tune_rules() {
         run.rules_since(n),
         BTreeSet::from(["CW-NEW-CHILD".to_string()])
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

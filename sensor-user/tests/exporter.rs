@@ -9,6 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use clinicwatch_testkit::{wait_until, TempDir};
+
 use clinicwatch_agent::{
     config::ExportConfig,
     delivery::client::Exporter,
@@ -25,15 +27,9 @@ use clinicwatch_proto::v1::{
 };
 use prost::Message as _;
 
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("cw-exporter-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 struct Setup {
-    dir: std::path::PathBuf,
+    dir: TempDir,
     export: ExportConfig,
     collector: Arc<clinicwatch_collector::metrics::Metrics>,
     store: clinicwatch_collector::calls::SharedStore,
@@ -81,7 +77,7 @@ fn export_to(dir: &std::path::Path, port: u16) -> ExportConfig {
 
 /// A collector with `cfg` and a host certificate valid from `nb` to `na` (unix seconds).
 fn setup(name: &str, cfg: Config, nb: i64, na: i64) -> Setup {
-    let dir = temp_dir(name);
+    let dir = TempDir::new(&format!("exporter-{name}"));
     let (ca, server) = host_pki(&dir, nb, na);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let listener = rt
@@ -155,13 +151,6 @@ fn hello() -> Hello {
     }
 }
 
-fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 #[test]
 fn a_backlog_drains_at_the_collectors_pace_then_heartbeats_keep_the_host_alive() {
@@ -205,7 +194,6 @@ fn a_backlog_drains_at_the_collectors_pace_then_heartbeats_keep_the_host_alive()
     let hosts = s.store.hosts().unwrap();
     assert_eq!(hosts[0].spooled, 0);
     ex.stop();
-    std::fs::remove_dir_all(&s.dir).unwrap();
 }
 
 #[test]
@@ -238,7 +226,6 @@ fn a_certificate_in_its_last_third_is_renewed_and_used() {
         &std::fs::metadata(&s.export.key_file).unwrap().permissions(),
     );
     assert_eq!(mode & 0o777, 0o600);
-    std::fs::remove_dir_all(&s.dir).unwrap();
 }
 
 #[test]
@@ -268,7 +255,6 @@ fn a_refused_batch_waits_out_the_pushback_and_is_sent_again() {
     assert_eq!(refused, 1, "one refusal, then the pushback was waited out");
     assert!(took >= Duration::from_millis(2000), "{took:?}");
     assert_eq!(s.collector.accepted.load(Ordering::Relaxed), n);
-    std::fs::remove_dir_all(&s.dir).unwrap();
 }
 
 fn append(sp: &Arc<Mutex<Spool>>, n: u64, tag: &str) {
@@ -312,7 +298,6 @@ fn a_certificate_that_becomes_due_during_a_stream_is_renewed_and_the_old_one_ret
     .unwrap();
     assert!(na - now() > 29 * 86_400);
     assert_eq!(s.collector.enrolled.load(Ordering::Relaxed), 1);
-    std::fs::remove_dir_all(&s.dir).unwrap();
 }
 
 #[test]
@@ -367,7 +352,6 @@ fn a_spool_restored_from_an_older_copy_starts_a_new_epoch_and_loses_nothing() {
         "the new records were stored, not taken for duplicates"
     );
     assert_eq!(st.record_count().unwrap(), 80);
-    std::fs::remove_dir_all(&s.dir).unwrap();
 }
 
 // No poison record.
@@ -510,7 +494,6 @@ fn a_record_over_the_limits_is_quarantined_and_every_record_after_it_reaches_the
         "shaped, then sent"
     );
     assert_eq!(quarantine_files(&s.dir).len(), 2);
-    std::fs::remove_dir_all(&s.dir).unwrap();
 }
 
 /// A stand-in collector: stores what it is sent, but refuses (as the real one refuses a
@@ -592,7 +575,7 @@ impl Ingest for Refusing {
 
 #[test]
 fn a_batch_refused_as_invalid_is_halved_until_the_refused_record_is_quarantined() {
-    let dir = temp_dir("refused");
+    let dir = TempDir::new("exporter-refused");
     let (_ca, server) = host_pki(&dir, now() - 60, now() + 86_400);
     let collector = Refusing::default();
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -652,5 +635,4 @@ fn a_batch_refused_as_invalid_is_halved_until_the_refused_record_is_quarantined(
     );
     assert_eq!(quarantine_files(&dir).len(), 1);
     drop(stored);
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -6,7 +6,8 @@
 //!   (`xtask/src/skips.rs`): a test that needs a kernel feature or a package cannot pass by
 //!   not running.
 //! - [`TempDir`]: a folder that is removed when the test ends, also when it panics.
-//! - [`wait_until`]: polling for a condition with a deadline.
+//! - [`wait_until`] (panics naming what it waited for) and [`poll_until`] (says whether it
+//!   came): polling for a condition with a deadline.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -68,9 +69,20 @@ impl TempDir {
     pub fn path(&self) -> &Path {
         &self.0
     }
+}
 
-    pub fn join(&self, p: impl AsRef<Path>) -> PathBuf {
-        self.0.join(p)
+/// A `TempDir` is used where a path is: `dir.join(..)`, `dir.display()`, `&*dir`.
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
     }
 }
 
@@ -80,9 +92,17 @@ impl Drop for TempDir {
     }
 }
 
+/// Polls `ok` until it holds; panics naming `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, ok: impl FnMut() -> bool) {
+    assert!(
+        poll_until(timeout, ok),
+        "timed out after {timeout:?} waiting for {what}"
+    );
+}
+
 /// Polls `done` every 20 ms until it is true (returns `true`) or `timeout` passes
 /// (`false`).
-pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+pub fn poll_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         if done() {
@@ -113,14 +133,19 @@ mod tests {
     }
 
     #[test]
-    fn wait_until_gives_up_at_its_deadline() {
+    fn waiting_gives_up_at_its_deadline() {
         let start = Instant::now();
-        assert!(!wait_until(Duration::from_millis(100), || false));
+        assert!(!poll_until(Duration::from_millis(100), || false));
         assert!(start.elapsed() >= Duration::from_millis(100));
         let mut n = 0;
-        assert!(wait_until(Duration::from_secs(5), || {
+        assert!(poll_until(Duration::from_secs(5), || {
             n += 1;
             n == 3
         }));
+        let timed_out =
+            std::panic::catch_unwind(|| wait_until("nothing", Duration::from_millis(50), || false))
+                .unwrap_err();
+        let msg = timed_out.downcast_ref::<String>().unwrap();
+        assert!(msg.contains("waiting for nothing"), "{msg}");
     }
 }

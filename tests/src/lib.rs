@@ -150,14 +150,7 @@ pub fn run(program: &Path, args: &[&str]) -> (u32, String) {
     (pid, String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Polls `ok` until it holds; panics naming `what` after `timeout`.
-pub fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+pub use clinicwatch_testkit::wait_until;
 
 /// Waits up to `timeout` for an event that `matches`; panics with what was seen otherwise.
 pub fn expect_event(
@@ -214,3 +207,43 @@ pub fn collect(events: &Events, wait: Duration) -> Vec<Event> {
 
 pub const WAIT: Duration = Duration::from_secs(10);
 pub const MIB: usize = 1024 * 1024;
+
+/// What reaches `tracing` under the probes' log target (`clinicwatch::kernel`), as text
+/// lines, from the moment of the first call on: a global subscriber for this test binary.
+pub fn kernel_log_lines() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    static LINES: std::sync::OnceLock<std::sync::Arc<std::sync::Mutex<Vec<u8>>>> =
+        std::sync::OnceLock::new();
+    LINES
+        .get_or_init(|| {
+            let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let sink = lines.clone();
+            let writer = move || Capture(sink.clone());
+            let target = clinicwatch_agent::kernel::klog::TARGET;
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
+                    "{target}=trace"
+                )))
+                .with_ansi(false)
+                .with_writer(writer)
+                .try_init()
+                .expect("the test binary's tracing subscriber is set once, here");
+            lines
+        })
+        .clone()
+}
+
+struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

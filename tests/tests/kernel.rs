@@ -862,6 +862,8 @@ fn a_local_user_filling_the_maps_cannot_blind_the_sensor_and_is_reported() {
     if !require_root("a_local_user_filling_the_maps_cannot_blind_the_sensor_and_is_reported") {
         return;
     }
+    // The probes' first quota refusal on a CPU is also a kernel log line (aya-log).
+    let kernel_log = clinicwatch_tests::kernel_log_lines();
     let fx = Fixture::new(WORKLOAD, "blind");
     let secret = fx.data_file("profile/logins.json", 4096);
     let data = fx.data_file("pmdata/patients.db", 1 << 20);
@@ -979,6 +981,14 @@ fn a_local_user_filling_the_maps_cannot_blind_the_sensor_and_is_reported() {
     let Event::Finding(f) = f else { unreachable!() };
     let n = |k: &str| n(&f, k);
     assert!(n("quota_refused_total") > 0, "{:?}", f.evidence);
+    // The refusals also reached `tracing` from the kernel, through aya-log.
+    let logged = || String::from_utf8_lossy(&kernel_log.lock().unwrap()).into_owned();
+    wait_until(
+        "the probes' log line of the first quota refusal",
+        slow,
+        || logged().contains("hook proc_fork: first quota refusal on this CPU"),
+    );
+    assert!(logged().contains("clinicwatch::kernel"), "{}", logged());
     // A quota, not a lock: racing forks and the agent's recount may pass it by a few.
     let slack = |max: u64| max + max / 32;
     assert!(

@@ -23,6 +23,8 @@ mod demo;
 mod fuzz;
 mod package;
 mod setup;
+#[cfg(test)]
+mod sizes;
 mod skips;
 mod util;
 mod vm;
@@ -134,72 +136,26 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Setup => setup::setup(),
-        Cmd::Build { release } => {
-            setup::setup()?;
-            util::build(release)
-        }
+        Cmd::Build { release } => build(release),
         Cmd::Demo {
             until_incident,
             timeout,
-        } => {
-            setup::setup()?;
-            util::build(true)?;
-            demo::demo(&demo::Options {
-                until_incident,
-                timeout: std::time::Duration::from_secs(timeout),
-            })
-        }
-        Cmd::Test { host_only, args } => {
-            setup::setup()?;
-            util::build(false)?;
-            util::test(&args)?;
-            if host_only {
-                return Ok(());
-            }
-            vm::vm_test(&vm::Options {
-                kernels: Vec::new(),
-                timeout: std::time::Duration::from_secs(vm::DEFAULT_TIMEOUT_SECS),
-                test_args: Vec::new(),
-                append: String::new(),
-                allow_skips: false,
-            })
-        }
-        Cmd::Bench { suite, args } => {
-            let bin = match suite.as_deref() {
-                None => "cw-bench",
-                Some("ingest") | Some("fleet") => "cw-ingest-bench",
-                Some(other) => {
-                    anyhow::bail!("unknown benchmark suite `{other}` (known: ingest, fleet)")
-                }
-            };
-            let mut args = args;
-            if suite.as_deref() == Some("fleet") {
-                args.insert(0, "fleet".into());
-            }
-            setup::setup()?;
-            util::build(true)?;
-            util::run(
-                std::process::Command::new(util::target_dir().join("release").join(bin))
-                    .args(&args),
-            )
-        }
+        } => demo(until_incident, timeout),
+        Cmd::Test { host_only, args } => test(host_only, &args),
+        Cmd::Bench { suite, args } => bench(suite.as_deref(), args),
         Cmd::VmTest {
             kernels,
             timeout,
             append,
             allow_skips,
             args,
-        } => {
-            setup::setup()?;
-            util::build(false)?;
-            vm::vm_test(&vm::Options {
-                kernels,
-                timeout: std::time::Duration::from_secs(timeout),
-                test_args: args,
-                append,
-                allow_skips,
-            })
-        }
+        } => vm_test(vm::Options {
+            kernels,
+            timeout: std::time::Duration::from_secs(timeout),
+            test_args: args,
+            append,
+            allow_skips,
+        }),
         Cmd::Package { no_build } => package::package(!no_build),
         Cmd::Fuzz {
             secs,
@@ -212,21 +168,78 @@ fn main() -> anyhow::Result<()> {
             targets,
             args,
         }),
-        Cmd::Run { args } => {
-            setup::setup()?;
-            util::build(false)?;
-            util::cargo(
-                &[
-                    "run",
-                    "--quiet",
-                    "-p",
-                    "clinicwatch-agent",
-                    "--bin",
-                    "clinicwatch-agent",
-                    "--",
-                ],
-                &args,
-            )
-        }
+        Cmd::Run { args } => run(&args),
     }
+}
+
+fn build(release: bool) -> anyhow::Result<()> {
+    setup::setup()?;
+    util::build(release)
+}
+
+fn demo(until_incident: bool, timeout_secs: u64) -> anyhow::Result<()> {
+    setup::setup()?;
+    util::build(true)?;
+    demo::demo(&demo::Options {
+        until_incident,
+        timeout: std::time::Duration::from_secs(timeout_secs),
+    })
+}
+
+/// The workspace's tests on this kernel, then (unless `host_only`) in the default VMs.
+fn test(host_only: bool, args: &[String]) -> anyhow::Result<()> {
+    setup::setup()?;
+    util::build(false)?;
+    util::test(args)?;
+    if host_only {
+        return Ok(());
+    }
+    vm::vm_test(&vm::Options {
+        kernels: Vec::new(),
+        timeout: std::time::Duration::from_secs(vm::DEFAULT_TIMEOUT_SECS),
+        test_args: Vec::new(),
+        append: String::new(),
+        allow_skips: false,
+    })
+}
+
+/// The benchmark binary of `suite` (checked before building), run in release.
+fn bench(suite: Option<&str>, mut args: Vec<String>) -> anyhow::Result<()> {
+    let bin = match suite {
+        None => "cw-bench",
+        Some("ingest") | Some("fleet") => "cw-ingest-bench",
+        Some(other) => {
+            anyhow::bail!("unknown benchmark suite `{other}` (known: ingest, fleet)")
+        }
+    };
+    if suite == Some("fleet") {
+        args.insert(0, "fleet".into());
+    }
+    setup::setup()?;
+    util::build(true)?;
+    util::run(std::process::Command::new(util::target_dir().join("release").join(bin)).args(&args))
+}
+
+fn vm_test(options: vm::Options) -> anyhow::Result<()> {
+    setup::setup()?;
+    util::build(false)?;
+    vm::vm_test(&options)
+}
+
+/// Builds, then `cargo run`s the agent with `args`.
+fn run(args: &[String]) -> anyhow::Result<()> {
+    setup::setup()?;
+    util::build(false)?;
+    util::cargo(
+        &[
+            "run",
+            "--quiet",
+            "-p",
+            "clinicwatch-agent",
+            "--bin",
+            "clinicwatch-agent",
+            "--",
+        ],
+        args,
+    )
 }

@@ -4,7 +4,9 @@
 //! System Activity (1001) per file class and Process Activity (1007) per child executable,
 //! with the window's counts (no paths, no contents: what the agent sent).
 
-use clinicwatch_proto::v1::{record::Body, Finding, Record};
+use clinicwatch_proto::v1::{
+    record::Body, ChildCount, ClassStats, Destination, Finding, QueryStats, Record, WindowSummary,
+};
 use serde_json::{json, Value};
 
 use crate::store::{HostKey, Incident};
@@ -158,89 +160,112 @@ pub fn incident(i: &Incident, opened: bool) -> Value {
 pub fn record(h: &HostKey, r: &Record) -> Vec<Value> {
     match &r.body {
         Some(Body::Finding(f)) => vec![finding(h, r.seq, f)],
-        Some(Body::Summary(s)) => {
-            let mut out = Vec::new();
-            let window = json!({"app": s.app, "window_start": ms(s.start), "window_end": ms(s.end),
-                "in_practice_hours": s.in_practice_hours});
-            for d in &s.destinations {
-                out.push(merge(
-                    base(
-                        4001,
-                        "Network Activity",
-                        (4, "Network Activity"),
-                        (6, "Traffic"),
-                        s.end,
-                    ),
-                    json!({
-                        "severity_id": 1,
-                        "device": device(h),
-                        "dst_endpoint": {"ip": d.ip, "port": d.port, "hostname": d.name},
-                        "connection_info": {"protocol_name": d.protocol},
-                        "traffic": {"bytes_out": d.bytes_sent, "bytes_in": d.bytes_recv},
-                        "count": d.connects,
-                        "unmapped": window,
-                    }),
-                ));
-            }
-            for q in &s.queries {
-                // HTTP Activity: the template (no identifiers), request count and distinct
-                // records named; the activity is the method's.
-                let activity = match q.method.as_str() {
-                    "CONNECT" => (1, "Connect"),
-                    "DELETE" => (2, "Delete"),
-                    "GET" => (3, "Get"),
-                    "HEAD" => (4, "Head"),
-                    "OPTIONS" => (5, "Options"),
-                    "POST" => (6, "Post"),
-                    "PUT" => (7, "Put"),
-                    _ => (99, "Other"),
-                };
-                out.push(merge(
-                    base(4002, "HTTP Activity", (4, "Network Activity"), activity, s.end),
-                    json!({
-                        "severity_id": 1,
-                        "device": device(h),
-                        "http_request": {"http_method": q.method, "version": q.protocol,
-                            "url": {"hostname": q.host, "path": q.path}},
-                        "count": q.requests,
-                        "traffic": {"bytes_out": q.bytes_sent},
-                        "unmapped": merge(window.clone(), json!({"template": format!("{} {}{}", q.method, q.host, q.path),
-                            "distinct_ids": q.distinct_ids, "responses_by_class": q.responses})),
-                    }),
-                ));
-            }
-            for c in &s.classes {
-                out.push(merge(
-                    base(1001, "File System Activity", (1, "System Activity"), (2, "Read"), s.end),
-                    json!({
-                        "severity_id": 1,
-                        "device": device(h),
-                        "file": {"name": c.class, "type_id": 99, "type": "class"},
-                        "count": c.reads,
-                        "unmapped": merge(window.clone(), json!({"bytes": c.bytes, "opens": c.opens, "mmaps": c.mmaps, "files": c.files})),
-                    }),
-                ));
-            }
-            for c in &s.children {
-                out.push(merge(
-                    base(
-                        1007,
-                        "Process Activity",
-                        (1, "System Activity"),
-                        (1, "Launch"),
-                        s.end,
-                    ),
-                    json!({
-                        "severity_id": 1,
-                        "device": device(h),
-                        "process": {"file": {"path": c.exe}},
-                        "count": c.count,
-                        "unmapped": window,
-                    }),
-                ));
-            }
-            out
-        }
+        Some(Body::Summary(s)) => summary(h, s),
         _ => Vec::new(),
     }
+}
+
+/// A window summary: one event per destination, query template, file class and child.
+fn summary(h: &HostKey, s: &WindowSummary) -> Vec<Value> {
+    let window = json!({"app": s.app, "window_start": ms(s.start), "window_end": ms(s.end),
+        "in_practice_hours": s.in_practice_hours});
+    let mut out = Vec::new();
+    out.extend(s.destinations.iter().map(|d| destination(h, s, &window, d)));
+    out.extend(s.queries.iter().map(|q| query(h, s, &window, q)));
+    out.extend(s.classes.iter().map(|c| file_class(h, s, &window, c)));
+    out.extend(s.children.iter().map(|c| child(h, s, &window, c)));
+    out
+}
+
+fn destination(h: &HostKey, s: &WindowSummary, window: &Value, d: &Destination) -> Value {
+    merge(
+        base(
+            4001,
+            "Network Activity",
+            (4, "Network Activity"),
+            (6, "Traffic"),
+            s.end,
+        ),
+        json!({
+            "severity_id": 1,
+            "device": device(h),
+            "dst_endpoint": {"ip": d.ip, "port": d.port, "hostname": d.name},
+            "connection_info": {"protocol_name": d.protocol},
+            "traffic": {"bytes_out": d.bytes_sent, "bytes_in": d.bytes_recv},
+            "count": d.connects,
+            "unmapped": window,
+        }),
+    )
+}
+
+/// HTTP Activity: the template (no identifiers), request count and distinct records named;
+/// the activity is the method's.
+fn query(h: &HostKey, s: &WindowSummary, window: &Value, q: &QueryStats) -> Value {
+    let activity = match q.method.as_str() {
+        "CONNECT" => (1, "Connect"),
+        "DELETE" => (2, "Delete"),
+        "GET" => (3, "Get"),
+        "HEAD" => (4, "Head"),
+        "OPTIONS" => (5, "Options"),
+        "POST" => (6, "Post"),
+        "PUT" => (7, "Put"),
+        _ => (99, "Other"),
+    };
+    merge(
+        base(
+            4002,
+            "HTTP Activity",
+            (4, "Network Activity"),
+            activity,
+            s.end,
+        ),
+        json!({
+            "severity_id": 1,
+            "device": device(h),
+            "http_request": {"http_method": q.method, "version": q.protocol,
+                "url": {"hostname": q.host, "path": q.path}},
+            "count": q.requests,
+            "traffic": {"bytes_out": q.bytes_sent},
+            "unmapped": merge(window.clone(), json!({"template": format!("{} {}{}", q.method, q.host, q.path),
+                "distinct_ids": q.distinct_ids, "responses_by_class": q.responses})),
+        }),
+    )
+}
+
+fn file_class(h: &HostKey, s: &WindowSummary, window: &Value, c: &ClassStats) -> Value {
+    merge(
+        base(
+            1001,
+            "File System Activity",
+            (1, "System Activity"),
+            (2, "Read"),
+            s.end,
+        ),
+        json!({
+            "severity_id": 1,
+            "device": device(h),
+            "file": {"name": c.class, "type_id": 99, "type": "class"},
+            "count": c.reads,
+            "unmapped": merge(window.clone(), json!({"bytes": c.bytes, "opens": c.opens, "mmaps": c.mmaps, "files": c.files})),
+        }),
+    )
+}
+
+fn child(h: &HostKey, s: &WindowSummary, window: &Value, c: &ChildCount) -> Value {
+    merge(
+        base(
+            1007,
+            "Process Activity",
+            (1, "System Activity"),
+            (1, "Launch"),
+            s.end,
+        ),
+        json!({
+            "severity_id": 1,
+            "device": device(h),
+            "process": {"file": {"path": c.exe}},
+            "count": c.count,
+            "unmapped": window,
+        }),
+    )
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
 
 pub struct JsonLines {
     path: String,
@@ -107,7 +107,8 @@ impl Syslog {
 }
 
 /// Where a webhook POSTs: its address, the `Host` header, the path, and TLS when
-/// `https://`.
+/// `https://`. The URL is parsed by `http::Uri` and the exchange is hyper's HTTP/1.1 client;
+/// the collector opens the TCP (and rustls) stream itself so that the CA is the one given.
 pub struct Webhook {
     url: String,
     authority: String,
@@ -126,85 +127,74 @@ fn invalid(why: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidInput, why)
 }
 
+/// A rustls client trusting only the certificates in `ca_file` (the system's when empty).
+fn tls_connector(ca_file: &str) -> std::io::Result<tokio_rustls::TlsConnector> {
+    let ca_file = if ca_file.is_empty() {
+        SYSTEM_CAS
+    } else {
+        ca_file
+    };
+    let bad = |e: &dyn std::fmt::Display| invalid(format!("webhook_ca `{ca_file}`: {e}"));
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    use rustls_pki_types::pem::PemObject as _;
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca_file).map_err(|e| bad(&e))? {
+        roots.add(c.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+    }
+    if roots.is_empty() {
+        return Err(invalid(format!(
+            "webhook_ca `{ca_file}` holds no certificate"
+        )));
+    }
+    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid(format!("webhook TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        config,
+    )))
+}
+
 impl Webhook {
     /// `None` when no URL is set; an error names what is wrong with the URL or the CA file.
     pub fn new(url: &str, ca_file: &str) -> std::io::Result<Option<Webhook>> {
         if url.is_empty() {
             return Ok(None);
         }
-        let (https, rest) = if let Some(r) = url.strip_prefix("https://") {
-            (true, r)
-        } else if let Some(r) = url.strip_prefix("http://") {
-            (false, r)
-        } else {
-            return Err(invalid(format!(
-                "webhook_url `{url}` must start with http:// or https://"
-            )));
-        };
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        let host = match authority.rsplit_once(':') {
-            Some((h, port)) if port.parse::<u16>().is_ok() => h,
-            _ => authority,
-        };
-        if host.is_empty() {
-            return Err(invalid(format!("webhook_url `{url}` has no host")));
-        }
-        let addr = if host.len() < authority.len() {
-            authority.to_string()
-        } else if https {
-            format!("{authority}:443")
-        } else {
-            format!("{authority}:80")
-        };
-        let tls = if https {
-            let ca_file = if ca_file.is_empty() {
-                SYSTEM_CAS
-            } else {
-                ca_file
-            };
-            let mut roots = tokio_rustls::rustls::RootCertStore::empty();
-            use rustls_pki_types::pem::PemObject as _;
-            let certs = rustls_pki_types::CertificateDer::pem_file_iter(ca_file)
-                .map_err(|e| invalid(format!("webhook_ca `{ca_file}`: {e}")))?;
-            for c in certs {
-                let c = c.map_err(|e| invalid(format!("webhook_ca `{ca_file}`: {e}")))?;
-                roots
-                    .add(c)
-                    .map_err(|e| invalid(format!("webhook_ca `{ca_file}`: {e}")))?;
-            }
-            if roots.is_empty() {
-                return Err(invalid(format!(
-                    "webhook_ca `{ca_file}` holds no certificate"
-                )));
-            }
-            let provider =
-                std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-            let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map_err(|e| invalid(format!("webhook TLS: {e}")))?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            let name = rustls_pki_types::ServerName::try_from(
-                host.trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .to_string(),
-            )
+        let uri: http::Uri = url
+            .parse()
             .map_err(|e| invalid(format!("webhook_url `{url}`: {e}")))?;
-            Some((
-                tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
-                name,
-            ))
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => {
+                return Err(invalid(format!(
+                    "webhook_url `{url}` must start with http:// or https://"
+                )))
+            }
+        };
+        let (Some(authority), Some(host)) = (uri.authority(), uri.host().filter(|h| !h.is_empty()))
+        else {
+            return Err(invalid(format!("webhook_url `{url}` has no host")));
+        };
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let tls = if https {
+            let bare = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            let name = rustls_pki_types::ServerName::try_from(bare)
+                .map_err(|e| invalid(format!("webhook_url `{url}`: {e}")))?;
+            Some((tls_connector(ca_file)?, name))
         } else {
             None
         };
         Ok(Some(Webhook {
             url: url.into(),
-            authority: authority.into(),
-            addr,
-            path: path.into(),
+            authority: authority.as_str().into(),
+            addr: format!("{host}:{port}"),
+            path: uri.path_and_query().map_or("/", |p| p.as_str()).into(),
             tls,
         }))
     }
@@ -227,43 +217,51 @@ impl Webhook {
         match &self.tls {
             Some((connector, name)) => {
                 let tls = connector.connect(name.clone(), tcp).await?;
-                self.exchange(tls, body).await
+                self.exchange(hyper_util::rt::TokioIo::new(tls), body).await
             }
-            None => self.exchange(tcp, body).await,
+            None => self.exchange(hyper_util::rt::TokioIo::new(tcp), body).await,
         }
     }
 
+    /// One request on a fresh connection (`Connection: close`), driven beside it.
     async fn exchange(
         &self,
-        mut s: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+        io: impl hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
         body: &serde_json::Value,
     ) -> std::io::Result<()> {
-        let body = body.to_string();
-        let req = format!(
-            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: clinicwatch-collector\r\n\r\n{body}",
-            self.path,
-            self.authority,
-            body.len()
-        );
-        s.write_all(req.as_bytes()).await?;
-        s.flush().await?;
-        // The status line: read until its end (it may come in pieces).
-        let mut head = Vec::new();
-        let mut buf = [0u8; 256];
-        while !head.contains(&b'\n') && head.len() < 1024 {
-            let n = s.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            head.extend_from_slice(&buf[..n]);
+        use http::header;
+        let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+            .title_case_headers(true)
+            .handshake(io)
+            .await
+            .map_err(std::io::Error::other)?;
+        let req = http::Request::post(self.path.as_str())
+            .header(header::HOST, self.authority.as_str())
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONNECTION, "close")
+            .header(header::USER_AGENT, "clinicwatch-collector")
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                body.to_string(),
+            )))
+            .map_err(std::io::Error::other)?;
+        let send = async move {
+            let r = sender.send_request(req).await;
+            drop(sender); // lets the connection finish once the answer is in
+            r.map(|resp| resp.status())
+        };
+        let (status, conn) = tokio::join!(send, conn);
+        let status = status.map_err(std::io::Error::other)?;
+        if !status.is_success() {
+            return Err(std::io::Error::other(format!(
+                "HTTP status `{}`",
+                status.as_u16()
+            )));
         }
-        let status = String::from_utf8_lossy(&head);
-        let code = status.split_whitespace().nth(1).unwrap_or("");
-        if code.starts_with('2') {
-            Ok(())
-        } else {
-            Err(std::io::Error::other(format!("HTTP status `{code}`")))
+        // An answer came; a connection that then ends badly does not undo it.
+        if let Err(e) = conn {
+            tracing::debug!(url = %self.url, error = %e, "webhook connection ended badly");
         }
+        Ok(())
     }
 }
 
@@ -271,6 +269,45 @@ impl Webhook {
 mod tests {
     use super::*;
     use rustls_pki_types::pem::PemObject as _;
+    use tokio::io::AsyncReadExt as _;
+
+    #[tokio::test]
+    async fn a_plain_webhook_sends_one_request_and_a_refusal_is_an_error() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut req = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !String::from_utf8_lossy(&req).contains('}') {
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                req.extend_from_slice(&buf[..n]);
+            }
+            let _ = s
+                .write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy")
+                .await;
+            String::from_utf8_lossy(&req).into_owned()
+        });
+        let hook = Webhook::new(&format!("http://127.0.0.1:{port}/hook?team=soc"), "")
+            .unwrap()
+            .unwrap();
+        let e = hook.post(&serde_json::json!({"n": 1})).await.unwrap_err();
+        assert!(e.to_string().contains("HTTP status `503`"), "{e}");
+        let req = server.await.unwrap();
+        assert!(req.starts_with("POST /hook?team=soc HTTP/1.1\r\n"), "{req}");
+        assert!(
+            req.contains(&format!("Host: 127.0.0.1:{port}\r\n")),
+            "{req}"
+        );
+        assert!(req.contains("Content-Type: application/json\r\n"), "{req}");
+        assert!(req.contains("Content-Length: 7\r\n"), "{req}");
+        assert!(req.ends_with("{\"n\":1}"), "{req}");
+        let e = Webhook::new("https:///nohost", "").err().unwrap();
+        assert!(e.to_string().contains("webhook_url"), "{e}");
+    }
 
     /// An HTTPS server for `localhost` under a CA of its own; answers one request per
     /// connection with 204 and hands over what it read.

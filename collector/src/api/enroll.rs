@@ -228,49 +228,82 @@ impl Enroll for EnrollService {
         req: Request<EnrollRequest>,
     ) -> Result<Response<EnrollResponse>, Status> {
         let renewing = req.get_ref().token.is_empty();
-        let (host, presented) = if renewing {
-            let (who, key) = crate::auth::identity::peer_of(&req)?;
-            (who, Some(key))
-        } else {
-            (self.by_token(req.get_ref())?, None)
-        };
-        let (clinic, hostname) = (host.clinic.clone(), host.host.clone());
-        if clinic == crate::auth::identity::SOC_ORG {
-            return Err(status::denied(
-                "analyst certificates are issued by hand (`issue --soc`), not enrolled",
-            ));
-        }
-        if !valid_id(&hostname) {
-            return Err(status::invalid(format!(
-                "host id `{}` must be 1 to 64 letters, digits, `.`, `_` or `-`",
-                hostname.escape_debug()
-            )));
-        }
-        if renewing && req.get_ref().host_id != hostname {
-            return Err(status::denied(format!(
-                "this certificate is for {clinic}/{hostname}, not {}",
-                req.get_ref().host_id.escape_debug()
-            )));
-        }
+        let (host, presented) = self.requester(&req)?;
         let h = host.clone();
         let existing = on_store(&self.store, &self.metrics, move |s| s.enrollment(&h)).await?;
         Self::admit(&host, presented.as_deref(), existing.as_ref())?;
         let (cert_pem, not_after) = sign_csr(
             &self.ca,
             &req.get_ref().csr_pem,
-            &clinic,
-            &hostname,
+            &host.clinic,
+            &host.host,
             self.cert_days,
         )
         .map_err(status::invalid)?;
-        let key = crate::auth::pki::pem_to_der(&cert_pem)
+        self.record(&host, presented, &req.get_ref().token, &cert_pem)
+            .await?;
+        self.metrics
+            .enrolled
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(clinic = %host.clinic, host = %host.host, renewing, "certificate issued");
+        Ok(Response::new(EnrollResponse {
+            cert_pem,
+            ca_pem: self.ca.cert.clone(),
+            not_after,
+        }))
+    }
+}
+
+impl EnrollService {
+    /// Who enrolls: the token's clinic and the host id asked for, or (a renewal, without a
+    /// token) the name and key of the certificate presented.
+    fn requester(&self, req: &Request<EnrollRequest>) -> Result<(HostKey, Option<String>), Status> {
+        let renewing = req.get_ref().token.is_empty();
+        let (host, presented) = if renewing {
+            let (who, key) = crate::auth::identity::peer_of(req)?;
+            (who, Some(key))
+        } else {
+            (self.by_token(req.get_ref())?, None)
+        };
+        let (clinic, hostname) = (&host.clinic, &host.host);
+        if clinic == crate::auth::identity::SOC_ORG {
+            return Err(status::denied(
+                "analyst certificates are issued by hand (`issue --soc`), not enrolled",
+            ));
+        }
+        if !valid_id(hostname) {
+            return Err(status::invalid(format!(
+                "host id `{}` must be 1 to 64 letters, digits, `.`, `_` or `-`",
+                hostname.escape_debug()
+            )));
+        }
+        if renewing && req.get_ref().host_id != *hostname {
+            return Err(status::denied(format!(
+                "this certificate is for {clinic}/{hostname}, not {}",
+                req.get_ref().host_id.escape_debug()
+            )));
+        }
+        Ok((host, presented))
+    }
+
+    /// Records the key of the certificate just signed and, with a token (empty for a
+    /// renewal), takes one of its uses; a token refused by the database refuses the call.
+    async fn record(
+        &self,
+        host: &HostKey,
+        presented: Option<String>,
+        token: &str,
+        cert_pem: &str,
+    ) -> Result<(), Status> {
+        let renewing = token.is_empty();
+        let key = crate::auth::pki::pem_to_der(cert_pem)
             .and_then(|der| crate::auth::pki::key_fingerprint(&der))
             .map_err(|e| status::unavailable(e.to_string()))?;
         let now = crate::calls::now();
         // A renewal keeps the presented key valid until the new one is used (two-phase).
-        let record = match &presented {
+        let record = match presented {
             Some(old) => Enrollment {
-                key_sha256: old.clone(),
+                key_sha256: old,
                 revoked: false,
                 updated: now,
                 pending_key_sha256: key,
@@ -282,7 +315,7 @@ impl Enroll for EnrollService {
                 pending_key_sha256: String::new(),
             },
         };
-        let (h, token) = (host.clone(), req.get_ref().token.clone());
+        let (h, token) = (host.clone(), token.to_string());
         let taken = on_store(&self.store, &self.metrics, move |s| {
             if !renewing {
                 let id = token_id(&token).unwrap_or_default();
@@ -294,18 +327,10 @@ impl Enroll for EnrollService {
         })
         .await?;
         if let Err(why) = taken {
-            tracing::warn!(%clinic, host = %hostname, %why, "enrollment token refused");
+            tracing::warn!(clinic = %host.clinic, host = %host.host, %why, "enrollment token refused");
             return Err(status::denied(why.to_string()));
         }
-        self.metrics
-            .enrolled
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::info!(%clinic, host = %hostname, renewing, "certificate issued");
-        Ok(Response::new(EnrollResponse {
-            cert_pem,
-            ca_pem: self.ca.cert.clone(),
-            not_after,
-        }))
+        Ok(())
     }
 }
 

@@ -68,6 +68,61 @@ fn domain_matches(name: &str, domains: &[String]) -> bool {
     })
 }
 
+/// What the names stood for (`dest_pair` sightings): the vendor's IPs (a new edge of its CDN
+/// is not a campaign), and names that only ever meant private addresses (`pm-server.lan` in
+/// every clinic is not a shared destination). What a clinic's hosts say a name resolved to
+/// counts for that clinic's sightings only: one host claiming that an attacker's IP is the
+/// vendor's cannot hide it fleet-wide.
+struct Resolved<'a> {
+    /// (clinic, IP) pairs that a vendor domain resolved to in that clinic.
+    vendor_ips: BTreeSet<(&'a str, &'a str)>,
+    /// Per name: whether it ever resolved to a public address.
+    name_public: BTreeMap<&'a str, bool>,
+}
+
+impl<'a> Resolved<'a> {
+    fn of(sightings: &'a [crate::store::SightingRow], vendor_domains: &[String]) -> Self {
+        let mut vendor_ips: BTreeSet<(&str, &str)> = BTreeSet::new();
+        let mut name_public: BTreeMap<&str, bool> = BTreeMap::new();
+        for s in sightings.iter().filter(|s| s.kind == "dest_pair") {
+            let Some((ip, name)) = s.value.split_once(' ') else {
+                continue;
+            };
+            if domain_matches(name, vendor_domains) {
+                vendor_ips.insert((s.clinic.as_str(), ip));
+            }
+            *name_public.entry(name).or_default() |= !crate::store::indicators::private(ip);
+        }
+        Resolved {
+            vendor_ips,
+            name_public,
+        }
+    }
+}
+
+/// The group of one indicator, with its fleet-wide first seen and prevalence as evidence.
+fn indicator_group(
+    kind: String,
+    value: String,
+    hits: Vec<Hit>,
+    stats: &[crate::store::IndicatorStat],
+) -> Group {
+    let mut evidence = BTreeMap::new();
+    evidence.insert("indicator".into(), format!("{kind}:{value}"));
+    if let Some(s) = stats.iter().find(|s| s.kind == kind && s.value == value) {
+        evidence.insert("fleet_first_seen".into(), format!("{:.0}", s.first_seen));
+        // A sketch's estimate past `prevalence::EXACT_CLINICS` clinics: "~N".
+        let approx = if s.clinics_estimated { "~" } else { "" };
+        evidence.insert("clinics_ever".into(), format!("{approx}{}", s.clinics));
+    }
+    Group {
+        key: format!("{kind}:{value}"),
+        hits,
+        evidence,
+        severity: None,
+    }
+}
+
 pub struct Engine {
     pub rules: Vec<Rule>,
     pub lateness_secs: f64,
@@ -117,6 +172,8 @@ impl Engine {
         Ok(report)
     }
 
+    /// Groups the sightings of a `value_count` rule by indicator and keeps those seen by
+    /// enough clinics within the rule's timespan.
     fn value_count(
         &self,
         store: &dyn Store,
@@ -125,44 +182,10 @@ impl Engine {
         lookback: f64,
         now: f64,
     ) -> Result<Vec<Group>, StoreError> {
+        let resolved = Resolved::of(sightings, &self.vendor_domains);
         let mut by_value: BTreeMap<(String, String), Vec<Hit>> = BTreeMap::new();
-        // What the names stood for (`dest_pair` sightings): the vendor's IPs (a new edge of
-        // its CDN is not a campaign), and names that only ever meant private addresses
-        // (`pm-server.lan` in every clinic is not a shared destination). What a clinic's
-        // hosts say a name resolved to counts for that clinic's sightings only: one host
-        // claiming that an attacker's IP is the vendor's cannot hide it fleet-wide.
-        let mut vendor_ips: BTreeSet<(&str, &str)> = BTreeSet::new();
-        let mut name_public: BTreeMap<&str, bool> = BTreeMap::new();
-        for s in sightings.iter().filter(|s| s.kind == "dest_pair") {
-            let Some((ip, name)) = s.value.split_once(' ') else {
-                continue;
-            };
-            if domain_matches(name, &self.vendor_domains) {
-                vendor_ips.insert((s.clinic.as_str(), ip));
-            }
-            *name_public.entry(name).or_default() |= !crate::store::indicators::private(ip);
-        }
         for s in sightings {
-            let skip = match s.kind.as_str() {
-                "dest_name" => {
-                    (rule.exclude_vendor_domains && domain_matches(&s.value, &self.vendor_domains))
-                        || (rule.exclude_private
-                            && name_public.get(s.value.as_str()) == Some(&false))
-                }
-                "dest_ip" => {
-                    (rule.exclude_vendor_domains
-                        && vendor_ips.contains(&(s.clinic.as_str(), s.value.as_str())))
-                        || (rule.exclude_private && crate::store::indicators::private(&s.value))
-                }
-                _ => false,
-            };
-            if skip
-                || s.last_time < lookback
-                || !rule.kinds.contains(&s.kind)
-                || (!rule.apps.is_empty() && !rule.apps.contains(&s.app))
-                || rule.exclude_apps.contains(&s.app)
-                || (rule.vendor_domains_only && !domain_matches(&s.value, &self.vendor_domains))
-            {
+            if !self.counts(rule, s, &resolved, lookback) {
                 continue;
             }
             by_value
@@ -195,23 +218,40 @@ impl Engine {
         }
         Ok(met
             .into_iter()
-            .map(|((kind, value), hits)| {
-                let mut evidence = BTreeMap::new();
-                evidence.insert("indicator".into(), format!("{kind}:{value}"));
-                if let Some(s) = stats.iter().find(|s| s.kind == kind && s.value == value) {
-                    evidence.insert("fleet_first_seen".into(), format!("{:.0}", s.first_seen));
-                    // A sketch's estimate past `prevalence::EXACT_CLINICS` clinics: "~N".
-                    let approx = if s.clinics_estimated { "~" } else { "" };
-                    evidence.insert("clinics_ever".into(), format!("{approx}{}", s.clinics));
-                }
-                Group {
-                    key: format!("{kind}:{value}"),
-                    hits,
-                    evidence,
-                    severity: None,
-                }
-            })
+            .map(|((kind, value), hits)| indicator_group(kind, value, hits, &stats))
             .collect())
+    }
+
+    /// Whether a sighting counts for a `value_count` rule: recent enough, of the rule's
+    /// kinds and apps, and not excluded as the vendor's or a private destination.
+    fn counts(
+        &self,
+        rule: &Rule,
+        s: &crate::store::SightingRow,
+        resolved: &Resolved<'_>,
+        lookback: f64,
+    ) -> bool {
+        let skip = match s.kind.as_str() {
+            "dest_name" => {
+                (rule.exclude_vendor_domains && domain_matches(&s.value, &self.vendor_domains))
+                    || (rule.exclude_private
+                        && resolved.name_public.get(s.value.as_str()) == Some(&false))
+            }
+            "dest_ip" => {
+                (rule.exclude_vendor_domains
+                    && resolved
+                        .vendor_ips
+                        .contains(&(s.clinic.as_str(), s.value.as_str())))
+                    || (rule.exclude_private && crate::store::indicators::private(&s.value))
+            }
+            _ => false,
+        };
+        !(skip
+            || s.last_time < lookback
+            || !rule.kinds.contains(&s.kind)
+            || (!rule.apps.is_empty() && !rule.apps.contains(&s.app))
+            || rule.exclude_apps.contains(&s.app)
+            || (rule.vendor_domains_only && !domain_matches(&s.value, &self.vendor_domains)))
     }
 
     /// Opens or updates the incident of this rule and group.

@@ -109,97 +109,111 @@ fn parse_tables(text: &str, path: &str) -> Result<Vec<toml::Table>, RuleError> {
 
 /// The shipped rules, with `site` (a file's path, or empty) merged over them by `id`.
 pub fn load(site: &str) -> Result<Vec<Rule>, RuleError> {
-    let mut tables = parse_tables(DEFAULT, "default_rules.toml")?;
-    if !site.is_empty() {
-        let text = std::fs::read_to_string(site).map_err(|source| RuleError::Read {
-            path: site.into(),
-            source,
-        })?;
-        for t in parse_tables(&text, site)? {
-            let id = t.get("id").and_then(|v| v.as_str()).map(str::to_string);
-            match tables
-                .iter_mut()
-                .find(|d| d.get("id").and_then(|v| v.as_str()) == id.as_deref())
-            {
-                Some(d) => d.extend(t),
-                None => tables.push(t),
-            }
-        }
-    }
+    let tables = merged_tables(site)?;
     let path = if site.is_empty() {
         "default_rules.toml"
     } else {
         site
     };
-    let mut rules = Vec::new();
-    for t in tables {
-        let id = t
-            .get("id")
-            .and_then(|v| v.as_str())
-            .unwrap_or("(no id)")
-            .to_string();
-        let bad = |why: String| RuleError::Invalid {
-            path: path.into(),
-            why: format!("rule `{id}`: {why}"),
-        };
-        let r: Rule = toml::Value::Table(t)
-            .try_into()
-            .map_err(|e: toml::de::Error| bad(e.to_string()))?;
-        if !SEVERITIES.contains(&r.severity.as_str())
-            || r.off_hours_severity
-                .as_deref()
-                .is_some_and(|s| !SEVERITIES.contains(&s))
-        {
-            return Err(bad(format!("severity must be one of {SEVERITIES:?}")));
-        }
-        if r.timespan_secs == 0 {
-            return Err(bad("timespan_secs must be at least 1".into()));
-        }
-        match r.kind {
-            RuleType::ValueCount => {
-                if r.kinds.is_empty() || r.kinds.iter().any(|k| !KINDS.contains(&k.as_str())) {
-                    return Err(bad(format!("kinds must be some of {KINDS:?}")));
-                }
-                if r.min_clinics == 0 {
-                    return Err(bad("min_clinics must be at least 1".into()));
-                }
-            }
-            RuleType::FindingCount => {
-                if r.findings.is_empty() || r.min_clinics == 0 {
-                    return Err(bad("findings and min_clinics are required".into()));
-                }
-                if r.group_by.is_empty()
-                    || r.group_by.iter().any(|g| {
-                        !matches!(g.as_str(), "fleet" | "rule" | "subject")
-                            && !g.starts_with("evidence.")
-                    })
-                {
-                    return Err(bad(
-                        "group_by must list `fleet`, `rule`, `subject` or `evidence.KEY`".into(),
-                    ));
-                }
-            }
-            RuleType::Temporal => {
-                let distinct: std::collections::BTreeSet<&String> = r.findings.iter().collect();
-                if r.findings.len() < 2 || distinct.len() != r.findings.len() {
-                    return Err(bad("findings must list at least two different rules".into()));
-                }
-                if r.within_secs == 0 || r.min_clinics == 0 {
-                    return Err(bad("within_secs and min_clinics are required".into()));
-                }
-                if !matches!(r.per.as_deref(), None | Some("host") | Some("clinic")) {
-                    return Err(bad("per must be `host` or `clinic`".into()));
-                }
-            }
-            RuleType::Silence => {
-                if !(0.0..=1.0).contains(&r.fraction) || r.max_hosts == 0 {
-                    return Err(bad("fraction (0 to 1) and max_hosts are required".into()));
-                }
-            }
-        }
-        rules.push(r);
+    tables.into_iter().map(|t| rule_of(t, path)).collect()
+}
+
+/// The shipped rule tables, each extended (or followed) by the site file's table of its `id`.
+fn merged_tables(site: &str) -> Result<Vec<toml::Table>, RuleError> {
+    let mut tables = parse_tables(DEFAULT, "default_rules.toml")?;
+    if site.is_empty() {
+        return Ok(tables);
     }
-    Ok(rules)
+    let text = std::fs::read_to_string(site).map_err(|source| RuleError::Read {
+        path: site.into(),
+        source,
+    })?;
+    for t in parse_tables(&text, site)? {
+        let id = t.get("id").and_then(|v| v.as_str()).map(str::to_string);
+        match tables
+            .iter_mut()
+            .find(|d| d.get("id").and_then(|v| v.as_str()) == id.as_deref())
+        {
+            Some(d) => d.extend(t),
+            None => tables.push(t),
+        }
+    }
+    Ok(tables)
+}
+
+/// One merged table as a checked rule; errors name `path` and the rule's id.
+fn rule_of(t: toml::Table, path: &str) -> Result<Rule, RuleError> {
+    let id = t
+        .get("id")
+        .and_then(|v| v.as_str())
+        .unwrap_or("(no id)")
+        .to_string();
+    let bad = |why: String| RuleError::Invalid {
+        path: path.into(),
+        why: format!("rule `{id}`: {why}"),
+    };
+    let r: Rule = toml::Value::Table(t)
+        .try_into()
+        .map_err(|e: toml::de::Error| bad(e.to_string()))?;
+    check(&r).map_err(bad)?;
+    Ok(r)
+}
+
+/// Why a rule is unusable: the keys its `type` needs, with values in range.
+fn check(r: &Rule) -> Result<(), String> {
+    if !SEVERITIES.contains(&r.severity.as_str())
+        || r.off_hours_severity
+            .as_deref()
+            .is_some_and(|s| !SEVERITIES.contains(&s))
+    {
+        return Err(format!("severity must be one of {SEVERITIES:?}"));
+    }
+    if r.timespan_secs == 0 {
+        return Err("timespan_secs must be at least 1".into());
+    }
+    match r.kind {
+        RuleType::ValueCount => {
+            if r.kinds.is_empty() || r.kinds.iter().any(|k| !KINDS.contains(&k.as_str())) {
+                return Err(format!("kinds must be some of {KINDS:?}"));
+            }
+            if r.min_clinics == 0 {
+                return Err("min_clinics must be at least 1".into());
+            }
+        }
+        RuleType::FindingCount => {
+            if r.findings.is_empty() || r.min_clinics == 0 {
+                return Err("findings and min_clinics are required".into());
+            }
+            if r.group_by.is_empty()
+                || r.group_by.iter().any(|g| {
+                    !matches!(g.as_str(), "fleet" | "rule" | "subject")
+                        && !g.starts_with("evidence.")
+                })
+            {
+                return Err(
+                    "group_by must list `fleet`, `rule`, `subject` or `evidence.KEY`".into(),
+                );
+            }
+        }
+        RuleType::Temporal => {
+            let distinct: std::collections::BTreeSet<&String> = r.findings.iter().collect();
+            if r.findings.len() < 2 || distinct.len() != r.findings.len() {
+                return Err("findings must list at least two different rules".into());
+            }
+            if r.within_secs == 0 || r.min_clinics == 0 {
+                return Err("within_secs and min_clinics are required".into());
+            }
+            if !matches!(r.per.as_deref(), None | Some("host") | Some("clinic")) {
+                return Err("per must be `host` or `clinic`".into());
+            }
+        }
+        RuleType::Silence => {
+            if !(0.0..=1.0).contains(&r.fraction) || r.max_hosts == 0 {
+                return Err("fraction (0 to 1) and max_hosts are required".into());
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

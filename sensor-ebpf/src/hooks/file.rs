@@ -44,7 +44,7 @@ const MAP_ANONYMOUS: u64 = 0x20;
 #[lsm(hook = "file_open")]
 pub fn lsm_file_open(ctx: LsmContext) -> i32 {
     if let Some(who) = opener() {
-        finish(hook::FILE_OPEN, on_open(who, ctx.arg::<u64>(0)));
+        finish(&ctx, hook::FILE_OPEN, on_open(who, ctx.arg::<u64>(0)));
     }
     0
 }
@@ -64,6 +64,7 @@ pub fn tp_open_exit(ctx: TracePointContext) -> u32 {
     // SAFETY: helper without arguments.
     let task = unsafe { bpf_get_current_task() };
     finish(
+        &ctx,
         hook::FILE_OPEN,
         kernel::task_fd_file(task, ret as u64).and_then(|file| on_open(who, file)),
     );
@@ -73,6 +74,7 @@ pub fn tp_open_exit(ctx: TracePointContext) -> u32 {
 #[fexit(function = "vfs_read")]
 pub fn fexit_vfs_read(ctx: FExitContext) -> i32 {
     finish(
+        &ctx,
         hook::FILE_READ,
         on_read_done(ctx.arg::<u64>(0), ctx.arg::<i64>(4)),
     );
@@ -82,6 +84,7 @@ pub fn fexit_vfs_read(ctx: FExitContext) -> i32 {
 #[fexit(function = "vfs_readv")]
 pub fn fexit_vfs_readv(ctx: FExitContext) -> i32 {
     finish(
+        &ctx,
         hook::FILE_READ,
         on_read_done(ctx.arg::<u64>(0), ctx.arg::<i64>(5)),
     );
@@ -106,7 +109,7 @@ pub fn tp_read_exit(ctx: TracePointContext) -> u32 {
             // Descriptors are C `int`s: keep the low 32 bits.
             .and_then(|fd| kernel::task_fd_file(task as u64, fd as u32 as u64))
             .and_then(|file| account_read(file, ret as u64, pid, tgid, w.app));
-        finish(hook::FILE_READ, r);
+        finish(&ctx, hook::FILE_READ, r);
     }
     0
 }
@@ -115,7 +118,7 @@ pub fn tp_read_exit(ctx: TracePointContext) -> u32 {
 pub fn lsm_mmap_file(ctx: LsmContext) -> i32 {
     let file = ctx.arg::<u64>(0);
     if file != 0 {
-        finish(hook::FILE_MMAP, on_mmap(file));
+        finish(&ctx, hook::FILE_MMAP, on_mmap(file));
     }
     0
 }
@@ -141,6 +144,7 @@ pub fn tp_mmap_enter(ctx: TracePointContext) -> u32 {
         // SAFETY: helper without arguments.
         let task = unsafe { bpf_get_current_task() };
         finish(
+            &ctx,
             hook::FILE_MMAP,
             kernel::task_fd_file(task, fd as u64).and_then(on_mmap),
         );

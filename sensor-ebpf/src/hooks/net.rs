@@ -35,31 +35,31 @@ const IPPROTO_UDP: u8 = 17;
 
 #[cgroup_sock_addr(connect4)]
 pub fn cg_connect4(ctx: SockAddrContext) -> i32 {
-    finish(hook::NET_CONNECT, on_connect(&ctx, AF_INET));
+    finish(&ctx, hook::NET_CONNECT, on_connect(&ctx, AF_INET));
     1
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn cg_connect6(ctx: SockAddrContext) -> i32 {
-    finish(hook::NET_CONNECT, on_connect(&ctx, AF_INET6));
+    finish(&ctx, hook::NET_CONNECT, on_connect(&ctx, AF_INET6));
     1
 }
 
 #[cgroup_skb]
 pub fn cg_skb_egress(ctx: SkBuffContext) -> i32 {
-    finish(hook::NET_BYTES, on_packet(&ctx, true));
+    finish(&ctx, hook::NET_BYTES, on_packet(&ctx, true));
     1
 }
 
 #[cgroup_skb]
 pub fn cg_skb_ingress(ctx: SkBuffContext) -> i32 {
-    finish(hook::NET_BYTES, on_packet(&ctx, false));
+    finish(&ctx, hook::NET_BYTES, on_packet(&ctx, false));
     1
 }
 
 #[cgroup_sock(sock_release)]
 pub fn cg_sock_release(ctx: SockContext) -> i32 {
-    finish(hook::NET_CLOSE, on_release(&ctx));
+    finish(&ctx, hook::NET_CLOSE, on_release(&ctx));
     1
 }
 

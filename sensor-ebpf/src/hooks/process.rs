@@ -25,20 +25,21 @@ use crate::{
 };
 
 #[btf_tracepoint(function = "sched_process_exec")]
-pub fn tp_btf_exec(_ctx: BtfTracePointContext) -> i32 {
-    finish(hook::PROC_EXEC, on_exec());
+pub fn tp_btf_exec(ctx: BtfTracePointContext) -> i32 {
+    finish(&ctx, hook::PROC_EXEC, on_exec());
     0
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
-pub fn raw_tp_exec(_ctx: RawTracePointContext) -> i32 {
-    finish(hook::PROC_EXEC, on_exec());
+pub fn raw_tp_exec(ctx: RawTracePointContext) -> i32 {
+    finish(&ctx, hook::PROC_EXEC, on_exec());
     0
 }
 
 #[btf_tracepoint(function = "sched_process_fork")]
 pub fn tp_btf_fork(ctx: BtfTracePointContext) -> i32 {
     finish(
+        &ctx,
         hook::PROC_FORK,
         on_fork(ctx.arg::<u64>(0), ctx.arg::<u64>(1)),
     );
@@ -48,6 +49,7 @@ pub fn tp_btf_fork(ctx: BtfTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
 pub fn raw_tp_fork(ctx: RawTracePointContext) -> i32 {
     finish(
+        &ctx,
         hook::PROC_FORK,
         on_fork(ctx.arg::<u64>(0), ctx.arg::<u64>(1)),
     );
@@ -56,13 +58,13 @@ pub fn raw_tp_fork(ctx: RawTracePointContext) -> i32 {
 
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn tp_btf_exit(ctx: BtfTracePointContext) -> i32 {
-    finish(hook::PROC_EXIT, on_exit(ctx.arg::<u64>(0)));
+    finish(&ctx, hook::PROC_EXIT, on_exit(ctx.arg::<u64>(0)));
     0
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn raw_tp_exit(ctx: RawTracePointContext) -> i32 {
-    finish(hook::PROC_EXIT, on_exit(ctx.arg::<u64>(0)));
+    finish(&ctx, hook::PROC_EXIT, on_exit(ctx.arg::<u64>(0)));
     0
 }
 

@@ -20,25 +20,25 @@ use crate::{
 
 #[uprobe]
 pub fn tls_write(ctx: ProbeContext) -> u32 {
-    finish(hook::TLS, on_write(&ctx));
+    finish(&ctx, hook::TLS, on_write(&ctx));
     0
 }
 
 #[uprobe]
 pub fn tls_read_enter(ctx: ProbeContext) -> u32 {
-    finish(hook::TLS, on_read_enter(&ctx, false));
+    finish(&ctx, hook::TLS, on_read_enter(&ctx, false));
     0
 }
 
 #[uprobe]
 pub fn tls_read_ex_enter(ctx: ProbeContext) -> u32 {
-    finish(hook::TLS, on_read_enter(&ctx, true));
+    finish(&ctx, hook::TLS, on_read_enter(&ctx, true));
     0
 }
 
 #[uretprobe]
 pub fn tls_read_exit(ctx: RetProbeContext) -> u32 {
-    finish(hook::TLS, on_read_exit(&ctx));
+    finish(&ctx, hook::TLS, on_read_exit(&ctx));
     0
 }
 

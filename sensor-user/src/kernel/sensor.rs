@@ -20,6 +20,7 @@ use tracing::warn;
 use crate::{
     kernel::btf::{Btf, BtfError, VMLINUX_BTF},
     kernel::capabilities::{AttachError, Attacher, CapabilityReport, Links},
+    kernel::klog::KernelLog,
 };
 
 /// The eBPF object, built by this crate's build script (empty when bpf-linker was missing).
@@ -75,7 +76,9 @@ pub struct SensorOptions {
 
 /// The programs, loaded and attached. Dropping it detaches everything.
 pub struct Sensor {
-    // Links before the object: they detach first.
+    // The log reader first: it stops before anything detaches. Links before the object:
+    // they detach first.
+    _klog: Option<KernelLog>,
     _links: Links,
     ebpf: Ebpf,
     pub capabilities: Vec<CapabilityReport>,
@@ -128,6 +131,8 @@ impl Sensor {
             .override_global(global::PROTECT_ENABLED, &protect_enabled, true)
             .load(EBPF_OBJECT)
             .map_err(SensorError::Load)?;
+        // Taken before any program loads: the programs refer to its map.
+        let klog = KernelLog::start(&mut ebpf);
 
         fill(&mut ebpf, map::WATCHED_EXES, &opts.exes)?;
         fill(&mut ebpf, map::PROTECTED, &opts.protected)?;
@@ -164,6 +169,7 @@ impl Sensor {
         .attach_all(&mut links)?;
         Ok((
             Sensor {
+                _klog: klog,
                 _links: links,
                 ebpf,
                 capabilities,
@@ -489,6 +495,8 @@ mod object_tests {
                 obj.maps.keys()
             );
         }
+        // The probes' log ring buffer (aya-log), which `klog` reads.
+        assert!(obj.maps.contains_key("AYA_LOGS"), "no `AYA_LOGS` map: {:?}", obj.maps.keys());
         assert_eq!(obj.license.to_str().unwrap(), "GPL");
     }
 

@@ -3,7 +3,7 @@
 //! reads back unchanged; and, over a real TLS stream, every hostile frame gets an ack or a
 //! clear refusal and the collector keeps serving.
 
-mod support;
+use clinicwatch_testkit::TempDir;
 
 use clinicwatch_collector::store::{self, validate, HostKey, StoreError};
 use clinicwatch_proto::v1::{agent_frame::Frame, record::Body, AgentFrame, Batch, Record};
@@ -49,7 +49,7 @@ fn random_batch(r: &mut Rng, epoch: u64) -> Batch {
         .map(|_| {
             let rec = Record {
                 seq,
-                body: Some(support::records(seq, 1).remove(0).body.unwrap()),
+                body: Some(crate::support::records(seq, 1).remove(0).body.unwrap()),
             };
             seq += 1 + r.below(3);
             rec
@@ -88,7 +88,7 @@ fn mutate(r: &mut Rng, bytes: &mut Vec<u8>) {
 #[test]
 fn mutated_frames_never_panic_and_what_is_accepted_is_stored_exactly() {
     let mut r = Rng::from_env("mutated_frames");
-    let dir = support::temp_dir("frames");
+    let dir = TempDir::new("frames");
     let st = store::open(&dir.join("c.db").display().to_string()).unwrap();
     let host = HostKey {
         clinic: "c".into(),
@@ -143,7 +143,6 @@ fn mutated_frames_never_panic_and_what_is_accepted_is_stored_exactly() {
         accepted > 0 && refused > 0,
         "the mutations reach both outcomes"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -179,11 +178,11 @@ fn valid_batches_round_trip_and_order_violations_are_always_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_frames_over_tls_get_an_answer_and_the_collector_keeps_serving() {
     let mut r = Rng::from_env("hostile_frames");
-    let p = support::new_pki();
-    let dir = support::temp_dir("frames-tls");
-    let srv = support::serve(&p, &dir.join("c.db")).await;
+    let p = crate::support::new_pki();
+    let dir = TempDir::new("frames-tls");
+    let srv = crate::support::serve(&p, &dir.join("c.db")).await;
     let me = clinicwatch_collector::auth::pki::client_cert(&p.ca, "clinic-a", "ws1", 30).unwrap();
-    let hello = support::hello("clinic-a", "ws1", 1).encode_to_vec();
+    let hello = crate::support::hello("clinic-a", "ws1", 1).encode_to_vec();
     let mut outcomes = std::collections::BTreeMap::<String, u32>::new();
     for _ in 0..150 {
         let mut bytes = AgentFrame {
@@ -193,8 +192,10 @@ async fn hostile_frames_over_tls_get_an_answer_and_the_collector_keeps_serving()
         for _ in 0..1 + r.below(3) {
             mutate(&mut r, &mut bytes);
         }
-        let ch = support::channel(&srv.url, &p.ca, Some(&me)).await.unwrap();
-        let outcome = match support::raw::send(ch, vec![hello.clone(), bytes]).await {
+        let ch = crate::support::channel(&srv.url, &p.ca, Some(&me))
+            .await
+            .unwrap();
+        let outcome = match crate::support::raw::send(ch, vec![hello.clone(), bytes]).await {
             Ok(_) => "acked or ignored".to_string(),
             Err(s) => {
                 assert!(
@@ -211,17 +212,18 @@ async fn hostile_frames_over_tls_get_an_answer_and_the_collector_keeps_serving()
     }
     eprintln!("150 hostile frames: {outcomes:?}");
     // Still serving, and still storing correctly.
-    let mut c = support::client(&srv.url, &p.ca, Some(&me)).await.unwrap();
-    let acks = support::exchange(
+    let mut c = crate::support::client(&srv.url, &p.ca, Some(&me))
+        .await
+        .unwrap();
+    let acks = crate::support::exchange(
         &mut c,
         vec![
-            support::hello("clinic-a", "ws1", 2),
-            support::batch(2, 1, 5),
+            crate::support::hello("clinic-a", "ws1", 2),
+            crate::support::batch(2, 1, 5),
         ],
     )
     .await
     .unwrap();
     assert_eq!(acks, vec![0, 5]);
     srv.shutdown().await;
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -2,19 +2,19 @@
 //! once, a certificate speaks only for its own host, no or foreign certificates are refused,
 //! enrollment, flood pushback, malformed and oversized frames, health, metrics, retention.
 
-mod support;
+use clinicwatch_testkit::TempDir;
 
 use std::time::Duration;
 
+use crate::support::*;
 use clinicwatch_collector::{auth::pki, config::Config};
 use clinicwatch_proto::v1::{
     agent_frame::Frame, enroll_client::EnrollClient, server_frame, AgentFrame, EnrollRequest,
     Heartbeat,
 };
-use support::*;
 
-fn setup(name: &str) -> (Pki, std::path::PathBuf) {
-    (new_pki(), temp_dir(name))
+fn setup(name: &str) -> (Pki, TempDir) {
+    (new_pki(), TempDir::new(name))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -42,7 +42,6 @@ async fn batches_are_acked_after_storage_and_a_resend_is_stored_once() {
             .load(std::sync::atomic::Ordering::Relaxed),
         5
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,7 +71,6 @@ async fn a_certificate_speaks_only_for_its_own_host() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
     assert_eq!(srv.records(), 0);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,7 +112,6 @@ async fn no_certificate_an_expired_one_or_another_cas_is_refused() {
     let good = pki::client_cert(&p.ca, "clinic-a", "ws1", 30).unwrap();
     assert_eq!(attempt(Some(good)).await.unwrap(), vec![0, 3]);
     assert_eq!(srv.records(), 3);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// A CSR for a fresh key, claiming `claims_clinic` (which enrollment must ignore).
@@ -289,7 +286,6 @@ async fn enrollment_issues_a_certificate_for_the_tokens_clinic_and_renews_it() {
         3
     );
     srv.shutdown().await;
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -359,7 +355,6 @@ async fn a_flooding_host_is_slowed_then_refused_with_a_retry_pushback() {
         "{m}"
     );
     srv.shutdown().await;
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -378,7 +373,7 @@ async fn malformed_and_oversized_frames_are_invalid_argument() {
             "too large",
         ),
     ] {
-        let e = support::raw::send(ch().await.unwrap(), vec![hello.clone(), frame])
+        let e = crate::support::raw::send(ch().await.unwrap(), vec![hello.clone(), frame])
             .await
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
@@ -398,7 +393,6 @@ async fn malformed_and_oversized_frames_are_invalid_argument() {
         "{m}"
     );
     srv.shutdown().await;
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 fn hello_frame() -> AgentFrame {
@@ -489,15 +483,14 @@ async fn heartbeats_health_metrics_and_scheduled_retention() {
     }
     assert_eq!(srv.store.findings_since(0.0).unwrap().len(), 3);
     srv.shutdown().await;
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_collectors_on_one_postgres_share_dedup_and_resume() {
     // The PostgreSQL client blocks: off the async threads.
-    let Some(url) =
-        blocking(|| support::pg::database("two_collectors_on_one_postgres_share_dedup_and_resume"))
-    else {
+    let Some(url) = blocking(|| {
+        crate::support::pg::database("two_collectors_on_one_postgres_share_dedup_and_resume")
+    }) else {
         return;
     };
     let p = new_pki();
@@ -666,7 +659,6 @@ async fn a_campaign_streamed_by_agents_becomes_an_incident_at_the_collector() {
         .render()
         .contains("clinicwatch_collector_incidents_opened_total 2\n"));
     srv.shutdown().await;
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// One clinic's agent: a hello and one batch of `records` through `url`.
@@ -741,7 +733,9 @@ fn incident_view(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_collectors_on_one_postgres_open_the_same_incidents_as_one() {
     let Some(url) = blocking(|| {
-        support::pg::database("several_collectors_on_one_postgres_open_the_same_incidents_as_one")
+        crate::support::pg::database(
+            "several_collectors_on_one_postgres_open_the_same_incidents_as_one",
+        )
     }) else {
         return;
     };

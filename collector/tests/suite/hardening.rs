@@ -4,17 +4,17 @@
 //! what the rate limit counts, a renewal whose reply is lost locks nobody out, unenrolling
 //! cuts an open stream off, analysts can be revoked, and tokens are counted and revocable.
 
-mod support;
+use clinicwatch_testkit::TempDir;
 
 use std::time::Duration;
 
+use crate::support::*;
 use clinicwatch_collector::{auth::identity::SOC_ORG, auth::pki, config::Config, store};
 use clinicwatch_proto::v1::{
     agent_frame::Frame, enroll_client::EnrollClient, record::Body, soc_client::SocClient,
     AgentFrame, Batch, Destination, EnrollRequest, Finding, ListHostsRequest, Record,
     WindowSummary,
 };
-use support::*;
 
 fn finding_at(seq: u64, t: f64) -> Record {
     Record {
@@ -56,7 +56,7 @@ fn port_of(url: &str) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_unauthenticated_sockets_cannot_hold_the_door() {
-    let (p, dir) = (new_pki(), temp_dir("hard-door"));
+    let (p, dir) = (new_pki(), TempDir::new("hard-door"));
     let mut cfg = Config::default();
     cfg.limits.handshake_timeout_secs = 2;
     cfg.limits.max_handshakes_per_ip = 50;
@@ -98,12 +98,11 @@ async fn idle_unauthenticated_sockets_cannot_hold_the_door() {
             >= 40
     );
     srv.shutdown().await;
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_stream_per_host_and_idle_streams_close() {
-    let (p, dir) = (new_pki(), temp_dir("hard-streams"));
+    let (p, dir) = (new_pki(), TempDir::new("hard-streams"));
     let mut cfg = Config::default();
     cfg.limits.stream_idle_secs = 2;
     let srv = serve_with(&p, &dir.join("c.db"), cfg).await;
@@ -143,12 +142,11 @@ async fn one_stream_per_host_and_idle_streams_close() {
     assert!(started.elapsed() < Duration::from_secs(5));
     drop(tx3);
     srv.shutdown().await;
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn implausible_times_are_stored_and_counted_but_never_correlated() {
-    let (p, dir) = (new_pki(), temp_dir("hard-times"));
+    let (p, dir) = (new_pki(), TempDir::new("hard-times"));
     let srv = serve(&p, &dir.join("c.db")).await;
     let me = pki::client_cert(&p.ca, "clinic-a", "ws1", 30).unwrap();
     let mut c = client(&srv.url, &p.ca, Some(&me)).await.unwrap();
@@ -172,12 +170,11 @@ async fn implausible_times_are_stored_and_counted_but_never_correlated() {
         2
     );
     srv.shutdown().await;
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rate_limit_counts_cost_and_oversized_lists_are_refused() {
-    let (p, dir) = (new_pki(), temp_dir("hard-cost"));
+    let (p, dir) = (new_pki(), TempDir::new("hard-cost"));
     let mut cfg = Config::default();
     cfg.limits.records_per_sec = 1000;
     cfg.limits.burst_records = 10_000;
@@ -240,7 +237,6 @@ async fn the_rate_limit_counts_cost_and_oversized_lists_are_refused() {
         vec![0, 3]
     );
     srv.shutdown().await;
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 fn csr() -> (String, String) {
@@ -278,7 +274,7 @@ async fn enroll(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewal_is_two_phase_and_unenroll_cuts_open_streams() {
-    let (p, dir) = (new_pki(), temp_dir("hard-renew"));
+    let (p, dir) = (new_pki(), TempDir::new("hard-renew"));
     let srv = serve(&p, &dir.join("c.db")).await;
     let token = srv.token(&p, "clinic-a", 1);
     let first = enroll(&srv.url, &p, None, &token, "ws1").await.unwrap();
@@ -332,12 +328,11 @@ async fn renewal_is_two_phase_and_unenroll_cuts_open_streams() {
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
     assert_eq!(srv.records(), before);
     srv.shutdown().await;
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_are_counted_bound_and_revocable_and_analysts_revocable() {
-    let (p, dir) = (new_pki(), temp_dir("hard-tokens"));
+    let (p, dir) = (new_pki(), TempDir::new("hard-tokens"));
     let srv = serve(&p, &dir.join("c.db")).await;
     // One use: the second host is refused.
     let once = srv.token(&p, "clinic-a", 1);
@@ -406,5 +401,4 @@ async fn tokens_are_counted_bound_and_revocable_and_analysts_revocable() {
     let e = soc.list_hosts(ListHostsRequest {}).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
     srv.shutdown().await;
-    std::fs::remove_dir_all(&dir).unwrap();
 }

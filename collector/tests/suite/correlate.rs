@@ -3,7 +3,7 @@
 //! late data within the lateness is still correlated; acknowledged incidents keep their
 //! state, closed ones make way for a new one; on one PostgreSQL only one collector leads.
 
-mod support;
+use clinicwatch_testkit::TempDir;
 
 use clinicwatch_collector::{
     correlate::{rules, Engine},
@@ -65,7 +65,7 @@ impl Fleet {
 
     /// The PM app's window ending at `t`, with a connection to `ip` (`name`).
     fn contact(&mut self, clinic: &str, app: &str, ip: &str, name: &str, t: f64) {
-        let mut w = support::contact_summary(app, ip, name, 1000, t);
+        let mut w = crate::support::contact_summary(app, ip, name, 1000, t);
         w.children = vec![ChildCount {
             exe: "/usr/bin/pm-helper".into(),
             count: 1,
@@ -110,10 +110,16 @@ fn one_host_cannot_switch_off_fleet_detection() {
     let mut f = Fleet::new(store::open(":memory:").unwrap());
     let heard = NOW - 3600.0;
     for t in [0.0, NOW - 8.0 * 86_400.0] {
-        let w = support::contact_summary("pm-client", "203.0.113.66", "", 10, t);
+        let w = crate::support::contact_summary("pm-client", "203.0.113.66", "", 10, t);
         f.send("mal", "ws1", Body::Summary(w), heard);
     }
-    let w = support::contact_summary("pm-client", "203.0.113.99", "api.vendor.example", 10, heard);
+    let w = crate::support::contact_summary(
+        "pm-client",
+        "203.0.113.99",
+        "api.vendor.example",
+        10,
+        heard,
+    );
     f.send("mal", "ws1", Body::Summary(w), heard);
     for c in 0..6 {
         for ip in ["203.0.113.66", "203.0.113.99"] {
@@ -406,15 +412,14 @@ fn scenarios(st: Box<dyn Store>) {
 
 #[test]
 fn sqlite_campaigns_become_incidents() {
-    let dir = support::temp_dir("correlate-sqlite");
+    let dir = TempDir::new("correlate-sqlite");
     scenarios(store::open(&dir.join("c.db").display().to_string()).unwrap());
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn postgres_campaigns_become_incidents_and_one_collector_leads() {
     let Some(url) =
-        support::pg::database("postgres_campaigns_become_incidents_and_one_collector_leads")
+        crate::support::pg::database("postgres_campaigns_become_incidents_and_one_collector_leads")
     else {
         return;
     };

@@ -2,19 +2,19 @@
 //! acknowledges incidents and sees hosts and indicators; a clinic's certificate is refused
 //! there, and an analyst's is refused by Ingest and by enrollment.
 
-mod support;
+use clinicwatch_testkit::TempDir;
 
+use crate::support::*;
 use clinicwatch_collector::{auth::identity::SOC_ORG, auth::pki, store::Incident};
 use clinicwatch_proto::v1::{
     enroll_client::EnrollClient, soc_client::SocClient, EnrollRequest, GetIncidentRequest,
     ListHostsRequest, ListIncidentsRequest, SetIncidentStateRequest, TopIndicatorsRequest,
 };
-use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn analysts_see_incidents_clinics_cannot_and_analysts_cannot_send() {
     let p = new_pki();
-    let dir = temp_dir("soc");
+    let dir = TempDir::new("soc");
     let srv = serve(&p, &dir.join("c.db")).await;
     // A host that reported, and an incident.
     let clinic = pki::client_cert(&p.ca, "clinic-a", "ws1", 30).unwrap();
@@ -132,5 +132,4 @@ async fn analysts_see_incidents_clinics_cannot_and_analysts_cannot_send() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
     srv.shutdown().await;
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -5,7 +5,7 @@
 pub mod pg;
 pub mod raw;
 
-use std::{path::PathBuf, sync::Arc};
+use std::sync::Arc;
 
 use clinicwatch_collector::{
     api::enroll::EnrollService,
@@ -82,14 +82,6 @@ impl Running {
 /// test's body included) must not do.
 pub fn blocking<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| s.spawn(f).join().unwrap())
-}
-
-/// A fresh folder for one test.
-pub fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("cw-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 pub fn new_pki() -> Pki {

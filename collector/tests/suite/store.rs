@@ -1,11 +1,11 @@
 //! The same behaviour from both store backends: SQLite always, PostgreSQL on a real server
 //! (a private one from the Debian packages; see `support/pg.rs`).
 
-mod support;
+use clinicwatch_testkit::TempDir;
 
+use crate::support::raw_batch as batch;
 use clinicwatch_collector::store::{self, HostKey, Ingested, Pruned, Store, MAX_BATCH_RECORDS};
 use clinicwatch_proto::v1::{record::Body, Batch, Heartbeat, Hello, Record};
-use support::raw_batch as batch;
 
 fn host(c: &str) -> HostKey {
     HostKey {
@@ -172,7 +172,7 @@ fn contact(s: &dyn Store, clinic: &str, seq: u64, ip: &str, t: f64) {
         first_seq: seq,
         records: vec![Record {
             seq,
-            body: Some(Body::Summary(support::contact_summary(
+            body: Some(Body::Summary(crate::support::contact_summary(
                 "pm-client",
                 ip,
                 "",
@@ -248,17 +248,16 @@ fn prevalence(stores: &mut [Box<dyn Store>], ip: &str) {
 
 #[test]
 fn sqlite_store() {
-    let dir = support::temp_dir("store-sqlite");
+    let dir = TempDir::new("store-sqlite");
     let path = dir.join("collector.db");
     let open = || store::open(&path.display().to_string()).unwrap();
     conformance(open(), &open);
     prevalence(&mut [open()], "203.0.113.9");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn postgres_store() {
-    let Some(url) = support::pg::database("postgres_store") else {
+    let Some(url) = crate::support::pg::database("postgres_store") else {
         return;
     };
     let open = || store::open(&url).unwrap();
@@ -307,7 +306,8 @@ fn open_err(spec: &str) -> String {
 /// `pg_hba.conf` refuses over TCP) do not, and each says why.
 #[test]
 fn postgres_tls_is_verified_and_required() {
-    let Some((db, server)) = support::pg::new_database("postgres_tls_is_verified_and_required")
+    let Some((db, server)) =
+        crate::support::pg::new_database("postgres_tls_is_verified_and_required")
     else {
         return;
     };
@@ -317,7 +317,7 @@ fn postgres_tls_is_verified_and_required() {
         .unwrap();
     let e = open_err(&server.url("127.0.0.1", &db));
     assert!(e.contains("certificate") && e.contains("127.0.0.1"), "{e}");
-    let dir = support::temp_dir("pg-other-ca");
+    let dir = TempDir::new("pg-other-ca");
     let other = dir.join("other-ca.pem");
     let ca = clinicwatch_collector::auth::pki::new_ca("another CA").unwrap();
     std::fs::write(&other, ca.cert).unwrap();
@@ -335,7 +335,6 @@ fn postgres_tls_is_verified_and_required() {
         e.contains("no encryption"),
         "plaintext refused by the server: {e}"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Streams of different hosts commit in parallel on PostgreSQL: while another session
@@ -343,7 +342,8 @@ fn postgres_tls_is_verified_and_required() {
 /// One connection behind a lock would make B wait behind A.
 #[test]
 fn postgres_commits_the_batches_of_different_hosts_in_parallel() {
-    let Some((db, server)) = support::pg::new_database("postgres_commits_in_parallel") else {
+    let Some((db, server)) = crate::support::pg::new_database("postgres_commits_in_parallel")
+    else {
         return;
     };
     let st: std::sync::Arc<dyn Store> =
@@ -355,7 +355,7 @@ fn postgres_commits_the_batches_of_different_hosts_in_parallel() {
     };
     st.hello(&a, &hello, 1.0).unwrap();
     st.hello(&b, &hello, 1.0).unwrap();
-    let mut other = support::pg::admin_client(&server, &db);
+    let mut other = crate::support::pg::admin_client(&server, &db);
     let mut holding = other.transaction().unwrap();
     holding
         .execute(
@@ -426,7 +426,7 @@ fn upgraded(st: &dyn Store) {
 
 #[test]
 fn sqlite_store_upgrades_a_database_of_the_0_1_schema() {
-    let dir = support::temp_dir("store-upgrade");
+    let dir = TempDir::new("store-upgrade");
     let path = dir.join("collector.db");
     let db = rusqlite::Connection::open(&path).unwrap();
     db.execute_batch(include_str!("fixtures/schema-0.1-sqlite.sql"))
@@ -444,25 +444,24 @@ fn sqlite_store_upgrades_a_database_of_the_0_1_schema() {
         .unwrap();
     assert_eq!(versions, 1);
     store::open(&path.display().to_string()).unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn postgres_store_upgrades_a_database_of_the_0_1_schema() {
-    let Some((db, server)) = support::pg::new_database("postgres_store_upgrades") else {
+    let Some((db, server)) = crate::support::pg::new_database("postgres_store_upgrades") else {
         return;
     };
-    support::pg::admin(
+    crate::support::pg::admin(
         &server,
         &db,
         include_str!("fixtures/schema-0.1-postgres.sql"),
     )
     .unwrap();
-    support::pg::admin(&server, &db, OLD_ROWS).unwrap();
+    crate::support::pg::admin(&server, &db, OLD_ROWS).unwrap();
     let url = server.url("localhost", &db);
     upgraded(store::open(&url).unwrap().as_ref());
     store::open(&url).unwrap();
-    let mut c = support::pg::admin_client(&server, &db);
+    let mut c = crate::support::pg::admin_client(&server, &db);
     let versions: i64 = c
         .query_one("SELECT COUNT(*) FROM refinery_schema_history", &[])
         .unwrap()

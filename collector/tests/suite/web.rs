@@ -2,12 +2,12 @@
 //! the collector, the page fetches `/api/incidents` and `/api/hosts`, and the rendered DOM
 //! shows the incident, its clinics, the timeline and host health.
 
-mod support;
+use clinicwatch_testkit::TempDir;
 
 use std::process::Command;
 
+use crate::support::*;
 use clinicwatch_collector::store::Incident;
-use support::*;
 
 fn chromium() -> Option<&'static str> {
     ["chromium", "chromium-browser", "google-chrome"]
@@ -33,7 +33,7 @@ async fn the_page_shows_the_incident_in_a_headless_browser() {
         return;
     };
     let p = new_pki();
-    let dir = temp_dir("web");
+    let dir = TempDir::new("web");
     let srv = serve(&p, &dir.join("c.db")).await;
     let me = clinicwatch_collector::auth::pki::client_cert(&p.ca, "clinic-a", "ws1", 30).unwrap();
     let mut c = client(&srv.url, &p.ca, Some(&me)).await.unwrap();
@@ -104,7 +104,6 @@ async fn the_page_shows_the_incident_in_a_headless_browser() {
     }
     assert!(!dom.contains("<b>"), "text is not markup: {dom}");
     srv.shutdown().await;
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// The plain-HTTP side's limits, over real sockets: a `Host` that is not ours is 421; at
