@@ -4,7 +4,7 @@
 //! `clinicwatch-agent baseline show|import`, `findings --since`, `replay FILE`: offline.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
@@ -121,81 +121,98 @@ fn run() -> anyhow::Result<()> {
         .config
         .clone()
         .unwrap_or_else(|| default_config_path().to_path_buf());
-    let now = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64())
-    };
     match cli.cmd {
-        Some(Cmd::Check) => return check(cli.config),
-        Some(Cmd::Enroll(args)) => return enroll(&path, args),
-        Some(Cmd::Baseline { cmd }) => {
-            let cfg = Config::from_file(&path)?;
-            return match cmd {
-                BaselineCmd::Show { app, json } => {
-                    report::show_baselines(&cfg, app.as_deref(), json, now())
-                }
-                BaselineCmd::Import { file } => report::import_baseline(&cfg, &file),
-            };
-        }
-        Some(Cmd::Findings { since, json }) => {
-            let cfg = Config::from_file(&path)?;
-            let since = report::parse_since(&since, now())?;
-            let log = cfg.agent.state_dir.join("findings.jsonl");
-            // The rotated generation first: oldest to newest.
-            let (mut found, mut bad) =
-                report::read_findings(&log.with_extension("jsonl.1"), since)?;
-            let (newer, bad_newer) = report::read_findings(&log, since)?;
-            found.extend(newer);
-            bad += bad_newer;
-            for f in &found {
-                if json {
-                    println!("{}", serde_json::to_string(f)?);
-                } else {
-                    println!("{}", report::finding_line(f));
-                }
-            }
-            if bad > 0 {
-                eprintln!("{bad} malformed line(s) in `{}` skipped", log.display());
-            }
-            eprintln!("{} finding(s) since {}", found.len(), report::utc(since));
-            return Ok(());
-        }
+        Some(Cmd::Check) => check(cli.config),
+        Some(Cmd::Enroll(args)) => enroll(&path, args),
+        Some(Cmd::Baseline { cmd }) => baseline(&path, cmd),
+        Some(Cmd::Findings { since, json }) => findings(&path, &since, json),
         Some(Cmd::Replay {
             file,
             summaries,
             learning_days,
-        }) => {
-            let mut cfg = Config::from_file(&path)?;
-            if let Some(d) = learning_days {
-                cfg.intel.learning_days = d;
-                cfg.validate()?;
-            }
-            let input: Box<dyn std::io::BufRead> = if file.as_os_str() == "-" {
-                Box::new(std::io::stdin().lock())
-            } else {
-                Box::new(std::io::BufReader::new(
-                    std::fs::File::open(&file)
-                        .with_context(|| format!("cannot open `{}`", file.display()))?,
-                ))
-            };
-            let r = report::replay(&cfg, input, std::io::stdout().lock(), summaries)?;
-            eprintln!(
-                "replayed {} events ({} malformed lines skipped): {} windows, {} findings",
-                r.events,
-                r.malformed,
-                r.windows,
-                r.findings.len()
-            );
-            return Ok(());
-        }
-        None => {}
+        }) => replay(&path, &file, summaries, learning_days),
+        None => serve(&path, cli.output, cli.snapshot_interval),
     }
-    let mut cfg = Config::from_file(&path)?;
-    if let Some(o) = cli.output {
+}
+
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// `baseline show|import`.
+fn baseline(path: &Path, cmd: BaselineCmd) -> anyhow::Result<()> {
+    let cfg = Config::from_file(path)?;
+    match cmd {
+        BaselineCmd::Show { app, json } => {
+            report::show_baselines(&cfg, app.as_deref(), json, now())
+        }
+        BaselineCmd::Import { file } => report::import_baseline(&cfg, &file),
+    }
+}
+
+/// `findings --since`: the findings log, rotated generation first (oldest to newest).
+fn findings(path: &Path, since: &str, json: bool) -> anyhow::Result<()> {
+    let cfg = Config::from_file(path)?;
+    let since = report::parse_since(since, now())?;
+    let log = cfg.agent.state_dir.join("findings.jsonl");
+    let (mut found, mut bad) = report::read_findings(&log.with_extension("jsonl.1"), since)?;
+    let (newer, bad_newer) = report::read_findings(&log, since)?;
+    found.extend(newer);
+    bad += bad_newer;
+    for f in &found {
+        if json {
+            println!("{}", serde_json::to_string(f)?);
+        } else {
+            println!("{}", report::finding_line(f));
+        }
+    }
+    if bad > 0 {
+        eprintln!("{bad} malformed line(s) in `{}` skipped", log.display());
+    }
+    eprintln!("{} finding(s) since {}", found.len(), report::utc(since));
+    Ok(())
+}
+
+/// `replay FILE`: recorded events through windows and rules again.
+fn replay(
+    path: &Path,
+    file: &Path,
+    summaries: bool,
+    learning_days: Option<f64>,
+) -> anyhow::Result<()> {
+    let mut cfg = Config::from_file(path)?;
+    if let Some(d) = learning_days {
+        cfg.intel.learning_days = d;
+        cfg.validate()?;
+    }
+    let input: Box<dyn std::io::BufRead> = if file.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(file)
+                .with_context(|| format!("cannot open `{}`", file.display()))?,
+        ))
+    };
+    let r = report::replay(&cfg, input, std::io::stdout().lock(), summaries)?;
+    eprintln!(
+        "replayed {} events ({} malformed lines skipped): {} windows, {} findings",
+        r.events,
+        r.malformed,
+        r.windows,
+        r.findings.len()
+    );
+    Ok(())
+}
+
+/// No subcommand: run the agent until Ctrl-C or SIGTERM.
+fn serve(path: &Path, output: Option<String>, snapshot: Option<u64>) -> anyhow::Result<()> {
+    let mut cfg = Config::from_file(path)?;
+    if let Some(o) = output {
         cfg.agent.output = o;
     }
-    if let Some(s) = cli.snapshot_interval {
+    if let Some(s) = snapshot {
         cfg.agent.snapshot_interval_secs = s;
     }
     cfg.validate()?;

@@ -27,7 +27,6 @@ use clinicwatch_proto::v1::{
 };
 use prost::Message as _;
 
-
 struct Setup {
     dir: TempDir,
     export: ExportConfig,
@@ -150,7 +149,6 @@ fn hello() -> Hello {
         ..Default::default()
     }
 }
-
 
 #[test]
 fn a_backlog_drains_at_the_collectors_pace_then_heartbeats_keep_the_host_alive() {

@@ -12,6 +12,21 @@ use std::path::{Path, PathBuf};
 pub const MAX_FN_LINES: usize = 80;
 pub const MAX_FILE_LINES: usize = 600;
 
+/// Not yet split (issue 15), as [`too_long`] words them without the line counts: the
+/// check fails for anything too long that is not here, and for an entry here that is no
+/// longer too long, so the list only shrinks.
+pub const KNOWN: &[&str] = &[
+    "sensor-user/src/agent.rs: fn start_as",
+    "sensor-user/src/config/mod.rs: fn validate",
+    "sensor-user/src/delivery/client.rs: fn session",
+    "sensor-user/src/intel/detect.rs: fn window_findings",
+    "sensor-user/src/intel/mod.rs: fn observe",
+    "sensor-user/src/intel/window.rs: fn push",
+    "sensor-user/src/kernel/capabilities.rs: fn attach_program",
+    "sensor-user/src/pipeline/handler.rs: file",
+    "sensor-user/src/pipeline/handler.rs: fn handle",
+];
+
 /// The source folders checked.
 pub const CHECKED: &[&str] = &[
     "sensor-user/src",
@@ -134,8 +149,9 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// What is too long under `root`, one line per function or file.
-pub fn too_long(root: &Path) -> Vec<String> {
+/// What is too long under `root`, one (key, line) per function or file; the key is the
+/// line without the counts, as [`KNOWN`] lists it.
+pub fn too_long(root: &Path) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for dir in CHECKED {
         for file in rust_files(&root.join(dir)) {
@@ -147,15 +163,16 @@ pub fn too_long(root: &Path) -> Vec<String> {
                 .display()
                 .to_string();
             if lines.len() > MAX_FILE_LINES {
-                out.push(format!(
-                    "{shown}: {} lines (at most {MAX_FILE_LINES})",
-                    lines.len()
+                out.push((
+                    format!("{shown}: file"),
+                    format!("{shown}: {} lines (at most {MAX_FILE_LINES})", lines.len()),
                 ));
             }
             for (name, n) in functions(&lines) {
                 if n > MAX_FN_LINES {
-                    out.push(format!(
-                        "{shown}: fn {name} is {n} lines (at most {MAX_FN_LINES})"
+                    out.push((
+                        format!("{shown}: fn {name}"),
+                        format!("{shown}: fn {name} is {n} lines (at most {MAX_FN_LINES})"),
                     ));
                 }
             }
@@ -180,12 +197,25 @@ mod tests {
     }
 
     #[test]
-    fn no_function_or_file_of_the_crates_is_too_long() {
+    fn no_function_or_file_of_the_crates_is_too_long_but_the_known_ones() {
         let found = too_long(&crate::util::root());
+        let new: Vec<&str> = found
+            .iter()
+            .filter(|(key, _)| !KNOWN.contains(&key.as_str()))
+            .map(|(_, line)| line.as_str())
+            .collect();
         assert!(
-            found.is_empty(),
+            new.is_empty(),
             "split these (xtask/src/sizes.rs says why):\n{}",
-            found.join("\n")
+            new.join("\n")
+        );
+        let gone: Vec<&&str> = KNOWN
+            .iter()
+            .filter(|k| !found.iter().any(|(key, _)| key == **k))
+            .collect();
+        assert!(
+            gone.is_empty(),
+            "no longer too long: remove from sizes.rs's KNOWN: {gone:?}"
         );
     }
 }

@@ -135,6 +135,7 @@ pub enum UtcOffset {
     Auto,
 }
 
+pub(crate) mod targets;
 pub mod values;
 
 mod auto {

@@ -48,10 +48,7 @@ impl log::Log for ToTracing {
 
 /// `hook 1: ...` from a probe (which knows hooks by index) becomes `hook proc_fork: ...`.
 fn named(text: &str) -> String {
-    let Some((index, rest)) = text
-        .strip_prefix("hook ")
-        .and_then(|t| t.split_once(':'))
-    else {
+    let Some((index, rest)) = text.strip_prefix("hook ").and_then(|t| t.split_once(':')) else {
         return text.to_string();
     };
     match index.parse::<usize>().ok().and_then(|i| hook::NAMES.get(i)) {
@@ -102,8 +99,7 @@ fn read(mut logger: EbpfLogger<ToTracing>, stop: Arc<std::sync::atomic::AtomicBo
         if n <= 0 {
             continue; // timeout, or EINTR: look at the flag again
         }
-        let flushed =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| logger.flush()));
+        let flushed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| logger.flush()));
         if flushed.is_err() {
             warn!("a kernel log record could not be decoded: no more kernel log lines");
             return;

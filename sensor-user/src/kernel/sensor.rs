@@ -496,7 +496,11 @@ mod object_tests {
             );
         }
         // The probes' log ring buffer (aya-log), which `klog` reads.
-        assert!(obj.maps.contains_key("AYA_LOGS"), "no `AYA_LOGS` map: {:?}", obj.maps.keys());
+        assert!(
+            obj.maps.contains_key("AYA_LOGS"),
+            "no `AYA_LOGS` map: {:?}",
+            obj.maps.keys()
+        );
         assert_eq!(obj.license.to_str().unwrap(), "GPL");
     }
 
