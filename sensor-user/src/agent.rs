@@ -230,6 +230,115 @@ fn seed(core: &mut Core, exes: &[AppExe]) -> Vec<Event> {
     events
 }
 
+/// Says which hook serves each capability, which fell back to a costly hook, which are
+/// unavailable and why the better hooks were passed over.
+fn log_capabilities(caps: &[CapabilityReport]) {
+    for c in caps {
+        match (c.hook.as_deref(), c.scope) {
+            (Some(hook), Some(scope)) => {
+                info!(capability = %c.capability, hook, ?scope, "capability served");
+                if scope == crate::kernel::capabilities::Scope::EverySyscall {
+                    warn!(
+                        capability = %c.capability,
+                        hook,
+                        "fallback hook fires on these syscalls of every process on the host"
+                    );
+                }
+            }
+            _ => warn!(
+                capability = %c.capability,
+                "capability unavailable on this kernel"
+            ),
+        }
+        for t in &c.passed_over {
+            info!(capability = %c.capability, hook = %t.hook, reason = %t.error, "hook passed over");
+        }
+    }
+}
+
+/// The spool and the exporter that drains it to the collector.
+fn start_delivery(
+    cfg: &Config,
+    capabilities: &[CapabilityReport],
+) -> anyhow::Result<(
+    Arc<Mutex<crate::sinks::spool::Spool>>,
+    crate::delivery::client::Exporter,
+)> {
+    let spool = crate::sinks::spool::Spool::open(crate::sinks::spool::SpoolConfig {
+        dir: cfg.agent.state_dir.join("spool"),
+        max_bytes: cfg.export.spool_max_mb << 20,
+        segment_bytes: 4 << 20,
+        // Records are few (summaries per window, findings, health): each is on disk
+        // before the next, so a power loss loses none that was spooled.
+        fsync_each: true,
+    })?;
+    let spool = Arc::new(Mutex::new(spool));
+    let exporter = crate::delivery::client::Exporter::start(
+        &cfg.export,
+        spool.clone(),
+        hello(cfg, capabilities),
+    )
+    .context("cannot start the exporter")?;
+    Ok((spool, exporter))
+}
+
+/// What the agent says of itself when it connects.
+fn hello(cfg: &Config, capabilities: &[CapabilityReport]) -> clinicwatch_proto::v1::Hello {
+    clinicwatch_proto::v1::Hello {
+        clinic_id: cfg.export.clinic.clone(),
+        host_id: cfg.export.host.clone(),
+        hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        kernel: kernel_release(),
+        capabilities: capabilities
+            .iter()
+            .map(|c| clinicwatch_proto::v1::HookChoice {
+                capability: c.capability.to_string(),
+                hook: c.hook.as_deref().unwrap_or("").to_string(),
+                scope: c.scope.map_or("", |s| s.as_str()).to_string(),
+            })
+            .collect(),
+        epoch: 0,
+        last_acked_seq: 0,
+    }
+}
+
+/// The output: the configured file or stdout when `write_output`, plus `subscriber`.
+fn open_output(
+    cfg: &Config,
+    write_output: bool,
+    subscriber: Option<Sender<Event>>,
+) -> anyhow::Result<Output> {
+    let rotation = crate::sinks::output::Rotation {
+        max_bytes: cfg.agent.output_max_mb << 20,
+        keep: cfg.agent.output_keep,
+    };
+    let mut output = Output::open(write_output.then_some(cfg.agent.output.as_str()), rotation)
+        .with_context(|| format!("cannot open output `{}`", cfg.agent.output))?;
+    if let Some(tx) = subscriber {
+        output.subscribe(tx);
+    }
+    Ok(output)
+}
+
+/// The startup event, then the processes already running that are seeded.
+fn announce(core: &mut Core, exes: &[AppExe], capabilities: &[CapabilityReport]) {
+    let startup = Event::Startup {
+        time: core.handler.clock.now(),
+        agent_pid: std::process::id(),
+        kernel: kernel_release(),
+        capabilities: capabilities.to_vec(),
+    };
+    core.emit(startup);
+    for ev in seed(core, exes) {
+        core.emit(ev);
+    }
+    core.output.flush();
+}
+
 fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
@@ -272,36 +381,8 @@ impl Agent {
         };
         crate::kernel::privileges::check()?;
         let (sensor, ring) = Sensor::load(&opts)?;
-        for c in &sensor.capabilities {
-            match (c.hook.as_deref(), c.scope) {
-                (Some(hook), Some(scope)) => {
-                    info!(capability = %c.capability, hook, ?scope, "capability served");
-                    if scope == crate::kernel::capabilities::Scope::EverySyscall {
-                        warn!(
-                            capability = %c.capability,
-                            hook,
-                            "fallback hook fires on these syscalls of every process on the host"
-                        );
-                    }
-                }
-                _ => warn!(
-                    capability = %c.capability,
-                    "capability unavailable on this kernel"
-                ),
-            }
-            for t in &c.passed_over {
-                info!(capability = %c.capability, hook = %t.hook, reason = %t.error, "hook passed over");
-            }
-        }
-        let rotation = crate::sinks::output::Rotation {
-            max_bytes: cfg.agent.output_max_mb << 20,
-            keep: cfg.agent.output_keep,
-        };
-        let mut output = Output::open(write_output.then_some(cfg.agent.output.as_str()), rotation)
-            .with_context(|| format!("cannot open output `{}`", cfg.agent.output))?;
-        if let Some(tx) = subscriber {
-            output.subscribe(tx);
-        }
+        log_capabilities(&sensor.capabilities);
+        let output = open_output(cfg, write_output, subscriber)?;
         let capabilities = sensor.capabilities.clone();
         // The agent that writes events owns the state folder (after the sensor loaded, so
         // an unprivileged start fails on privileges, not on the lock).
@@ -319,38 +400,7 @@ impl Agent {
         let (spool, exporter) = if probe_only || cfg.export.collector.is_empty() {
             (None, None)
         } else {
-            let spool = crate::sinks::spool::Spool::open(crate::sinks::spool::SpoolConfig {
-                dir: cfg.agent.state_dir.join("spool"),
-                max_bytes: cfg.export.spool_max_mb << 20,
-                segment_bytes: 4 << 20,
-                // Records are few (summaries per window, findings, health): each is on disk
-                // before the next, so a power loss loses none that was spooled.
-                fsync_each: true,
-            })?;
-            let spool = Arc::new(Mutex::new(spool));
-            let hello = clinicwatch_proto::v1::Hello {
-                clinic_id: cfg.export.clinic.clone(),
-                host_id: cfg.export.host.clone(),
-                hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
-                    .unwrap_or_default()
-                    .trim()
-                    .to_string(),
-                agent_version: env!("CARGO_PKG_VERSION").into(),
-                kernel: kernel_release(),
-                capabilities: capabilities
-                    .iter()
-                    .map(|c| clinicwatch_proto::v1::HookChoice {
-                        capability: c.capability.to_string(),
-                        hook: c.hook.as_deref().unwrap_or("").to_string(),
-                        scope: c.scope.map_or("", |s| s.as_str()).to_string(),
-                    })
-                    .collect(),
-                epoch: 0,
-                last_acked_seq: 0,
-            };
-            let exporter =
-                crate::delivery::client::Exporter::start(&cfg.export, spool.clone(), hello)
-                    .context("cannot start the exporter")?;
+            let (spool, exporter) = start_delivery(cfg, &capabilities)?;
             (Some(spool), Some(exporter))
         };
         let mut handler = handler;
@@ -368,17 +418,7 @@ impl Agent {
             tls: crate::kernel::tls::Discovery::default(),
             query_profiling: cfg.intel.query_profiling,
         };
-        let startup = Event::Startup {
-            time: core.handler.clock.now(),
-            agent_pid: std::process::id(),
-            kernel: kernel_release(),
-            capabilities: capabilities.clone(),
-        };
-        core.emit(startup);
-        for ev in seed(&mut core, &exes) {
-            core.emit(ev);
-        }
-        core.output.flush();
+        announce(&mut core, &exes, &capabilities);
 
         let core = Arc::new(Mutex::new(core));
         let interval = Duration::from_secs(cfg.agent.snapshot_interval_secs);

@@ -939,38 +939,12 @@ fn a_local_user_filling_the_maps_cannot_blind_the_sensor_and_is_reported() {
     // Slow under TCG from here: the agent takes snapshots of two thousand processes and a
     // thousand flows, and the storm's records queue before them.
     let slow = WAIT * 6;
-    // The PM client's child is still followed and its reads counted exactly; its flow too.
-    let (_, out) = run(&fx.app, &["fork-read", data.to_str().unwrap(), "4096"]);
-    let child: u32 = out.trim().parse().unwrap();
-    let exit = find_event(
-        &rx,
-        slow,
-        "the PM client's child's exit",
-        |e| matches!(e, Event::Exit { pid, .. } if *pid == child),
-    );
-    assert_eq!(file_bytes(&exit, &data).0, 1 << 20);
-    std::io::Write::write_all(pm.stdin.as_mut().unwrap(), b"go\n").unwrap();
-    assert!(pm.wait().unwrap().success());
-    server.join().unwrap();
-    let close = find_event(
-        &rx,
-        slow,
-        "the PM client's flow close",
-        |e| matches!(e, Event::NetClose { pid: p, .. } if *p == pm_pid),
-    );
-    let Event::NetClose { counters, .. } = close else {
-        unreachable!()
-    };
-    assert_eq!(
-        (counters.bytes_sent, counters.bytes_recv),
-        (200_000, 1000),
-        "exact bytes beside the attacker's {sockets} sockets"
-    );
-
     // The attempt reaches the SOC as map pressure, and the readers stayed in their quotas.
     // A finding comes with each snapshot in which a counter grew: the first may be taken in
     // the middle of the storm, so wait for the one that has seen every child admitted or
-    // refused (the attacker and its children: forks + 1 entries asked for).
+    // refused (the attacker and its children: forks + 1 entries asked for). Looked for
+    // first, before the PM client's events: a wait for another event passes over findings,
+    // and once the storm is over no counter grows to bring another.
     let n = |f: &clinicwatch_agent::event::finding::Finding, k: &str| {
         f.evidence.get(k).and_then(|v| v.as_u64()).unwrap_or(0)
     };
@@ -1001,6 +975,34 @@ fn a_local_user_filling_the_maps_cannot_blind_the_sensor_and_is_reported() {
         "{:?}",
         f.evidence
     );
+    // The PM client's child is still followed and its reads counted exactly; its flow too.
+    let (_, out) = run(&fx.app, &["fork-read", data.to_str().unwrap(), "4096"]);
+    let child: u32 = out.trim().parse().unwrap();
+    let exit = find_event(
+        &rx,
+        slow,
+        "the PM client's child's exit",
+        |e| matches!(e, Event::Exit { pid, .. } if *pid == child),
+    );
+    assert_eq!(file_bytes(&exit, &data).0, 1 << 20);
+    std::io::Write::write_all(pm.stdin.as_mut().unwrap(), b"go\n").unwrap();
+    assert!(pm.wait().unwrap().success());
+    server.join().unwrap();
+    let close = find_event(
+        &rx,
+        slow,
+        "the PM client's flow close",
+        |e| matches!(e, Event::NetClose { pid: p, .. } if *p == pm_pid),
+    );
+    let Event::NetClose { counters, .. } = close else {
+        unreachable!()
+    };
+    assert_eq!(
+        (counters.bytes_sent, counters.bytes_recv),
+        (200_000, 1000),
+        "exact bytes beside the attacker's {sockets} sockets"
+    );
+
     let snapshot = find_event(
         &rx,
         slow,

@@ -16,13 +16,7 @@ pub const MAX_FILE_LINES: usize = 600;
 /// check fails for anything too long that is not here, and for an entry here that is no
 /// longer too long, so the list only shrinks.
 pub const KNOWN: &[&str] = &[
-    "sensor-user/src/agent.rs: fn start_as",
-    "sensor-user/src/config/mod.rs: fn validate",
-    "sensor-user/src/delivery/client.rs: fn session",
     "sensor-user/src/intel/detect.rs: fn window_findings",
-    "sensor-user/src/intel/mod.rs: fn observe",
-    "sensor-user/src/intel/window.rs: fn push",
-    "sensor-user/src/kernel/capabilities.rs: fn attach_program",
     "sensor-user/src/pipeline/handler.rs: file",
     "sensor-user/src/pipeline/handler.rs: fn handle",
 ];

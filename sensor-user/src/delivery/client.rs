@@ -299,7 +299,7 @@ async fn run(cfg: ExportConfig, spool: Arc<Mutex<Spool>>, hello: Hello, stop: Ar
 
 /// Reads server frames until an ack; a throttle on the way sets `pace`.
 async fn until_ack(
-    replies: &mut tonic::Streaming<clinicwatch_proto::v1::ServerFrame>,
+    replies: &mut Replies,
     spool: &Arc<Mutex<Spool>>,
     epoch: u64,
     pace: &mut Duration,
@@ -332,6 +332,8 @@ async fn until_ack(
     }
 }
 
+type Replies = tonic::Streaming<clinicwatch_proto::v1::ServerFrame>;
+
 /// One connection: Hello, then batches (or heartbeats when idle) until the stop flag or an
 /// error.
 async fn session(
@@ -347,68 +349,8 @@ async fn session(
     // session is about.
     screen.settled();
     let m = read_material(cfg)?;
-    let channel = endpoint(&cfg.collector, &m.ca, Some((&m.cert, &m.key)))?
-        .connect()
-        .await
-        .context("cannot connect")?;
-    let mut client = IngestClient::new(channel)
-        .max_encoding_message_size(clinicwatch_proto::MAX_FRAME_BYTES)
-        .max_decoding_message_size(clinicwatch_proto::MAX_FRAME_BYTES);
-    if cfg.compression == "zstd" {
-        client = client
-            .send_compressed(CompressionEncoding::Zstd)
-            .accept_compressed(CompressionEncoding::Zstd);
-    }
-    let (tx, rx) = tokio::sync::mpsc::channel::<AgentFrame>(4);
-    let (epoch, acked) = {
-        let s = spool.lock().unwrap_or_else(|p| p.into_inner());
-        (s.epoch(), s.acked())
-    };
-    let mut h = hello.clone();
-    h.epoch = epoch;
-    h.last_acked_seq = acked;
-    tx.send(AgentFrame {
-        frame: Some(Frame::Hello(h)),
-    })
-    .await?;
-    let mut replies = client
-        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .context("the collector refused the stream")?
-        .into_inner();
-    // The collector's answer to Hello: how far it has stored this epoch.
-    let mut pace = Duration::ZERO;
-    let stored = loop {
-        let reply = tokio::time::timeout(Duration::from_secs(60), replies.message())
-            .await
-            .context("no answer to Hello from the collector in 60 s")??
-            .context("the collector closed the stream")?;
-        match reply.frame {
-            Some(server_frame::Frame::Ack(a)) if a.epoch == epoch => break a.up_to_seq,
-            Some(server_frame::Frame::Ack(_)) => break 0,
-            Some(server_frame::Frame::Throttle(t)) => {
-                pace = Duration::from_millis(t.retry_after_ms as u64)
-            }
-            _ => {}
-        }
-    };
-    {
-        let mut s = spool.lock().unwrap_or_else(|p| p.into_inner());
-        if stored >= s.next_seq() {
-            let e = s.new_epoch()?;
-            tracing::warn!(
-                stored,
-                written = s.next_seq() - 1,
-                new_epoch = e,
-                "the collector holds records this spool never wrote (state restored from an older copy?): new epoch"
-            );
-            return Err(anyhow::anyhow!(
-                "spool behind the collector; reconnecting with a new epoch"
-            )
-            .into());
-        }
-        s.ack(stored)?;
-    }
+    let client = connect(cfg, &m).await?;
+    let (tx, mut replies, epoch, mut pace) = open(client, spool, hello).await?;
     let heartbeat = Duration::from_secs(cfg.heartbeat_secs);
     // When the certificate enters its last third: end the session, so that `run` renews it
     // and reconnects with the new one (a stream can outlive a certificate's renewal window).
@@ -425,20 +367,9 @@ async fn session(
             tracing::info!("certificate due for renewal: reconnecting");
             return Ok(());
         }
-        // The next batch, once there is something to send; a heartbeat every
-        // `heartbeat_secs` whatever the traffic, so the collector always knows the spool's
-        // depth (a backlog draining after an outage shows there).
-        let records = loop {
-            if stop.load(Ordering::SeqCst) {
-                return Ok(());
-            }
-            if last_beat.elapsed() >= heartbeat {
-                break None;
-            }
-            if let Some(records) = next_batch(spool, screen, drops, cfg.batch_records)? {
-                break Some(records);
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        let next = next_batch_or_beat(cfg, spool, stop, screen, drops, last_beat, heartbeat);
+        let Some(records) = next.await? else {
+            return Ok(()); // stopped
         };
         if !pace.is_zero() {
             sleep_unless_stopped(pace, stop).await;
@@ -468,6 +399,124 @@ async fn session(
             .context("the stream closed")?;
         until_ack(&mut replies, spool, epoch, &mut pace).await?;
         screen.settled();
+    }
+}
+
+/// The mTLS channel and the Ingest client on it, compressed as configured.
+async fn connect(
+    cfg: &ExportConfig,
+    m: &Material,
+) -> Result<IngestClient<tonic::transport::Channel>, Ended> {
+    let channel = endpoint(&cfg.collector, &m.ca, Some((&m.cert, &m.key)))?
+        .connect()
+        .await
+        .context("cannot connect")?;
+    let mut client = IngestClient::new(channel)
+        .max_encoding_message_size(clinicwatch_proto::MAX_FRAME_BYTES)
+        .max_decoding_message_size(clinicwatch_proto::MAX_FRAME_BYTES);
+    if cfg.compression == "zstd" {
+        client = client
+            .send_compressed(CompressionEncoding::Zstd)
+            .accept_compressed(CompressionEncoding::Zstd);
+    }
+    Ok(client)
+}
+
+/// Opens the stream with Hello and settles the spool with the collector's answer (how far
+/// it has stored this epoch). Returns the sender, the replies, the epoch and the pace the
+/// collector asked for.
+async fn open(
+    mut client: IngestClient<tonic::transport::Channel>,
+    spool: &Arc<Mutex<Spool>>,
+    hello: &Hello,
+) -> Result<
+    (
+        tokio::sync::mpsc::Sender<AgentFrame>,
+        Replies,
+        u64,
+        Duration,
+    ),
+    Ended,
+> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<AgentFrame>(4);
+    let (epoch, acked) = {
+        let s = spool.lock().unwrap_or_else(|p| p.into_inner());
+        (s.epoch(), s.acked())
+    };
+    let mut h = hello.clone();
+    h.epoch = epoch;
+    h.last_acked_seq = acked;
+    tx.send(AgentFrame {
+        frame: Some(Frame::Hello(h)),
+    })
+    .await?;
+    let mut replies = client
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .context("the collector refused the stream")?
+        .into_inner();
+    let mut pace = Duration::ZERO;
+    let stored = loop {
+        let reply = tokio::time::timeout(Duration::from_secs(60), replies.message())
+            .await
+            .context("no answer to Hello from the collector in 60 s")??
+            .context("the collector closed the stream")?;
+        match reply.frame {
+            Some(server_frame::Frame::Ack(a)) if a.epoch == epoch => break a.up_to_seq,
+            Some(server_frame::Frame::Ack(_)) => break 0,
+            Some(server_frame::Frame::Throttle(t)) => {
+                pace = Duration::from_millis(t.retry_after_ms as u64)
+            }
+            _ => {}
+        }
+    };
+    resume_from(spool, stored)?;
+    Ok((tx, replies, epoch, pace))
+}
+
+/// Acks what the collector says it stored; a collector ahead of the spool (state restored
+/// from an older copy) starts a new epoch and ends the session.
+fn resume_from(spool: &Arc<Mutex<Spool>>, stored: u64) -> Result<(), Ended> {
+    let mut s = spool.lock().unwrap_or_else(|p| p.into_inner());
+    if stored >= s.next_seq() {
+        let e = s.new_epoch()?;
+        tracing::warn!(
+            stored,
+            written = s.next_seq() - 1,
+            new_epoch = e,
+            "the collector holds records this spool never wrote (state restored from an older copy?): new epoch"
+        );
+        return Err(
+            anyhow::anyhow!("spool behind the collector; reconnecting with a new epoch").into(),
+        );
+    }
+    s.ack(stored)?;
+    Ok(())
+}
+
+/// The next batch, once there is something to send (`Some(Some(records))`); a heartbeat
+/// every `heartbeat` whatever the traffic (`Some(None)`), so the collector always knows the
+/// spool's depth (a backlog draining after an outage shows there); `None` when stopped.
+async fn next_batch_or_beat(
+    cfg: &ExportConfig,
+    spool: &Arc<Mutex<Spool>>,
+    stop: &AtomicBool,
+    screen: &mut Screen,
+    drops: &mut DropReport,
+    last_beat: tokio::time::Instant,
+    heartbeat: Duration,
+) -> Result<Option<Option<Vec<Record>>>, Ended> {
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        if last_beat.elapsed() >= heartbeat {
+            return Ok(Some(None));
+        }
+        if let Some(records) = next_batch(spool, screen, drops, cfg.batch_records)? {
+            return Ok(Some(Some(records)));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

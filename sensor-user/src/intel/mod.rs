@@ -9,6 +9,7 @@ pub mod baseline;
 pub mod classes;
 pub mod dest;
 pub mod detect;
+mod events;
 pub mod hist;
 pub mod hours;
 pub mod pressure;
@@ -269,113 +270,25 @@ impl Intel {
         let mut out = Vec::new();
         let closed = self.windows.push(ev);
         self.closed(closed, &mut out);
-        let mut found = Vec::new();
-        match ev {
+        let found = match ev {
             Event::Startup {
                 time, capabilities, ..
-            } => {
-                self.startups += 1;
-                if let Some(r) = self.rule(|k| matches!(k, RuleKind::AgentRestart {})) {
-                    let previous = self.startups > 1
-                        || self.previous_run.is_some()
-                        || self.baselines.values().any(|b| b.windows > 0);
-                    if previous {
-                        let clean = self.startups > 1 || self.previous_run != Some(false);
-                        found.push(
-                            Finding::new(&r.id, r.severity, "-", *time, "agent")
-                                .summary(if clean {
-                                    "the agent restarted: activity while it was down was not seen"
-                                } else {
-                                    "the agent restarted after it was killed or crashed: activity while it was down was not seen"
-                                })
-                                .with("startups_in_this_run", self.startups)
-                                .with("previous_stop_clean", clean),
-                        );
-                    }
-                }
-                if let Some(r) = self.rule(|k| matches!(k, RuleKind::SensorHooks {})) {
-                    let missing: Vec<String> = capabilities
-                        .iter()
-                        .filter(|c| c.hook.is_none())
-                        .map(|c| c.capability.to_string())
-                        .collect();
-                    if !missing.is_empty() {
-                        found.push(
-                            Finding::new(&r.id, r.severity, "-", *time, "hooks")
-                                .summary(format!("no hook serves: {}", missing.join(", ")))
-                                .with("capabilities_missing", missing),
-                        );
-                    }
-                }
-            }
-            Event::Snapshot { time, health, .. } => {
-                let pressure = self
-                    .rule(|k| matches!(k, RuleKind::SensorPressure { .. }))
-                    .map(|r| (r.id.clone(), r.severity, r.kind.clone()));
-                if let Some((id, severity, RuleKind::SensorPressure { watched_percent })) = pressure
-                {
-                    found.extend(self.pressure.check(
-                        &id,
-                        severity,
-                        watched_percent,
-                        *time,
-                        health,
-                    ));
-                }
-                let total = drops(health);
-                let before = self.drops_seen.replace(total);
-                if let (Some(before), Some(r)) = (
-                    before,
-                    self.rule(|k| matches!(k, RuleKind::SensorDrops { .. })),
-                ) {
-                    let RuleKind::SensorDrops { min_drops } = r.kind else {
-                        unreachable!()
-                    };
-                    let new = total.saturating_sub(before);
-                    if new >= min_drops {
-                        found.push(
-                            Finding::new(&r.id, r.severity, "-", *time, "drops")
-                                .summary(format!(
-                                    "the sensor lost {new} record(s) since the last snapshot"
-                                ))
-                                .with("records_lost", new)
-                                .with("ringbuf_drops_total", health.ringbuf_drops)
-                                .with("exits_missed_total", health.exits_missed)
-                                .with("file_counters_evicted_total", health.file_counters_evicted),
-                        );
-                    }
-                }
-            }
+            } => self.on_startup(*time, capabilities),
+            Event::Snapshot { time, health, .. } => self.on_snapshot(*time, health),
             Event::ProtectedOpen {
                 time,
                 pid,
                 exe,
-                rule: prule,
+                rule,
                 uid,
                 ..
-            } => {
-                // The path as it may leave the host (no user's name in it).
-                let exe = &privacy::exe_path(exe);
-                self.readers
-                    .insert(*pid, (*time, exe.clone(), prule.clone()));
-                if let Some(r) = self.rule(|k| matches!(k, RuleKind::ProtectedRead {})) {
-                    found.push(
-                        Finding::new(&r.id, r.severity, "-", *time, &format!("{exe} {prule}"))
-                            .summary(format!(
-                                "{exe} (outside the watched apps) opened protected `{prule}`"
-                            ))
-                            .with("exe", exe.clone())
-                            .with("pid", *pid)
-                            .with("uid", *uid)
-                            .with("protected", prule.clone()),
-                    );
-                }
-            }
+            } => self.on_protected_open(*time, *pid, exe, rule, *uid),
             Event::Fork { pid, ppid, .. } => {
                 // A child of a protected reader inherits its read (and its clock).
                 if let Some(parent) = self.readers.get(ppid).cloned() {
                     self.readers.insert(*pid, parent);
                 }
+                Vec::new()
             }
             Event::NetConnect {
                 time,
@@ -384,38 +297,9 @@ impl Intel {
                 port,
                 protocol,
                 ..
-            } => {
-                // Most connects are the app's own: one map lookup, nothing else.
-                let reader = self.readers.get(pid).cloned();
-                let rule = match reader {
-                    Some(_) => {
-                        self.rule(|k| matches!(k, RuleKind::ProtectedReadThenConnect { .. }))
-                    }
-                    None => None,
-                };
-                if let (Some((t, exe, prule)), Some(r)) = (reader, rule) {
-                    let RuleKind::ProtectedReadThenConnect { within_secs } = r.kind else {
-                        unreachable!()
-                    };
-                    if *time - t <= within_secs {
-                        let d = crate::event::summary::dest_key(*dst, *port, protocol);
-                        found.push(
-                            Finding::new(&r.id, r.severity, "-", *time, &format!("{exe} {d}"))
-                                .summary(format!(
-                                    "{exe} opened protected `{prule}` and connected to {d} {:.0} s later",
-                                    *time - t
-                                ))
-                                .with("exe", exe.clone())
-                                .with("pid", *pid)
-                                .with("protected", prule.clone())
-                                .with("destination", d)
-                                .with("seconds_after_read", ((*time - t) * 10.0).round() / 10.0),
-                        );
-                    }
-                }
-            }
-            _ => {}
-        }
+            } => self.on_connect(*time, *pid, *dst, *port, protocol),
+            _ => Vec::new(),
+        };
         self.emit_findings(found, &mut out);
         out
     }

@@ -12,7 +12,7 @@ use super::classes::Classifier;
 use crate::event::{
     class::FileClass,
     summary::{ClassStats, DestStats, QueryStats, WindowSummary},
-    Event, FileCounters, FlowCounters,
+    Event, FileCounters, FlowCounters, ProcessCounters,
 };
 
 /// Templates kept per app and window; the rest are counted under `{other}`.
@@ -305,6 +305,15 @@ impl Windows {
             Some(t) => self.tick(t),
             None => Vec::new(),
         };
+        self.fold(ev);
+        if let Event::Snapshot { time, .. } = ev {
+            return self.tick(*time);
+        }
+        closed
+    }
+
+    /// What `ev` adds to its app's open window.
+    fn fold(&mut self, ev: &Event) {
         match ev {
             Event::Exec {
                 app,
@@ -327,47 +336,8 @@ impl Windows {
                 acc.pids.insert(*pid);
                 acc.class(class, &file.dev, file.ino);
             }
-            Event::NetConnect {
-                app,
-                pid,
-                flow,
-                protocol,
-                dst,
-                port,
-                name,
-                ..
-            } if self.apps.contains(app) => {
-                if let Some(n) = name {
-                    self.names.insert(*flow, n.clone());
-                }
-                let acc = self.acc(app);
-                acc.pids.insert(*pid);
-                let d = acc.dest(*dst, *port, protocol);
-                d.connects += 1;
-                if d.name.is_none() {
-                    d.name.clone_from(name);
-                }
-            }
-            Event::Query {
-                app,
-                pid,
-                protocol,
-                method,
-                host,
-                path,
-                requests,
-                bytes,
-                ids,
-                ..
-            } if self.apps.contains(app) => {
-                let acc = self.acc(app);
-                acc.pids.insert(*pid);
-                let (q, sketch) = acc.query(protocol, method, host, path);
-                q.requests += *requests as u64;
-                q.bytes_sent += bytes;
-                for id in ids {
-                    sketch.insert_hash(*id);
-                }
+            Event::NetConnect { app, .. } | Event::Query { app, .. } if self.apps.contains(app) => {
+                self.on_connect_or_query(ev)
             }
             Event::QueryResponse {
                 app,
@@ -392,36 +362,87 @@ impl Windows {
                 files,
                 flows,
                 ..
-            } if self.apps.contains(app) => {
-                for f in files {
-                    self.file_counters(app, *pid, f, true);
+            } if self.apps.contains(app) => self.on_exit(app, *pid, files, flows),
+            Event::Snapshot { processes, .. } => self.on_snapshot(processes),
+            _ => {}
+        }
+    }
+
+    /// A connection (its destination and name) or a query (its template's counts).
+    fn on_connect_or_query(&mut self, ev: &Event) {
+        match ev {
+            Event::NetConnect {
+                app,
+                pid,
+                flow,
+                protocol,
+                dst,
+                port,
+                name,
+                ..
+            } => {
+                if let Some(n) = name {
+                    self.names.insert(*flow, n.clone());
                 }
-                // A socket can outlive the process (inherited by a child): its close record
-                // finishes the flow, so the counters so far are kept, not reset.
-                for f in flows {
-                    self.flow_counters(app, *pid, f, false);
+                let acc = self.acc(app);
+                acc.pids.insert(*pid);
+                let d = acc.dest(*dst, *port, protocol);
+                d.connects += 1;
+                if d.name.is_none() {
+                    d.name.clone_from(name);
                 }
-                // Files the exit did not list are gone with the process.
-                self.files.retain(|(p, _, _), _| p != pid);
             }
-            Event::Snapshot { processes, .. } => {
-                for p in processes {
-                    if !self.apps.contains(&p.app) {
-                        continue;
-                    }
-                    for f in &p.files {
-                        self.file_counters(&p.app, p.pid, f, false);
-                    }
-                    for f in &p.flows {
-                        self.flow_counters(&p.app, p.pid, f, false);
-                    }
+            Event::Query {
+                app,
+                pid,
+                protocol,
+                method,
+                host,
+                path,
+                requests,
+                bytes,
+                ids,
+                ..
+            } => {
+                let acc = self.acc(app);
+                acc.pids.insert(*pid);
+                let (q, sketch) = acc.query(protocol, method, host, path);
+                q.requests += *requests as u64;
+                q.bytes_sent += bytes;
+                for id in ids {
+                    sketch.insert_hash(*id);
                 }
             }
             _ => {}
         }
-        if let Event::Snapshot { time, .. } = ev {
-            return self.tick(*time);
+    }
+
+    /// A process's final counters.
+    fn on_exit(&mut self, app: &str, pid: u32, files: &[FileCounters], flows: &[FlowCounters]) {
+        for f in files {
+            self.file_counters(app, pid, f, true);
         }
-        closed
+        // A socket can outlive the process (inherited by a child): its close record
+        // finishes the flow, so the counters so far are kept, not reset.
+        for f in flows {
+            self.flow_counters(app, pid, f, false);
+        }
+        // Files the exit did not list are gone with the process.
+        self.files.retain(|(p, _, _), _| *p != pid);
+    }
+
+    /// The live counters of the watched apps' processes.
+    fn on_snapshot(&mut self, processes: &[ProcessCounters]) {
+        for p in processes {
+            if !self.apps.contains(&p.app) {
+                continue;
+            }
+            for f in &p.files {
+                self.file_counters(&p.app, p.pid, f, false);
+            }
+            for f in &p.flows {
+                self.flow_counters(&p.app, p.pid, f, false);
+            }
+        }
     }
 }

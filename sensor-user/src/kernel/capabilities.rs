@@ -8,13 +8,12 @@
 use std::{any::Any, collections::HashSet, fs::File, path::Path};
 
 use aya::{
-    programs::{
-        links::CgroupAttachMode, BtfTracePoint, CgroupSkb, CgroupSkbAttachType, CgroupSock,
-        CgroupSockAddr, FExit, Lsm, ProgramError, RawTracePoint, TracePoint,
-    },
+    programs::{BtfTracePoint, CgroupSkbAttachType, FExit, Lsm, ProgramError, RawTracePoint},
     Btf, Ebpf,
 };
 use clinicwatch_common::names::prog;
+
+use super::attach::{cgroup_program, d, present_tracepoints, tracepoints};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 
@@ -461,12 +460,10 @@ impl<'a> Attacher<'a> {
             }
             _ => None,
         };
-        let cg = || cgroup.as_ref().ok_or_else(|| "no cgroup".to_string());
         let program = self
             .ebpf
             .program_mut(p.prog)
             .ok_or_else(|| "program missing from the eBPF object".to_string())?;
-        let d = |e: ProgramError| describe(&e);
         match &p.attach {
             Attach::TpBtf(name) => {
                 let prog: &mut BtfTracePoint = program.try_into().map_err(d)?;
@@ -502,62 +499,12 @@ impl<'a> Attacher<'a> {
                 links.push(Box::new(prog.take_link(id).map_err(d)?));
             }
             Attach::Tracepoints(category, names) => {
-                let present: Vec<&str> = names
-                    .iter()
-                    .copied()
-                    .filter(|n| {
-                        let ok = self.tracefs.join("events").join(category).join(n).exists();
-                        if !ok {
-                            missing.push(format!("{category}:{n}"));
-                        }
-                        ok
-                    })
-                    .collect();
-                if present.is_empty() {
-                    return Err(format!(
-                        "none of the tracepoints exist under `{}`",
-                        self.tracefs.display()
-                    ));
-                }
-                let prog: &mut TracePoint = program.try_into().map_err(d)?;
-                if first_load {
-                    prog.load().map_err(d)?;
-                }
-                for n in present {
-                    let id = prog
-                        .attach(category, n)
-                        .map_err(|e| format!("{category}:{n}: {}", describe(&e)))?;
-                    links.push(Box::new(prog.take_link(id).map_err(d)?));
-                }
+                let present = present_tracepoints(self.tracefs, category, names, missing)?;
+                tracepoints(program, first_load, category, &present, links)?;
             }
-            Attach::CgroupSockAddr => {
-                let cg = cg()?;
-                let prog: &mut CgroupSockAddr = program.try_into().map_err(d)?;
-                if first_load {
-                    prog.load().map_err(d)?;
-                }
-                let id = prog.attach(cg, CgroupAttachMode::Single).map_err(d)?;
-                links.push(Box::new(prog.take_link(id).map_err(d)?));
-            }
-            Attach::CgroupSkb(kind) => {
-                let cg = cg()?;
-                let prog: &mut CgroupSkb = program.try_into().map_err(d)?;
-                if first_load {
-                    prog.load().map_err(d)?;
-                }
-                let id = prog
-                    .attach(cg, *kind, CgroupAttachMode::Single)
-                    .map_err(d)?;
-                links.push(Box::new(prog.take_link(id).map_err(d)?));
-            }
-            Attach::CgroupSock => {
-                let cg = cg()?;
-                let prog: &mut CgroupSock = program.try_into().map_err(d)?;
-                if first_load {
-                    prog.load().map_err(d)?;
-                }
-                let id = prog.attach(cg, CgroupAttachMode::Single).map_err(d)?;
-                links.push(Box::new(prog.take_link(id).map_err(d)?));
+            Attach::CgroupSockAddr | Attach::CgroupSkb(_) | Attach::CgroupSock => {
+                let cg = cgroup.as_ref().ok_or_else(|| "no cgroup".to_string())?;
+                cgroup_program(program, &p.attach, first_load, cg, links)?;
             }
         }
         Ok(())

@@ -4,6 +4,7 @@
 //! LSM list ([`procfs`]), the capabilities the agent needs ([`privileges`]), and the probes'
 //! own log lines into `tracing` ([`klog`]).
 
+pub(crate) mod attach;
 pub mod btf;
 pub mod capabilities;
 pub mod klog;
