@@ -90,7 +90,9 @@ fn own_lines(text: &str) -> Vec<&str> {
     let lines: Vec<&str> = text.lines().collect();
     let end = lines
         .windows(2)
-        .position(|w| w[0].starts_with("#[cfg(test)]") && w[1].starts_with("mod "))
+        .position(|w| {
+            w[0].starts_with("#[cfg(test)]") && w[1].starts_with("mod ") && w[1].ends_with('{')
+        })
         .unwrap_or(lines.len());
     lines[..end].to_vec()
 }
@@ -188,6 +190,12 @@ mod tests {
         assert_eq!(functions(&lines), [("a", 5), ("b", 3)]);
         let with_tests = "fn a() {}\n#[cfg(test)]\nmod tests {\n    fn long() {}\n}\n";
         assert_eq!(own_lines(with_tests), ["fn a() {}"]);
+        let declared = "#[cfg(test)]\nmod cycles;\nfn b() {}";
+        assert_eq!(
+            own_lines(declared).len(),
+            3,
+            "a declaration is not the test module"
+        );
     }
 
     #[test]

@@ -64,8 +64,8 @@ pub struct KernelLog {
 
 impl KernelLog {
     /// Takes the object's `AYA_LOGS` map and starts reading it. `None`, said once, when
-    /// the object has no such map or the thread cannot start: the probes still run, their
-    /// errors are still counted.
+    /// the object has no such map or the thread cannot start (then the map's descriptor is
+    /// closed with the logger, and programs loaded after that which log fail to load).
     pub fn start(ebpf: &mut Ebpf) -> Option<KernelLog> {
         let logger = match EbpfLogger::init_with_logger(ebpf, ToTracing) {
             Ok(l) => l,
@@ -102,6 +102,11 @@ fn read(mut logger: EbpfLogger<ToTracing>, stop: Arc<std::sync::atomic::AtomicBo
         let flushed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| logger.flush()));
         if flushed.is_err() {
             warn!("a kernel log record could not be decoded: no more kernel log lines");
+            // The logger holds the map's only descriptor, and programs loaded later (the
+            // TLS uprobes) refer to it: keep it open until the stop, reading no more.
+            while !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(POLL);
+            }
             return;
         }
     }
