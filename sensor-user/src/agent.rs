@@ -500,16 +500,6 @@ impl Drop for Agent {
     }
 }
 
-fn wait_readable(fd: i32, timeout: Duration) {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
-}
-
 /// Name of the thread that drains the ring buffer (under the kernel's 15-character limit, so
 /// `/proc/*/task/*/comm` shows it whole).
 pub const EVENT_THREAD: &str = "cw-events";
@@ -532,7 +522,7 @@ fn event_loop(
     loop {
         let stopping = stop.load(Ordering::SeqCst);
         if !stopping {
-            wait_readable(fd, Duration::from_millis(50));
+            crate::kernel::ringbuf::wait_readable(fd, Duration::from_millis(50));
         }
         let mut guard = core.lock().unwrap_or_else(|p| p.into_inner());
         let c = &mut *guard;

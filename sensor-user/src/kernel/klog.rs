@@ -89,14 +89,7 @@ impl KernelLog {
 fn read(mut logger: EbpfLogger<ToTracing>, stop: Arc<std::sync::atomic::AtomicBool>) {
     let fd = logger.as_raw_fd();
     while !stop.load(Ordering::SeqCst) {
-        let mut p = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one pollfd of ours, for the duration of the call.
-        let n = unsafe { libc::poll(&mut p, 1, POLL.as_millis() as libc::c_int) };
-        if n <= 0 {
+        if !super::ringbuf::wait_readable(fd, POLL) {
             continue; // timeout, or EINTR: look at the flag again
         }
         let flushed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| logger.flush()));

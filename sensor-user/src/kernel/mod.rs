@@ -10,5 +10,6 @@ pub mod capabilities;
 pub mod klog;
 pub mod privileges;
 pub mod procfs;
+pub(crate) mod ringbuf;
 pub mod sensor;
 pub(crate) mod tls;
