@@ -1,5 +1,8 @@
-//! Detectors for the window rules: each rule kind reads one window, the app's baseline and
-//! the rule's thresholds. The event rules (protected reads, sensor health) are in `mod.rs`.
+//! Detectors for the window rules: one function per rule kind, each reading one window, the
+//! app's baseline and the rule's thresholds. The event rules (protected reads, sensor
+//! health) are in `events.rs`.
+
+use std::ops::RangeInclusive;
 
 use super::{
     baseline::Baseline,
@@ -9,7 +12,7 @@ use super::{
 use crate::event::{
     class::FileClass,
     finding::{human, top, Finding},
-    summary::WindowSummary,
+    summary::{DestStats, WindowSummary},
 };
 
 /// Destinations named in one finding's evidence (the largest senders; the rest counted).
@@ -39,316 +42,403 @@ pub fn suspicious(exe: &str, names: &[String], prefixes: &[String]) -> bool {
 /// rules that compare with it stay silent.
 pub fn window_findings(ctx: &Ctx, w: &WindowSummary) -> Vec<Finding> {
     let learning = ctx.baseline.learning(w.start);
-    let b = ctx.baseline;
-    let non_vendor =
-        |d: &&crate::event::summary::DestStats| !ctx.allow.allows(d.dst, d.name.as_deref());
     let mut out = Vec::new();
     for rule in ctx.rules.enabled() {
-        match &rule.kind {
+        let c = Check { ctx, w, rule };
+        let found = match &rule.kind {
+            RuleKind::ReadThenSend {
+                min_bytes,
+                min_ratio,
+                max_ratio,
+            } => c.read_then_send(*min_bytes, *min_ratio..=*max_ratio),
+            RuleKind::SuspiciousChild { names, prefixes } => c.suspicious_child(names, prefixes),
+            RuleKind::QueryOffHours { floor_requests } if !w.in_practice_hours => {
+                c.query_off_hours(*floor_requests)
+            }
+            RuleKind::OffHours { floor_bytes } if !w.in_practice_hours => c.off_hours(*floor_bytes),
+            _ if learning => Vec::new(),
+            kind => c.against_baseline(kind),
+        };
+        out.extend(found);
+    }
+    out
+}
+
+/// The thresholds of a rule that compares a figure with a quantile of its baseline.
+#[derive(Clone, Copy)]
+struct Surge {
+    factor: f64,
+    quantile: f64,
+    min_samples: u64,
+    floor: u64,
+}
+
+impl Surge {
+    /// The figure above which a window is reported, given the baseline's quantile.
+    fn limit(&self, p: u64) -> f64 {
+        ((p as f64) * self.factor).max(self.floor as f64)
+    }
+}
+
+/// One rule applied to one window.
+struct Check<'a> {
+    ctx: &'a Ctx<'a>,
+    w: &'a WindowSummary,
+    rule: &'a Rule,
+}
+
+impl Check<'_> {
+    fn base(&self, subject: &str) -> Finding {
+        base(self.rule, self.w, subject)
+    }
+
+    fn non_vendor(&self, d: &DestStats) -> bool {
+        !self.ctx.allow.allows(d.dst, d.name.as_deref())
+    }
+
+    /// The rules that compare with the baseline (silent while it learns).
+    fn against_baseline(&self, kind: &RuleKind) -> Vec<Finding> {
+        let surge = |factor: &f64, quantile: &f64, min_samples: &u64, floor: &u64| Surge {
+            factor: *factor,
+            quantile: *quantile,
+            min_samples: *min_samples,
+            floor: *floor,
+        };
+        match kind {
             RuleKind::BulkRead {
                 class,
                 factor,
                 quantile,
                 min_samples,
                 floor_bytes,
-            } if !learning => {
-                let bytes = w.class_bytes(*class);
-                let p = b
-                    .class_bytes
-                    .get(class)
-                    .and_then(|h| h.quantile(w.hour_of_week, *quantile, *min_samples))
-                    .unwrap_or(0);
-                let limit = ((p as f64) * factor).max(*floor_bytes as f64);
-                if bytes as f64 > limit {
-                    out.push(
-                        base(rule, w, class.as_str())
-                            .summary(format!(
-                                "{} read {} of {class} in {:.0} s, {:.1}x its usual p{:.0} ({}) for this hour of the week",
-                                w.app,
-                                human(bytes),
-                                w.end - w.start,
-                                bytes as f64 / (p.max(1)) as f64,
-                                quantile * 100.0,
-                                human(p)
-                            ))
-                            .with("class", class.as_str())
-                            .with("bytes", bytes)
-                            .with("files", w.classes.get(class).map_or(0, |s| s.files))
-                            .with("baseline_quantile_bytes", p)
-                            .with("factor", *factor)
-                            .with("floor_bytes", *floor_bytes),
-                    );
-                }
-            }
-            RuleKind::NewClass { classes } if !learning => {
-                for c in classes {
-                    let Some(s) = w.classes.get(c) else { continue };
-                    if (s.files > 0 || s.bytes > 0) && !b.knows_class(*c) {
-                        out.push(
-                            base(rule, w, c.as_str())
-                                .summary(format!(
-                                    "{} opened {} {} file(s) ({} read); it never did while learning",
-                                    w.app,
-                                    s.files,
-                                    c,
-                                    human(s.bytes)
-                                ))
-                                .with("class", c.as_str())
-                                .with("files", s.files)
-                                .with("bytes", s.bytes)
-                                .with("opens", s.opens),
-                        );
-                    }
-                }
-            }
-            RuleKind::NewDestination {} if !learning => {
-                for d in w.destinations.iter().filter(non_vendor) {
-                    if !b.knows_dest(&d.key()) {
-                        out.push(
-                            base(rule, w, &d.key())
-                                .summary(format!(
-                                    "{} connected to {} (not in its baseline nor the vendor list): {} sent, {} received",
-                                    w.app,
-                                    d.key(),
-                                    human(d.bytes_sent),
-                                    human(d.bytes_recv)
-                                ))
-                                .with("destination", d.key())
-                                .with("ip", d.dst.to_string())
-                                .with("port", d.port)
-                                .with("name", d.name.clone())
-                                .with("bytes_sent", d.bytes_sent)
-                                .with("bytes_recv", d.bytes_recv)
-                                .with("connects", d.connects),
-                        );
-                    }
-                }
-            }
+            } => self.bulk_read(*class, surge(factor, quantile, min_samples, floor_bytes)),
+            RuleKind::NewClass { classes } => self.new_class(classes),
+            RuleKind::NewDestination {} => self.new_destination(),
             RuleKind::EgressSurge {
                 factor,
                 quantile,
                 min_samples,
                 floor_bytes,
-            } if !learning => {
-                for d in &w.destinations {
-                    let p = b
-                        .destinations
-                        .get(&d.key())
-                        .and_then(|h| h.sent.quantile(w.hour_of_week, *quantile, *min_samples))
-                        .unwrap_or(0);
-                    let limit = ((p as f64) * factor).max(*floor_bytes as f64);
-                    if d.bytes_sent as f64 > limit {
-                        out.push(
-                            base(rule, w, &d.key())
-                                .summary(format!(
-                                    "{} sent {} to {} in {:.0} s; its usual p{:.0} there is {}",
-                                    w.app,
-                                    human(d.bytes_sent),
-                                    d.key(),
-                                    w.end - w.start,
-                                    quantile * 100.0,
-                                    human(p)
-                                ))
-                                .with("destination", d.key())
-                                .with("bytes_sent", d.bytes_sent)
-                                .with("baseline_quantile_bytes", p)
-                                .with("factor", *factor)
-                                .with("floor_bytes", *floor_bytes),
-                        );
-                    }
-                }
-            }
-            RuleKind::ReadThenSend {
-                min_bytes,
-                min_ratio,
-                max_ratio,
-            } => {
-                let read = w.class_bytes(FileClass::PmData);
-                let sent: u64 = w
-                    .destinations
-                    .iter()
-                    .filter(non_vendor)
-                    .map(|d| d.bytes_sent)
-                    .sum();
-                let ratio = sent as f64 / read.max(1) as f64;
-                if read >= *min_bytes
-                    && sent >= *min_bytes
-                    && (*min_ratio..=*max_ratio).contains(&ratio)
-                {
-                    let dests: Vec<(String, u64)> = w
-                        .destinations
-                        .iter()
-                        .filter(non_vendor)
-                        .filter(|d| d.bytes_sent > 0)
-                        .map(|d| (d.key(), d.bytes_sent))
-                        .collect();
-                    let count = dests.len();
-                    out.push(
-                        base(rule, w, "pm_data")
-                            .summary(format!(
-                                "{} read {} of patient data and sent {} to non-vendor destinations in the same window",
-                                w.app,
-                                human(read),
-                                human(sent)
-                            ))
-                            .with("pm_data_bytes_read", read)
-                            .with("bytes_sent_non_vendor", sent)
-                            .with("ratio", (ratio * 1000.0).round() / 1000.0)
-                            .with("destinations_count", count)
-                            .with("destinations", top(dests, TOP_DESTINATIONS)),
-                    );
-                }
-            }
-            RuleKind::SuspiciousChild { names, prefixes } => {
-                for (exe, n) in &w.children {
-                    if suspicious(exe, names, prefixes) {
-                        out.push(
-                            base(rule, w, exe)
-                                .summary(format!("{} ran {exe} ({n} time(s))", w.app))
-                                .with("exe", exe.clone())
-                                .with("count", *n),
-                        );
-                    }
-                }
-            }
-            RuleKind::NewChild {} if !learning => {
-                for (exe, n) in &w.children {
-                    if !b.knows_child(exe) {
-                        out.push(
-                            base(rule, w, exe)
-                                .summary(format!(
-                                    "{} ran {exe}, a program it never ran while learning",
-                                    w.app
-                                ))
-                                .with("exe", exe.clone())
-                                .with("count", *n),
-                        );
-                    }
-                }
-            }
+            } => self.egress_surge(surge(factor, quantile, min_samples, floor_bytes)),
+            RuleKind::NewChild {} => self.new_child(),
             RuleKind::QuerySurge {
                 factor,
                 quantile,
                 min_samples,
                 floor_requests,
-            } if !learning => {
-                let n = w.requests();
-                let p = b
-                    .requests
-                    .quantile(w.hour_of_week, *quantile, *min_samples)
-                    .unwrap_or(0);
-                let limit = ((p as f64) * factor).max(*floor_requests as f64);
-                if n as f64 > limit {
-                    let top = w.queries.first();
-                    out.push(
-                        base(rule, w, "requests")
-                            .summary(format!(
-                                "{} made {n} HTTPS requests in {:.0} s, {:.1}x its usual p{:.0} ({p}) for this hour of the week",
-                                w.app,
-                                w.end - w.start,
-                                n as f64 / p.max(1) as f64,
-                                quantile * 100.0
-                            ))
-                            .with("requests", n)
-                            .with("templates", w.queries.len())
-                            .with("top_template", top.map(|q| q.key()))
-                            .with("top_requests", top.map_or(0, |q| q.requests))
-                            .with("baseline_quantile_requests", p)
-                            .with("factor", *factor)
-                            .with("floor_requests", *floor_requests),
-                    );
-                }
-            }
+            } => self.query_surge(surge(factor, quantile, min_samples, floor_requests)),
             RuleKind::QueryScrape {
                 factor,
                 quantile,
                 min_samples,
                 floor_ids,
-            } if !learning => {
-                for q in &w.queries {
-                    let p = b
-                        .queries
-                        .get(&q.key())
-                        .and_then(|h| {
-                            h.distinct_ids
-                                .quantile(w.hour_of_week, *quantile, *min_samples)
-                        })
-                        .unwrap_or(0);
-                    let limit = ((p as f64) * factor).max(*floor_ids as f64);
-                    if q.distinct_ids as f64 > limit {
-                        out.push(
-                            base(rule, w, &q.key())
-                                .summary(format!(
-                                    "{} named about {} distinct records through {} in {:.0} s ({} requests), {:.1}x its usual p{:.0} ({p})",
-                                    w.app,
-                                    q.distinct_ids,
-                                    q.key(),
-                                    w.end - w.start,
-                                    q.requests,
-                                    q.distinct_ids as f64 / p.max(1) as f64,
-                                    quantile * 100.0
-                                ))
-                                .with("template", q.key())
-                                .with("distinct_ids", q.distinct_ids)
-                                .with("requests", q.requests)
-                                .with("baseline_quantile_ids", p)
-                                .with("factor", *factor)
-                                .with("floor_ids", *floor_ids),
-                        );
-                    }
-                }
-            }
-            RuleKind::NewQuery {} if !learning => {
-                for q in w.queries.iter().filter(|q| !b.knows_query(&q.key())) {
-                    out.push(
-                        base(rule, w, &q.key())
-                            .summary(format!(
-                                "{} made a request it never made before: {} ({} times)",
-                                w.app,
-                                q.key(),
-                                q.requests
-                            ))
-                            .with("template", q.key())
-                            .with("requests", q.requests)
-                            .with("distinct_ids", q.distinct_ids),
-                    );
-                }
-            }
-            RuleKind::QueryOffHours { floor_requests } if !w.in_practice_hours => {
-                let n = w.requests();
-                if n > *floor_requests {
-                    out.push(
-                        base(rule, w, "query_off_hours")
-                            .summary(format!(
-                                "{} made {n} HTTPS requests outside practice hours",
-                                w.app
-                            ))
-                            .with("requests", n)
-                            .with("templates", w.queries.len())
-                            .with("top_template", w.queries.first().map(|q| q.key()))
-                            .with("floor_requests", *floor_requests),
-                    );
-                }
-            }
-            RuleKind::OffHours { floor_bytes } if !w.in_practice_hours => {
-                let total = w.bytes_read() + w.bytes_sent();
-                if total > *floor_bytes {
-                    out.push(
-                        base(rule, w, "off_hours")
-                            .summary(format!(
-                                "{} read {} and sent {} outside practice hours",
-                                w.app,
-                                human(w.bytes_read()),
-                                human(w.bytes_sent())
-                            ))
-                            .with("bytes_read", w.bytes_read())
-                            .with("bytes_sent", w.bytes_sent())
-                            .with("floor_bytes", *floor_bytes),
-                    );
-                }
-            }
-            _ => {}
+            } => self.query_scrape(surge(factor, quantile, min_samples, floor_ids)),
+            RuleKind::NewQuery {} => self.new_query(),
+            _ => Vec::new(),
         }
     }
-    out
+
+    fn bulk_read(&self, class: FileClass, t: Surge) -> Vec<Finding> {
+        let w = self.w;
+        let bytes = w.class_bytes(class);
+        let p = self
+            .ctx
+            .baseline
+            .class_bytes
+            .get(&class)
+            .and_then(|h| h.quantile(w.hour_of_week, t.quantile, t.min_samples))
+            .unwrap_or(0);
+        if bytes as f64 <= t.limit(p) {
+            return Vec::new();
+        }
+        vec![self
+            .base(class.as_str())
+            .summary(format!(
+                "{} read {} of {class} in {:.0} s, {:.1}x its usual p{:.0} ({}) for this hour of the week",
+                w.app,
+                human(bytes),
+                w.end - w.start,
+                bytes as f64 / (p.max(1)) as f64,
+                t.quantile * 100.0,
+                human(p)
+            ))
+            .with("class", class.as_str())
+            .with("bytes", bytes)
+            .with("files", w.classes.get(&class).map_or(0, |s| s.files))
+            .with("baseline_quantile_bytes", p)
+            .with("factor", t.factor)
+            .with("floor_bytes", t.floor)]
+    }
+
+    fn new_class(&self, classes: &[FileClass]) -> Vec<Finding> {
+        let w = self.w;
+        let mut out = Vec::new();
+        for c in classes {
+            let Some(s) = w.classes.get(c) else { continue };
+            if (s.files > 0 || s.bytes > 0) && !self.ctx.baseline.knows_class(*c) {
+                out.push(
+                    self.base(c.as_str())
+                        .summary(format!(
+                            "{} opened {} {} file(s) ({} read); it never did while learning",
+                            w.app,
+                            s.files,
+                            c,
+                            human(s.bytes)
+                        ))
+                        .with("class", c.as_str())
+                        .with("files", s.files)
+                        .with("bytes", s.bytes)
+                        .with("opens", s.opens),
+                );
+            }
+        }
+        out
+    }
+
+    fn new_destination(&self) -> Vec<Finding> {
+        let w = self.w;
+        w.destinations
+            .iter()
+            .filter(|d| self.non_vendor(d) && !self.ctx.baseline.knows_dest(&d.key()))
+            .map(|d| {
+                self.base(&d.key())
+                    .summary(format!(
+                        "{} connected to {} (not in its baseline nor the vendor list): {} sent, {} received",
+                        w.app,
+                        d.key(),
+                        human(d.bytes_sent),
+                        human(d.bytes_recv)
+                    ))
+                    .with("destination", d.key())
+                    .with("ip", d.dst.to_string())
+                    .with("port", d.port)
+                    .with("name", d.name.clone())
+                    .with("bytes_sent", d.bytes_sent)
+                    .with("bytes_recv", d.bytes_recv)
+                    .with("connects", d.connects)
+            })
+            .collect()
+    }
+
+    fn egress_surge(&self, t: Surge) -> Vec<Finding> {
+        let w = self.w;
+        let mut out = Vec::new();
+        for d in &w.destinations {
+            let p = self
+                .ctx
+                .baseline
+                .destinations
+                .get(&d.key())
+                .and_then(|h| h.sent.quantile(w.hour_of_week, t.quantile, t.min_samples))
+                .unwrap_or(0);
+            if d.bytes_sent as f64 > t.limit(p) {
+                out.push(
+                    self.base(&d.key())
+                        .summary(format!(
+                            "{} sent {} to {} in {:.0} s; its usual p{:.0} there is {}",
+                            w.app,
+                            human(d.bytes_sent),
+                            d.key(),
+                            w.end - w.start,
+                            t.quantile * 100.0,
+                            human(p)
+                        ))
+                        .with("destination", d.key())
+                        .with("bytes_sent", d.bytes_sent)
+                        .with("baseline_quantile_bytes", p)
+                        .with("factor", t.factor)
+                        .with("floor_bytes", t.floor),
+                );
+            }
+        }
+        out
+    }
+
+    fn read_then_send(&self, min_bytes: u64, ratios: RangeInclusive<f64>) -> Vec<Finding> {
+        let w = self.w;
+        let read = w.class_bytes(FileClass::PmData);
+        let dests: Vec<(String, u64)> = w
+            .destinations
+            .iter()
+            .filter(|d| self.non_vendor(d) && d.bytes_sent > 0)
+            .map(|d| (d.key(), d.bytes_sent))
+            .collect();
+        let sent: u64 = dests.iter().map(|(_, b)| b).sum();
+        let ratio = sent as f64 / read.max(1) as f64;
+        if read < min_bytes || sent < min_bytes || !ratios.contains(&ratio) {
+            return Vec::new();
+        }
+        let count = dests.len();
+        vec![self
+            .base("pm_data")
+            .summary(format!(
+                "{} read {} of patient data and sent {} to non-vendor destinations in the same window",
+                w.app,
+                human(read),
+                human(sent)
+            ))
+            .with("pm_data_bytes_read", read)
+            .with("bytes_sent_non_vendor", sent)
+            .with("ratio", (ratio * 1000.0).round() / 1000.0)
+            .with("destinations_count", count)
+            .with("destinations", top(dests, TOP_DESTINATIONS))]
+    }
+
+    fn suspicious_child(&self, names: &[String], prefixes: &[String]) -> Vec<Finding> {
+        let w = self.w;
+        w.children
+            .iter()
+            .filter(|(exe, _)| suspicious(exe, names, prefixes))
+            .map(|(exe, n)| {
+                self.base(exe)
+                    .summary(format!("{} ran {exe} ({n} time(s))", w.app))
+                    .with("exe", exe.clone())
+                    .with("count", *n)
+            })
+            .collect()
+    }
+
+    fn new_child(&self) -> Vec<Finding> {
+        let w = self.w;
+        w.children
+            .iter()
+            .filter(|(exe, _)| !self.ctx.baseline.knows_child(exe))
+            .map(|(exe, n)| {
+                self.base(exe)
+                    .summary(format!(
+                        "{} ran {exe}, a program it never ran while learning",
+                        w.app
+                    ))
+                    .with("exe", exe.clone())
+                    .with("count", *n)
+            })
+            .collect()
+    }
+
+    fn query_surge(&self, t: Surge) -> Vec<Finding> {
+        let w = self.w;
+        let n = w.requests();
+        let p = self
+            .ctx
+            .baseline
+            .requests
+            .quantile(w.hour_of_week, t.quantile, t.min_samples)
+            .unwrap_or(0);
+        if n as f64 <= t.limit(p) {
+            return Vec::new();
+        }
+        let top = w.queries.first();
+        vec![self
+            .base("requests")
+            .summary(format!(
+                "{} made {n} HTTPS requests in {:.0} s, {:.1}x its usual p{:.0} ({p}) for this hour of the week",
+                w.app,
+                w.end - w.start,
+                n as f64 / p.max(1) as f64,
+                t.quantile * 100.0
+            ))
+            .with("requests", n)
+            .with("templates", w.queries.len())
+            .with("top_template", top.map(|q| q.key()))
+            .with("top_requests", top.map_or(0, |q| q.requests))
+            .with("baseline_quantile_requests", p)
+            .with("factor", t.factor)
+            .with("floor_requests", t.floor)]
+    }
+
+    fn query_scrape(&self, t: Surge) -> Vec<Finding> {
+        let w = self.w;
+        let mut out = Vec::new();
+        for q in &w.queries {
+            let p = self
+                .ctx
+                .baseline
+                .queries
+                .get(&q.key())
+                .and_then(|h| {
+                    h.distinct_ids
+                        .quantile(w.hour_of_week, t.quantile, t.min_samples)
+                })
+                .unwrap_or(0);
+            if q.distinct_ids as f64 > t.limit(p) {
+                out.push(
+                    self.base(&q.key())
+                        .summary(format!(
+                            "{} named about {} distinct records through {} in {:.0} s ({} requests), {:.1}x its usual p{:.0} ({p})",
+                            w.app,
+                            q.distinct_ids,
+                            q.key(),
+                            w.end - w.start,
+                            q.requests,
+                            q.distinct_ids as f64 / p.max(1) as f64,
+                            t.quantile * 100.0
+                        ))
+                        .with("template", q.key())
+                        .with("distinct_ids", q.distinct_ids)
+                        .with("requests", q.requests)
+                        .with("baseline_quantile_ids", p)
+                        .with("factor", t.factor)
+                        .with("floor_ids", t.floor),
+                );
+            }
+        }
+        out
+    }
+
+    fn new_query(&self) -> Vec<Finding> {
+        let w = self.w;
+        w.queries
+            .iter()
+            .filter(|q| !self.ctx.baseline.knows_query(&q.key()))
+            .map(|q| {
+                self.base(&q.key())
+                    .summary(format!(
+                        "{} made a request it never made before: {} ({} times)",
+                        w.app,
+                        q.key(),
+                        q.requests
+                    ))
+                    .with("template", q.key())
+                    .with("requests", q.requests)
+                    .with("distinct_ids", q.distinct_ids)
+            })
+            .collect()
+    }
+
+    fn query_off_hours(&self, floor_requests: u64) -> Vec<Finding> {
+        let w = self.w;
+        let n = w.requests();
+        if n <= floor_requests {
+            return Vec::new();
+        }
+        vec![self
+            .base("query_off_hours")
+            .summary(format!(
+                "{} made {n} HTTPS requests outside practice hours",
+                w.app
+            ))
+            .with("requests", n)
+            .with("templates", w.queries.len())
+            .with("top_template", w.queries.first().map(|q| q.key()))
+            .with("floor_requests", floor_requests)]
+    }
+
+    fn off_hours(&self, floor_bytes: u64) -> Vec<Finding> {
+        let w = self.w;
+        let total = w.bytes_read() + w.bytes_sent();
+        if total <= floor_bytes {
+            return Vec::new();
+        }
+        vec![self
+            .base("off_hours")
+            .summary(format!(
+                "{} read {} and sent {} outside practice hours",
+                w.app,
+                human(w.bytes_read()),
+                human(w.bytes_sent())
+            ))
+            .with("bytes_read", w.bytes_read())
+            .with("bytes_sent", w.bytes_sent())
+            .with("floor_bytes", floor_bytes)]
+    }
 }
