@@ -156,6 +156,28 @@ fn tls_connector(ca_file: &str) -> std::io::Result<tokio_rustls::TlsConnector> {
     )))
 }
 
+/// The port written in the URL's `authority` after `host`, if any. Credentials in the URL
+/// are refused (they would travel in the `Host` header and the logs), and so is a port that
+/// is not a number from 1 to 65535: `http::Uri` parses both, and `port_u16` would turn a bad
+/// port into the scheme's default without a word.
+fn port_of(url: &str, authority: &str, host: &str) -> std::io::Result<Option<u16>> {
+    if authority.contains('@') {
+        return Err(invalid(format!(
+            "webhook_url `{url}` carries credentials (`user@`): not supported, they would go out in the Host header"
+        )));
+    }
+    let rest = authority.strip_prefix(host).unwrap_or(authority);
+    let Some(port) = rest.strip_prefix(':') else {
+        return Ok(None);
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(Some(p)),
+        _ => Err(invalid(format!(
+            "webhook_url `{url}`: port `{port}` is not a number from 1 to 65535"
+        ))),
+    }
+}
+
 impl Webhook {
     /// `None` when no URL is set; an error names what is wrong with the URL or the CA file.
     pub fn new(url: &str, ca_file: &str) -> std::io::Result<Option<Webhook>> {
@@ -178,7 +200,7 @@ impl Webhook {
         else {
             return Err(invalid(format!("webhook_url `{url}` has no host")));
         };
-        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let port = port_of(url, authority.as_str(), host)?.unwrap_or(if https { 443 } else { 80 });
         let tls = if https {
             let bare = host
                 .trim_start_matches('[')
@@ -270,6 +292,33 @@ mod tests {
     use super::*;
     use rustls_pki_types::pem::PemObject as _;
     use tokio::io::AsyncReadExt as _;
+
+    #[test]
+    fn a_webhook_url_with_credentials_or_a_bad_port_is_refused_by_name() {
+        let err = |url: &str| Webhook::new(url, "").err().map(|e| e.to_string());
+        assert!(err("http://user:secret@siem.example:8080/x")
+            .is_some_and(|e| e.contains("credentials")));
+        for port in ["99999", "0", "65536"] {
+            let url = format!("http://siem.example:{port}/x");
+            assert!(
+                err(&url).is_some_and(|e| e.contains(&format!("port `{port}`"))),
+                "{url}"
+            );
+        }
+        let hook = |url: &str| Webhook::new(url, "").ok().flatten();
+        assert_eq!(
+            hook("http://siem.example/x").map(|w| w.addr),
+            Some("siem.example:80".into())
+        );
+        assert_eq!(
+            hook("http://[::1]:8080/x").map(|w| w.addr),
+            Some("[::1]:8080".into())
+        );
+        assert_eq!(
+            hook("http://siem.example:8080").map(|w| w.authority),
+            Some("siem.example:8080".into())
+        );
+    }
 
     #[tokio::test]
     async fn a_plain_webhook_sends_one_request_and_a_refusal_is_an_error() {

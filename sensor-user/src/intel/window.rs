@@ -298,7 +298,7 @@ impl Windows {
     /// A snapshot's counters accrued before it was taken: they are folded into the window
     /// still open, and only then does its time close that window.
     pub fn push(&mut self, ev: &Event) -> Vec<WindowSummary> {
-        let closed = match ev.time() {
+        let mut closed = match ev.time() {
             // Counters up to a snapshot taken just after the window's end belong to it; a
             // snapshot after a gap (the agent was stopped) starts afresh.
             Some(t) if matches!(ev, Event::Snapshot { .. }) && !self.past(t) => Vec::new(),
@@ -307,7 +307,9 @@ impl Windows {
         };
         self.fold(ev);
         if let Event::Snapshot { time, .. } = ev {
-            return self.tick(*time);
+            // After a gap the first tick closed the window before it; this one closes the
+            // fresh window only if the snapshot already ends it. Both are returned.
+            closed.extend(self.tick(*time));
         }
         closed
     }
@@ -444,5 +446,42 @@ impl Windows {
                 self.flow_counters(&p.app, p.pid, f, false);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{config::UtcOffset, event::Health};
+
+    fn windows() -> Windows {
+        Windows::new(
+            60,
+            vec!["pm".into()],
+            Classifier::new(&[], &[]),
+            super::super::hours::PracticeHours::new(&[], UtcOffset::Minutes(0)),
+        )
+    }
+
+    fn snapshot(time: f64) -> Event {
+        Event::Snapshot {
+            time,
+            processes: Vec::new(),
+            health: Health::default(),
+        }
+    }
+
+    #[test]
+    fn a_snapshot_after_a_gap_returns_the_window_before_the_gap() {
+        let mut w = windows();
+        assert!(w.push(&snapshot(10.0)).is_empty());
+        // The agent was stopped for a quarter of an hour: the next snapshot closes the
+        // window it was in, which must come back, not be dropped.
+        let closed = w.push(&snapshot(1_000.0));
+        let starts: Vec<f64> = closed.iter().map(|s| s.start).collect();
+        assert_eq!(starts, [0.0]);
+        // The fresh window starts at the snapshot's own window and closes in its turn.
+        let next = w.push(&snapshot(1_021.0));
+        assert_eq!(next.iter().map(|s| s.start).collect::<Vec<_>>(), [960.0]);
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! Measured on this project's 6.18 host (2026-12-02): the agent as uid 65534 under
 //! `setpriv --ambient-caps` with exactly this set gives the exact byte counts, connections
-//! and seeded trees that root gives (tests/tests/service.rs checks it); with the check
+//! and seeded trees that root gives (tests/tests/e2e/service.rs checks it); with the check
 //! bypassed and one capability removed at a time:
 //! - `CAP_BPF`: without it nothing loads (maps, programs, BTF).
 //! - `CAP_PERFMON`: without it nothing loads (tracing program types: tracepoint, tp_btf,

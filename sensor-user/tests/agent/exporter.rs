@@ -27,12 +27,14 @@ use clinicwatch_proto::v1::{
 };
 use prost::Message as _;
 
+/// Fields drop in order: the runtime (and with it the collector and its store) before the
+/// folder that holds the database and certificates.
 struct Setup {
-    dir: TempDir,
     export: ExportConfig,
     collector: Arc<clinicwatch_collector::metrics::Metrics>,
     store: clinicwatch_collector::calls::SharedStore,
     _rt: tokio::runtime::Runtime,
+    dir: TempDir,
 }
 
 /// A CA, the server's certificate for `localhost`, and the host's key and certificate valid
@@ -103,11 +105,11 @@ fn setup(name: &str, cfg: Config, nb: i64, na: i64) -> Setup {
     rt.spawn(c.run(listener, std::future::pending()));
     let export = export_to(&dir, port);
     Setup {
-        dir,
         export,
         collector: metrics,
         store: st,
         _rt: rt,
+        dir,
     }
 }
 
