@@ -180,6 +180,19 @@ pub trait Conn {
     fn dialect(&self) -> Dialect;
     /// Runs a statement; the rows it changed.
     fn exec(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64, StoreError>;
+    /// Runs a statement once per row of `flat` (`width` parameters each, one after the
+    /// other); the rows each run changed. A backend may prepare it once for all of them
+    /// (SQLite does: a batch's records go in through one statement handle).
+    fn exec_rows(
+        &mut self,
+        sql: &str,
+        width: usize,
+        flat: &[Param<'_>],
+    ) -> Result<Vec<u64>, StoreError> {
+        flat.chunks(width.max(1))
+            .map(|p| self.exec(sql, p))
+            .collect()
+    }
     fn query(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, StoreError>;
     /// A statement whose text changes from call to call (a multi-row insert): not kept in
     /// the connection's statement cache.

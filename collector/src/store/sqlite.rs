@@ -261,6 +261,23 @@ impl Conn for SqliteConn<'_> {
         Ok(n as u64)
     }
 
+    fn exec_rows(
+        &mut self,
+        sql: &str,
+        width: usize,
+        flat: &[Param<'_>],
+    ) -> Result<Vec<u64>, StoreError> {
+        let sql = spelled(self.spelled, sql);
+        let mut st = self.db.prepare_cached(sql).map_err(db_err(self.path))?;
+        flat.chunks(width.max(1))
+            .map(|p| {
+                st.execute(rusqlite::params_from_iter(p))
+                    .map(|n| n as u64)
+                    .map_err(db_err(self.path))
+            })
+            .collect()
+    }
+
     fn query(&mut self, sql: &str, p: &[Param<'_>]) -> Result<Vec<Row>, StoreError> {
         let path = self.path;
         self.rows(sql, p, true).map_err(db_err(path))

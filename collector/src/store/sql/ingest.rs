@@ -76,8 +76,8 @@ pub fn ingest(
 }
 
 /// Inserts the batch's records; the sequence numbers that were new (not duplicates). SQLite
-/// takes them one prepared insert at a time (a statement costs no round trip there, and the
-/// changed-row count says whether each was new); PostgreSQL in multi-row inserts whose
+/// takes them one row at a time through one prepared statement (a statement costs no round
+/// trip there, and the changed-row count says whether each was new); PostgreSQL in multi-row inserts whose
 /// `RETURNING` names the new ones (one round trip per chunk).
 fn insert_records(
     c: &mut dyn Conn,
@@ -88,21 +88,26 @@ fn insert_records(
     let bodies: Vec<Vec<u8>> = batch.records.iter().map(|r| r.encode_to_vec()).collect();
     let mut new = HashSet::new();
     if c.dialect() == Dialect::Sqlite {
+        let mut flat: Vec<Param<'_>> = Vec::with_capacity(7 * batch.records.len());
         for (r, body) in batch.records.iter().zip(&bodies) {
-            let added = c.exec(
-                "INSERT INTO records (clinic, host, epoch, seq, kind, received, body)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-                args![
-                    host.clinic,
-                    host.host,
-                    batch.epoch,
-                    r.seq,
-                    kind(r),
-                    now,
-                    *body
-                ],
-            )?;
-            if added == 1 {
+            flat.extend_from_slice(args![
+                host.clinic,
+                host.host,
+                batch.epoch,
+                r.seq,
+                kind(r),
+                now,
+                *body
+            ]);
+        }
+        let added = c.exec_rows(
+            "INSERT INTO records (clinic, host, epoch, seq, kind, received, body)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+            7,
+            &flat,
+        )?;
+        for (r, n) in batch.records.iter().zip(added) {
+            if n == 1 {
                 new.insert(r.seq);
             }
         }

@@ -157,7 +157,7 @@ pub fn run(o: &FleetOptions) -> anyhow::Result<()> {
         "[correlation]\nevery_secs = 5\nvendor_domains = [\"{VENDOR}\"]\nrules_file = \"{}\"\n[retention]\nsummaries_days = 30\n",
         rules.display()
     );
-    let srv = start_server_with(&root, "collector", true, &config)?;
+    let srv = start_server_with(&root, "collector", true, &config, None)?;
     let (port, pid, db) = (srv.port, srv.child.id(), srv.dir.join("collector.db"));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

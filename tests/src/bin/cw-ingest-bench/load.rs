@@ -26,6 +26,8 @@ pub struct Options {
     pub batch: u64,
     pub reconnect: usize,
     pub rounds: usize,
+    /// A PostgreSQL URL to store into (SQLite in the scenario's folder when `None`).
+    pub db: Option<String>,
 }
 
 /// A record as an agent sends it: a window summary (one in 50 a finding).
@@ -202,7 +204,8 @@ impl Session {
 }
 
 /// One agent's session: Hello, then `bodies` as records in batches of `per`, one frame in
-/// flight, numbered on from where the collector says it stopped. Returns the last seq acked.
+/// flight, numbered on from where the collector says it stopped. Returns how many were
+/// acked (all of them, or an error).
 pub(crate) async fn deliver(
     a: &Agent,
     port: u16,
@@ -216,11 +219,12 @@ pub(crate) async fn deliver(
         ..Default::default()
     };
     let mut s = Session::open(a, port, hello).await?;
+    let from = s.next;
     let mut bodies = bodies.into_iter().peekable();
     while bodies.peek().is_some() {
         s.send(bodies.by_ref().take(per.max(1)).collect()).await?;
     }
-    Ok(s.next)
+    Ok(s.next - from)
 }
 
 /// `total` records as the throughput scenarios send them.
@@ -245,16 +249,23 @@ pub(crate) struct Server {
     pub dir: PathBuf,
 }
 
-pub(crate) fn start_server(root: &Path, name: &str, tls: bool) -> anyhow::Result<Server> {
-    start_server_with(root, name, tls, "")
+pub(crate) fn start_server(
+    root: &Path,
+    name: &str,
+    tls: bool,
+    db: Option<&str>,
+) -> anyhow::Result<Server> {
+    start_server_with(root, name, tls, "", db)
 }
 
-/// A collector with `config` as its collector.toml.
+/// A collector with `config` as its collector.toml, storing into `db` (a PostgreSQL URL) or
+/// a SQLite file in its folder.
 pub(crate) fn start_server_with(
     root: &Path,
     name: &str,
     tls: bool,
     config: &str,
+    db: Option<&str>,
 ) -> anyhow::Result<Server> {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir)?;
@@ -266,6 +277,9 @@ pub(crate) fn start_server_with(
     cmd.args(["serve", "--dir"]).arg(&dir);
     if tls {
         cmd.arg("--tls");
+    }
+    if let Some(db) = db {
+        cmd.arg("--db").arg(db);
     }
     let child = cmd
         .stdout(Stdio::null())
@@ -307,11 +321,12 @@ struct Throughput {
 }
 
 /// One throughput scenario.
-struct Scenario {
+struct Scenario<'a> {
     name: &'static str,
     tls: bool,
     per_agent: u64,
     per_batch: u64,
+    db: Option<&'a str>,
 }
 
 fn throughput(
@@ -326,8 +341,9 @@ fn throughput(
         tls,
         per_agent,
         per_batch,
+        db,
     } = sc;
-    let server = start_server(root, name, tls)?;
+    let server = start_server(root, name, tls, db)?;
     let port = server.port;
     let started = Instant::now();
     let acked: u64 = rt.block_on(async {
@@ -419,7 +435,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
 
     // An idle collector's CPU (start, nothing, stop), taken off each run's.
     let idle = {
-        let s = start_server(&root, "idle", true)?;
+        let s = start_server(&root, "idle", true, o.db.as_deref())?;
         std::thread::sleep(Duration::from_millis(500));
         stop_server(s)?
     };
@@ -440,6 +456,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
                 tls,
                 per_agent: per,
                 per_batch: batch,
+                db: o.db.as_deref(),
             };
             let r = throughput(&rt, &root, sc, few, idle)?;
             eprintln!(
@@ -454,7 +471,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     }
 
     // 5,000 agents reconnecting at once (TLS, one certificate each).
-    let server = start_server(&root, "reconnect", true)?;
+    let server = start_server(&root, "reconnect", true, o.db.as_deref())?;
     let port = server.port;
     let all = Arc::new(agents);
     let started = Instant::now();
@@ -501,13 +518,17 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
+    let store = match &o.db {
+        Some(_) => "PostgreSQL (--db)",
+        None => "SQLite, synchronous=FULL",
+    };
     println!(
-        "\ningest: collector events per CPU-second (SQLite, synchronous=FULL, zstd; {} agents at once, one frame in flight each; median of {} rounds)",
+        "\ningest: collector events per CPU-second ({store}, zstd; {} agents at once, one frame in flight each; median of {} rounds)",
         o.agents, o.rounds
     );
     println!(
-        "{:<24} {:>10} {:>10} {:>12} {:>16} {:>20}",
-        "scenario", "records", "wall s", "CPU s", "events/CPU-s", "min-max"
+        "{:<24} {:>10} {:>10} {:>12} {:>16} {:>20} {:>14}",
+        "scenario", "records", "wall s", "CPU s", "events/CPU-s", "min-max", "events/wall-s"
     );
     let mut medians = Vec::new();
     for rs in &rows {
@@ -517,14 +538,19 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
             .iter()
             .fold((f64::MAX, 0.0f64), |(a, b), &x| (a.min(x), b.max(x)));
         println!(
-            "{:<24} {:>10} {:>10.2} {:>12.2} {:>16.0} {:>9.0}-{:<10.0}",
+            "{:<24} {:>10} {:>10.2} {:>12.2} {:>16.0} {:>9.0}-{:<10.0} {:>14.0}",
             rs[0].name,
             rs[0].records,
             median(rs.iter().map(|r| r.wall.as_secs_f64()).collect()),
             median(rs.iter().map(|r| r.cpu.as_secs_f64()).collect()),
             m,
             lo,
-            hi
+            hi,
+            median(
+                rs.iter()
+                    .map(|r| r.records as f64 / r.wall.as_secs_f64().max(1e-9))
+                    .collect()
+            ),
         );
         medians.push((rs[0].name, m));
     }

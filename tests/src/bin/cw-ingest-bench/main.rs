@@ -10,7 +10,8 @@
 //!
 //! The collector is this binary (`serve`) in a child process with the real server
 //! (`clinicwatch_collector::server::Collector`) and SQLite on disk with `synchronous =
-//! FULL`; the load comes from this process. TLS off (plaintext HTTP/2, identity from request
+//! FULL`, or the PostgreSQL database `--db` names (then events per wall-second count too:
+//! the database's own CPU is not the collector's); the load comes from this process. TLS off (plaintext HTTP/2, identity from request
 //! metadata) exists only here, to price TLS.
 
 mod demo_fleet;
@@ -45,6 +46,11 @@ struct Cli {
     /// Rounds of the throughput scenarios (each figure is the median).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Store into this PostgreSQL database (`postgres://…`, TLS as in collector.toml's
+    /// `store.path`) instead of a fresh SQLite file per scenario. It is reused from run to
+    /// run: each agent numbers on from what the collector says it stored.
+    #[arg(long)]
+    db: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -94,6 +100,9 @@ enum Cmd {
         dir: PathBuf,
         #[arg(long)]
         tls: bool,
+        /// The store (a PostgreSQL URL); `DIR/collector.db` when not given.
+        #[arg(long)]
+        db: Option<String>,
     },
 }
 
@@ -116,7 +125,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     raise_nofile();
     match cli.cmd {
-        Some(Cmd::Serve { dir, tls }) => serve::serve(&dir, tls),
+        Some(Cmd::Serve { dir, tls, db }) => serve::serve(&dir, tls, db),
         Some(Cmd::DemoFleet {
             port,
             ca_dir,
@@ -155,6 +164,7 @@ fn main() -> anyhow::Result<()> {
                 batch: cli.batch,
                 reconnect: cli.reconnect,
                 rounds: cli.rounds.max(1),
+                db: cli.db,
             };
             load::run(&opts)
         }

@@ -1,4 +1,5 @@
-//! The collector under test: the real server over SQLite, until SIGTERM.
+//! The collector under test: the real server over SQLite (or the PostgreSQL URL given),
+//! until SIGTERM.
 
 use std::{path::Path, sync::Arc};
 
@@ -10,7 +11,7 @@ use clinicwatch_collector::{
     store,
 };
 
-pub fn serve(dir: &Path, tls: bool) -> anyhow::Result<()> {
+pub fn serve(dir: &Path, tls: bool, db: Option<String>) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -20,7 +21,7 @@ pub fn serve(dir: &Path, tls: bool) -> anyhow::Result<()> {
         cfg.limits.records_per_sec = u32::MAX;
         cfg.limits.burst_records = u32::MAX;
         cfg.retention.every_secs = 86_400;
-        let db = dir.join("collector.db").display().to_string();
+        let db = db.unwrap_or_else(|| dir.join("collector.db").display().to_string());
         let (st, background) = tokio::task::spawn_blocking(move || {
             Ok::<_, store::StoreError>((store::open(&db)?, store::open_background(&db)?))
         })
