@@ -9,8 +9,8 @@
 //! Each collector exports what it stored; incidents are exported by the collector that
 //! runs correlation.
 
-pub mod cef;
-pub mod ocsf;
+pub(crate) mod cef;
+pub(crate) mod ocsf;
 mod transport;
 
 use std::sync::{atomic::Ordering, Arc};

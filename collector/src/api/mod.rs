@@ -7,4 +7,4 @@ pub mod enroll;
 pub mod ingest;
 pub(crate) mod limit;
 pub mod listen;
-pub mod soc;
+pub(crate) mod soc;

@@ -8,7 +8,7 @@
 //! - [`rules`]: correlation rules as data (`default_rules.toml`).
 //! - [`engine`]: a pass over the recent past, idempotent, run by one collector at a time.
 
-pub mod engine;
+pub(crate) mod engine;
 pub mod rules;
 
 pub use engine::{Engine, PassReport};

@@ -14,7 +14,7 @@
 //! summaries and health stay as encoded records.
 
 pub(crate) mod conn;
-pub mod indicators;
+pub(crate) mod indicators;
 mod pg_target;
 mod postgres;
 pub mod prevalence;

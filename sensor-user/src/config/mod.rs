@@ -137,7 +137,7 @@ pub enum UtcOffset {
 
 pub(crate) mod targets;
 mod validate;
-pub mod values;
+pub(crate) mod values;
 
 mod auto {
     use serde::{de::Error, Deserialize, Deserializer};

@@ -2,7 +2,7 @@
 //! every stage after the kernel shares: file classes ([`class`]), window summaries
 //! ([`summary`]) and findings ([`finding`]) are defined here, below the stages that make them.
 
-pub mod class;
+pub(crate) mod class;
 pub mod finding;
 pub mod summary;
 

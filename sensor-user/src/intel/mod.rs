@@ -6,16 +6,16 @@
 //! through it (`clinicwatch-agent replay`) exactly as the live agent saw it.
 
 pub mod baseline;
-pub mod classes;
-pub mod dest;
-pub mod detect;
+pub(crate) mod classes;
+pub(crate) mod dest;
+pub(crate) mod detect;
 mod events;
-pub mod hist;
-pub mod hours;
-pub mod pressure;
-pub mod privacy;
+pub(crate) mod hist;
+pub(crate) mod hours;
+pub(crate) mod pressure;
+pub(crate) mod privacy;
 pub mod rules;
-pub mod window;
+pub(crate) mod window;
 
 use std::{
     collections::{BTreeMap, HashMap},

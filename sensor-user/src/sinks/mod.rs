@@ -2,7 +2,7 @@
 //! durable bounded queue before delivery ([`spool`]), what waits when the disk is full
 //! ([`unspooled`]), and the private durable files they are written through ([`statefile`]).
 
-pub mod output;
+pub(crate) mod output;
 pub mod spool;
 pub(crate) mod statefile;
 pub(crate) mod unspooled;
