@@ -156,22 +156,44 @@ fn tls_connector(ca_file: &str) -> std::io::Result<tokio_rustls::TlsConnector> {
     )))
 }
 
-/// The port written in the URL's `authority` after `host`, if any. Credentials in the URL
-/// are refused (they would travel in the `Host` header and the logs), and so is a port that
-/// is not a number from 1 to 65535: `http::Uri` parses both, and `port_u16` would turn a bad
-/// port into the scheme's default without a word.
+/// `url` as error messages show it: any credentials before the host cut out, so that a
+/// refused URL does not put its password in the log.
+fn shown(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{scheme}://<redacted>@{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
+/// The port written in the URL's `authority` after `host`, if any (an empty one is the
+/// scheme's default, as RFC 3986 has it). Credentials in the URL are refused (they would
+/// travel in the `Host` header), and so is anything after the host that is not `:` and a
+/// number from 1 to 65535: `http::Uri` lets such authorities through, and `port_u16` would
+/// turn a bad port into the scheme's default without a word.
 fn port_of(url: &str, authority: &str, host: &str) -> std::io::Result<Option<u16>> {
     if authority.contains('@') {
         return Err(invalid(format!(
-            "webhook_url `{url}` carries credentials (`user@`): not supported, they would go out in the Host header"
+            "webhook_url `{}` carries credentials (`user@`): not supported, they would go out in the Host header",
+            shown(url)
         )));
     }
     let rest = authority.strip_prefix(host).unwrap_or(authority);
-    let Some(port) = rest.strip_prefix(':') else {
-        return Ok(None);
+    let port = match rest.strip_prefix(':') {
+        None if rest.is_empty() => return Ok(None),
+        Some("") => return Ok(None),
+        Some(port) => port,
+        None => {
+            return Err(invalid(format!(
+                "webhook_url `{url}`: `{rest}` after the host is not a port (`:` and a number)"
+            )))
+        }
     };
     match port.parse::<u16>() {
-        Ok(p) if p > 0 => Ok(Some(p)),
+        Ok(p) if p > 0 && port.bytes().all(|b| b.is_ascii_digit()) => Ok(Some(p)),
         _ => Err(invalid(format!(
             "webhook_url `{url}`: port `{port}` is not a number from 1 to 65535"
         ))),
@@ -186,13 +208,14 @@ impl Webhook {
         }
         let uri: http::Uri = url
             .parse()
-            .map_err(|e| invalid(format!("webhook_url `{url}`: {e}")))?;
+            .map_err(|e| invalid(format!("webhook_url `{}`: {e}", shown(url))))?;
         let https = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
             _ => {
                 return Err(invalid(format!(
-                    "webhook_url `{url}` must start with http:// or https://"
+                    "webhook_url `{}` must start with http:// or https://",
+                    shown(url)
                 )))
             }
         };
@@ -296,9 +319,20 @@ mod tests {
     #[test]
     fn a_webhook_url_with_credentials_or_a_bad_port_is_refused_by_name() {
         let err = |url: &str| Webhook::new(url, "").err().map(|e| e.to_string());
+        for url in [
+            "http://user:secret@siem.example:8080/x",
+            "ftp://user:secret@siem.example/x",
+        ] {
+            let e = err(url).unwrap_or_default();
+            assert!(
+                !e.contains("secret") && e.contains("<redacted>@siem.example"),
+                "{e}"
+            );
+        }
         assert!(err("http://user:secret@siem.example:8080/x")
             .is_some_and(|e| e.contains("credentials")));
-        for port in ["99999", "0", "65536"] {
+        assert!(err("http://[::1]8080/x").is_some_and(|e| e.contains("`8080` after the host")));
+        for port in ["99999", "0", "65536", "+8080"] {
             let url = format!("http://siem.example:{port}/x");
             assert!(
                 err(&url).is_some_and(|e| e.contains(&format!("port `{port}`"))),
@@ -317,6 +351,10 @@ mod tests {
         assert_eq!(
             hook("http://siem.example:8080").map(|w| w.authority),
             Some("siem.example:8080".into())
+        );
+        assert_eq!(
+            hook("http://siem.example:/x").map(|w| w.addr),
+            Some("siem.example:80".into())
         );
     }
 

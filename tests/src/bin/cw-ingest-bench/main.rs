@@ -48,7 +48,8 @@ struct Cli {
     rounds: usize,
     /// Store into this PostgreSQL database (`postgres://…`, TLS as in collector.toml's
     /// `store.path`) instead of a fresh SQLite file per scenario. It is reused from run to
-    /// run: each agent numbers on from what the collector says it stored.
+    /// run: each agent numbers on from what the collector says it stored. For the
+    /// throughput and reconnect runs only: `fleet` refuses it (it needs a fresh database).
     #[arg(long)]
     db: Option<String>,
 }
@@ -141,6 +142,11 @@ fn main() -> anyhow::Result<()> {
             campaign: campaign.min(clinics),
             every: std::time::Duration::from_secs_f64(every.max(0.5)),
         }),
+        Some(Cmd::Fleet { .. }) if cli.db.is_some() => {
+            anyhow::bail!(
+                "--db is for the throughput runs; `fleet` stores into a fresh SQLite file"
+            )
+        }
         Some(Cmd::Fleet {
             clinics,
             agents_per_clinic,
