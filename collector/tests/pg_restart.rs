@@ -112,12 +112,7 @@ async fn postgresql_restarted_under_load_loses_and_duplicates_nothing() {
     let total = 3000;
     let progress = Arc::new(Progress::default());
     let sender = {
-        let (url, p2, me, pr) = (
-            srv.url.clone(),
-            new_pki_like(&p),
-            me.clone(),
-            progress.clone(),
-        );
+        let (url, p2, me, pr) = (srv.url.clone(), p.clone(), me.clone(), progress.clone());
         tokio::spawn(async move { deliver(&url, &p2, &me, total, &pr).await })
     };
     // Restart the database while batches flow: once a few hundred records are stored.
@@ -150,12 +145,4 @@ async fn postgresql_restarted_under_load_loses_and_duplicates_nothing() {
     srv.shutdown().await;
     let u = url.clone();
     blocking(move || support::pg::stop(&u));
-}
-
-fn new_pki_like(p: &Pki) -> Pki {
-    Pki {
-        ca: p.ca.clone(),
-        server: p.server.clone(),
-        token_key: p.token_key.clone(),
-    }
 }

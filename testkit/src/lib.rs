@@ -8,6 +8,10 @@
 //! - [`TempDir`]: a folder that is removed when the test ends, also when it panics.
 //! - [`wait_until`] (panics naming what it waited for) and [`poll_until`] (says whether it
 //!   came): polling for a condition with a deadline.
+//! - `collector` (feature `collector`): a real collector on a test's listener, with its PKI.
+
+#[cfg(feature = "collector")]
+pub mod collector;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

@@ -1,15 +1,14 @@
-//! Shared by the delivery and fault tests: an in-process collector over mutual TLS, the
-//! agent's side of the PKI, and the check that every record and finding arrived once.
+//! Shared by the delivery and fault tests: an in-process collector over mutual TLS (the
+//! testkit's), the agent's side of the PKI, and the check that every record and finding
+//! arrived once.
 
 use std::{path::Path, sync::Arc};
 
 use clinicwatch_collector::{
-    auth::pki,
-    calls::SharedStore,
     config::Config as CollectorConfig,
-    server::Collector,
     store::{self, HostKey, Store},
 };
+pub use clinicwatch_testkit::collector::{Pki, Running};
 
 use crate::Fixture;
 
@@ -22,43 +21,23 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// An in-process collector on `port`, storing into `db`.
-pub fn collector(
-    rt: &tokio::runtime::Runtime,
-    port: u16,
-    ca: &pki::Pem,
-    server: &pki::Pem,
-    db: &Path,
-) -> SharedStore {
-    let store: SharedStore = Arc::from(store::open(&db.display().to_string()).unwrap());
-    let tls = clinicwatch_collector::api::listen::ServerTls::from_pem(
-        &server.cert,
-        &server.key,
-        &ca.cert,
-    )
-    .unwrap();
-    let c = Collector::new(CollectorConfig::default(), store.clone(), tls);
+/// An in-process collector on `port`, storing into `db`, running on `rt` until the
+/// [`Running`] it returns is dropped.
+pub fn collector(rt: &tokio::runtime::Runtime, port: u16, pki: &Pki, db: &Path) -> Running {
+    let store = Arc::from(store::open(&db.display().to_string()).unwrap());
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
         .expect("the collector's port");
-    rt.spawn(c.run(listener, std::future::pending()));
-    store
+    let _in = rt.enter();
+    clinicwatch_testkit::collector::serve(pki, CollectorConfig::default(), store, None, listener)
 }
 
-/// A CA, the collector's certificate for `localhost`, and the host's: `ca.pem`, `cert.pem`
-/// and `key.pem` written to `dir`. Returns (CA, server).
-pub fn host_pki(dir: &Path, clinic: &str, host: &str) -> (pki::Pem, pki::Pem) {
-    let ca = pki::new_ca("test CA").unwrap();
-    let server = pki::server_cert(&ca, &["localhost".into()]).unwrap();
-    let me = pki::client_cert(&ca, clinic, host, 30).unwrap();
-    for (name, text) in [
-        ("ca.pem", &ca.cert),
-        ("cert.pem", &me.cert),
-        ("key.pem", &me.key),
-    ] {
-        std::fs::write(dir.join(name), text).unwrap();
-    }
-    (ca, server)
+/// The collector's PKI, and the host's CA, certificate and key as `ca.pem`, `cert.pem` and
+/// `key.pem` in `dir`.
+pub fn host_pki(dir: &Path, clinic: &str, host: &str) -> Pki {
+    let pki = Pki::new();
+    pki.write_host_files(dir, clinic, host);
+    pki
 }
 
 /// The agent's spool in `state_dir/spool` (the agent stopped).

@@ -9,16 +9,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use clinicwatch_testkit::{wait_until, TempDir};
+use clinicwatch_testkit::{
+    collector::{Pki, Running},
+    wait_until, TempDir,
+};
 
 use clinicwatch_agent::{
     config::ExportConfig,
     delivery::client::Exporter,
     sinks::spool::{Kind, Spool, SpoolConfig},
 };
-use clinicwatch_collector::{
-    api::enroll::EnrollService, auth::pki, config::Config, server::Collector, store,
-};
+use clinicwatch_collector::{config::Config, store};
 use clinicwatch_proto::v1::{
     agent_frame,
     ingest_server::{Ingest, IngestServer},
@@ -33,33 +34,36 @@ struct Setup {
     export: ExportConfig,
     collector: Arc<clinicwatch_collector::metrics::Metrics>,
     store: clinicwatch_collector::calls::SharedStore,
+    _running: Running,
     _rt: tokio::runtime::Runtime,
     dir: TempDir,
 }
 
-/// A CA, the server's certificate for `localhost`, and the host's key and certificate valid
-/// from `nb` to `na` (unix seconds) written to `dir` (`ca.pem`, `cert.pem`, `key.pem`).
-fn host_pki(dir: &std::path::Path, nb: i64, na: i64) -> (pki::Pem, pki::Pem) {
-    let ca = pki::new_ca("test CA").unwrap();
-    let server = pki::server_cert(&ca, &["localhost".into()]).unwrap();
+/// The collector's PKI, and the host's key and certificate valid from `nb` to `na` (unix
+/// seconds) written to `dir` (`ca.pem`, `cert.pem`, `key.pem`).
+fn host_pki(dir: &std::path::Path, nb: i64, na: i64) -> Pki {
+    let p = Pki::new();
     // The host certificate, with the lifetime asked for.
     let key = rcgen::KeyPair::generate().unwrap();
-    let mut p = rcgen::CertificateParams::default();
-    p.distinguished_name
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
         .push(rcgen::DnType::OrganizationName, "clinic-a");
-    p.distinguished_name.push(rcgen::DnType::CommonName, "ws1");
-    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "ws1");
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     let t = |s: i64| std::time::UNIX_EPOCH + Duration::from_secs(s as u64);
-    p.not_before = t(nb).into();
-    p.not_after = t(na).into();
+    params.not_before = t(nb).into();
+    params.not_after = t(na).into();
     let issuer =
-        rcgen::Issuer::from_ca_cert_pem(&ca.cert, rcgen::KeyPair::from_pem(&ca.key).unwrap())
+        rcgen::Issuer::from_ca_cert_pem(&p.ca.cert, rcgen::KeyPair::from_pem(&p.ca.key).unwrap())
             .unwrap();
-    let cert = p.signed_by(&key, &issuer).unwrap();
-    std::fs::write(dir.join("ca.pem"), &ca.cert).unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    std::fs::write(dir.join("ca.pem"), &p.ca.cert).unwrap();
     std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
     std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
-    (ca, server)
+    p
 }
 
 fn export_to(dir: &std::path::Path, port: u16) -> ExportConfig {
@@ -79,35 +83,22 @@ fn export_to(dir: &std::path::Path, port: u16) -> ExportConfig {
 /// A collector with `cfg` and a host certificate valid from `nb` to `na` (unix seconds).
 fn setup(name: &str, cfg: Config, nb: i64, na: i64) -> Setup {
     let dir = TempDir::new(&format!("exporter-{name}"));
-    let (ca, server) = host_pki(&dir, nb, na);
+    let pki = host_pki(&dir, nb, na);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
-    let port = listener.local_addr().unwrap().port();
     let st: clinicwatch_collector::calls::SharedStore =
         Arc::from(store::open(&dir.join("c.db").display().to_string()).unwrap());
-    let tls = clinicwatch_collector::api::listen::ServerTls::from_pem(
-        &server.cert,
-        &server.key,
-        &ca.cert,
-    )
-    .unwrap();
-    let mut c = Collector::new(cfg.clone(), st.clone(), tls);
-    c.enroll = Some(EnrollService {
-        ca: ca.clone(),
-        token_key: vec![7; 32],
-        cert_days: cfg.enroll.cert_days,
-        store: st.clone(),
-        metrics: c.metrics.clone(),
-    });
-    let metrics = c.metrics.clone();
-    rt.spawn(c.run(listener, std::future::pending()));
-    let export = export_to(&dir, port);
+    let running = {
+        let _in = rt.enter();
+        clinicwatch_testkit::collector::serve(&pki, cfg, st.clone(), None, listener)
+    };
     Setup {
-        export,
-        collector: metrics,
+        export: export_to(&dir, running.port),
+        collector: running.metrics.clone(),
         store: st,
+        _running: running,
         _rt: rt,
         dir,
     }
@@ -576,7 +567,7 @@ impl Ingest for Refusing {
 #[test]
 fn a_batch_refused_as_invalid_is_halved_until_the_refused_record_is_quarantined() {
     let dir = TempDir::new("exporter-refused");
-    let (_ca, server) = host_pki(&dir, now() - 60, now() + 86_400);
+    let server = host_pki(&dir, now() - 60, now() + 86_400).server;
     let collector = Refusing::default();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let listener = rt

@@ -20,7 +20,7 @@ fn findings_reach_the_collector_once_through_an_outage_and_a_restart() {
         return;
     }
     let fx = Fixture::new(WORKLOAD, "delivery");
-    let (ca, server) = host_pki(&fx.dir, "clinic-a", "ws1");
+    let pki = host_pki(&fx.dir, "clinic-a", "ws1");
     // A port for the collector, not listening yet.
     let port = free_port();
     let text = format!(
@@ -59,7 +59,8 @@ fn findings_reach_the_collector_once_through_an_outage_and_a_restart() {
     let (agent, rx2) = start_agent(&cfg);
     std::thread::sleep(Duration::from_secs(1));
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let store = collector(&rt, port, &ca, &server, &fx.dir.join("collector.db"));
+    let up = collector(&rt, port, &pki, &fx.dir.join("collector.db"));
+    let store = up.store.clone();
     let stored_findings = || store.findings_since(0.0).unwrap();
     wait_until(
         "the findings at the collector",

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use clinicwatch_agent::{Config, Event};
-use clinicwatch_collector::{auth::pki, store::HostKey};
+use clinicwatch_collector::store::HostKey;
 use clinicwatch_tests::{delivery::*, *};
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_cw-workload");
@@ -56,19 +56,19 @@ fn stored(store: &clinicwatch_collector::calls::SharedStore, rule: &str) -> usiz
 }
 
 /// The test's folder and the PKI of host `clinic-f/ws1` in it; `None` (skipped) without root.
-fn setup(test: &str, name: &str) -> Option<(Fixture, pki::Pem, pki::Pem)> {
+fn setup(test: &str, name: &str) -> Option<(Fixture, Pki)> {
     if !require_root(test) {
         return None;
     }
     let fx = Fixture::new(WORKLOAD, name);
-    let (ca, server) = host_pki(&fx.dir, "clinic-f", "ws1");
-    Some((fx, ca, server))
+    let pki = host_pki(&fx.dir, "clinic-f", "ws1");
+    Some((fx, pki))
 }
 
 #[test]
 fn collector_down_for_minutes_under_continuous_findings_loses_and_duplicates_nothing() {
     let name = "collector_down_for_minutes_under_continuous_findings_loses_and_duplicates_nothing";
-    let Some((fx, ca, server)) = setup(name, "outage") else {
+    let Some((fx, pki)) = setup(name, "outage") else {
         return;
     };
     let port = free_port();
@@ -85,7 +85,8 @@ fn collector_down_for_minutes_under_continuous_findings_loses_and_duplicates_not
 
     // Up: findings go on; the spool drains.
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let store = collector(&rt, port, &ca, &server, &fx.dir.join("collector.db"));
+    let up = collector(&rt, port, &pki, &fx.dir.join("collector.db"));
+    let store = up.store.clone();
     let up = Instant::now();
     for _ in 0..5 {
         run(&fx.app, &["shell"]);
@@ -154,7 +155,7 @@ fn fill(dir: &std::path::Path) {
 #[test]
 fn a_full_state_folder_holds_findings_in_memory_and_delivers_them_once_with_a_report() {
     let name = "a_full_state_folder_holds_findings_in_memory_and_delivers_them_once_with_a_report";
-    let Some((fx, ca, server)) = setup(name, "diskfull") else {
+    let Some((fx, pki)) = setup(name, "diskfull") else {
         return;
     };
     let Some(_tmpfs) = Tmpfs::mount(&fx.state_dir(), 8) else {
@@ -162,7 +163,8 @@ fn a_full_state_folder_holds_findings_in_memory_and_delivers_them_once_with_a_re
     };
     let port = free_port();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let store = collector(&rt, port, &ca, &server, &fx.dir.join("collector.db"));
+    let up = collector(&rt, port, &pki, &fx.dir.join("collector.db"));
+    let store = up.store.clone();
     let (agent, rx) = start_agent(&config(&fx, port));
     run(&fx.app, &["shell"]);
     let stored = |rule: &str| stored(&store, rule);

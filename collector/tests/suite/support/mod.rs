@@ -8,13 +8,9 @@ pub mod raw;
 use std::sync::Arc;
 
 use clinicwatch_collector::{
-    api::enroll::EnrollService,
     api::listen::ServerTls,
     auth::pki,
-    calls::SharedStore,
     config::Config,
-    metrics::Metrics,
-    server::Collector,
     store::{self, Store},
 };
 use clinicwatch_proto::v1::{
@@ -26,76 +22,14 @@ use tonic::{
     transport::{Certificate, Channel, ClientTlsConfig, Identity},
 };
 
-pub struct Pki {
-    pub ca: pki::Pem,
-    pub server: pki::Pem,
-    pub token_key: Vec<u8>,
-}
-
-pub struct Running {
-    pub url: String,
-    pub store: SharedStore,
-    pub metrics: Arc<Metrics>,
-    pub stop: Option<tokio::sync::oneshot::Sender<()>>,
-    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl Running {
-    /// Records stored (blocking: from a multi-threaded runtime's test or a plain thread).
-    pub fn records(&self) -> u64 {
-        blocking(|| self.store.record_count().unwrap())
-    }
-
-    /// Hosts as stored.
-    pub fn hosts(&self) -> Vec<clinicwatch_collector::store::HostRow> {
-        blocking(|| self.store.hosts().unwrap())
-    }
-
-    /// An enrollment token for `clinic`, recorded in this collector's store with `uses`
-    /// uses, valid for an hour.
-    pub fn token(&self, p: &Pki, clinic: &str, uses: u32) -> String {
-        let exp = clinicwatch_collector::calls::now() as u64 + 3600;
-        blocking(|| {
-            let st = &self.store;
-            clinicwatch_collector::api::enroll::issue_token(
-                st.as_ref(),
-                &p.token_key,
-                clinic,
-                "",
-                uses,
-                exp,
-            )
-            .unwrap()
-            .0
-        })
-    }
-
-    pub async fn shutdown(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        let _ = self.task.await;
-    }
-}
-
-/// Runs `f` on a plain thread: the PostgreSQL client blocks, which an async thread (a
-/// test's body included) must not do.
-pub fn blocking<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| s.spawn(f).join().unwrap())
-}
+pub use clinicwatch_testkit::collector::{blocking, Pki, Running};
 
 pub fn new_pki() -> Pki {
-    let ca = pki::new_ca("test CA").unwrap();
-    let server = pki::server_cert(&ca, &["localhost".into()]).unwrap();
-    Pki {
-        ca,
-        server,
-        token_key: b"a test enrollment key of 32 byte".to_vec(),
-    }
+    Pki::new()
 }
 
 pub fn server_tls(p: &Pki) -> ServerTls {
-    ServerTls::from_pem(&p.server.cert, &p.server.key, &p.ca.cert).unwrap()
+    p.server_tls()
 }
 
 /// Starts a collector (Ingest, Enroll, health) over `store` on an ephemeral port.
@@ -111,29 +45,13 @@ pub async fn serve_stores(
     background: Option<Box<dyn Store>>,
 ) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let store: SharedStore = Arc::from(store);
-    let mut c = Collector::new(cfg.clone(), store.clone(), server_tls(p));
-    c.background = background.map(Arc::from);
-    c.enroll = Some(EnrollService {
-        ca: p.ca.clone(),
-        token_key: p.token_key.clone(),
-        cert_days: cfg.enroll.cert_days,
-        store: store.clone(),
-        metrics: c.metrics.clone(),
-    });
-    let metrics = c.metrics.clone();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(c.run(listener, async {
-        let _ = rx.await;
-    }));
-    Running {
-        url: format!("https://localhost:{}", addr.port()),
-        store,
-        metrics,
-        stop: Some(tx),
-        task,
-    }
+    clinicwatch_testkit::collector::serve(
+        p,
+        cfg,
+        Arc::from(store),
+        background.map(Arc::from),
+        listener,
+    )
 }
 
 pub async fn serve(p: &Pki, db: &std::path::Path) -> Running {
