@@ -166,74 +166,85 @@ fn echo_server(listener: TcpListener, expect: usize, reply: usize) -> std::threa
 
 #[test]
 fn loopback_connect_yields_destination_and_exact_bytes() {
-    if !require_root("loopback_connect_yields_destination_and_exact_bytes") {
+    let name = "loopback_connect_yields_destination_and_exact_bytes";
+    if !require_root(name) {
         return;
     }
     let fx = Fixture::new(WORKLOAD, "connect");
     let (agent, rx) = start_agent(&fx.config(""));
     for (bind, ip) in [("127.0.0.1:0", "127.0.0.1"), ("[::1]:0", "::1")] {
-        let Ok(listener) = TcpListener::bind(bind) else {
-            clinicwatch_testkit::skip(
-                &format!("loopback_connect_yields_destination_and_exact_bytes/{ip}"),
-                &format!("no {ip} on this host"),
-            );
-            continue;
-        };
-        let addr = listener.local_addr().unwrap();
-        let (send, recv) = (300_000usize, 123_457usize);
-        let server = echo_server(listener, send, recv);
-        let (pid, _) = run(
-            &fx.app,
-            &[
-                "connect",
-                &addr.to_string(),
-                &send.to_string(),
-                &recv.to_string(),
-            ],
-        );
-        server.join().unwrap();
-        let connect = expect_event(
-            &rx,
-            WAIT,
-            "connect",
-            |e| matches!(e, Event::NetConnect { pid: p, .. } if *p == pid),
-        );
-        let Event::NetConnect {
-            dst,
-            port,
-            protocol,
-            flow,
-            ..
-        } = connect
-        else {
-            unreachable!()
-        };
-        assert_eq!(dst.to_string(), ip);
-        assert_eq!(port, addr.port());
-        assert_eq!(protocol, "tcp");
-        let close = expect_event(
-            &rx,
-            WAIT,
-            "flow close",
-            |e| matches!(e, Event::NetClose { counters, .. } if counters.flow == flow),
-        );
-        let Event::NetClose {
-            counters, pid: p, ..
-        } = close
-        else {
-            unreachable!()
-        };
-        assert_eq!(p, pid);
-        assert_eq!(
-            counters.bytes_sent, send as u64,
-            "payload bytes sent to {addr}: {counters:?}"
-        );
-        assert_eq!(
-            counters.bytes_recv, recv as u64,
-            "payload bytes received from {addr}"
-        );
+        // Closed at once, and half-closed first (the FIN is not a byte, nor is the last
+        // ACK that follows it while the socket is still open).
+        for action in ["connect", "connect-shutdown"] {
+            let Ok(listener) = TcpListener::bind(bind) else {
+                clinicwatch_testkit::skip(
+                    &format!("{name}/{ip}"),
+                    &format!("no {ip} on this host"),
+                );
+                break;
+            };
+            exact_flow(&fx, &rx, listener, ip, action);
+        }
     }
     agent.stop();
+}
+
+/// `cw-workload ACTION` against an echo server on `listener`: its connect names `ip` and
+/// the port, and its close counts exactly the payload each way.
+fn exact_flow(fx: &Fixture, rx: &Events, listener: TcpListener, ip: &str, action: &str) {
+    let addr = listener.local_addr().unwrap();
+    let (send, recv) = (300_000usize, 123_457usize);
+    let server = echo_server(listener, send, recv);
+    let (pid, _) = run(
+        &fx.app,
+        &[
+            action,
+            &addr.to_string(),
+            &send.to_string(),
+            &recv.to_string(),
+        ],
+    );
+    server.join().unwrap();
+    let connect = expect_event(
+        rx,
+        WAIT,
+        "connect",
+        |e| matches!(e, Event::NetConnect { pid: p, .. } if *p == pid),
+    );
+    let Event::NetConnect {
+        dst,
+        port,
+        protocol,
+        flow,
+        ..
+    } = connect
+    else {
+        unreachable!()
+    };
+    assert_eq!(dst.to_string(), ip);
+    assert_eq!(port, addr.port());
+    assert_eq!(protocol, "tcp");
+    let close = expect_event(
+        rx,
+        WAIT,
+        "flow close",
+        |e| matches!(e, Event::NetClose { counters, .. } if counters.flow == flow),
+    );
+    let Event::NetClose {
+        counters, pid: p, ..
+    } = close
+    else {
+        unreachable!()
+    };
+    assert_eq!(p, pid);
+    assert_eq!(
+        counters.bytes_sent, send as u64,
+        "{action}: payload bytes sent to {addr}: {counters:?}"
+    );
+    assert_eq!(
+        counters.bytes_recv, recv as u64,
+        "{action}: payload bytes received from {addr}"
+    );
 }
 
 #[test]

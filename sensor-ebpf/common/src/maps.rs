@@ -87,14 +87,14 @@ impl FlowStats {
     /// segment then does not count again. A SYN (or the first segment seen, for a flow whose
     /// SYN was missed) sets where the stream starts. Sequence numbers wrap.
     #[inline(always)]
-    pub fn count_segment(&mut self, egress: bool, seq: u32, syn: bool, len: u32) -> u64 {
+    pub fn count_segment(&mut self, egress: bool, seq: u32, flags: TcpFlags, len: u32) -> u64 {
         let (next, bit) = if egress {
             (&mut self.snd_next, FLOW_SEQ_SENT)
         } else {
             (&mut self.rcv_next, FLOW_SEQ_RECV)
         };
         let mut start = seq;
-        if syn {
+        if flags.syn {
             start = seq.wrapping_add(1); // the SYN takes one sequence number
             *next = start;
             self.seq_seen |= bit;
@@ -104,17 +104,40 @@ impl FlowStats {
         }
         let end = start.wrapping_add(len);
         let ahead = end.wrapping_sub(*next) as i32;
-        if ahead <= 0 {
-            return 0;
+        let mut added = 0;
+        if ahead > 0 {
+            *next = end;
+            added = ahead as u64;
         }
-        *next = end;
-        let added = ahead as u64;
+        // The FIN takes the sequence number after the payload: not a byte, and the segments
+        // after it (the last ACK of a half-closed flow) start past it.
+        if flags.fin && end.wrapping_sub(*next) as i32 >= 0 {
+            *next = end.wrapping_add(1);
+        }
         if egress {
             self.bytes_sent += added;
         } else {
             self.bytes_recv += added;
         }
         added
+    }
+}
+
+/// The TCP flags [`FlowStats::count_segment`] reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpFlags {
+    pub syn: bool,
+    pub fin: bool,
+}
+
+impl TcpFlags {
+    /// From the flags byte of a TCP header (FIN is bit 0, SYN bit 1).
+    #[inline(always)]
+    pub fn from_byte(b: u8) -> Self {
+        TcpFlags {
+            syn: b & 0x02 != 0,
+            fin: b & 0x01 != 0,
+        }
     }
 }
 
@@ -235,41 +258,63 @@ mod pod {
 mod tests {
     use super::*;
 
+    const SYN: TcpFlags = TcpFlags {
+        syn: true,
+        fin: false,
+    };
+    const FIN: TcpFlags = TcpFlags {
+        syn: false,
+        fin: true,
+    };
+    const NONE: TcpFlags = TcpFlags {
+        syn: false,
+        fin: false,
+    };
+
     #[test]
     fn retransmitted_and_reordered_segments_count_once() {
         let mut f = FlowStats::default();
-        assert_eq!(f.count_segment(true, 1000, true, 0), 0, "SYN");
-        assert_eq!(f.count_segment(true, 1001, false, 100), 100);
-        assert_eq!(f.count_segment(true, 1101, false, 50), 50);
-        assert_eq!(f.count_segment(true, 1001, false, 100), 0, "retransmission");
+        assert_eq!(f.count_segment(true, 1000, SYN, 0), 0, "SYN");
+        assert_eq!(f.count_segment(true, 1001, NONE, 100), 100);
+        assert_eq!(f.count_segment(true, 1101, NONE, 50), 50);
+        assert_eq!(f.count_segment(true, 1001, NONE, 100), 0, "retransmission");
         assert_eq!(
-            f.count_segment(true, 1101, false, 80),
+            f.count_segment(true, 1101, NONE, 80),
             30,
             "overlap counts the new part"
         );
-        assert_eq!(f.count_segment(true, 1181, false, 0), 0, "FIN");
+        assert_eq!(f.count_segment(true, 1181, FIN, 0), 0, "FIN");
+        assert_eq!(f.count_segment(true, 1181, FIN, 0), 0, "FIN again");
+        assert_eq!(
+            f.count_segment(true, 1182, NONE, 0),
+            0,
+            "the last ACK of a half-closed flow, one past the FIN"
+        );
         assert_eq!(f.bytes_sent, 180);
         // Receive side: a gap is counted when the later segment arrives, not again after.
-        assert_eq!(f.count_segment(false, 7, true, 0), 0);
-        assert_eq!(f.count_segment(false, 18, false, 10), 20);
-        assert_eq!(f.count_segment(false, 8, false, 10), 0);
-        assert_eq!(f.count_segment(false, 28, false, 5), 5);
+        assert_eq!(f.count_segment(false, 7, SYN, 0), 0);
+        assert_eq!(f.count_segment(false, 18, NONE, 10), 20);
+        assert_eq!(f.count_segment(false, 8, NONE, 10), 0);
+        assert_eq!(f.count_segment(false, 28, FIN, 5), 5, "data with the FIN");
+        assert_eq!(f.count_segment(false, 34, NONE, 0), 0, "after the FIN");
         assert_eq!(
             (f.bytes_recv, f.bytes_sent),
             (25, 180),
             "directions are apart"
         );
+        assert_eq!(TcpFlags::from_byte(0x11), FIN, "FIN|ACK");
+        assert_eq!(TcpFlags::from_byte(0x12), SYN, "SYN|ACK");
     }
 
     #[test]
     fn sequence_numbers_wrap_and_a_missed_syn_starts_at_the_first_segment() {
         let mut f = FlowStats::default();
-        assert_eq!(f.count_segment(true, u32::MAX - 10, true, 0), 0);
-        assert_eq!(f.count_segment(true, u32::MAX - 9, false, 30), 30);
-        assert_eq!(f.count_segment(true, 20, false, 5), 5, "past the wrap");
-        assert_eq!(f.count_segment(true, u32::MAX - 9, false, 30), 0);
+        assert_eq!(f.count_segment(true, u32::MAX - 10, SYN, 0), 0);
+        assert_eq!(f.count_segment(true, u32::MAX - 9, NONE, 30), 30);
+        assert_eq!(f.count_segment(true, 20, NONE, 5), 5, "past the wrap");
+        assert_eq!(f.count_segment(true, u32::MAX - 9, NONE, 30), 0);
         let mut g = FlowStats::default();
-        assert_eq!(g.count_segment(false, 500, false, 40), 40);
-        assert_eq!(g.count_segment(false, 500, false, 40), 0);
+        assert_eq!(g.count_segment(false, 500, NONE, 40), 40);
+        assert_eq!(g.count_segment(false, 500, NONE, 40), 0);
     }
 }

@@ -16,8 +16,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use clinicwatch_common::{
-    hook, kind, quota, ConnectEvent, DnsEvent, FlowAddr, FlowCloseEvent, FlowStats, DNS_LEN,
-    READER_APP,
+    hook, kind, quota, ConnectEvent, DnsEvent, FlowAddr, FlowCloseEvent, FlowStats, TcpFlags,
+    DNS_LEN, READER_APP,
 };
 
 use crate::{
@@ -182,8 +182,6 @@ fn payload(ctx: &SkBuffContext) -> Result<Packet, Counter> {
     })
 }
 
-const TCP_SYN: u8 = 0x02;
-
 /// Counts a TCP segment by sequence number (see [`FlowStats::count_segment`]).
 ///
 /// # Safety
@@ -205,7 +203,7 @@ unsafe fn count_tcp(
     // SAFETY: the caller's pointer. Not atomic: segments of one direction of a flow are
     // nearly always handled one at a time (socket lock on egress, the flow's receive CPU on
     // ingress); a rare race could miscount one segment, never corrupt the map.
-    unsafe { (*s).count_segment(egress, seq, flags & TCP_SYN != 0, p.len as u32) };
+    unsafe { (*s).count_segment(egress, seq, TcpFlags::from_byte(flags), p.len as u32) };
     Ok(())
 }
 

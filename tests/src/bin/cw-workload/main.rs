@@ -18,6 +18,7 @@ fn usage() -> ExitCode {
          read|pread|readv|preadv FILE CHUNK   read FILE to the end in CHUNK-byte calls\n\
          fork-read FILE CHUNK                 a forked child reads FILE; prints the child's pid\n\
          connect ADDR SEND RECV               send SEND bytes to ADDR, read RECV bytes back\n\
+         connect-shutdown ADDR SEND RECV      as `connect`, with shutdown(SHUT_WR) after the send\n\
          connect-wait ADDR SEND RECV          connect, print `connected`, wait for a line on\n\
                                               stdin, then as `connect`\n\
          shell                                run `/bin/sh -c 'exit 3'`\n\
@@ -98,6 +99,21 @@ fn connect(addr: &str, send: usize, recv: usize) -> std::io::Result<()> {
     Ok(())
 }
 
+/// As [`connect`], but the sending side is closed (`shutdown(SHUT_WR)`, a FIN) right after
+/// the send, and the socket stays open until the peer closes too (its FIN acked).
+fn connect_shutdown(addr: &str, send: usize, recv: usize) -> std::io::Result<()> {
+    let mut s = TcpStream::connect(addr)?;
+    s.write_all(&vec![b'x'; send])?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut back = vec![0u8; recv];
+    s.read_exact(&mut back)?;
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest)?;
+    // The ACK of the peer's FIN goes out while the socket is still open.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    Ok(())
+}
+
 fn mmap_touch(path: &str) -> std::io::Result<u64> {
     let f = File::open(path)?;
     let len = f.metadata()?.len() as usize;
@@ -164,6 +180,7 @@ fn run(args: &[String]) -> std::io::Result<ExitCode> {
             }
         }
         "connect" => connect(arg(1), num(2)?, num(3)?)?,
+        "connect-shutdown" => connect_shutdown(arg(1), num(2)?, num(3)?)?,
         "connect-wait" => {
             // Connected first, then (after a line on stdin) the exchange: a flow that lives
             // through what happens meanwhile.
