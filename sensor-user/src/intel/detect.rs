@@ -22,6 +22,8 @@ pub struct Ctx<'a> {
     pub rules: &'a Rules,
     pub baseline: &'a Baseline,
     pub allow: &'a AllowList,
+    /// The app's earlier windows, oldest first, as far back as [`Rules::longest_span`].
+    pub recent: &'a std::collections::VecDeque<WindowSummary>,
 }
 
 fn base(rule: &Rule, w: &WindowSummary, subject: &str) -> Finding {
@@ -50,7 +52,8 @@ pub fn window_findings(ctx: &Ctx, w: &WindowSummary) -> Vec<Finding> {
                 min_bytes,
                 min_ratio,
                 max_ratio,
-            } => c.read_then_send(*min_bytes, *min_ratio..=*max_ratio),
+                span_secs,
+            } => c.read_then_send(*min_bytes, *min_ratio..=*max_ratio, *span_secs),
             RuleKind::SuspiciousChild { names, prefixes } => c.suspicious_child(names, prefixes),
             RuleKind::QueryOffHours { floor_requests } if !w.in_practice_hours => {
                 c.query_off_hours(*floor_requests)
@@ -254,25 +257,62 @@ impl Check<'_> {
         out
     }
 
-    fn read_then_send(&self, min_bytes: u64, ratios: RangeInclusive<f64>) -> Vec<Finding> {
+    /// Patient data read and sent to non-vendor destinations within `span` seconds: this
+    /// window and the earlier ones that started inside the span, so that a read at the end
+    /// of one window and the send at the start of the next still pair. It fires for the
+    /// window that has the send.
+    fn read_then_send(
+        &self,
+        min_bytes: u64,
+        ratios: RangeInclusive<f64>,
+        span: f64,
+    ) -> Vec<Finding> {
         let w = self.w;
-        let read = w.class_bytes(FileClass::PmData);
-        let dests: Vec<(String, u64)> = w
+        if !w
             .destinations
             .iter()
-            .filter(|d| self.non_vendor(d) && d.bytes_sent > 0)
-            .map(|d| (d.key(), d.bytes_sent))
+            .any(|d| self.non_vendor(d) && d.bytes_sent > 0)
+        {
+            return Vec::new();
+        }
+        let from = w.end - span.max(w.end - w.start);
+        let windows: Vec<&WindowSummary> = self
+            .ctx
+            .recent
+            .iter()
+            .filter(|p| p.start >= from && p.end <= w.start)
+            .chain(std::iter::once(w))
             .collect();
+        let read: u64 = windows
+            .iter()
+            .map(|p| p.class_bytes(FileClass::PmData))
+            .sum();
+        let mut sent_to: std::collections::BTreeMap<String, u64> = Default::default();
+        for d in windows.iter().flat_map(|p| &p.destinations) {
+            if self.non_vendor(d) && d.bytes_sent > 0 {
+                *sent_to.entry(d.key()).or_default() += d.bytes_sent;
+            }
+        }
+        let dests: Vec<(String, u64)> = sent_to.into_iter().collect();
         let sent: u64 = dests.iter().map(|(_, b)| b).sum();
         let ratio = sent as f64 / read.max(1) as f64;
         if read < min_bytes || sent < min_bytes || !ratios.contains(&ratio) {
             return Vec::new();
         }
         let count = dests.len();
+        let within = if windows.len() == 1 {
+            "in the same window".to_string()
+        } else {
+            format!(
+                "within {} windows ({:.0} s)",
+                windows.len(),
+                w.end - windows[0].start
+            )
+        };
         vec![self
             .base("pm_data")
             .summary(format!(
-                "{} read {} of patient data and sent {} to non-vendor destinations in the same window",
+                "{} read {} of patient data and sent {} to non-vendor destinations {within}",
                 w.app,
                 human(read),
                 human(sent)
@@ -280,6 +320,8 @@ impl Check<'_> {
             .with("pm_data_bytes_read", read)
             .with("bytes_sent_non_vendor", sent)
             .with("ratio", (ratio * 1000.0).round() / 1000.0)
+            .with("windows", windows.len())
+            .with("span_start", windows[0].start)
             .with("destinations_count", count)
             .with("destinations", top(dests, TOP_DESTINATIONS))]
     }

@@ -52,6 +52,8 @@ pub struct Intel {
     pub privacy: privacy::Privacy,
     last_fired: HashMap<(String, String, String), f64>,
     quiet: BTreeMap<String, u64>,
+    /// Each app's latest windows, for the rules that pair facts across windows.
+    recent: BTreeMap<String, std::collections::VecDeque<crate::event::summary::WindowSummary>>,
     /// Processes that opened a protected file (and their children): pid → (time, exe, rule).
     readers: HashMap<u32, (f64, String, String)>,
     drops_seen: Option<u64>,
@@ -63,6 +65,23 @@ pub struct Intel {
     clock: Option<(f64, f64)>,
     clock_jumped: bool,
     unsaved: u64,
+}
+
+/// Keeps `w` among its app's recent windows, and only those that end within `span` seconds
+/// of its end (none when no rule looks back).
+fn keep_recent(
+    recent: &mut std::collections::VecDeque<crate::event::summary::WindowSummary>,
+    w: &crate::event::summary::WindowSummary,
+    span: f64,
+) {
+    if span <= 0.0 {
+        recent.clear();
+        return;
+    }
+    recent.push_back(w.clone());
+    while recent.front().is_some_and(|p| p.start < w.end - span) {
+        recent.pop_front();
+    }
 }
 
 /// The apps windows are made for: the configured ones, and the followed protected readers
@@ -147,6 +166,7 @@ impl Intel {
             privacy,
             last_fired: HashMap::new(),
             quiet: BTreeMap::new(),
+            recent: BTreeMap::new(),
             readers: HashMap::new(),
             drops_seen: None,
             pressure: pressure::Pressure::default(),
@@ -223,14 +243,17 @@ impl Intel {
                 }
                 continue;
             };
+            let recent = self.recent.entry(w.app.clone()).or_default();
             let found = detect::window_findings(
                 &detect::Ctx {
                     rules: &self.rules,
                     baseline: b,
                     allow: &self.allow,
+                    recent,
                 },
                 &w,
             );
+            keep_recent(recent, &w, self.rules.longest_span());
             let b = self.baselines.get_mut(&w.app).expect("checked above");
             if b.learning(w.start) {
                 b.fold(&w);

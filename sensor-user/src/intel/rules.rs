@@ -50,6 +50,10 @@ pub enum RuleKind {
         min_bytes: u64,
         min_ratio: f64,
         max_ratio: f64,
+        /// The read and the send may lie in different windows within this span (seconds,
+        /// back from the end of the window with the send).
+        #[serde(default = "default_span_secs")]
+        span_secs: f64,
     },
     SuspiciousChild {
         names: Vec<String>,
@@ -107,7 +111,10 @@ const KIND_KEYS: &[(&str, &[&str])] = &[
         "egress_surge",
         &["factor", "quantile", "min_samples", "floor_bytes"],
     ),
-    ("read_then_send", &["min_bytes", "min_ratio", "max_ratio"]),
+    (
+        "read_then_send",
+        &["min_bytes", "min_ratio", "max_ratio", "span_secs"],
+    ),
     ("suspicious_child", &["names", "prefixes"]),
     ("new_child", &[]),
     ("off_hours", &["floor_bytes"]),
@@ -140,6 +147,10 @@ pub struct Rule {
 
 fn enabled() -> bool {
     true
+}
+
+fn default_span_secs() -> f64 {
+    120.0
 }
 
 #[derive(Debug, Clone)]
@@ -251,6 +262,17 @@ impl Rules {
 
     pub fn enabled(&self) -> impl Iterator<Item = &Rule> {
         self.0.iter().filter(|r| r.enabled)
+    }
+
+    /// How far back (seconds) an enabled rule pairing facts across windows looks: the
+    /// windows to keep for it.
+    pub fn longest_span(&self) -> f64 {
+        self.enabled()
+            .map(|r| match r.kind {
+                RuleKind::ReadThenSend { span_secs, .. } => span_secs,
+                _ => 0.0,
+            })
+            .fold(0.0, f64::max)
     }
 }
 

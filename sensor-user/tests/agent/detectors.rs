@@ -593,6 +593,47 @@ fn read_then_send_in_the_same_window() {
 }
 
 #[test]
+fn read_then_send_across_a_window_boundary() {
+    let (mut run, mut p, t) = learned(None);
+    let n = run.findings.len();
+    // The read closes one window, the send opens the next.
+    p.data_bytes += 30 << 20;
+    minute_with(&mut run, &mut p, t, vec![]);
+    minute_with(
+        &mut run,
+        &mut p,
+        t + 60.0,
+        exchange(t + 61.0, 5001, "198.51.100.66", 443, 25 << 20),
+    );
+    run.play(&mut p, t + 120.0, 1);
+    let f = run.findings[n..]
+        .iter()
+        .find(|f| f.rule == "CW-READ-THEN-SEND")
+        .unwrap_or_else(|| panic!("{:?}", run.rules_since(n)));
+    assert_eq!(f.evidence["windows"], 2, "{f:?}");
+    assert!(f.evidence["pm_data_bytes_read"].as_u64().unwrap() >= 30 << 20);
+    assert_eq!(f.evidence["destinations"][0], "198.51.100.66:443/tcp");
+    // Past the span (120 s), a read and a send are not paired.
+    let n = run.findings.len();
+    let later = t + 7200.0;
+    p.data_bytes += 30 << 20;
+    minute_with(&mut run, &mut p, later, vec![]);
+    run.play(&mut p, later + 60.0, 2);
+    minute_with(
+        &mut run,
+        &mut p,
+        later + 180.0,
+        exchange(later + 181.0, 5002, "198.51.100.67", 443, 25 << 20),
+    );
+    run.play(&mut p, later + 240.0, 1);
+    assert!(
+        !run.rules_since(n).contains("CW-READ-THEN-SEND"),
+        "{:?}",
+        run.rules_since(n)
+    );
+}
+
+#[test]
 fn read_then_send_with_hundreds_of_decoys_names_the_largest_and_counts_the_rest() {
     let (mut run, mut p, t) = learned(None);
     let n = run.findings.len();
