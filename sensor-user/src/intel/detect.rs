@@ -257,10 +257,11 @@ impl Check<'_> {
         out
     }
 
-    /// Patient data read and sent to non-vendor destinations within `span` seconds: this
-    /// window and the earlier ones that started inside the span, so that a read at the end
-    /// of one window and the send at the start of the next still pair. It fires for the
-    /// window that has the send.
+    /// Patient data read and sent to non-vendor destinations within `span` seconds, raised
+    /// for the window with the send. Tried on this window alone, then on this window with
+    /// the earlier ones of the span, newest first, each run starting at a window that read
+    /// (so a send before the read does not pair with it, and older reads do not dilute a
+    /// recent pair): the first run whose figures pass is the finding.
     fn read_then_send(
         &self,
         min_bytes: u64,
@@ -268,62 +269,76 @@ impl Check<'_> {
         span: f64,
     ) -> Vec<Finding> {
         let w = self.w;
-        if !w
-            .destinations
-            .iter()
-            .any(|d| self.non_vendor(d) && d.bytes_sent > 0)
-        {
+        if self.sends(w).next().is_none() {
             return Vec::new();
         }
         let from = w.end - span.max(w.end - w.start);
-        let windows: Vec<&WindowSummary> = self
+        let earlier: Vec<&WindowSummary> = self
             .ctx
             .recent
             .iter()
             .filter(|p| p.start >= from && p.end <= w.start)
-            .chain(std::iter::once(w))
             .collect();
-        let read: u64 = windows
-            .iter()
-            .map(|p| p.class_bytes(FileClass::PmData))
-            .sum();
-        let mut sent_to: std::collections::BTreeMap<String, u64> = Default::default();
-        for d in windows.iter().flat_map(|p| &p.destinations) {
-            if self.non_vendor(d) && d.bytes_sent > 0 {
-                *sent_to.entry(d.key()).or_default() += d.bytes_sent;
+        let read_at = (0..earlier.len())
+            .rev()
+            .filter(|&i| earlier[i].class_bytes(FileClass::PmData) > 0);
+        for first in std::iter::once(earlier.len()).chain(read_at) {
+            let mut run = earlier[first..].to_vec();
+            run.push(w);
+            if let Some(f) = self.paired(&run, min_bytes, &ratios) {
+                return vec![f];
             }
+        }
+        Vec::new()
+    }
+
+    /// This window's non-vendor destinations with bytes sent.
+    fn sends<'w>(&self, w: &'w WindowSummary) -> impl Iterator<Item = &'w DestStats> + use<'_, 'w> {
+        w.destinations
+            .iter()
+            .filter(|d| self.non_vendor(d) && d.bytes_sent > 0)
+    }
+
+    /// The read-then-send finding over `run` (oldest first, ending with this window), when
+    /// its reads and sends pass the rule's figures.
+    fn paired(
+        &self,
+        run: &[&WindowSummary],
+        min_bytes: u64,
+        ratios: &RangeInclusive<f64>,
+    ) -> Option<Finding> {
+        let read: u64 = run.iter().map(|p| p.class_bytes(FileClass::PmData)).sum();
+        let mut sent_to: std::collections::BTreeMap<String, u64> = Default::default();
+        for d in run.iter().flat_map(|p| self.sends(p)) {
+            *sent_to.entry(d.key()).or_default() += d.bytes_sent;
         }
         let dests: Vec<(String, u64)> = sent_to.into_iter().collect();
         let sent: u64 = dests.iter().map(|(_, b)| b).sum();
         let ratio = sent as f64 / read.max(1) as f64;
         if read < min_bytes || sent < min_bytes || !ratios.contains(&ratio) {
-            return Vec::new();
+            return None;
         }
-        let count = dests.len();
-        let within = if windows.len() == 1 {
-            "in the same window".to_string()
-        } else {
-            format!(
-                "within {} windows ({:.0} s)",
-                windows.len(),
-                w.end - windows[0].start
-            )
+        let w = self.w;
+        let within = match run.len() {
+            1 => "in the same window".to_string(),
+            n => format!("within {n} windows ({:.0} s)", w.end - run[0].start),
         };
-        vec![self
-            .base("pm_data")
-            .summary(format!(
-                "{} read {} of patient data and sent {} to non-vendor destinations {within}",
-                w.app,
-                human(read),
-                human(sent)
-            ))
-            .with("pm_data_bytes_read", read)
-            .with("bytes_sent_non_vendor", sent)
-            .with("ratio", (ratio * 1000.0).round() / 1000.0)
-            .with("windows", windows.len())
-            .with("span_start", windows[0].start)
-            .with("destinations_count", count)
-            .with("destinations", top(dests, TOP_DESTINATIONS))]
+        Some(
+            self.base("pm_data")
+                .summary(format!(
+                    "{} read {} of patient data and sent {} to non-vendor destinations {within}",
+                    w.app,
+                    human(read),
+                    human(sent)
+                ))
+                .with("pm_data_bytes_read", read)
+                .with("bytes_sent_non_vendor", sent)
+                .with("ratio", (ratio * 1000.0).round() / 1000.0)
+                .with("windows", run.len())
+                .with("span_start", run[0].start)
+                .with("destinations_count", dests.len())
+                .with("destinations", top(dests, TOP_DESTINATIONS)),
+        )
     }
 
     fn suspicious_child(&self, names: &[String], prefixes: &[String]) -> Vec<Finding> {

@@ -244,6 +244,14 @@ impl Rules {
             let rule: Rule = toml::Value::Table(t)
                 .try_into()
                 .map_err(|e: toml::de::Error| bad(&id, e.message().to_string()))?;
+            if let RuleKind::ReadThenSend { span_secs, .. } = rule.kind {
+                if !(span_secs.is_finite() && (0.0..=86_400.0).contains(&span_secs)) {
+                    return Err(bad(
+                        &id,
+                        format!("span_secs = {span_secs}: give seconds from 0 to 86400"),
+                    ));
+                }
+            }
             out.push(rule);
         }
         Ok(Rules(out))
@@ -279,6 +287,28 @@ impl Rules {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_read_then_send_span_outside_a_day_is_refused_by_name() {
+        for v in ["-1.0", "1e9", "inf"] {
+            let site = format!("[[rule]]\nid = \"CW-READ-THEN-SEND\"\nspan_secs = {v}\n");
+            let e = Rules::merged(Some(("site.toml", &site)))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                e.contains("CW-READ-THEN-SEND") && e.contains("span_secs"),
+                "{v}: {e}"
+            );
+        }
+        let ok = "[[rule]]\nid = \"CW-READ-THEN-SEND\"\nspan_secs = 30\n";
+        assert_eq!(
+            Rules::merged(Some(("site.toml", ok)))
+                .unwrap()
+                .longest_span(),
+            30.0
+        );
+    }
 
     #[test]
     fn builtin_rules_parse() {

@@ -631,6 +631,25 @@ fn read_then_send_across_a_window_boundary() {
         "{:?}",
         run.rules_since(n)
     );
+    // A large read just before does not dilute a pair inside one window (the window alone
+    // is tried first).
+    let n = run.findings.len();
+    let third = t + 4.0 * 3600.0;
+    p.data_bytes += 50 << 20;
+    minute_with(&mut run, &mut p, third, vec![]);
+    p.data_bytes += 5 << 20;
+    minute_with(
+        &mut run,
+        &mut p,
+        third + 60.0,
+        exchange(third + 61.0, 5003, "198.51.100.68", 443, 5 << 20),
+    );
+    run.play(&mut p, third + 120.0, 1);
+    let f = run.findings[n..]
+        .iter()
+        .find(|f| f.rule == "CW-READ-THEN-SEND")
+        .unwrap_or_else(|| panic!("{:?}", run.rules_since(n)));
+    assert_eq!(f.evidence["windows"], 1, "{f:?}");
 }
 
 #[test]
