@@ -322,6 +322,14 @@ impl Run {
     fn rules_since(&self, n: usize) -> BTreeSet<String> {
         self.findings[n..].iter().map(|f| f.rule.clone()).collect()
     }
+
+    /// The first finding of `rule` since finding `n`; panics naming the rules raised instead.
+    fn found(&self, n: usize, rule: &str) -> &Finding {
+        self.findings[n..]
+            .iter()
+            .find(|f| f.rule == rule)
+            .unwrap_or_else(|| panic!("no {rule} among {:?}", self.rules_since(n)))
+    }
 }
 
 const WEEK_MINUTES: u64 = 7 * 24 * 60;
@@ -373,10 +381,7 @@ fn bulk_read_of_patient_data() {
     p.data_bytes += 500 << 20;
     minute_with(&mut run, &mut p, t, vec![]);
     run.play(&mut p, t + 60.0, 1);
-    let f = run.findings[n..]
-        .iter()
-        .find(|f| f.rule == "CW-PM-BULK-READ")
-        .unwrap_or_else(|| panic!("{:?}", run.findings[n..].to_vec()));
+    let f = run.found(n, "CW-PM-BULK-READ");
     assert_eq!(f.evidence["class"], "pm_data");
     assert!(f.evidence["bytes"].as_u64().unwrap() > 500 << 20);
     assert_eq!(
@@ -473,11 +478,7 @@ fn a_protected_file_read_from_outside_then_a_connect_is_an_infostealer_precursor
             "CW-INFOSTEALER-PRECURSOR".to_string()
         ])
     );
-    let f = run
-        .findings
-        .iter()
-        .find(|f| f.rule == "CW-INFOSTEALER-PRECURSOR")
-        .unwrap();
+    let f = run.found(0, "CW-INFOSTEALER-PRECURSOR");
     assert_eq!(f.evidence["destination"], "198.51.100.66:443/tcp");
     assert_eq!(f.evidence["seconds_after_read"], 10.0);
 
@@ -574,10 +575,7 @@ fn read_then_send_in_the_same_window() {
     let rules = run.rules_since(n);
     assert!(rules.contains("CW-READ-THEN-SEND"), "{rules:?}");
     assert!(rules.contains("CW-NEW-DESTINATION"), "{rules:?}");
-    let f = run.findings[n..]
-        .iter()
-        .find(|f| f.rule == "CW-READ-THEN-SEND")
-        .unwrap();
+    let f = run.found(n, "CW-READ-THEN-SEND");
     assert_eq!(f.evidence["destinations"][0], "198.51.100.66:443/tcp");
     // Sending to the vendor alone is not read-then-send.
     let n = run.findings.len();
@@ -606,10 +604,7 @@ fn read_then_send_across_a_window_boundary() {
         exchange(t + 61.0, 5001, "198.51.100.66", 443, 25 << 20),
     );
     run.play(&mut p, t + 120.0, 1);
-    let f = run.findings[n..]
-        .iter()
-        .find(|f| f.rule == "CW-READ-THEN-SEND")
-        .unwrap_or_else(|| panic!("{:?}", run.rules_since(n)));
+    let f = run.found(n, "CW-READ-THEN-SEND");
     assert_eq!(f.evidence["windows"], 2, "{f:?}");
     assert!(f.evidence["pm_data_bytes_read"].as_u64().unwrap() >= 30 << 20);
     assert_eq!(f.evidence["destinations"][0], "198.51.100.66:443/tcp");
@@ -645,10 +640,7 @@ fn read_then_send_across_a_window_boundary() {
         exchange(third + 61.0, 5003, "198.51.100.68", 443, 5 << 20),
     );
     run.play(&mut p, third + 120.0, 1);
-    let f = run.findings[n..]
-        .iter()
-        .find(|f| f.rule == "CW-READ-THEN-SEND")
-        .unwrap_or_else(|| panic!("{:?}", run.rules_since(n)));
+    let f = run.found(n, "CW-READ-THEN-SEND");
     assert_eq!(f.evidence["windows"], 1, "{f:?}");
 }
 
@@ -671,10 +663,7 @@ fn read_then_send_with_hundreds_of_decoys_names_the_largest_and_counts_the_rest(
     }
     minute_with(&mut run, &mut p, t, extra);
     run.play(&mut p, t + 60.0, 1);
-    let f = run.findings[n..]
-        .iter()
-        .find(|f| f.rule == "CW-READ-THEN-SEND")
-        .unwrap_or_else(|| panic!("{:?}", run.rules_since(n)));
+    let f = run.found(n, "CW-READ-THEN-SEND");
     let dests = f.evidence["destinations"].as_array().unwrap();
     assert_eq!(dests.len(), 21, "{dests:?}");
     assert_eq!(dests[0], "198.51.100.66:443/tcp", "the largest first");
@@ -741,10 +730,7 @@ fn scraping_patient_records_through_the_api() {
         run.rules_since(n),
         BTreeSet::from(["CW-QUERY-SCRAPE".to_string(), "CW-QUERY-SURGE".to_string()])
     );
-    let f = run.findings[n..]
-        .iter()
-        .find(|f| f.rule == "CW-QUERY-SCRAPE")
-        .unwrap();
+    let f = run.found(n, "CW-QUERY-SCRAPE");
     assert_eq!(f.subject, "GET api.vendor.example/api/v1/patients/{n}");
     let distinct = f.evidence["distinct_ids"].as_u64().unwrap();
     assert!((2_950..=3_050).contains(&distinct), "{distinct}");
@@ -830,11 +816,7 @@ fn sensor_health_drops_hooks_restart_and_clock() {
             "CW-CLOCK-JUMP".to_string()
         ])
     );
-    let drops = run
-        .findings
-        .iter()
-        .find(|f| f.rule == "CW-SENSOR-DROPS")
-        .unwrap();
+    let drops = run.found(0, "CW-SENSOR-DROPS");
     assert_eq!(drops.evidence["records_lost"], 17);
 }
 
